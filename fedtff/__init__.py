@@ -1,0 +1,19 @@
+"""fedtff: a thin federated-learning research toolkit over TensorFlow Federated.
+
+The public API: builders that turn Keras model factories into TFF learning
+processes, federated data helpers, the round loop, and the experiment runner.
+"""
+
+from fedtff import config
+from fedtff import data
+from fedtff import models
+from fedtff.algorithms import build_evaluation
+from fedtff.algorithms import build_fed_avg
+from fedtff.experiment import run_experiment
+from fedtff.optimizers import build as optimizer
+from fedtff.runtime import local_runtime
+from fedtff.tasks import batch_fn
+from fedtff.training import run_training
+from fedtff.training import sample_clients
+
+__version__ = '0.1.0'

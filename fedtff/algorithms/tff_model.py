@@ -1,0 +1,126 @@
+"""Turns a Keras model factory into the `tff.learning` model function.
+
+This is where fedtff checks what it is handed before TFF starts tracing: a
+factory rather than a model, an uncompiled model, inputs and labels that fit
+the client data's element spec.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Optional, Sequence, Union
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+KerasModelFn = Callable[[], tf.keras.Model]
+ElementSpecLike = Union[tf.data.Dataset, Any]
+MetricLike = Union[tf.keras.metrics.Metric, Callable[[], tf.keras.metrics.Metric]]
+
+
+def element_spec_of(data: ElementSpecLike):
+  """Returns the element spec of a dataset, or `data` if it already is one."""
+  spec = data.element_spec if isinstance(data, tf.data.Dataset) else data
+  if isinstance(spec, collections.abc.Mapping) and set(spec) == {'x', 'y'}:
+    return collections.OrderedDict(x=spec['x'], y=spec['y'])
+  if isinstance(spec, (tuple, list)) and len(spec) == 2:
+    return tuple(spec)
+  raise TypeError(
+      'Expected a batched tf.data.Dataset or an element spec whose elements are '
+      f'(x, y) pairs or dicts with keys "x" and "y", got {spec!r}.')
+
+
+def _input_and_label_specs(element_spec):
+  if isinstance(element_spec, collections.abc.Mapping):
+    return element_spec['x'], element_spec['y']
+  return element_spec[0], element_spec[1]
+
+
+def default_loss() -> tf.keras.losses.Loss:
+  """Sparse categorical cross-entropy on logits, fedtff's default loss."""
+  return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def default_metrics() -> list:
+  """Classification accuracy, reported as `accuracy`."""
+  return [tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')]
+
+
+def _metric_constructor(metric: MetricLike) -> Callable[[], tf.keras.metrics.Metric]:
+  """Makes every `model_fn` call get fresh metric objects."""
+  if isinstance(metric, tf.keras.metrics.Metric):
+    config, cls = metric.get_config(), type(metric)
+    return lambda: cls.from_config(config)
+  if callable(metric):
+    return metric
+  raise TypeError(f'Expected a Keras metric or a no-argument metric constructor, got {metric!r}.')
+
+
+def check_model_factory(model_fn: Any) -> tf.keras.Model:
+  """Calls `model_fn` once and returns the model, or raises a clear error."""
+  if isinstance(model_fn, tf.keras.Model):
+    raise TypeError(
+        'Expected a no-argument function that builds a new Keras model (a model '
+        'factory), got a Keras model object; pass `lambda: build_model()` instead.')
+  if not callable(model_fn):
+    raise TypeError(f'Expected a no-argument Keras model factory, got {model_fn!r}.')
+  model = model_fn()
+  if not isinstance(model, tf.keras.Model):
+    raise TypeError(f'The model factory must return a tf.keras.Model, got {type(model).__name__}.')
+  if model.optimizer is not None or getattr(model, 'compiled_loss', None) is not None:
+    raise ValueError(
+        'The model factory returned a compiled Keras model; return an uncompiled '
+        'model and pass the loss and metrics to the fedtff builder instead.')
+  return model
+
+
+def _check_model_fits(model: tf.keras.Model, element_spec, loss) -> None:
+  """Runs the model and loss on zeros shaped like one batch of the data."""
+  input_spec, label_spec = _input_and_label_specs(element_spec)
+  zeros_like = lambda s: tf.zeros([2 if d is None else d for d in s.shape], s.dtype)
+  try:
+    outputs = model(tf.nest.map_structure(zeros_like, input_spec))
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'The Keras model does not accept the dataset inputs {input_spec}: '
+        f'{str(e).splitlines()[0]}') from None
+  try:
+    loss(tf.nest.map_structure(zeros_like, label_spec), outputs)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f'The loss {type(loss).__name__} does not fit labels {label_spec} and '
+        f'model outputs of shape {outputs.shape}: {str(e).splitlines()[0]}') from None
+
+
+def tff_model_fn(keras_model_fn: KerasModelFn,
+                 element_spec: ElementSpecLike,
+                 *,
+                 loss: Optional[tf.keras.losses.Loss] = None,
+                 metrics: Optional[Sequence[MetricLike]] = None
+                ) -> Callable[[], tff.learning.models.VariableModel]:
+  """Returns the `model_fn` that `tff.learning.algorithms` builders take.
+
+  Args:
+    keras_model_fn: A no-argument function returning a new, uncompiled Keras
+      model.
+    element_spec: The client datasets' (batched) element spec, or an example
+      dataset. Elements are `(x, y)` or `{'x': ..., 'y': ...}`.
+    loss: A Keras loss; defaults to `default_loss()`.
+    metrics: Keras metrics or constructors; defaults to `default_metrics()`.
+
+  Raises:
+    TypeError, ValueError: If the factory, model, loss or spec do not fit.
+  """
+  element_spec = element_spec_of(element_spec)
+  loss = default_loss() if loss is None else loss
+  metric_fns = [_metric_constructor(m) for m in
+                (default_metrics() if metrics is None else metrics)]
+  with tf.Graph().as_default():
+    _check_model_fits(check_model_factory(keras_model_fn), element_spec, loss)
+
+  def model_fn() -> tff.learning.models.VariableModel:
+    return tff.learning.models.from_keras_model(
+        keras_model_fn(), loss=loss, input_spec=element_spec,
+        metrics=[fn() for fn in metric_fns])
+
+  return model_fn

@@ -1,0 +1,205 @@
+"""An execution context whose TFF worker processes fedtff owns and always stops.
+
+TFF 0.87's default context starts a C++ `worker_binary` on first use and often
+leaves it running after Python exits, still holding the parent's stdout open
+(see docs/install.md). `local_runtime()` instead starts the worker itself:
+
+* the worker's output goes to /dev/null (or a log file), never to our stdout;
+* the worker is stopped when the context exits, on an exception, on SIGINT and,
+  through `install_signal_handlers()`, on SIGTERM;
+* on Linux the kernel kills the worker if Python dies without cleaning up
+  (`PR_SET_PDEATHSIG`), so even `kill -9` of the trainer leaves none behind.
+
+Example:
+
+  with fedtff.local_runtime():
+    state = process.initialize()
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator, Optional
+
+import grpc
+import portpicker
+import tensorflow_federated as tff
+
+_GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+GRPC_CHANNEL_OPTIONS = (
+    ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
+    ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
+)
+_PR_SET_PDEATHSIG = 1
+_live_workers: set['WorkerProcess'] = set()
+_live_workers_lock = threading.Lock()
+
+
+def worker_binary_path() -> str:
+  """Returns the path of the `worker_binary` shipped inside the TFF wheel."""
+  tff_root = os.path.dirname(tff.__file__)
+  return os.path.join(tff_root, 'data', 'worker_binary')
+
+
+def _die_with_parent() -> None:
+  """Runs in the forked child: asks Linux to SIGKILL it when its parent dies."""
+  if sys.platform.startswith('linux'):
+    libc = ctypes.CDLL('libc.so.6', use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class WorkerProcess:
+  """One TFF `worker_binary` subprocess serving on a localhost port."""
+
+  def __init__(self, *, port: Optional[int] = None,
+               max_concurrent_computation_calls: int = -1,
+               log_path: Optional[str] = None):
+    self.port = port or portpicker.pick_unused_port()
+    self._args = [
+        worker_binary_path(), f'--port={self.port}',
+        f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
+    ]
+    self._log_path = log_path
+    self._popen: Optional[subprocess.Popen] = None
+
+  @property
+  def address(self) -> str:
+    return f'localhost:{self.port}'
+
+  @property
+  def pid(self) -> Optional[int]:
+    return self._popen.pid if self._popen else None
+
+  def start(self) -> 'WorkerProcess':
+    """Starts the worker with its output detached from ours."""
+    with open(self._log_path or os.devnull, 'ab') as log:
+      self._popen = subprocess.Popen(
+          self._args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+          preexec_fn=_die_with_parent, close_fds=True)
+    with _live_workers_lock:
+      _live_workers.add(self)
+    return self
+
+  def is_running(self) -> bool:
+    return self._popen is not None and self._popen.poll() is None
+
+  def stop(self, timeout_s: float = 5.0) -> None:
+    """Stops the worker: SIGINT, then SIGKILL if it has not exited in time."""
+    with _live_workers_lock:
+      _live_workers.discard(self)
+    if not self.is_running():
+      return
+    self._popen.send_signal(signal.SIGINT)
+    try:
+      self._popen.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+      self._popen.kill()
+      self._popen.wait()
+
+
+def stop_all_workers() -> None:
+  """Stops every worker this process started and has not stopped yet."""
+  with _live_workers_lock:
+    workers = list(_live_workers)
+  for worker in workers:
+    worker.stop()
+
+
+atexit.register(stop_all_workers)
+
+
+def _raise_system_exit(signum, frame):
+  del frame
+  raise SystemExit(128 + signum)
+
+
+def install_signal_handlers() -> None:
+  """Turns SIGTERM into `SystemExit` so `finally` blocks stop the workers.
+
+  Python's default SIGTERM action ends the process without unwinding; after
+  this call SIGTERM behaves like SIGINT does by default. Only callable from the
+  main thread. Scripts call this; libraries should not.
+  """
+  signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def wait_until_ready(stub: tff.framework.RemoteExecutorGrpcStub, address: str,
+                     timeout_s: float) -> None:
+  """Blocks until `stub` answers, or raises `TimeoutError` naming `address`."""
+  deadline = time.monotonic() + timeout_s
+  while not stub.is_ready:
+    if time.monotonic() > deadline:
+      raise TimeoutError(
+          f'TFF worker at {address} did not become ready within {timeout_s:g} s.')
+    time.sleep(0.05)
+
+
+def _connect(address: str, timeout_s: float):
+  channel = grpc.insecure_channel(address, GRPC_CHANNEL_OPTIONS)
+  stub = tff.framework.RemoteExecutorGrpcStub(channel)
+  wait_until_ready(stub, address, timeout_s)
+  return channel, stub
+
+
+def _executor_factory(stub, address: str, default_num_clients: int):
+  """An executor factory that sends every computation to one worker."""
+
+  def stack_fn(cardinalities):
+    if not stub.is_ready:
+      raise RuntimeError(f'TFF worker at {address} is not reachable.')
+    if cardinalities.get(tff.CLIENTS) is None:
+      cardinalities[tff.CLIENTS] = default_num_clients
+    executor = tff.framework.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  return tff.framework.ResourceManagingExecutorFactory(stack_fn)
+
+
+def sync_context(stub, address: str, *, default_num_clients: int = 0):
+  """A synchronous TFF execution context over one connected worker."""
+  return tff.framework.SyncExecutionContext(
+      executor_fn=_executor_factory(stub, address, default_num_clients),
+      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
+  )
+
+
+@contextlib.contextmanager
+def local_runtime(*, max_concurrent_computation_calls: int = -1,
+                  log_path: Optional[str] = None,
+                  startup_timeout_s: float = 60.0) -> Iterator[WorkerProcess]:
+  """Runs TFF computations on a worker that is stopped when the block exits.
+
+  Args:
+    max_concurrent_computation_calls: Passed to the worker; nonpositive means
+      no limit.
+    log_path: Where the worker's stdout and stderr go; /dev/null by default.
+    startup_timeout_s: How long to wait for the worker to accept requests.
+
+  Yields:
+    The running `WorkerProcess` (its `pid` and `address` are public).
+  """
+  worker = WorkerProcess(
+      max_concurrent_computation_calls=max_concurrent_computation_calls,
+      log_path=log_path).start()
+  channel = None
+  try:
+    channel, stub = _connect(worker.address, startup_timeout_s)
+    context = sync_context(stub, worker.address)
+    with tff.framework.get_context_stack().install(context):
+      yield worker
+  finally:
+    if channel is not None:
+      channel.close()
+    worker.stop()

@@ -1,0 +1,103 @@
+"""The round loop: sample clients, run a round, evaluate, record metrics.
+
+The loop is independent of files and flags: it takes a learning process, a
+client-selection function, an evaluation function and metric writers
+(cf. `tff.simulation.run_training_process`).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow_federated as tff
+
+Metrics = Dict[str, float]
+MetricsWriter = Callable[[Mapping[str, Any]], None]
+
+
+def sample_clients(client_ids: Sequence[str], clients_per_round: int, *,
+                   round_num: int, seed: int) -> list:
+  """Draws `clients_per_round` distinct ids uniformly, without replacement.
+
+  The draw depends only on `(seed, round_num)`, so a resumed run samples the
+  same clients as an uninterrupted one.
+  """
+  if not 1 <= clients_per_round <= len(client_ids):
+    raise ValueError(
+        f'clients_per_round must be in [1, {len(client_ids)}] (the number of '
+        f'training clients), got {clients_per_round}.')
+  rng = np.random.default_rng([seed, round_num])
+  chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
+  return [client_ids[i] for i in chosen]
+
+
+def scalar_metrics(metrics: Mapping[str, Any], prefix: str) -> Metrics:
+  """Flattens nested metrics to `{prefix}/{name}` floats."""
+  flat = {}
+  for name, value in metrics.items():
+    if isinstance(value, Mapping):
+      flat.update(scalar_metrics(value, f'{prefix}/{name}'))
+    elif np.ndim(value) == 0:
+      flat[f'{prefix}/{name}'] = float(value)
+  return flat
+
+
+def train_metrics(output_metrics: Mapping[str, Any]) -> Metrics:
+  """The client training metrics of a FedAvg-family round output."""
+  return scalar_metrics(output_metrics['client_work']['train'], 'train')
+
+
+def metric_names(process: tff.templates.IterativeProcess, extract: Callable) -> list:
+  """The metric names `extract` yields for `process`, read off its type signature."""
+  return list(extract(_zeros_like(process.next.type_signature.result.metrics.member)))
+
+
+def _zeros_like(type_spec):
+  if isinstance(type_spec, tff.StructType):
+    return {name: _zeros_like(t) for name, t in tff.structure.to_elements(type_spec)}
+  return 0.0
+
+
+def run_training(process: tff.learning.templates.LearningProcess,
+                 client_selection_fn: Callable[[int], Any],
+                 *,
+                 total_rounds: int,
+                 state: Any = None,
+                 start_round: int = 1,
+                 evaluation_fn: Optional[Callable[[Any, int], Metrics]] = None,
+                 rounds_per_eval: int = 1,
+                 metrics_writers: Sequence[MetricsWriter] = ()) -> Any:
+  """Runs rounds `start_round..total_rounds` and returns the final state.
+
+  Args:
+    process: The learning process; `process.next(state, clients)` takes what
+      `client_selection_fn` returns (datasets, or client ids for a process
+      composed with a dataset computation).
+    client_selection_fn: Maps a round number to that round's client data.
+    total_rounds: The last round to run.
+    state: The state to start from; `process.initialize()` when `None`.
+    start_round: The first round to run (after a resume, one past the last).
+    evaluation_fn: Maps `(state, round_num)` to `eval/<name>` metrics.
+    rounds_per_eval: Evaluate after every this many rounds, and after the last.
+    metrics_writers: Each is called with every round's metrics row.
+  """
+  if state is None:
+    state = process.initialize()
+  for round_num in range(start_round, total_rounds + 1):
+    state, row = _run_round(process, state, client_selection_fn(round_num), round_num)
+    if evaluation_fn and (round_num % rounds_per_eval == 0 or round_num == total_rounds):
+      row.update(evaluation_fn(state, round_num))
+    for write in metrics_writers:
+      write(row)
+  return state
+
+
+def _run_round(process, state, clients, round_num: int):
+  start = time.perf_counter()
+  output = process.next(state, clients)
+  row = collections.OrderedDict(round=round_num, round_time_s=time.perf_counter() - start)
+  row.update(train_metrics(output.metrics))
+  return output.state, row
