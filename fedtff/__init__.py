@@ -7,6 +7,7 @@ processes, federated data helpers, the round loop, and the experiment runner.
 from fedtff import config
 from fedtff import data
 from fedtff import models
+from fedtff import runtime
 from fedtff.algorithms import build_evaluation
 from fedtff.algorithms import build_fed_avg
 from fedtff.experiment import run_experiment
@@ -17,3 +18,7 @@ from fedtff.training import run_training
 from fedtff.training import sample_clients
 
 __version__ = '0.1.0'
+
+# TFF's own default runtime can leave its worker process running after Python
+# exits; run computations on a worker that fedtff stops (see fedtff.runtime).
+runtime.install_default_context()

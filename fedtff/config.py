@@ -79,17 +79,35 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         f'Config key {key} must be a {_type_name(default)}, got {value!r}.')
 
 
+def check_key(key: str) -> None:
+  """Raises `ConfigError` if the dotted `key` is not in the schema."""
+  schema = dict(_leaves(base_config().to_dict()))
+  groups = {k.rpartition('.')[0] for k in schema}
+  if key in schema or key in groups:
+    return
+  parent = key.rpartition('.')[0]
+  siblings = sorted(k for k in schema if k.rpartition('.')[0] == parent) or sorted(
+      {k.partition('.')[0] for k in schema})
+  raise ConfigError(f'Unknown config key {key}; valid keys here are: {", ".join(siblings)}.')
+
+
+def describe_type(key: str) -> str:
+  """What kind of value the schema's `key` takes, e.g. 'an integer'."""
+  default = dict(_leaves(base_config().to_dict()))[key]
+  if isinstance(default, bool):
+    return 'true or false'
+  if isinstance(default, (tuple, list)):
+    return 'a tuple such as (64, 32)'
+  return {int: 'an integer', float: 'a number', str: 'a string'}[type(default)]
+
+
 def validate(config: Any) -> None:
   """Raises `ConfigError` naming the first key that does not fit the schema."""
   schema = dict(_leaves(base_config().to_dict()))
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
   for key, value in _leaves(config):
-    if key not in schema:
-      parent = key.rpartition('.')[0]
-      siblings = sorted(k for k in schema if k.rpartition('.')[0] == parent)
-      raise ConfigError(
-          f'Unknown config key {key}; valid keys here are: {", ".join(siblings)}.')
+    check_key(key)
     _check_type(key, value, schema[key])
     if key in _CHOICES and value not in _CHOICES[key]:
       raise ConfigError(

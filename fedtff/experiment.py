@@ -15,6 +15,7 @@ import ml_collections
 import tensorflow_federated as tff
 
 from fedtff import algorithms
+from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
 from fedtff import optimizers
 from fedtff import outputs
@@ -106,7 +107,9 @@ def _run_rounds(config, task, process, workdir, progress_fn) -> Dict[str, Any]:
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
-  training.run_training(composed, select, total_rounds=config.total_rounds,
+  state = composed.set_model_weights(
+      composed.initialize(), tff_model.initial_weights(task.model_fn, config.seed))
+  training.run_training(composed, select, total_rounds=config.total_rounds, state=state,
                         evaluation_fn=evaluate, rounds_per_eval=config.rounds_per_eval,
                         metrics_writers=writers)
   return dict(last_row)

@@ -16,11 +16,18 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write_text(path: str, text: str) -> None:
   """Replaces `path` with `text` atomically."""
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, 'w') as f:
       f.write(text)
       f.flush()

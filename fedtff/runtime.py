@@ -2,7 +2,7 @@
 
 TFF 0.87's default context starts a C++ `worker_binary` on first use and often
 leaves it running after Python exits, still holding the parent's stdout open
-(see docs/install.md). `local_runtime()` instead starts the worker itself:
+(see docs/install.md). fedtff starts the worker itself:
 
 * the worker's output goes to /dev/null (or a log file), never to our stdout;
 * the worker is stopped when the context exits, on an exception, on SIGINT and,
@@ -10,7 +10,8 @@ leaves it running after Python exits, still holding the parent's stdout open
 * on Linux the kernel kills the worker if Python dies without cleaning up
   (`PR_SET_PDEATHSIG`), so even `kill -9` of the trainer leaves none behind.
 
-Example:
+`import fedtff` installs such a context as TFF's default, starting its worker
+on first use; `local_runtime()` scopes a worker to a `with` block:
 
   with fedtff.local_runtime():
     state = process.initialize()
@@ -143,32 +144,56 @@ def wait_until_ready(stub: tff.framework.RemoteExecutorGrpcStub, address: str,
     time.sleep(0.05)
 
 
-def _connect(address: str, timeout_s: float):
-  channel = grpc.insecure_channel(address, GRPC_CHANNEL_OPTIONS)
-  stub = tff.framework.RemoteExecutorGrpcStub(channel)
-  wait_until_ready(stub, address, timeout_s)
-  return channel, stub
+class LocalWorkerConnection:
+  """A gRPC stub to a local worker that is started on first use."""
+
+  def __init__(self, *, startup_timeout_s: float = 60.0, **worker_kwargs):
+    self._worker_kwargs = worker_kwargs
+    self._startup_timeout_s = startup_timeout_s
+    self._lock = threading.Lock()
+    self.worker: Optional[WorkerProcess] = None
+    self._channel = None
+    self._stub = None
+
+  def stub(self) -> tff.framework.RemoteExecutorGrpcStub:
+    """Starts the worker if needed; raises if a started worker has died."""
+    with self._lock:
+      if self.worker is None:
+        self.worker = WorkerProcess(**self._worker_kwargs).start()
+        self._channel = grpc.insecure_channel(self.worker.address, GRPC_CHANNEL_OPTIONS)
+        self._stub = tff.framework.RemoteExecutorGrpcStub(self._channel)
+        wait_until_ready(self._stub, self.worker.address, self._startup_timeout_s)
+      elif not self.worker.is_running():
+        raise RuntimeError(f'The TFF worker at {self.worker.address} '
+                           f'(pid {self.worker.pid}) has exited.')
+      return self._stub
+
+  def close(self) -> None:
+    """Closes the channel and stops the worker, if one was started."""
+    with self._lock:
+      if self._channel is not None:
+        self._channel.close()
+      if self.worker is not None:
+        self.worker.stop()
 
 
-def _executor_factory(stub, address: str, default_num_clients: int):
+def _executor_factory(connection: LocalWorkerConnection, default_num_clients: int):
   """An executor factory that sends every computation to one worker."""
 
   def stack_fn(cardinalities):
-    if not stub.is_ready:
-      raise RuntimeError(f'TFF worker at {address} is not reachable.')
     if cardinalities.get(tff.CLIENTS) is None:
       cardinalities[tff.CLIENTS] = default_num_clients
-    executor = tff.framework.RemoteExecutor(stub)
+    executor = tff.framework.RemoteExecutor(connection.stub())
     executor.set_cardinalities(cardinalities)
     return executor
 
   return tff.framework.ResourceManagingExecutorFactory(stack_fn)
 
 
-def sync_context(stub, address: str, *, default_num_clients: int = 0):
-  """A synchronous TFF execution context over one connected worker."""
+def sync_context(connection: LocalWorkerConnection, *, default_num_clients: int = 0):
+  """A synchronous TFF execution context over one worker connection."""
   return tff.framework.SyncExecutionContext(
-      executor_fn=_executor_factory(stub, address, default_num_clients),
+      executor_fn=_executor_factory(connection, default_num_clients),
       compiler_fn=tff.backends.native.desugar_and_transform_to_native,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,
@@ -190,16 +215,24 @@ def local_runtime(*, max_concurrent_computation_calls: int = -1,
   Yields:
     The running `WorkerProcess` (its `pid` and `address` are public).
   """
-  worker = WorkerProcess(
+  connection = LocalWorkerConnection(
       max_concurrent_computation_calls=max_concurrent_computation_calls,
-      log_path=log_path).start()
-  channel = None
+      log_path=log_path, startup_timeout_s=startup_timeout_s)
   try:
-    channel, stub = _connect(worker.address, startup_timeout_s)
-    context = sync_context(stub, worker.address)
-    with tff.framework.get_context_stack().install(context):
-      yield worker
+    connection.stub()
+    with tff.framework.get_context_stack().install(sync_context(connection)):
+      yield connection.worker
   finally:
-    if channel is not None:
-      channel.close()
-    worker.stop()
+    connection.close()
+
+
+def install_default_context() -> LocalWorkerConnection:
+  """Makes a fedtff-owned, lazily started worker TFF's default runtime.
+
+  `import fedtff` calls this, so computations run outside `local_runtime()`
+  also use a worker whose output is detached and that is stopped at exit.
+  """
+  connection = LocalWorkerConnection()
+  tff.framework.set_default_context(sync_context(connection))
+  atexit.register(connection.close)
+  return connection

@@ -124,3 +124,17 @@ def tff_model_fn(keras_model_fn: KerasModelFn,
         metrics=[fn() for fn in metric_fns])
 
   return model_fn
+
+
+def initial_weights(keras_model_fn: KerasModelFn, seed: int) -> tff.learning.models.ModelWeights:
+  """Seeded initial weights for `process.set_model_weights`.
+
+  TFF's `initialize()` draws Keras initializers without a seed, so two runs
+  start from different weights; a run that sets these starts the same way
+  every time.
+  """
+  tf.keras.utils.set_random_seed(seed)
+  model = keras_model_fn()
+  return tff.learning.models.ModelWeights(
+      trainable=[v.numpy() for v in model.trainable_weights],
+      non_trainable=[v.numpy() for v in model.non_trainable_weights])

@@ -1,0 +1,113 @@
+"""What every fedtff script shares: one-line errors, signals, progress lines."""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from fedtff import config as config_lib
+from fedtff import runtime
+
+# Errors a user can fix from the command line: shown as one line, no traceback.
+USER_ERRORS = (config_lib.ConfigError, OSError, ValueError, TypeError, KeyError)
+
+
+def reject_extra_args(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+
+
+def _one_line_errors(main, program: str, verbose: bool):
+
+  def wrapped(argv):
+    try:
+      main(argv)
+    except USER_ERRORS as e:
+      if verbose:
+        raise
+      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      print(f'{program}: error: {message}', file=sys.stderr, flush=True)
+      sys.exit(2)
+
+  return wrapped
+
+
+def _missing_config_file(argv):
+  for arg in argv[1:]:
+    name, _, value = arg.partition('=')
+    path = value.partition(':')[0]
+    if name == '--config' and not os.path.isfile(path):
+      return f'config file {path} does not exist (expected configs/NAME.py[:VARIANT])'
+  return None
+
+
+def _flag_error(argv, error: Exception) -> str:
+  """One sentence for a command line that absl or ml_collections rejected."""
+  message = str(error).strip().splitlines()[0]
+  for arg in argv[1:]:
+    name, _, value = arg.partition('=')
+    if name.startswith('--config.'):
+      key = name[len('--config.'):]
+      try:
+        config_lib.check_key(key)
+      except config_lib.ConfigError as e:
+        return str(e)
+      if message.startswith(f'flag {arg}:'):
+        return f'Config key {key} must be {config_lib.describe_type(key)}, got {value!r}.'
+  return message
+
+
+def _parse_flags(program: str):
+
+  def parse(argv):
+    missing = _missing_config_file(argv)
+    if missing:
+      raise SystemExit(f'{program}: error: {missing}')
+    try:
+      return flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except  # absl and ml_collections raise many types.
+      raise SystemExit(f'{program}: error: {_flag_error(argv, e)}') from None
+
+  return parse
+
+
+def run(main, *, verbose: bool) -> None:
+  """`absl.app.run(main)`, with SIGTERM handled and user errors on one line."""
+  runtime.install_signal_handlers()
+  program = sys.argv[0].rpartition('/')[2]
+
+  def main_with_log_level(argv):
+    if not verbose:
+      logging.set_verbosity(logging.WARNING)
+    main(argv)
+
+  try:
+    app.run(_one_line_errors(main_with_log_level, program, verbose),
+            flags_parser=_parse_flags(program))
+  except KeyboardInterrupt:
+    print(f'{program}: interrupted', file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+class RoundPrinter:
+  """Prints one line per round: round, loss, accuracy, seconds per round, ETA."""
+
+  def __init__(self, total_rounds: int, stream=sys.stdout):
+    self._total_rounds = total_rounds
+    self._stream = stream
+    self._round_times = []
+
+  def __call__(self, row) -> None:
+    self._round_times.append(row['round_time_s'])
+    recent = self._round_times[-10:]
+    seconds_per_round = sum(recent) / len(recent)
+    eta_s = seconds_per_round * (self._total_rounds - row['round'])
+    line = (f"round {row['round']:>{len(str(self._total_rounds))}}/{self._total_rounds}"
+            f"  loss {row.get('train/loss', float('nan')):.4f}"
+            f"  accuracy {row.get('train/accuracy', float('nan')):.4f}")
+    if 'eval/accuracy' in row:
+      line += f"  test accuracy {row['eval/accuracy']:.4f}"
+    line += f'  {seconds_per_round:.2f} s/round  ETA {eta_s:.0f} s'
+    print(line, file=self._stream, flush=True)

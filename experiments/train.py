@@ -1,0 +1,42 @@
+"""Runs a federated training experiment from a config file.
+
+  python experiments/train.py --config=configs/quickstart.py --workdir=runs/quickstart
+  python experiments/train.py --config=configs/quickstart.py --workdir=/tmp/r \
+      --config.total_rounds=3 --config.client.learning_rate=0.05
+
+Writes config.json, metrics.csv and summary.json into --workdir.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import quiet_tf  # pylint: disable=g-import-not-at-top  # Before TensorFlow.
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from experiments import cli
+import fedtff
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, configs/NAME.py[:VARIANT].', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory for metrics and summaries.')
+_QUIET = flags.DEFINE_bool('quiet', False, 'Print only the final line, not one line per round.')
+
+
+def main(argv):
+  cli.reject_extra_args(argv)
+  config = _CONFIG.value
+  progress = None if _QUIET.value else cli.RoundPrinter(config.total_rounds)
+  summary = fedtff.run_experiment(config, _WORKDIR.value, progress_fn=progress)
+  final = summary['final']
+  print(f"test accuracy {final.get('eval/accuracy', float('nan')):.4f} "
+        f"(loss {final.get('eval/loss', float('nan')):.4f}) after round {final['round']}; "
+        f'run directory: {_WORKDIR.value}', flush=True)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  cli.run(main, verbose=quiet_tf.VERBOSE)

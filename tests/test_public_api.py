@@ -1,0 +1,13 @@
+"""The public surface that `import fedtff` offers."""
+
+import fedtff
+
+
+def test_exports_the_documented_api():
+  expected = {
+      'build_evaluation', 'build_fed_avg', 'config', 'data', 'local_runtime', 'models',
+      'optimizer', 'run_experiment', 'run_training', 'runtime', 'sample_clients', 'batch_fn',
+  }
+  exported = {name for name in dir(fedtff) if not name.startswith('_')}
+  assert expected <= exported
+  assert fedtff.__version__ == '0.1.0'

@@ -1,0 +1,119 @@
+"""experiments/train.py end to end: outputs, one-line errors, worker cleanup."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests import conftest
+
+TRAIN = ['experiments/train.py', '--config=configs/quickstart.py']
+SMALL = ['--config.total_rounds=2', '--config.rounds_per_eval=1']
+
+
+def test_trains_and_writes_the_run_directory(tmp_path):
+  result = conftest.run_script(TRAIN + SMALL + [f'--workdir={tmp_path}'])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith('round 1/2  loss ') and 'ETA' in lines[0]
+  assert lines[-1].startswith('test accuracy ') and lines[-1].endswith(f'run directory: {tmp_path}')
+  assert sorted(os.listdir(tmp_path)) == ['config.json', 'metrics.csv', 'summary.json']
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['total_rounds'] == 2
+  with open(tmp_path / 'summary.json') as f:
+    final = json.load(f)['final']
+  assert f"test accuracy {final['eval/accuracy']:.4f}" in lines[-1]
+  assert 'oneDNN' not in result.stderr and 'Warning' not in result.stderr
+  assert result.stderr == ''
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['experiments/train.py', '--config=configs/missing.py', '--workdir=/tmp/x'],
+         'config file configs/missing.py does not exist'),
+        (TRAIN + ['--workdir=/tmp/x', '--config.client.lr=0.1'],
+         'Unknown config key client.lr; valid keys here are: client.learning_rate, '
+         'client.momentum, client.optimizer.'),
+        (TRAIN + ['--workdir=/tmp/x', '--config.total_rounds=many'],
+         "Config key total_rounds must be an integer, got 'many'."),
+        (TRAIN + ['--workdir=/proc/fedtff-cannot-write'],
+         'Cannot write to the run directory /proc/fedtff-cannot-write'),
+        (TRAIN + ['--workdir=/tmp/x', '--config.data.dataset=mnist'],
+         "Config key data.dataset is 'mnist'; expected one of: digits."),
+    ],
+    ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice'])
+def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
+  result = conftest.run_script(args)
+  assert result.returncode != 0
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert result.stderr.startswith('train.py: error: ')
+  assert message in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def _start_training(workdir, total_rounds=500):
+  return subprocess.Popen(
+      [sys.executable] + TRAIN + [f'--workdir={workdir}', f'--config.total_rounds={total_rounds}'],
+      cwd=conftest.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=conftest.script_env())
+
+
+def _wait_for_first_round(proc):
+  """Reads stdout until the first round line; returns the workers it started."""
+  line = proc.stdout.readline()
+  assert line.split('/')[0].split() == ['round', '1'], line + proc.stderr.read()
+  workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if p.name() == 'worker_binary']
+  assert workers, 'the training script started no worker_binary'
+  return workers
+
+
+def _assert_gone(workers):
+  gone, alive = psutil.wait_procs(workers, timeout=10)
+  assert not alive, f'workers still alive: {[p.pid for p in alive]}'
+
+
+def test_normal_exit_stops_the_workers_and_closes_the_pipe(tmp_path):
+  proc = _start_training(tmp_path, total_rounds=3)
+  workers = _wait_for_first_round(proc)
+  stdout, _ = proc.communicate(timeout=120)  # Returns only once every writer closed the pipe.
+  assert proc.returncode == 0 and 'test accuracy' in stdout
+  _assert_gone(workers)
+
+
+@pytest.mark.parametrize('signum, exit_code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=['sigint', 'sigterm'])
+def test_signal_stops_the_workers_and_closes_the_pipe(tmp_path, signum, exit_code):
+  proc = _start_training(tmp_path)
+  workers = _wait_for_first_round(proc)
+  proc.send_signal(signum)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == exit_code, stderr
+  _assert_gone(workers)
+
+
+def test_exception_mid_run_stops_the_workers(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = _start_training(workdir)
+  workers = _wait_for_first_round(proc)
+  for path in workdir.iterdir():
+    path.unlink()
+  workdir.rmdir()
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode != 0
+  assert stderr.startswith('train.py: error: ') and 'No such file' in stderr
+  _assert_gone(workers)
+
+
+def test_sigkill_of_the_trainer_still_ends_its_workers(tmp_path):
+  proc = _start_training(tmp_path)
+  workers = _wait_for_first_round(proc)
+  proc.kill()
+  proc.communicate(timeout=60)
+  _assert_gone(workers)
