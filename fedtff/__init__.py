@@ -8,10 +8,19 @@ from fedtff import config
 from fedtff import data
 from fedtff import models
 from fedtff import runtime
+from fedtff import aggregators
+from fedtff.aggregators import AggregatorSpec
+from fedtff.algorithms import ALGORITHMS
 from fedtff.algorithms import build_evaluation
 from fedtff.algorithms import build_fed_avg
+from fedtff.algorithms import build_fed_prox
+from fedtff.algorithms import build_fed_sgd
+from fedtff.algorithms import build_learning_process
+from fedtff.algorithms import build_mime_lite
+from fedtff.algorithms import Schedule
 from fedtff.experiment import run_experiment
 from fedtff.optimizers import build as optimizer
+from fedtff.optimizers import build_fn as optimizer_fn
 from fedtff.runtime import local_runtime
 from fedtff.tasks import batch_fn
 from fedtff.training import run_training

@@ -23,6 +23,30 @@ _BUILDERS: Dict[str, Callable[..., TffOptimizer]] = {
 }
 OPTIMIZER_NAMES = tuple(sorted(_BUILDERS))
 
+# Reddi et al. (2021) defaults for the adaptive optimizers; TFF's own defaults
+# differ (epsilon 1e-7 for Adam and Adagrad, 1e-3 for Yogi; initial
+# accumulator 0.1 for Adagrad and 1e-6 for Yogi).
+ADAPTIVE_DEFAULTS = {
+    'adam': {'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-3},
+    'adagrad': {'epsilon': 1e-3, 'initial_accumulator': 0.0},
+    'yogi': {'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-3, 'initial_accumulator': 0.0},
+}
+
+
+def _tff_hparams(name: str, hparams: Dict[str, Any]) -> Dict[str, Any]:
+  """Fills in fedtff's defaults and maps fedtff's names onto TFF's."""
+  hparams = {**ADAPTIVE_DEFAULTS.get(name, {}), **hparams}
+  if name == 'sgd' and not hparams.get('momentum'):
+    hparams.pop('momentum', None)
+  if 'initial_accumulator' in hparams:
+    if name == 'adam':
+      if hparams.pop('initial_accumulator'):
+        raise ValueError("Optimizer 'adam' starts its accumulators at 0; it takes no "
+                         'initial_accumulator.')
+    else:
+      hparams['initial_preconditioner_value'] = hparams.pop('initial_accumulator')
+  return hparams
+
 
 def build(name: str, learning_rate: float, **hparams: Any) -> TffOptimizer:
   """Returns the TFF optimizer called `name`.
@@ -32,19 +56,29 @@ def build(name: str, learning_rate: float, **hparams: Any) -> TffOptimizer:
       'adagrad', 'yogi' or 'rmsprop'.
     learning_rate: The learning rate.
     **hparams: Further keyword arguments of the matching
-      `tff.learning.optimizers.build_*` function, e.g. `beta_1`, `epsilon`.
+      `tff.learning.optimizers.build_*` function: `momentum` for sgd;
+      `beta_1`, `beta_2`, `epsilon` (Reddi et al.'s τ) and
+      `initial_accumulator` for the adaptive ones, whose defaults are
+      `ADAPTIVE_DEFAULTS` (Reddi et al. 2021), not TFF's.
 
   Raises:
     ValueError: If `name` is unknown or a hyperparameter does not apply.
   """
   if name not in _BUILDERS:
     raise ValueError(f'Unknown optimizer {name!r}; expected one of {", ".join(OPTIMIZER_NAMES)}.')
-  if name == 'sgd' and not hparams.get('momentum'):
-    hparams.pop('momentum', None)
   try:
-    return _BUILDERS[name](learning_rate=learning_rate, **hparams)
+    return _BUILDERS[name](learning_rate=learning_rate, **_tff_hparams(name, hparams))
   except TypeError as e:
     raise ValueError(f'Optimizer {name!r} does not take {sorted(hparams)}: {e}') from None
+
+
+def build_fn(name: str, **hparams: Any) -> Callable[[float], TffOptimizer]:
+  """Returns `learning_rate -> build(name, learning_rate, **hparams)`.
+
+  Learning-rate schedules need the client optimizer in this form.
+  """
+  build(name, 1.0, **hparams)  # Fails now, not inside TFF tracing, on bad input.
+  return lambda learning_rate: build(name, learning_rate, **dict(hparams))
 
 
 def check(optimizer: Any, role: str) -> TffOptimizer:

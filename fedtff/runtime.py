@@ -190,11 +190,23 @@ def _executor_factory(connection: LocalWorkerConnection, default_num_clients: in
   return tff.framework.ResourceManagingExecutorFactory(stack_fn)
 
 
+def compile_for_worker(computation):
+  """TFF's native compilation, after lowering secure sums to plain sums.
+
+  TFF 0.87's C++ worker cannot execute `federated_secure_sum_bitwidth` and
+  friends; like TFF's own test backend, fedtff replaces them by their insecure
+  TensorFlow bodies. The local runtime therefore computes secure sums in the
+  clear: it simulates the protocol's interface, not its cryptography.
+  """
+  computation = tff.backends.test.replace_secure_intrinsics_with_bodies(computation)
+  return tff.backends.native.desugar_and_transform_to_native(computation)
+
+
 def sync_context(connection: LocalWorkerConnection, *, default_num_clients: int = 0):
   """A synchronous TFF execution context over one worker connection."""
   return tff.framework.SyncExecutionContext(
       executor_fn=_executor_factory(connection, default_num_clients),
-      compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+      compiler_fn=compile_for_worker,
       transform_args=tff.tensorflow.transform_args,
       transform_result=tff.tensorflow.transform_result,
   )

@@ -1,0 +1,159 @@
+"""Model-update aggregators, by name, as `tff.aggregators` factories.
+
+Each kind composes with every algorithm that accepts a model aggregator:
+
+* `mean`: TFF's (weighted or unweighted) mean.
+* `robust`: L2 norm clipping (fixed `clip_norm`, or adaptive as in Andrew et
+  al. 2021, arXiv 1905.03871) and zeroing of outlier updates whose norm
+  exceeds `zeroing_norm` (or an adaptive high quantile).
+* `compression`: uniform quantization of large tensors to `quantization_bits`
+  (TFF's `EncodedSumFactory.quantize_above_threshold`).
+* `secure`: TFF's secure sum (`tff.aggregators.SecureSumFactory`), with the
+  value range fixed by `clip_norm` or estimated adaptively. Floats are mapped
+  to 32-bit integers. TFF's local runtime computes secure sums in the clear: it
+  simulates the protocol's interface, not its cryptography.
+* `dp`: the differential-privacy hook: TFF's Gaussian mechanism with fixed or
+  adaptive clipping (`tff.aggregators.DifferentiallyPrivateFactory`). It is
+  unweighted; accounting lives in fedtff.privacy.
+
+Any `tff.aggregators` factory can also be passed to the builders as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+import tensorflow_federated as tff
+
+AggregationFactory = Union[tff.aggregators.WeightedAggregationFactory,
+                           tff.aggregators.UnweightedAggregationFactory]
+KINDS = ('mean', 'robust', 'compression', 'secure', 'dp')
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorSpec:
+  """What `build_aggregator` builds; `None` fields take the kind's default.
+
+  Attributes:
+    kind: One of `KINDS`.
+    clip_norm: L2 clipping norm; `None` adapts it (for `robust`, `secure`, `dp`).
+    zeroing: For `robust` and `compression`: zero updates with outlier norms.
+    zeroing_norm: Fixed zeroing threshold; `None` adapts it.
+    quantization_bits: For `compression`: bits per quantized value.
+    quantization_threshold: For `compression`: tensors with at most this many
+      elements are sent unquantized (TFF's default is 20000).
+    noise_multiplier: For `dp`: Gaussian noise std divided by the clip norm.
+    clients_per_round: For `dp`: the expected number of clients per round.
+    target_unclipped_quantile: For adaptive clipping: the share of updates
+      that should be left unclipped.
+  """
+  kind: str = 'mean'
+  clip_norm: Optional[float] = None
+  zeroing: bool = False
+  zeroing_norm: Optional[float] = None
+  quantization_bits: int = 8
+  quantization_threshold: int = 20000
+  noise_multiplier: Optional[float] = None
+  clients_per_round: Optional[int] = None
+  target_unclipped_quantile: float = 0.5
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'Unknown aggregator {self.kind!r}; expected one of {", ".join(KINDS)}.')
+
+
+def is_weighted(factory: AggregationFactory) -> bool:
+  """Whether `factory` aggregates with client weights."""
+  return isinstance(factory, tff.aggregators.WeightedAggregationFactory)
+
+
+def _mean(weighted: bool, value_sum_factory=None):
+  if weighted:
+    return tff.aggregators.MeanFactory(value_sum_factory=value_sum_factory)
+  return tff.aggregators.UnweightedMeanFactory(value_sum_factory=value_sum_factory)
+
+
+def _adaptive_norm(initial: float, quantile: float, learning_rate: float, **kwargs):
+  return tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+      initial_estimate=initial, target_quantile=quantile, learning_rate=learning_rate,
+      **kwargs)
+
+
+def _clip(spec: AggregatorSpec, inner: AggregationFactory) -> AggregationFactory:
+  norm = spec.clip_norm if spec.clip_norm is not None else _adaptive_norm(
+      1.0, spec.target_unclipped_quantile, 0.2)
+  return tff.aggregators.clipping_factory(norm, inner)
+
+
+def _zero(spec: AggregatorSpec, inner: AggregationFactory) -> AggregationFactory:
+  norm = spec.zeroing_norm if spec.zeroing_norm is not None else _adaptive_norm(
+      10.0, 0.98, 2.302585, multiplier=2.0, increment=1.0)
+  return tff.aggregators.zeroing_factory(norm, inner)
+
+
+def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
+  if weighted:
+    raise ValueError('The dp aggregator is unweighted (user-level DP bounds each client\'s '
+                     'contribution); use it with weighted=False.')
+  if spec.noise_multiplier is None or spec.clients_per_round is None:
+    raise ValueError('The dp aggregator needs noise_multiplier and clients_per_round.')
+  if spec.clip_norm is not None:
+    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+        spec.noise_multiplier, spec.clients_per_round, spec.clip_norm)
+  return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+      spec.noise_multiplier, spec.clients_per_round,
+      target_unclipped_quantile=spec.target_unclipped_quantile)
+
+
+def _secure(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
+  bound = spec.clip_norm if spec.clip_norm is not None else _adaptive_norm(
+      50.0, 0.95, 1.0, multiplier=2.0, secure_estimation=True)
+  value_sum = tff.aggregators.SecureSumFactory(bound)
+  if weighted:
+    return tff.aggregators.MeanFactory(
+        value_sum_factory=value_sum,
+        weight_sum_factory=tff.aggregators.SecureSumFactory(float(2**20 - 1), 0.0))
+  return tff.aggregators.UnweightedMeanFactory(
+      value_sum_factory=value_sum,
+      count_sum_factory=tff.aggregators.SecureSumFactory(1, 0))
+
+
+def check_weighting(factory: AggregationFactory, *, weighted: bool, algorithm: str) -> None:
+  """Raises `TypeError` if `factory`'s weighting differs from the algorithm's."""
+  if weighted and not is_weighted(factory):
+    raise TypeError(
+        f'{algorithm} with weighted=True needs a tff.aggregators.WeightedAggregationFactory, '
+        f'got the unweighted {type(factory).__name__}; pass weighted=False.')
+  if not weighted and is_weighted(factory):
+    raise TypeError(
+        f'{algorithm} with weighted=False needs a tff.aggregators.UnweightedAggregationFactory, '
+        f'got the weighted {type(factory).__name__}.')
+
+
+def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFactory:
+  """Returns the `tff.aggregators` factory that `spec` describes.
+
+  Args:
+    spec: The aggregator kind and its options.
+    weighted: Whether the algorithm weights client updates (a weighted factory
+      is returned) or not (an unweighted one).
+
+  Raises:
+    ValueError: If the options do not fit the kind, e.g. `dp` with weighting.
+  """
+  if spec.kind == 'dp':
+    return _dp(spec, weighted)
+  if spec.kind == 'secure':
+    return _secure(spec, weighted)
+  if spec.kind == 'compression':
+    value_sum = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+        quantization_bits=spec.quantization_bits, threshold=spec.quantization_threshold)
+    factory = _mean(weighted, value_sum)
+  else:
+    factory = _mean(weighted)
+  if spec.kind == 'robust' or (spec.kind == 'compression' and spec.clip_norm is not None):
+    factory = _clip(spec, factory)
+  if spec.zeroing:
+    factory = _zero(spec, factory)
+  return factory
