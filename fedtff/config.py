@@ -13,19 +13,24 @@ from typing import Any, Iterator, Mapping, Tuple
 
 import ml_collections
 
+from fedtff import aggregators
+from fedtff import models
+from fedtff import optimizers
+from fedtff.algorithms import builder
+from fedtff.algorithms import schedules
+
 DATASETS = ('digits',)
 PARTITIONS = ('iid', 'dirichlet')
-MODELS = ('logistic_regression', 'mlp')
-ALGORITHMS = ('fedavg',)
-OPTIMIZERS = ('adagrad', 'adam', 'rmsprop', 'sgd', 'yogi')
 
 _CHOICES = {
     'data.dataset': DATASETS,
     'data.partition': PARTITIONS,
-    'model.name': MODELS,
-    'algorithm.name': ALGORITHMS,
-    'client.optimizer': OPTIMIZERS,
-    'server.optimizer': OPTIMIZERS,
+    'model.name': models.MODEL_NAMES,
+    'algorithm.name': builder.ALGORITHMS,
+    'client.optimizer': optimizers.OPTIMIZER_NAMES,
+    'client.lr_schedule': schedules.SCHEDULES,
+    'server.optimizer': optimizers.OPTIMIZER_NAMES,
+    'aggregator.kind': aggregators.KINDS,
 }
 
 
@@ -41,16 +46,33 @@ def base_config() -> ml_collections.ConfigDict:
       partition='dirichlet', dirichlet_alpha=0.5,
       batch_size=10, client_epochs=1, shuffle_buffer=100))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
-  config.algorithm = ml_collections.ConfigDict(dict(name='fedavg', weighted=True))
-  config.client = ml_collections.ConfigDict(dict(
-      optimizer='sgd', learning_rate=0.1, momentum=0.0))
-  config.server = ml_collections.ConfigDict(dict(
-      optimizer='sgd', learning_rate=1.0, momentum=0.0))
+  config.algorithm = ml_collections.ConfigDict(dict(
+      name='fedavg', weighted=True, proximal_strength=0.0))
+  config.client = _optimizer_group(learning_rate=0.1)
+  config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
+                            lr_staircase=False, lr_warmup_rounds=0))
+  config.server = _optimizer_group(learning_rate=1.0)
+  config.aggregator = ml_collections.ConfigDict(dict(
+      kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
+      quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
+      target_unclipped_quantile=0.5))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
   config.seed = 0
   return config
+
+
+def _optional_float() -> ml_collections.FieldReference:
+  """A float field that is `None` (meaning "adaptive" or "unset") by default."""
+  return ml_collections.FieldReference(None, field_type=float)
+
+
+def _optimizer_group(learning_rate: float) -> ml_collections.ConfigDict:
+  """Optimizer name and hyperparameters; unused ones are ignored (docs/configs.md)."""
+  return ml_collections.ConfigDict(dict(
+      optimizer='sgd', learning_rate=learning_rate, momentum=0.0,
+      **optimizers.ADAPTIVE_DEFAULTS['yogi']))
 
 
 def _leaves(config: Mapping[str, Any], prefix: str = '') -> Iterator[Tuple[str, Any]]:
@@ -66,7 +88,9 @@ def _type_name(value: Any) -> str:
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
-  if isinstance(default, bool) or isinstance(value, bool):
+  if default is None:
+    ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+  elif isinstance(default, bool) or isinstance(value, bool):
     ok = isinstance(value, bool) and isinstance(default, bool)
   elif isinstance(default, float):
     ok = isinstance(value, (int, float))
@@ -94,6 +118,8 @@ def check_key(key: str) -> None:
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
   default = dict(_leaves(base_config().to_dict()))[key]
+  if default is None:
+    return 'a number or None'
   if isinstance(default, bool):
     return 'true or false'
   if isinstance(default, (tuple, list)):
@@ -115,6 +141,18 @@ def validate(config: Any) -> None:
   for key in ('total_rounds', 'clients_per_round', 'rounds_per_eval'):
     if config[key] < 1:
       raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
+  _check_algorithm(config['algorithm'], config['server'])
+
+
+def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+  name = algorithm['name']
+  if name != 'fedprox' and algorithm['proximal_strength']:
+    raise ConfigError(f'Config key algorithm.proximal_strength is used only by fedprox, '
+                      f'but algorithm.name is {name!r}.')
+  expected = builder.FEDAVG_SERVER_OPTIMIZERS.get(name, (None,))[0]
+  if name not in ('fedavg', 'fedavgm') and expected and server['optimizer'] != expected:
+    raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
+                      f'got {server["optimizer"]!r}.')
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -14,7 +14,9 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import ml_collections
 import tensorflow_federated as tff
 
+from fedtff import aggregators
 from fedtff import algorithms
+from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
 from fedtff import optimizers
@@ -26,19 +28,57 @@ from fedtff import training
 ProgressFn = Callable[[Mapping[str, Any]], None]
 
 
-def _optimizer(group: ml_collections.ConfigDict) -> optimizers.TffOptimizer:
-  hparams = {'momentum': group.momentum} if group.optimizer == 'sgd' else {}
-  return optimizers.build(group.optimizer, group.learning_rate, **hparams)
+_OPTIMIZER_HPARAMS = {
+    'sgd': ('momentum',),
+    'adam': ('beta_1', 'beta_2', 'epsilon'),
+    'adagrad': ('epsilon', 'initial_accumulator'),
+    'yogi': ('beta_1', 'beta_2', 'epsilon', 'initial_accumulator'),
+    'rmsprop': (),
+}
+
+
+def _optimizer_hparams(group: ml_collections.ConfigDict) -> Dict[str, Any]:
+  return {name: group[name] for name in _OPTIMIZER_HPARAMS[group.optimizer]}
+
+
+def _schedule(client: ml_collections.ConfigDict) -> Optional[schedules.Schedule]:
+  if client.lr_schedule == 'constant' and client.lr_warmup_rounds == 0:
+    return None
+  return schedules.Schedule(
+      client.lr_schedule, learning_rate=client.learning_rate, decay_rate=client.lr_decay_rate,
+      decay_steps=client.lr_decay_steps, staircase=client.lr_staircase,
+      warmup_rounds=client.lr_warmup_rounds)
+
+
+def _client_optimizer(config: ml_collections.ConfigDict):
+  if config.algorithm.name == 'fedsgd':
+    return None
+  if _schedule(config.client) is not None:
+    return optimizers.build_fn(config.client.optimizer, **_optimizer_hparams(config.client))
+  return optimizers.build(config.client.optimizer, config.client.learning_rate,
+                          **_optimizer_hparams(config.client))
+
+
+def _aggregator(config: ml_collections.ConfigDict) -> aggregators.AggregatorSpec:
+  fields = config.aggregator.to_dict()
+  return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
 
 def build_process(config: ml_collections.ConfigDict,
                   task: tasks.Task) -> tff.learning.templates.LearningProcess:
-  """The learning process that `config.algorithm`, `client` and `server` name."""
-  return algorithms.build_fed_avg(
+  """The learning process that `config.algorithm`, `client`, `server` and
+  `aggregator` describe, built by `fedtff.build_learning_process`."""
+  algorithm = config.algorithm
+  return algorithms.build_learning_process(
       task.model_fn, task.element_spec,
-      client_optimizer=_optimizer(config.client),
-      server_optimizer=_optimizer(config.server),
-      weighted=config.algorithm.weighted)
+      algorithm=algorithm.name,
+      client_optimizer=_client_optimizer(config),
+      server_optimizer=optimizers.build(config.server.optimizer, config.server.learning_rate,
+                                        **_optimizer_hparams(config.server)),
+      client_learning_rate_schedule=_schedule(config.client),
+      proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
+      weighted=algorithm.weighted,
+      aggregator=_aggregator(config))
 
 
 def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:

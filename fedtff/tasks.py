@@ -54,10 +54,9 @@ def _partition(labels, config: ml_collections.ConfigDict, seed: int):
 
 
 def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int):
-  if config.name == 'logistic_regression':
-    return functools.partial(models.logistic_regression, input_shape, num_classes)
-  return functools.partial(models.mlp, input_shape, num_classes,
-                           hidden_units=tuple(config.hidden_units))
+  kwargs = {'hidden_units': tuple(config.hidden_units)} if config.name == 'mlp' else {}
+  return functools.partial(models.build, config.name, input_shape=tuple(input_shape),
+                           num_classes=num_classes, **kwargs)
 
 
 def build_task(config: ml_collections.ConfigDict) -> Task:

@@ -38,8 +38,8 @@ def test_trains_and_writes_the_run_directory(tmp_path):
         (['experiments/train.py', '--config=configs/missing.py', '--workdir=/tmp/x'],
          'config file configs/missing.py does not exist'),
         (TRAIN + ['--workdir=/tmp/x', '--config.client.lr=0.1'],
-         'Unknown config key client.lr; valid keys here are: client.learning_rate, '
-         'client.momentum, client.optimizer.'),
+         'Unknown config key client.lr; valid keys here are: client.beta_1, client.beta_2, '
+         'client.epsilon, client.initial_accumulator, client.learning_rate, '),
         (TRAIN + ['--workdir=/tmp/x', '--config.total_rounds=many'],
          "Config key total_rounds must be an integer, got 'many'."),
         (TRAIN + ['--workdir=/proc/fedtff-cannot-write'],

@@ -1,0 +1,55 @@
+"""Config-built processes: algorithm, optimizer, schedule and aggregator fields."""
+
+import pytest
+
+import fedtff
+from fedtff import experiment
+from fedtff import tasks
+
+
+def config_for(**groups):
+  config = fedtff.config.base_config()
+  config.data.num_clients = 12
+  config.data.num_test_clients = 3
+  for group, fields in groups.items():
+    config[group].update(fields)
+  fedtff.config.validate(config)
+  return config
+
+
+@pytest.fixture(scope='module')
+def task():
+  return tasks.build_task(config_for())
+
+
+@pytest.mark.parametrize(
+    'groups',
+    [
+        dict(algorithm=dict(name='fedadam'), server=dict(optimizer='adam', learning_rate=0.01)),
+        dict(algorithm=dict(name='fedprox', proximal_strength=0.1)),
+        dict(client=dict(lr_schedule='exp_decay', lr_decay_steps=5)),
+        dict(algorithm=dict(name='fedavg', weighted=False),
+             aggregator=dict(kind='dp', noise_multiplier=0.5, clip_norm=1.0)),
+        dict(aggregator=dict(kind='robust', clip_norm=2.0, zeroing=True)),
+    ],
+    ids=['fedadam', 'fedprox', 'schedule', 'dp', 'robust'])
+def test_config_builds_a_process_that_runs(groups, task):
+  process = experiment.build_process(config_for(**groups), task)
+  train_ids = task.train_data.client_ids[:2]
+  datasets = [task.train_data.create_tf_dataset_for_client(i) for i in train_ids]
+  output = process.next(process.initialize(), datasets)
+  assert output.metrics['client_work']['train']['num_examples'] > 0
+
+
+@pytest.mark.parametrize(
+    'groups, message',
+    [
+        (dict(algorithm=dict(name='fedyogi')), "needs server.optimizer='yogi', got 'sgd'"),
+        (dict(algorithm=dict(proximal_strength=0.5)), 'proximal_strength is used only by fedprox'),
+        (dict(algorithm=dict(name='fedsgdx')), "algorithm.name is 'fedsgdx'; expected one of"),
+        (dict(aggregator=dict(kind='median')), "aggregator.kind is 'median'; expected one of"),
+    ],
+    ids=['server_optimizer_mismatch', 'mu_without_fedprox', 'unknown_algorithm', 'unknown_aggregator'])
+def test_inconsistent_configs_are_refused(groups, message):
+  with pytest.raises(fedtff.config.ConfigError, match=message):
+    config_for(**groups)
