@@ -9,9 +9,11 @@ from absl import logging
 
 from fedtff import config as config_lib
 from fedtff import runtime
+from fedtff import training
 
-# Errors a user can fix from the command line: shown as one line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, OSError, ValueError, TypeError, KeyError)
+# Errors a user can fix or must know of: shown as one line, no traceback.
+USER_ERRORS = (config_lib.ConfigError, OSError, ValueError, TypeError, KeyError,
+               training.TrainingDivergedError)
 
 
 def reject_extra_args(argv) -> None:

@@ -4,7 +4,9 @@
   python experiments/train.py --config=configs/quickstart.py --workdir=/tmp/r \
       --config.total_rounds=3 --config.client.learning_rate=0.05
 
-Writes config.json, metrics.csv and summary.json into --workdir.
+Writes the run directory (config.json, metrics.csv, metrics.jsonl, tensorboard/,
+checkpoints/, summary.json) into --workdir. Rerunning the same command resumes
+from the last checkpoint; raising --config.total_rounds extends a finished run.
 """
 
 import os
@@ -24,13 +26,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, configs/NAME.py[:VARIANT].', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory for metrics and summaries.')
 _QUIET = flags.DEFINE_bool('quiet', False, 'Print only the final line, not one line per round.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Start over in --workdir even if it holds a run of another config.')
 
 
 def main(argv):
   cli.reject_extra_args(argv)
   config = _CONFIG.value
   progress = None if _QUIET.value else cli.RoundPrinter(config.total_rounds)
-  summary = fedtff.run_experiment(config, _WORKDIR.value, progress_fn=progress)
+  summary = fedtff.run_experiment(config, _WORKDIR.value, progress_fn=progress,
+                                  overwrite=_OVERWRITE.value)
   final = summary['final']
   print(f"test accuracy {final.get('eval/accuracy', float('nan')):.4f} "
         f"(loss {final.get('eval/loss', float('nan')):.4f}) after round {final['round']}; "

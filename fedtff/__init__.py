@@ -7,6 +7,7 @@ processes, federated data helpers, the round loop, and the experiment runner.
 from fedtff import config
 from fedtff import data
 from fedtff import models
+from fedtff import privacy
 from fedtff import runtime
 from fedtff import aggregators
 from fedtff.aggregators import AggregatorSpec
@@ -24,6 +25,7 @@ from fedtff.optimizers import build_fn as optimizer_fn
 from fedtff.runtime import local_runtime
 from fedtff.tasks import batch_fn
 from fedtff.training import run_training
+from fedtff.training import TrainingDivergedError
 from fedtff.training import sample_clients
 
 __version__ = '0.1.0'

@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
+  config.rounds_per_checkpoint = 10
   config.seed = 0
+  config.output = ml_collections.ConfigDict(dict(tensorboard=True, checkpoints_to_keep=2))
   return config
 
 
@@ -75,10 +77,10 @@ def _optimizer_group(learning_rate: float) -> ml_collections.ConfigDict:
       **optimizers.ADAPTIVE_DEFAULTS['yogi']))
 
 
-def _leaves(config: Mapping[str, Any], prefix: str = '') -> Iterator[Tuple[str, Any]]:
+def leaves(config: Mapping[str, Any], prefix: str = '') -> Iterator[Tuple[str, Any]]:
   for key, value in config.items():
     if isinstance(value, Mapping):
-      yield from _leaves(value, f'{prefix}{key}.')
+      yield from leaves(value, f'{prefix}{key}.')
     else:
       yield f'{prefix}{key}', value
 
@@ -105,7 +107,7 @@ def _check_type(key: str, value: Any, default: Any) -> None:
 
 def check_key(key: str) -> None:
   """Raises `ConfigError` if the dotted `key` is not in the schema."""
-  schema = dict(_leaves(base_config().to_dict()))
+  schema = dict(leaves(base_config().to_dict()))
   groups = {k.rpartition('.')[0] for k in schema}
   if key in schema or key in groups:
     return
@@ -117,7 +119,7 @@ def check_key(key: str) -> None:
 
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
-  default = dict(_leaves(base_config().to_dict()))[key]
+  default = dict(leaves(base_config().to_dict()))[key]
   if default is None:
     return 'a number or None'
   if isinstance(default, bool):
@@ -129,16 +131,16 @@ def describe_type(key: str) -> str:
 
 def validate(config: Any) -> None:
   """Raises `ConfigError` naming the first key that does not fit the schema."""
-  schema = dict(_leaves(base_config().to_dict()))
+  schema = dict(leaves(base_config().to_dict()))
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
-  for key, value in _leaves(config):
+  for key, value in leaves(config):
     check_key(key)
     _check_type(key, value, schema[key])
     if key in _CHOICES and value not in _CHOICES[key]:
       raise ConfigError(
           f'Config key {key} is {value!r}; expected one of: {", ".join(_CHOICES[key])}.')
-  for key in ('total_rounds', 'clients_per_round', 'rounds_per_eval'):
+  for key in ('total_rounds', 'clients_per_round', 'rounds_per_eval', 'rounds_per_checkpoint'):
     if config[key] < 1:
       raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
   _check_algorithm(config['algorithm'], config['server'])
@@ -153,6 +155,14 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
   if name not in ('fedavg', 'fedavgm') and expected and server['optimizer'] != expected:
     raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
                       f'got {server["optimizer"]!r}.')
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:
+  """`key: old -> new` for every leaf that differs between two config dicts."""
+  old_leaves, new_leaves = dict(leaves(old)), dict(leaves(new))
+  return [f'{key}: {old_leaves.get(key)!r} -> {new_leaves.get(key)!r}'
+          for key in sorted(set(old_leaves) | set(new_leaves))
+          if old_leaves.get(key) != new_leaves.get(key)]
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

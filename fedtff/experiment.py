@@ -1,8 +1,9 @@
 """One call that runs an experiment config into a run directory.
 
 `run_experiment(config, workdir)` validates the config, builds the task and
-the learning process, runs the rounds on a fedtff-owned TFF runtime and writes
-`config.json`, `metrics.csv` and `summary.json` into `workdir`.
+the learning process, resumes from the newest checkpoint in `workdir` if there
+is one, runs the remaining rounds on a fedtff-owned TFF runtime and writes the
+run directory described in `fedtff.run_dir`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import algorithms
+from fedtff import checkpoints
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
 from fedtff import optimizers
-from fedtff import outputs
+from fedtff import run_dir
 from fedtff import runtime
 from fedtff import tasks
 from fedtff import training
@@ -105,51 +107,77 @@ def evaluation_fn(task: tasks.Task, training_process) -> Callable[[Any, int], tr
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
-                   progress_fn: Optional[ProgressFn] = None) -> Dict[str, Any]:
-  """Runs `config` into `workdir` and returns the summary it writes there.
+                   progress_fn: Optional[ProgressFn] = None,
+                   overwrite: bool = False) -> Dict[str, Any]:
+  """Runs `config` into `workdir`, resuming it if it holds a checkpoint.
 
   Args:
     config: An experiment config (see `fedtff.config.base_config`).
-    workdir: The run directory; created if needed.
+    workdir: The run directory (layout in `fedtff.run_dir`); created if needed.
     progress_fn: Called with each round's metrics row, e.g. to print progress.
+    overwrite: Start over even if `workdir` holds a run of another config.
+
+  Returns:
+    The summary also written to `<workdir>/summary.json`.
 
   Raises:
-    fedtff.config.ConfigError: If the config does not fit the schema.
+    fedtff.config.ConfigError: If the config does not fit the schema, or
+      differs from the one `workdir` was run with (beyond `total_rounds`).
     OSError: If `workdir` cannot be written.
+    fedtff.training.TrainingDivergedError: If the loss becomes NaN or
+      infinite; the last good checkpoint is kept.
   """
   config_lib.validate(config)
-  outputs.ensure_writable_dir(workdir)
-  outputs.atomic_write_text(os.path.join(workdir, 'config.json'), config_lib.to_json(config) + '\n')
-  start = time.perf_counter()
+  run_dir.prepare(workdir, config, overwrite=overwrite)
   task = tasks.build_task(config)
   process = build_process(config, task)
   with runtime.local_runtime():
-    final_row = _run_rounds(config, task, process, workdir, progress_fn)
-  summary = {'final': final_row, 'total_rounds': config.total_rounds,
-             'total_time_s': time.perf_counter() - start}
-  outputs.write_json(os.path.join(workdir, 'summary.json'), summary)
-  return summary
+    total_time_s = _train(config, task, process, workdir, progress_fn)
+  return run_dir.write_summary(workdir, total_time_s=total_time_s)
 
 
-def _run_rounds(config, task, process, workdir, progress_fn) -> Dict[str, Any]:
+def _initial_state(config, task, composed, checkpoint_dir: str):
+  """`(state, last_round, elapsed_s)` from the newest checkpoint, or round 0."""
+  checkpoints.remove_partial_files(checkpoint_dir)
+  template = composed.initialize()
+  restored = checkpoints.restore_latest(checkpoint_dir, template)
+  if restored is not None:
+    return restored
+  weights = tff_model.initial_weights(task.model_fn, config.seed)
+  return composed.set_model_weights(template, weights), 0, 0.0
+
+
+def _train(config, task, process, workdir: str, progress_fn) -> float:
+  """Runs the remaining rounds; returns the run's total training seconds."""
+  start = time.perf_counter()
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
       task.train_data.dataset_computation, process)
   evaluate = evaluation_fn(task, process)
-  columns = (['round', 'round_time_s'] + training.metric_names(process, training.train_metrics)
-             + evaluate.metric_names)
-  csv_path = os.path.join(workdir, 'metrics.csv')
-  if os.path.exists(csv_path):
-    os.remove(csv_path)
-  last_row = {}
-  writers = [outputs.MetricsCsv(csv_path, columns).write, last_row.update]
-  if progress_fn:
-    writers.append(progress_fn)
+  checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
+  state, last_round, elapsed_s = _initial_state(config, task, composed, checkpoint_dir)
+  columns = (['round', 'round_time_s', 'examples_per_s']
+             + training.metric_names(process, training.train_metrics) + evaluate.metric_names)
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
-  state = composed.set_model_weights(
-      composed.initialize(), tff_model.initial_weights(task.model_fn, config.seed))
-  training.run_training(composed, select, total_rounds=config.total_rounds, state=state,
-                        evaluation_fn=evaluate, rounds_per_eval=config.rounds_per_eval,
-                        metrics_writers=writers)
-  return dict(last_row)
+  save = lambda round_num, state: checkpoints.save(
+      checkpoint_dir, round_num, state, elapsed_s=elapsed_s + time.perf_counter() - start,
+      keep=config.output.checkpoints_to_keep)
+  with run_dir.metric_writers(workdir, columns, last_round=last_round or None,
+                              tensorboard=config.output.tensorboard) as writers:
+    try:
+      training.run_training(
+          composed, select, total_rounds=config.total_rounds, state=state,
+          start_round=last_round + 1, evaluation_fn=evaluate,
+          rounds_per_eval=config.rounds_per_eval, metrics_writers=writers + [progress_fn or _skip],
+          checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint)
+    except training.TrainingDivergedError as e:
+      kept = checkpoints.rounds(checkpoint_dir)
+      raise training.TrainingDivergedError(
+          f'{e} The last good checkpoint ({"round " + str(kept[-1]) if kept else "none yet"}) '
+          f'is kept in {checkpoint_dir}.') from None
+  return elapsed_s + time.perf_counter() - start
+
+
+def _skip(row) -> None:
+  del row

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 Metrics = Dict[str, float]
@@ -61,6 +62,25 @@ def _zeros_like(type_spec):
   return 0.0
 
 
+class TrainingDivergedError(RuntimeError):
+  """A round produced a NaN or infinite training loss."""
+
+
+def _model_weights(process, state):
+  weights = getattr(state, 'global_model_weights', None)
+  return weights if weights is not None else process.get_model_weights(state)
+
+
+def check_finite(process, state, row: Mapping[str, Any]) -> None:
+  """Raises `TrainingDivergedError` if a loss or the model weights are not finite."""
+  for name, value in row.items():
+    if name.rpartition('/')[2] == 'loss' and not np.isfinite(value):
+      raise TrainingDivergedError(f"Training diverged at round {row['round']}: {name} is {value}.")
+  if not all(np.all(np.isfinite(w)) for w in tf.nest.flatten(_model_weights(process, state))):
+    raise TrainingDivergedError(
+        f"Training diverged at round {row['round']}: the model weights are no longer finite.")
+
+
 def run_training(process: tff.learning.templates.LearningProcess,
                  client_selection_fn: Callable[[int], Any],
                  *,
@@ -69,7 +89,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  start_round: int = 1,
                  evaluation_fn: Optional[Callable[[Any, int], Metrics]] = None,
                  rounds_per_eval: int = 1,
-                 metrics_writers: Sequence[MetricsWriter] = ()) -> Any:
+                 metrics_writers: Sequence[MetricsWriter] = (),
+                 checkpoint_fn: Optional[Callable[[int, Any], None]] = None,
+                 rounds_per_checkpoint: int = 1) -> Any:
   """Runs rounds `start_round..total_rounds` and returns the final state.
 
   Args:
@@ -83,21 +105,38 @@ def run_training(process: tff.learning.templates.LearningProcess,
     evaluation_fn: Maps `(state, round_num)` to `eval/<name>` metrics.
     rounds_per_eval: Evaluate after every this many rounds, and after the last.
     metrics_writers: Each is called with every round's metrics row.
+    checkpoint_fn: Called as `(round_num, state)` every `rounds_per_checkpoint`
+      rounds and after the last.
+    rounds_per_checkpoint: See `checkpoint_fn`.
+
+  Raises:
+    TrainingDivergedError: If a round's training or evaluation loss, or the
+      model weights, become NaN or infinite; nothing of that round is written or checkpointed.
   """
   if state is None:
     state = process.initialize()
   for round_num in range(start_round, total_rounds + 1):
     state, row = _run_round(process, state, client_selection_fn(round_num), round_num)
-    if evaluation_fn and (round_num % rounds_per_eval == 0 or round_num == total_rounds):
+    if evaluation_fn and _due(round_num, rounds_per_eval, total_rounds):
       row.update(evaluation_fn(state, round_num))
+    check_finite(process, state, row)
     for write in metrics_writers:
       write(row)
+    if checkpoint_fn and _due(round_num, rounds_per_checkpoint, total_rounds):
+      checkpoint_fn(round_num, state)
   return state
+
+
+def _due(round_num: int, every: int, total_rounds: int) -> bool:
+  return round_num % every == 0 or round_num == total_rounds
 
 
 def _run_round(process, state, clients, round_num: int):
   start = time.perf_counter()
   output = process.next(state, clients)
-  row = collections.OrderedDict(round=round_num, round_time_s=time.perf_counter() - start)
-  row.update(train_metrics(output.metrics))
+  seconds = time.perf_counter() - start
+  metrics = train_metrics(output.metrics)
+  row = collections.OrderedDict(round=round_num, round_time_s=seconds,
+                                examples_per_s=metrics.get('train/num_examples', 0.0) / seconds)
+  row.update(metrics)
   return output.state, row

@@ -34,7 +34,7 @@ def test_writes_metrics_csv_with_the_documented_columns(finished_run):
   rows = outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
   with open(os.path.join(workdir, 'metrics.csv')) as f:
     header = f.readline().strip().split(',')
-  assert header == ['round', 'round_time_s', 'train/accuracy', 'train/loss',
+  assert header == ['round', 'round_time_s', 'examples_per_s', 'train/accuracy', 'train/loss',
                     'train/num_examples', 'train/num_batches', 'eval/accuracy', 'eval/loss',
                     'eval/num_examples', 'eval/num_batches']
   assert [r['round'] for r in rows] == [1.0, 2.0, 3.0]
@@ -49,6 +49,7 @@ def test_writes_config_and_summary(finished_run):
   with open(os.path.join(workdir, 'summary.json')) as f:
     written = json.load(f)
   assert written['final']['round'] == 3 and written == json.loads(json.dumps(summary))
+  assert written['rounds_completed'] == 3
   assert 0.0 <= written['final']['eval/accuracy'] <= 1.0
   assert written['final']['eval/num_examples'] > 0
 
@@ -58,9 +59,10 @@ def test_same_seed_gives_the_same_metrics(finished_run, tmp_path):
   fedtff.run_experiment(small_config(), str(tmp_path))
   first = outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
   second = outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
+  timing = ('round_time_s', 'examples_per_s')
   for a, b in zip(first, second):
-    assert {k: v for k, v in a.items() if k != 'round_time_s'} == pytest.approx(
-        {k: v for k, v in b.items() if k != 'round_time_s'}, abs=1e-6)
+    assert {k: v for k, v in a.items() if k not in timing} == pytest.approx(
+        {k: v for k, v in b.items() if k not in timing}, abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def test_trains_and_writes_the_run_directory(tmp_path):
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('round 1/2  loss ') and 'ETA' in lines[0]
   assert lines[-1].startswith('test accuracy ') and lines[-1].endswith(f'run directory: {tmp_path}')
-  assert sorted(os.listdir(tmp_path)) == ['config.json', 'metrics.csv', 'summary.json']
+  assert sorted(os.listdir(tmp_path)) == ['checkpoints', 'config.json', 'metrics.csv',
+                                          'metrics.jsonl', 'summary.json', 'tensorboard']
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['total_rounds'] == 2
   with open(tmp_path / 'summary.json') as f:
@@ -102,9 +104,7 @@ def test_exception_mid_run_stops_the_workers(tmp_path):
   workdir = tmp_path / 'run'
   proc = _start_training(workdir)
   workers = _wait_for_first_round(proc)
-  for path in workdir.iterdir():
-    path.unlink()
-  workdir.rmdir()
+  shutil.rmtree(workdir)
   _, stderr = proc.communicate(timeout=60)
   assert proc.returncode != 0
   assert stderr.startswith('train.py: error: ') and 'No such file' in stderr

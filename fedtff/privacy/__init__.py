@@ -1,0 +1,23 @@
+"""Privacy for fedtff: DP-FedAvg accounting and aggregators, secure summation.
+
+* `accounting`: epsilon of DP-FedAvg for fedtff's client sampling, the noise
+  multiplier for a target epsilon, a per-round tracker, configuration checks.
+* `mechanisms`: the DP-FedAvg mean (fixed or adaptive clipping) and TFF's
+  secure-sum mean.
+* `secure_masking`: pairwise additive masking (Bonawitz et al. 2017) as a TFF
+  aggregator.
+
+docs/privacy.md states what each mechanism protects against and what it does not.
+"""
+
+from fedtff.privacy import accounting
+from fedtff.privacy import mechanisms
+from fedtff.privacy import secure_masking
+from fedtff.privacy.accounting import check_guarantee
+from fedtff.privacy.accounting import epsilon
+from fedtff.privacy.accounting import noise_multiplier_for_epsilon
+from fedtff.privacy.accounting import PrivacyTracker
+from fedtff.privacy.mechanisms import dp_aggregator
+from fedtff.privacy.mechanisms import secure_sum_aggregator
+from fedtff.privacy.secure_masking import masking_aggregator
+from fedtff.privacy.secure_masking import PairwiseMaskingSumFactory

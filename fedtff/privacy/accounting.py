@@ -1,0 +1,296 @@
+"""Privacy accounting for DP-FedAvg as fedtff runs it.
+
+DP-FedAvg is McMahan, Ramage, Talwar and Zhang, "Learning Differentially
+Private Recurrent Language Models", ICLR 2018 (arXiv 1710.06963): each round
+every sampled client's model update is clipped to L2 norm `C`, the clipped
+updates are summed, Gaussian noise of standard deviation `z * C` is added to the
+sum and the result is divided by the (public) number of sampled clients.
+
+What fedtff accounts for, exactly:
+
+* Unit of privacy: one client, with all of its data (user-level DP).
+* Sampling: each round draws `m` distinct clients uniformly without
+  replacement from the `N` training clients (`fedtff.training.sample_clients`),
+  independently across rounds.
+* Neighbouring relation: replace-one (`dp_accounting.NeighboringRelation.
+  REPLACE_ONE`): two federations of the same `N` clients that differ in the
+  whole dataset of one client. `N` is public. Sampling a fixed number of clients
+  has privacy amplification under replace-one only (Wang, Balle and
+  Kasiviswanathan, "Subsampled Rényi Differential Privacy and Analytical
+  Moments Accountant", AISTATS 2019, arXiv 1808.00087, Theorem 27, which
+  dp_accounting's RDP accountant implements).
+* Sensitivity: replacing one client's clipped update `u` by `u'` moves the sum
+  by `||u - u'|| <= 2C`, so the Gaussian mechanism's noise multiplier relative
+  to its replace-one sensitivity is `z / 2`. dp_accounting 0.4.3 passes the
+  noise multiplier of the `GaussianDpEvent` inside a
+  `SampledWithoutReplacementDpEvent` straight into Theorem 27 as noise over
+  sensitivity, while `GaussianDpEvent` is defined relative to the norm bound
+  `C`; fedtff therefore builds the event with `z / 2` (see
+  google/differential-privacy issue #378).
+* Composition: `T` such rounds, adaptively composed in Rényi DP (Mironov,
+  "Rényi Differential Privacy", CSF 2017) and converted to `(epsilon, delta)`
+  by dp_accounting. The guarantee covers every round's noisy aggregate, hence
+  every intermediate model, not only the final one.
+
+`sampling='poisson'` instead accounts for Poisson sampling (each client joins a
+round independently with probability `q = m / N`) under add-or-remove-one,
+with sensitivity `C` (noise multiplier `z`), as McMahan et al. do. fedtff's
+training loop does not sample that way; the mode exists to compare with
+published figures and TF Privacy's calculator, and `check_guarantee` refuses it.
+
+dp_accounting's PLD accountant supports no sampling without replacement, so
+fedtff uses the RDP accountant throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import dp_accounting
+import numpy as np
+
+WITHOUT_REPLACEMENT = 'without_replacement'
+POISSON = 'poisson'
+SAMPLINGS = (WITHOUT_REPLACEMENT, POISSON)
+EPSILON_METRIC = 'privacy/epsilon'
+DEFAULT_TOLERANCE = 1e-3
+_MAX_NOISE_MULTIPLIER = 2.0**20
+
+
+def default_delta(num_clients: int) -> float:
+  """`1 / N**1.1`, the delta McMahan et al. (2018) use for `N` clients."""
+  return 1.0 / num_clients**1.1
+
+
+def neighboring_relation(sampling: str = WITHOUT_REPLACEMENT) -> dp_accounting.NeighboringRelation:
+  """The neighbouring relation under which `sampling` is accounted."""
+  _check_sampling(sampling)
+  if sampling == POISSON:
+    return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+  return dp_accounting.NeighboringRelation.REPLACE_ONE
+
+
+def round_event(noise_multiplier: float, clients_per_round: int, num_clients: int,
+                *, sampling: str = WITHOUT_REPLACEMENT) -> dp_accounting.DpEvent:
+  """The `DpEvent` of one DP-FedAvg round; see the module docstring.
+
+  Args:
+    noise_multiplier: `z`: the noise standard deviation over the clip norm.
+    clients_per_round: `m`, the clients sampled each round.
+    num_clients: `N`, the clients sampled from.
+    sampling: `WITHOUT_REPLACEMENT` (what fedtff does) or `POISSON`.
+  """
+  _check_sampling_args(noise_multiplier, clients_per_round, num_clients, sampling)
+  if sampling == POISSON:
+    return dp_accounting.PoissonSampledDpEvent(
+        clients_per_round / num_clients, dp_accounting.GaussianDpEvent(noise_multiplier))
+  # Replace-one sensitivity of a sum of updates clipped to C is 2C.
+  return dp_accounting.SampledWithoutReplacementDpEvent(
+      num_clients, clients_per_round, dp_accounting.GaussianDpEvent(noise_multiplier / 2))
+
+
+def dp_event(noise_multiplier: float, clients_per_round: int, num_clients: int, rounds: int,
+             *, sampling: str = WITHOUT_REPLACEMENT) -> dp_accounting.DpEvent:
+  """The `DpEvent` of `rounds` DP-FedAvg rounds: `round_event` self-composed."""
+  _check_rounds(rounds)
+  return dp_accounting.SelfComposedDpEvent(
+      round_event(noise_multiplier, clients_per_round, num_clients, sampling=sampling), rounds)
+
+
+def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, rounds: int,
+            delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT) -> float:
+  """The epsilon DP-FedAvg spends over `rounds` rounds, by the RDP accountant.
+
+  Args:
+    noise_multiplier: `z`: the noise standard deviation over the clip norm
+      (the `noise_multiplier` of `fedtff.privacy.dp_aggregator`).
+    clients_per_round: `m`, the clients sampled each round.
+    num_clients: `N`, the clients sampled from.
+    rounds: `T`, the rounds run.
+    delta: The target delta; `default_delta(num_clients)` when `None`.
+    sampling: `WITHOUT_REPLACEMENT` (what fedtff does) or `POISSON`.
+
+  Returns:
+    Epsilon at `delta`; `math.inf` when `noise_multiplier` is 0.
+  """
+  event = dp_event(noise_multiplier, clients_per_round, num_clients, rounds, sampling=sampling)
+  delta = _resolve_delta(delta, num_clients)
+  if noise_multiplier == 0:
+    return math.inf
+  accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring_relation(sampling))
+  return accountant.compose(event).get_epsilon(delta)
+
+
+def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
+                                 num_clients: int, rounds: int, delta: Optional[float] = None,
+                                 *, sampling: str = WITHOUT_REPLACEMENT,
+                                 tolerance: float = DEFAULT_TOLERANCE) -> float:
+  """The smallest noise multiplier that keeps `rounds` rounds within `target_epsilon`.
+
+  Epsilon falls as the noise multiplier grows, so a binary search finds it:
+  doubling from 1 until epsilon is within the target, then halving the bracket
+  until it is narrower than `tolerance`.
+
+  Args:
+    target_epsilon: The epsilon not to exceed; positive.
+    clients_per_round: `m`, the clients sampled each round.
+    num_clients: `N`, the clients sampled from.
+    rounds: `T`, the rounds run.
+    delta: The target delta; `default_delta(num_clients)` when `None`.
+    sampling: `WITHOUT_REPLACEMENT` (what fedtff does) or `POISSON`.
+    tolerance: The returned `z` is at most this much above the exact smallest
+      multiplier `z*` (absolute, in noise-multiplier units).
+
+  Returns:
+    A `z` with `epsilon(z, ...) <= target_epsilon` and `z - z* <= tolerance`.
+  """
+  if not target_epsilon > 0:
+    raise ValueError(f'target_epsilon must be positive, got {target_epsilon}.')
+  if not tolerance > 0:
+    raise ValueError(f'tolerance must be positive, got {tolerance}.')
+  spends = lambda z: epsilon(z, clients_per_round, num_clients, rounds, delta, sampling=sampling)
+  low, high = 0.0, 1.0
+  while spends(high) > target_epsilon:
+    low, high = high, 2 * high
+    if high > _MAX_NOISE_MULTIPLIER:
+      raise ValueError(f'No noise multiplier up to {_MAX_NOISE_MULTIPLIER:g} reaches '
+                       f'epsilon {target_epsilon} in {rounds} rounds.')
+  while high - low > tolerance:
+    middle = (low + high) / 2
+    low, high = (low, middle) if spends(middle) <= target_epsilon else (middle, high)
+  return high
+
+
+class PrivacyTracker:
+  """The epsilon spent after each round, for a round loop's metrics.
+
+  The per-round Rényi DP is computed once; `epsilon(round_num)` then composes
+  `round_num` rounds, so a resumed run reports the same numbers as an
+  uninterrupted one. The values equal `fedtff.privacy.epsilon(..., rounds=round_num)`.
+
+    tracker = fedtff.privacy.PrivacyTracker(1.0, 10, 500)
+    row.update(tracker.metrics(round_num))  # {'privacy/epsilon': ...}
+  """
+
+  def __init__(self, noise_multiplier: float, clients_per_round: int, num_clients: int,
+               delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT):
+    event = round_event(noise_multiplier, clients_per_round, num_clients, sampling=sampling)
+    self.delta = _resolve_delta(delta, num_clients)
+    self._private = noise_multiplier > 0
+    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring_relation(sampling))
+    if self._private:
+      accountant.compose(event)
+    self._orders, self._round_rdp = accountant.orders, accountant.rdp
+
+  def epsilon(self, round_num: int) -> float:
+    """Epsilon after rounds `1..round_num`; 0 before the first round."""
+    if round_num < 0:
+      raise ValueError(f'round_num must be nonnegative, got {round_num}.')
+    if not self._private:
+      return math.inf if round_num else 0.0
+    rdp = round_num * self._round_rdp
+    return float(dp_accounting.rdp.compute_epsilon(self._orders, rdp, self.delta)[0])
+
+  def metrics(self, round_num: int) -> Dict[str, float]:
+    """`{'privacy/epsilon': epsilon(round_num)}`, to add to a metrics row."""
+    return {EPSILON_METRIC: self.epsilon(round_num)}
+
+
+def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clients: int,
+                    weighted: bool, sampling: str = WITHOUT_REPLACEMENT,
+                    rounds: Optional[int] = None, target_epsilon: Optional[float] = None,
+                    delta: Optional[float] = None) -> Optional[float]:
+  """Refuses DP-FedAvg configurations whose stated guarantee would not hold.
+
+  Args:
+    noise_multiplier: `z` of the DP aggregator.
+    clients_per_round: `m`, the clients sampled each round.
+    num_clients: `N`, the training clients sampled from.
+    weighted: Whether client updates are weighted by example counts.
+    sampling: How clients are sampled; only `WITHOUT_REPLACEMENT` is what
+      fedtff's round loop does.
+    rounds: The rounds to run; needed with `target_epsilon`.
+    target_epsilon: The epsilon the run claims, if any.
+    delta: The delta the run claims; `default_delta(num_clients)` when `None`.
+
+  Returns:
+    The epsilon spent over `rounds` rounds, or `None` without `rounds`.
+
+  Raises:
+    ValueError: With a sentence naming what breaks the guarantee.
+  """
+  _check_sampling_args(noise_multiplier, clients_per_round, num_clients, sampling)
+  if weighted:
+    raise ValueError(
+        'DP-FedAvg needs unweighted aggregation (weighted=False): weighting updates by '
+        'example counts lets one client move the average by more than 2*clip/clients_per_round, '
+        'the sensitivity the noise is calibrated to.')
+  if sampling != WITHOUT_REPLACEMENT:
+    raise ValueError(
+        f"fedtff's round loop samples a fixed number of clients uniformly without replacement "
+        f"(sampling='{WITHOUT_REPLACEMENT}'); an epsilon accounted for sampling={sampling!r} "
+        'would not describe the run.')
+  _check_claimed_delta(_resolve_delta(delta, num_clients), num_clients)
+  if target_epsilon is not None:
+    _check_claimed_epsilon(noise_multiplier, target_epsilon, rounds)
+  if rounds is None:
+    return None
+  spent = epsilon(noise_multiplier, clients_per_round, num_clients, rounds, delta)
+  if target_epsilon is not None and spent > target_epsilon:
+    raise ValueError(
+        f'{rounds} rounds with noise_multiplier={noise_multiplier} spend epsilon {spent:.4g}, '
+        f'more than target_epsilon={target_epsilon}; raise the noise multiplier (see '
+        'fedtff.privacy.noise_multiplier_for_epsilon) or run fewer rounds.')
+  return spent
+
+
+def _check_claimed_delta(delta: float, num_clients: int) -> None:
+  if delta >= 1 / num_clients:
+    raise ValueError(
+        f'delta={delta:g} is not below 1/num_clients={1 / num_clients:g}: a mechanism that '
+        "publishes one random client's data in full meets such a delta, so it promises nothing.")
+
+
+def _check_claimed_epsilon(noise_multiplier: float, target_epsilon: float,
+                           rounds: Optional[int]) -> None:
+  if not target_epsilon > 0:
+    raise ValueError(f'target_epsilon must be positive, got {target_epsilon}.')
+  if noise_multiplier == 0 and math.isfinite(target_epsilon):
+    raise ValueError(
+        f'noise_multiplier is 0, so the updates get no noise and epsilon is infinite; '
+        f'target_epsilon={target_epsilon} cannot be claimed.')
+  if rounds is None:
+    raise ValueError('Checking a target_epsilon needs the number of rounds (rounds=...).')
+
+
+def _check_sampling(sampling: str) -> None:
+  if sampling not in SAMPLINGS:
+    raise ValueError(f'sampling must be one of {SAMPLINGS}, got {sampling!r}.')
+
+
+def _check_sampling_args(noise_multiplier: float, clients_per_round: int, num_clients: int,
+                         sampling: str) -> None:
+  _check_sampling(sampling)
+  if not (isinstance(num_clients, (int, np.integer)) and num_clients >= 1):
+    raise ValueError(f'num_clients must be a positive integer, got {num_clients!r}.')
+  if not (isinstance(clients_per_round, (int, np.integer)) and clients_per_round >= 1):
+    raise ValueError(f'clients_per_round must be a positive integer, got {clients_per_round!r}.')
+  if clients_per_round > num_clients:
+    raise ValueError(
+        f'clients_per_round={clients_per_round} exceeds num_clients={num_clients}: a round '
+        'cannot sample more distinct clients than there are.')
+  if not noise_multiplier >= 0:
+    raise ValueError(f'noise_multiplier must be nonnegative, got {noise_multiplier}.')
+
+
+def _check_rounds(rounds: int) -> None:
+  if not (isinstance(rounds, (int, np.integer)) and rounds >= 1):
+    raise ValueError(f'rounds must be a positive integer, got {rounds!r}.')
+
+
+def _resolve_delta(delta: Optional[float], num_clients: int) -> float:
+  delta = default_delta(num_clients) if delta is None else delta
+  if not 0 < delta < 1:
+    raise ValueError(f'delta must be in (0, 1), got {delta}.')
+  return delta

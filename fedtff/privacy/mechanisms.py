@@ -1,0 +1,136 @@
+"""Model-update aggregators for private FedAvg: DP-FedAvg and TFF's secure sum.
+
+DP-FedAvg is McMahan, Ramage, Talwar and Zhang, "Learning Differentially
+Private Recurrent Language Models", ICLR 2018 (arXiv 1710.06963). Adaptive
+clipping is Andrew, Thakkar, McMahan and Ramaswamy, "Differentially Private
+Learning with Adaptive Clipping", NeurIPS 2021 (arXiv 1905.03871). Secure
+aggregation is Bonawitz et al., "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning", CCS 2017.
+
+Both builders return `tff.aggregators.UnweightedAggregationFactory` objects
+computing a mean, for unweighted FedAvg:
+
+  process = fedtff.build_fed_avg(model_fn, spec, weighted=False,
+                                 model_aggregator=fedtff.privacy.dp_aggregator(1.0, 10, clip=0.5))
+
+TFF's local runtime computes a "secure" sum in the clear (fedtff's runtime
+lowers the secure-sum intrinsics to plain sums, see `fedtff.runtime`):
+`secure_sum_aggregator` gives the protocol's interface (clipping, quantization,
+bit widths), not its cryptography. docs/privacy.md states each mechanism's
+threat model.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow_federated as tff
+
+from fedtff import aggregators
+
+CLIPPINGS = ('fixed', 'adaptive')
+_DEFAULT_INITIAL_CLIP = 0.1
+_DEFAULT_TARGET_QUANTILE = 0.5
+_DEFAULT_CLIP_LEARNING_RATE = 0.2
+_MAX_DISCRETE_BITS = 24
+
+
+def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
+                  clipping: str = 'fixed',
+                  clip: Optional[float] = None,
+                  target_unclipped_quantile: Optional[float] = None,
+                  clip_learning_rate: Optional[float] = None,
+                 ) -> tff.aggregators.UnweightedAggregationFactory:
+  """The DP-FedAvg mean: clip each update in L2, sum, add Gaussian noise, divide.
+
+  The noise on the sum has standard deviation `noise_multiplier * clip`; the sum
+  is divided by `clients_per_round`. With adaptive clipping the clip norm tracks
+  a quantile of the update norms, estimated privately, and TFF splits the noise
+  so that the whole round still has noise multiplier `noise_multiplier`;
+  `fedtff.privacy.epsilon` accounts for both the same way. Unlike
+  `tff.learning.dp_aggregator` this adds no adaptive zeroing, whose threshold
+  TFF estimates without noise and the accounting would not cover.
+
+  Args:
+    noise_multiplier: `z`, the noise standard deviation over the clip norm;
+      0 adds no noise (no privacy).
+    clients_per_round: The clients whose updates each round averages.
+    clipping: 'fixed' or 'adaptive'.
+    clip: The L2 clip norm ('fixed', required) or its initial value
+      ('adaptive', default 0.1).
+    target_unclipped_quantile: 'adaptive' only: the fraction of updates to
+      leave unclipped; default 0.5.
+    clip_learning_rate: 'adaptive' only: the geometric learning rate of the
+      clip norm; default 0.2.
+
+  Returns:
+    A `tff.aggregators.DifferentiallyPrivateFactory`, for unweighted FedAvg.
+  """
+  if clipping not in CLIPPINGS:
+    raise ValueError(f'clipping must be one of {CLIPPINGS}, got {clipping!r}.')
+  if clipping == 'fixed':
+    return _fixed_dp(noise_multiplier, clients_per_round, clip,
+                     target_unclipped_quantile, clip_learning_rate)
+  return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
+      float(noise_multiplier), float(clients_per_round),
+      initial_l2_norm_clip=float(_DEFAULT_INITIAL_CLIP if clip is None else clip),
+      target_unclipped_quantile=float(_default(target_unclipped_quantile,
+                                               _DEFAULT_TARGET_QUANTILE)),
+      learning_rate=float(_default(clip_learning_rate, _DEFAULT_CLIP_LEARNING_RATE)))
+
+
+def _fixed_dp(noise_multiplier, clients_per_round, clip, target_unclipped_quantile,
+              clip_learning_rate) -> tff.aggregators.UnweightedAggregationFactory:
+  if clip is None:
+    raise ValueError("clipping='fixed' needs the L2 clip norm: pass clip=... .")
+  if target_unclipped_quantile is not None or clip_learning_rate is not None:
+    raise ValueError("target_unclipped_quantile and clip_learning_rate apply to "
+                     "clipping='adaptive' only.")
+  return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+      float(noise_multiplier), float(clients_per_round), float(clip))
+
+
+def _default(value, default):
+  return default if value is None else value
+
+
+def secure_sum_aggregator(bound: Optional[float] = None, *, bits: Optional[int] = None
+                         ) -> tff.aggregators.UnweightedAggregationFactory:
+  """An unweighted mean whose sums go through TFF's secure-sum intrinsics.
+
+  * Without `bits`: fedtff's 'secure' aggregator (`fedtff.aggregators`): every
+    coordinate is clipped to `[-bound, bound]` and quantized to 32 bits by
+    `tff.aggregators.SecureSumFactory`; `bound=None` estimates the range
+    adaptively, as `tff.learning.secure_aggregator` does.
+  * With `bits`: coordinates are rounded to a grid of step
+    `bound / (2**(bits-1) - 1)`, clipped to `[-bound, bound]` and summed as
+    `bits`-bit integers (`SecureSumFactory` with integer bounds). The integer
+    sum is int32, so `clients_per_round * 2**bits` must stay below `2**31`;
+    `bits` is at most 24.
+
+  With a fixed bound the error on the mean is at most half a quantization step
+  per coordinate, plus whatever clipping removes.
+
+  Args:
+    bound: The per-coordinate bound; `None` (only without `bits`) adapts it.
+    bits: The bit width of the securely summed integers (2 to 24), or `None`
+      for TFF's 32-bit float quantization.
+
+  Returns:
+    A `tff.aggregators.UnweightedAggregationFactory` computing a mean.
+  """
+  if bits is None:
+    return aggregators.build_aggregator(
+        aggregators.AggregatorSpec(kind='secure', clip_norm=bound), weighted=False)
+  if bound is None or not bound > 0:
+    raise ValueError(f'bits needs a fixed, positive bound: pass bound=..., got {bound}.')
+  if not (isinstance(bits, int) and 2 <= bits <= _MAX_DISCRETE_BITS):
+    raise ValueError(f'bits must be an integer from 2 to {_MAX_DISCRETE_BITS}, got {bits!r}.')
+  levels = 2**(bits - 1) - 1
+  integer_sum = tff.aggregators.SecureSumFactory(
+      upper_bound_threshold=levels, lower_bound_threshold=-levels)
+  return tff.aggregators.UnweightedMeanFactory(
+      value_sum_factory=tff.aggregators.discretization.DiscretizationFactory(
+          integer_sum, scale_factor=levels / bound),
+      count_sum_factory=tff.aggregators.SecureSumFactory(
+          upper_bound_threshold=1, lower_bound_threshold=0))

@@ -1,0 +1,113 @@
+"""DP-FedAvg accounting against dp_accounting, TF Privacy and a published figure."""
+
+import math
+
+import dp_accounting
+import pytest
+from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
+
+from fedtff import privacy
+from fedtff.privacy import accounting
+
+
+@pytest.mark.parametrize('noise_multiplier, clients_per_round, num_clients, rounds, delta', [
+    (1.0, 10, 1000, 100, 1e-5),
+    (2.5, 50, 500, 300, None),
+], ids=['z1_m10_n1000', 'z2.5_m50_n500_default_delta'])
+def test_epsilon_is_dp_accountings_for_sampling_without_replacement(
+    noise_multiplier, clients_per_round, num_clients, rounds, delta):
+  # Built by hand: replace-one sensitivity of a sum clipped to C is 2C, so the
+  # Gaussian's multiplier relative to it is z / 2.
+  event = dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(
+      num_clients, clients_per_round, dp_accounting.GaussianDpEvent(noise_multiplier / 2)), rounds)
+  accountant = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  expected = accountant.compose(event).get_epsilon(delta or num_clients**-1.1)
+  assert privacy.epsilon(noise_multiplier, clients_per_round, num_clients, rounds,
+                         delta) == expected
+
+
+def test_full_participation_is_the_gaussian_mechanism_with_sensitivity_twice_the_clip():
+  replace_one = privacy.epsilon(1.2, 40, 40, 25, 1e-6)
+  gaussian = dp_accounting.rdp.RdpAccountant().compose(
+      dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(0.6), 25))
+  assert replace_one == pytest.approx(gaussian.get_epsilon(1e-6), rel=1e-12)
+
+
+@pytest.mark.parametrize('noise_multiplier, batch, population, steps, delta', [
+    (1.3, 150, 60000, 6000, 1e-5),
+    (1.0, 100, 10000, 1000, 1e-5),
+], ids=['tf_privacy_mnist_setting', 'q0.01_1000_rounds'])
+def test_poisson_epsilon_agrees_with_tf_privacy_within_one_percent(
+    noise_multiplier, batch, population, steps, delta):
+  # Apples to apples: Poisson sampling with q = batch / population, add-or-remove
+  # adjacency, sensitivity C, `steps` compositions; TF Privacy's orders differ.
+  tf_privacy, _ = compute_dp_sgd_privacy_lib.compute_dp_sgd_privacy(
+      population, batch, noise_multiplier, steps * batch / population, delta)
+  ours = privacy.epsilon(noise_multiplier, batch, population, steps, delta,
+                         sampling=accounting.POISSON)
+  assert ours == pytest.approx(tf_privacy, rel=0.01)
+
+
+def test_poisson_event_reproduces_abadi_et_al_2016():
+  """Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Sec. 3.1.
+
+  q = 0.01, sigma = 4, delta = 1e-5, 100 epochs (10,000 steps): the moments
+  accountant gives epsilon ~ 1.26 (integer moments up to 32, tail bound
+  epsilon = min (alpha(lambda) + log(1/delta)) / lambda).
+  """
+  event = accounting.dp_event(4.0, 600, 60000, 10000, sampling=accounting.POISSON)
+  orders = list(range(2, 34))
+  rdp = dp_accounting.rdp.RdpAccountant(orders).compose(event).rdp
+  moments = {order - 1: (order - 1) * value for order, value in zip(orders, rdp)}
+  published = min((moment + math.log(1e5)) / lam for lam, moment in moments.items())
+  assert published == pytest.approx(1.26, rel=0.01)
+  # dp_accounting's conversion to (epsilon, delta) is tighter than that bound.
+  assert privacy.epsilon(4.0, 600, 60000, 10000, 1e-5, sampling=accounting.POISSON) < 1.26
+
+
+def test_noise_multiplier_for_epsilon_is_the_smallest_within_tolerance():
+  noise_multiplier = privacy.noise_multiplier_for_epsilon(5.0, 10, 1000, 50, 1e-5)
+  assert privacy.epsilon(noise_multiplier, 10, 1000, 50, 1e-5) <= 5.0
+  smaller = noise_multiplier - accounting.DEFAULT_TOLERANCE
+  assert privacy.epsilon(smaller, 10, 1000, 50, 1e-5) > 5.0
+
+
+def test_tracker_reports_the_epsilon_of_the_rounds_so_far():
+  tracker = privacy.PrivacyTracker(1.0, 10, 1000)
+  assert tracker.epsilon(0) == 0.0
+  for round_num in (1, 7):
+    assert tracker.epsilon(round_num) == privacy.epsilon(1.0, 10, 1000, round_num)
+  assert tracker.metrics(7) == {'privacy/epsilon': tracker.epsilon(7)}
+  assert tracker.epsilon(8) > tracker.epsilon(7)
+
+
+def test_without_noise_epsilon_is_infinite():
+  assert privacy.epsilon(0.0, 10, 100, 5) == math.inf
+  assert privacy.PrivacyTracker(0.0, 10, 100).epsilon(3) == math.inf
+
+
+VALID = dict(noise_multiplier=1.0, clients_per_round=10, num_clients=1000, weighted=False)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(weighted=True), 'needs unweighted aggregation'),
+    (dict(sampling='poisson'), 'samples a fixed number of clients uniformly without replacement'),
+    (dict(clients_per_round=1001), 'clients_per_round=1001 exceeds num_clients=1000'),
+    (dict(noise_multiplier=0.0, target_epsilon=8.0, rounds=10),
+     'noise_multiplier is 0, so the updates get no noise'),
+    (dict(noise_multiplier=-1.0), 'noise_multiplier must be nonnegative'),
+    (dict(delta=0.01), 'is not below 1/num_clients'),
+    (dict(target_epsilon=1.0, rounds=100), 'spend epsilon .* more than target_epsilon=1.0'),
+    (dict(target_epsilon=1.0), 'needs the number of rounds'),
+], ids=['weighted', 'poisson', 'more_clients_than_exist', 'no_noise_finite_epsilon',
+        'negative_noise', 'large_delta', 'over_budget', 'target_without_rounds'])
+def test_check_guarantee_refuses_broken_claims(change, message):
+  with pytest.raises(ValueError, match=message):
+    privacy.check_guarantee(**(VALID | change))
+
+
+def test_check_guarantee_returns_the_spent_epsilon():
+  spent = privacy.check_guarantee(**VALID, rounds=20, target_epsilon=10.0)
+  assert spent == privacy.epsilon(1.0, 10, 1000, 20)
+  assert privacy.check_guarantee(**VALID) is None
