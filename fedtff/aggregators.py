@@ -98,12 +98,13 @@ def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
                      'contribution); use it with weighted=False.')
   if spec.noise_multiplier is None or spec.clients_per_round is None:
     raise ValueError('The dp aggregator needs noise_multiplier and clients_per_round.')
+  from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top  # Imports this module.
   if spec.clip_norm is not None:
-    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-        spec.noise_multiplier, spec.clients_per_round, spec.clip_norm)
-  return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
-      spec.noise_multiplier, spec.clients_per_round,
-      target_unclipped_quantile=spec.target_unclipped_quantile)
+    return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
+                                    clipping='fixed', clip=spec.clip_norm)
+  return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
+                                  clipping='adaptive',
+                                  target_unclipped_quantile=spec.target_unclipped_quantile)
 
 
 def _secure(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:

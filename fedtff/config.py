@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
       target_unclipped_quantile=0.5))
+  config.privacy = ml_collections.ConfigDict(dict(
+      target_epsilon=_optional_float(), delta=_optional_float()))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
@@ -144,6 +146,7 @@ def validate(config: Any) -> None:
     if config[key] < 1:
       raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
   _check_algorithm(config['algorithm'], config['server'])
+  _check_privacy(config)
 
 
 def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) -> None:
@@ -155,6 +158,20 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
   if name not in ('fedavg', 'fedavgm') and expected and server['optimizer'] != expected:
     raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
                       f'got {server["optimizer"]!r}.')
+
+
+def _check_privacy(config: Mapping[str, Any]) -> None:
+  aggregator, privacy = config['aggregator'], config['privacy']
+  if aggregator['kind'] != 'dp':
+    if privacy['target_epsilon'] is not None or privacy['delta'] is not None:
+      raise ConfigError("privacy.target_epsilon and privacy.delta need aggregator.kind='dp'.")
+    return
+  if config['algorithm']['weighted']:
+    raise ConfigError("aggregator.kind='dp' needs algorithm.weighted=False: DP-FedAvg's noise is "
+                      'calibrated to unweighted averaging.')
+  if (aggregator['noise_multiplier'] is None) == (privacy['target_epsilon'] is None):
+    raise ConfigError("aggregator.kind='dp' needs exactly one of aggregator.noise_multiplier and "
+                      'privacy.target_epsilon.')
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:

@@ -22,6 +22,7 @@ from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
 from fedtff import optimizers
+from fedtff.privacy import accounting
 from fedtff import run_dir
 from fedtff import runtime
 from fedtff import tasks
@@ -61,8 +62,33 @@ def _client_optimizer(config: ml_collections.ConfigDict):
                           **_optimizer_hparams(config.client))
 
 
-def _aggregator(config: ml_collections.ConfigDict) -> aggregators.AggregatorSpec:
-  fields = config.aggregator.to_dict()
+def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Optional[float]:
+  """The DP noise multiplier the run uses (None without DP), checked.
+
+  With `privacy.target_epsilon` it is the smallest multiplier that keeps epsilon
+  within the target over `total_rounds` rounds of `clients_per_round` clients
+  sampled from the task's training clients.
+
+  Raises:
+    ValueError: If the stated guarantee would not hold (fedtff.privacy).
+  """
+  if config.aggregator.kind != 'dp':
+    return None
+  num_clients = len(task.train_data.client_ids)
+  z = config.aggregator.noise_multiplier
+  if z is None:
+    z = accounting.noise_multiplier_for_epsilon(
+        config.privacy.target_epsilon, config.clients_per_round, num_clients,
+        config.total_rounds, config.privacy.delta)
+  accounting.check_guarantee(
+      noise_multiplier=z, clients_per_round=config.clients_per_round, num_clients=num_clients,
+      weighted=config.algorithm.weighted, rounds=config.total_rounds,
+      target_epsilon=config.privacy.target_epsilon, delta=config.privacy.delta)
+  return z
+
+
+def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggregators.AggregatorSpec:
+  fields = dict(config.aggregator.to_dict(), noise_multiplier=z)
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
 
@@ -80,7 +106,7 @@ def build_process(config: ml_collections.ConfigDict,
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
-      aggregator=_aggregator(config))
+      aggregator=_aggregator(config, noise_multiplier(config, task)))
 
 
 def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:
@@ -131,9 +157,26 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   run_dir.prepare(workdir, config, overwrite=overwrite)
   task = tasks.build_task(config)
   process = build_process(config, task)
+  tracker = _privacy_tracker(config, task)
   with runtime.local_runtime():
-    total_time_s = _train(config, task, process, workdir, progress_fn)
-  return run_dir.write_summary(workdir, total_time_s=total_time_s)
+    total_time_s = _train(config, task, process, workdir, progress_fn, tracker)
+  extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
+  return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+
+
+def _privacy_tracker(config, task) -> Optional[accounting.PrivacyTracker]:
+  z = noise_multiplier(config, task)
+  if z is None:
+    return None
+  return accounting.PrivacyTracker(z, config.clients_per_round, len(task.train_data.client_ids),
+                                   config.privacy.delta)
+
+
+def _privacy_summary(config, tracker: accounting.PrivacyTracker) -> Dict[str, Any]:
+  return {'epsilon': tracker.epsilon(config.total_rounds), 'delta': tracker.delta,
+          'noise_multiplier': tracker.noise_multiplier, 'num_clients': tracker.num_clients,
+          'clients_per_round': config.clients_per_round,
+          'sampling': 'fixed-size uniform without replacement'}
 
 
 def _initial_state(config, task, composed, checkpoint_dir: str):
@@ -147,7 +190,7 @@ def _initial_state(config, task, composed, checkpoint_dir: str):
   return composed.set_model_weights(template, weights), 0, 0.0
 
 
-def _train(config, task, process, workdir: str, progress_fn) -> float:
+def _train(config, task, process, workdir: str, progress_fn, tracker) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
@@ -156,7 +199,8 @@ def _train(config, task, process, workdir: str, progress_fn) -> float:
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   state, last_round, elapsed_s = _initial_state(config, task, composed, checkpoint_dir)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + training.metric_names(process, training.train_metrics) + evaluate.metric_names)
+             + training.metric_names(process, training.train_metrics) + evaluate.metric_names
+             + ([accounting.EPSILON_METRIC] if tracker else []))
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
@@ -170,7 +214,8 @@ def _train(config, task, process, workdir: str, progress_fn) -> float:
           composed, select, total_rounds=config.total_rounds, state=state,
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers + [progress_fn or _skip],
-          checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint)
+          checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
+          round_metrics_fn=tracker.metrics if tracker else None)
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(

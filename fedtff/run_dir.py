@@ -97,7 +97,8 @@ def best_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
   return best
 
 
-def write_summary(workdir: str, *, total_time_s: float) -> Dict[str, Any]:
+def write_summary(workdir: str, *, total_time_s: float,
+                  extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Summarizes metrics.csv into summary.json and returns the summary."""
   rows = outputs.read_metrics_csv(os.path.join(workdir, METRICS_CSV))
   final = {k: v for k, v in rows[-1].items() if v is not None} if rows else {}
@@ -106,6 +107,7 @@ def write_summary(workdir: str, *, total_time_s: float) -> Dict[str, Any]:
       'best': best_metrics(rows),
       'rounds_completed': int(final.get('round', 0)),
       'total_time_s': total_time_s,
+      **(extra or {}),
   }
   outputs.write_json(os.path.join(workdir, SUMMARY), summary)
   return summary

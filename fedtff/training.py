@@ -91,7 +91,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  rounds_per_eval: int = 1,
                  metrics_writers: Sequence[MetricsWriter] = (),
                  checkpoint_fn: Optional[Callable[[int, Any], None]] = None,
-                 rounds_per_checkpoint: int = 1) -> Any:
+                 rounds_per_checkpoint: int = 1,
+                 round_metrics_fn: Optional[Callable[[int], Metrics]] = None) -> Any:
   """Runs rounds `start_round..total_rounds` and returns the final state.
 
   Args:
@@ -108,6 +109,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
     checkpoint_fn: Called as `(round_num, state)` every `rounds_per_checkpoint`
       rounds and after the last.
     rounds_per_checkpoint: See `checkpoint_fn`.
+    round_metrics_fn: Maps a round number to metrics added to its row, e.g.
+      the privacy spent so far.
 
   Raises:
     TrainingDivergedError: If a round's training or evaluation loss, or the
@@ -120,6 +123,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
     if evaluation_fn and _due(round_num, rounds_per_eval, total_rounds):
       row.update(evaluation_fn(state, round_num))
     check_finite(process, state, row)
+    if round_metrics_fn:
+      row.update(round_metrics_fn(round_num))
     for write in metrics_writers:
       write(row)
     if checkpoint_fn and _due(round_num, rounds_per_checkpoint, total_rounds):

@@ -11,6 +11,7 @@ def config_for(**groups):
   config = fedtff.config.base_config()
   config.data.num_clients = 12
   config.data.num_test_clients = 3
+  config.clients_per_round = 4
   for group, fields in groups.items():
     config[group].update(fields)
   fedtff.config.validate(config)

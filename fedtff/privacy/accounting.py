@@ -44,6 +44,7 @@ fedtff uses the RDP accountant throughout.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Optional
 
@@ -122,6 +123,7 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
   return accountant.compose(event).get_epsilon(delta)
 
 
+@functools.lru_cache(maxsize=64)  # A pure, seconds-long search: run it once per setting.
 def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
                                  num_clients: int, rounds: int, delta: Optional[float] = None,
                                  *, sampling: str = WITHOUT_REPLACEMENT,
@@ -176,6 +178,8 @@ class PrivacyTracker:
   def __init__(self, noise_multiplier: float, clients_per_round: int, num_clients: int,
                delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT):
     event = round_event(noise_multiplier, clients_per_round, num_clients, sampling=sampling)
+    self.noise_multiplier = noise_multiplier
+    self.num_clients = num_clients
     self.delta = _resolve_delta(delta, num_clients)
     self._private = noise_multiplier > 0
     accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring_relation(sampling))

@@ -1,0 +1,38 @@
+"""Every config in configs/ (and each of its variants) runs one round."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import pytest
+
+import fedtff
+from tests import conftest
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _cases():
+  for path in sorted(glob.glob(os.path.join(conftest.REPO_ROOT, 'configs', '*.py'))):
+    variants = getattr(_load(path), 'VARIANTS', (None,))
+    for variant in variants:
+      yield pytest.param(path, variant, id=os.path.basename(path) + (f':{variant}' if variant else ''))
+
+
+@pytest.mark.parametrize('path, variant', list(_cases()))
+def test_config_runs_one_round(path, variant, tmp_path):
+  module = _load(path)
+  config = module.get_config(variant) if variant else module.get_config()
+  fedtff.config.validate(config)
+  config.total_rounds = 1
+  summary = fedtff.run_experiment(config, str(tmp_path))
+  assert summary['rounds_completed'] == 1
+  assert summary['final']['train/num_examples'] > 0
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['total_rounds'] == 1
