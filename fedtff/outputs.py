@@ -139,8 +139,13 @@ class TensorBoardScalars:
     self._writer.close()
 
 
+def _parse_cell(column: str, cell: str):
+  if cell == '':
+    return None
+  return int(float(cell)) if column == 'round' else float(cell)
+
+
 def read_metrics_csv(path: str) -> list:
-  """Reads a metrics CSV into a list of dicts of floats (empty cells: None)."""
+  """Reads a metrics CSV into dicts: `round` an int, others floats, empty cells None."""
   with open(path, newline='') as f:
-    return [{k: (float(v) if v != '' else None) for k, v in row.items()}
-            for row in csv.DictReader(f)]
+    return [{k: _parse_cell(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
