@@ -9,6 +9,7 @@ from fedtff import data
 from fedtff import models
 from fedtff import privacy
 from fedtff import runtime
+from fedtff import sweeps
 from fedtff import aggregators
 from fedtff.aggregators import AggregatorSpec
 from fedtff.algorithms import ALGORITHMS
@@ -19,6 +20,7 @@ from fedtff.algorithms import build_fed_sgd
 from fedtff.algorithms import build_learning_process
 from fedtff.algorithms import build_mime_lite
 from fedtff.algorithms import Schedule
+from fedtff.evaluate import evaluate_checkpoint
 from fedtff.experiment import run_experiment
 from fedtff.optimizers import build as optimizer
 from fedtff.optimizers import build_fn as optimizer_fn

@@ -8,7 +8,7 @@ def test_exports_the_documented_api():
       'build_evaluation', 'build_fed_avg', 'config', 'data', 'local_runtime', 'models',
       'optimizer', 'run_experiment', 'run_training', 'runtime', 'sample_clients', 'batch_fn',
       'privacy', 'build_learning_process', 'build_fed_prox', 'build_fed_sgd', 'build_mime_lite',
-      'AggregatorSpec', 'Schedule', 'optimizer_fn', 'ALGORITHMS', 'TrainingDivergedError',
+      'AggregatorSpec', 'Schedule', 'evaluate_checkpoint', 'sweeps', 'optimizer_fn', 'ALGORITHMS', 'TrainingDivergedError',
   }
   exported = {name for name in dir(fedtff) if not name.startswith('_')}
   assert expected <= exported

@@ -1,0 +1,74 @@
+"""Evaluating the newest checkpoint of a run directory on its test clients.
+
+`evaluate_checkpoint(workdir)` rebuilds the run from `<workdir>/config.json`
+(`load_config`), builds its task and learning process, restores the newest
+checkpoint in `<workdir>/checkpoints` and evaluates the model on all held-out
+test clients with the runner's own evaluation (`fedtff.experiment`), so its
+metrics equal the `eval/<name>` columns the run logged for that round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import ml_collections
+
+from fedtff import checkpoints
+from fedtff import config as config_lib
+from fedtff import experiment
+from fedtff import run_dir
+from fedtff import runtime
+from fedtff import tasks
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config `workdir` was run with, on the current schema.
+
+  Fields that `config.json` lacks (added to the schema later) keep their
+  defaults from `fedtff.config.base_config()`.
+
+  Raises:
+    FileNotFoundError: If `workdir` or its `config.json` does not exist.
+    fedtff.config.ConfigError: If the saved config does not fit the schema.
+  """
+  path = os.path.join(workdir, run_dir.CONFIG)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'Run directory {workdir} does not exist.')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} is not a run directory: it has no {run_dir.CONFIG}.')
+  with open(path) as f:
+    saved = json.load(f)
+  config = config_lib.base_config()
+  config.update(saved)
+  config_lib.validate(config)
+  return config
+
+
+def evaluate_checkpoint(workdir: str) -> Dict[str, float]:
+  """Evaluates the newest checkpoint in `workdir` on all of the run's test clients.
+
+  Args:
+    workdir: A run directory written by `fedtff.run_experiment`.
+
+  Returns:
+    `{'round': N, 'eval/accuracy': ..., 'eval/loss': ..., ...}`: the
+    checkpoint's round and the evaluation metrics, named as in metrics.csv.
+
+  Raises:
+    FileNotFoundError: If `workdir`, its config.json or any checkpoint is missing.
+    fedtff.config.ConfigError: If the saved config does not fit the schema.
+    fedtff.checkpoints.CheckpointMismatchError: If the checkpoint does not fit
+      the process that the config builds.
+  """
+  config = load_config(workdir)
+  checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
+  if not checkpoints.rounds(checkpoint_dir):
+    raise FileNotFoundError(f'No checkpoint in {checkpoint_dir}; train the run first.')
+  task = tasks.build_task(config)
+  process = experiment.build_process(config, task)
+  with runtime.local_runtime():
+    state, round_num, _ = checkpoints.restore_latest(checkpoint_dir, process.initialize())
+    metrics = experiment.evaluation_fn(task, process)(state, round_num)
+  return {'round': round_num, **metrics}

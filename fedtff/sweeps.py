@@ -1,0 +1,281 @@
+"""Grid sweeps: one run directory per point of a cartesian grid of overrides.
+
+  grid = sweeps.parse_grid(['server.learning_rate=0.1,1.0', 'seed=0,1'])
+  rows = sweeps.run_sweep(config, 'runs/sweep', grid)
+
+Each point overrides some fields of a base config and runs into
+`<root>/<name>`, where the name lists its overrides in key order, e.g.
+`seed=0,server.learning_rate=0.1`. Points run one after another with
+`fedtff.run_experiment`, so a partly run point resumes from its checkpoint and
+a complete one (summary.json has all `total_rounds`, config.json the same
+config) is skipped. A point whose training diverges is recorded as such and
+the sweep goes on. After every point `<root>/sweep.csv` and `<root>/sweep.md`
+list one row per point so far: the override values, the status, the final
+evaluation accuracy and loss, the best evaluation accuracy and its round, and
+the training time.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import io
+import itertools
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import ml_collections
+
+from fedtff import config as config_lib
+from fedtff import experiment
+from fedtff import outputs
+from fedtff import run_dir
+from fedtff import training
+
+Grid = List[Tuple[str, List[Any]]]
+Point = Dict[str, Any]
+SWEEP_CSV = 'sweep.csv'
+SWEEP_MD = 'sweep.md'
+RESULT_COLUMNS = ('status', 'final_eval_accuracy', 'final_eval_loss', 'best_eval_accuracy',
+                  'best_eval_accuracy_round', 'total_time_s')
+
+
+def _schema() -> Dict[str, Any]:
+  return dict(config_lib.leaves(config_lib.base_config().to_dict()))
+
+
+def _parse_bool(text: str) -> bool:
+  if text.lower() not in ('true', 'false'):
+    raise ValueError(text)
+  return text.lower() == 'true'
+
+
+def _parse_tuple(text: str) -> tuple:
+  value = ast.literal_eval(text)
+  if not isinstance(value, (tuple, list)):
+    raise ValueError(text)
+  return tuple(value)
+
+
+def _parser(default: Any) -> Callable[[str], Any]:
+  if default is None:
+    return lambda text: None if text.lower() == 'none' else float(text)
+  if isinstance(default, bool):
+    return _parse_bool
+  if isinstance(default, (tuple, list)):
+    return _parse_tuple
+  return type(default)
+
+
+def parse_value(key: str, text: str) -> Any:
+  """Parses `text` as the schema type of `key`, e.g. '0.1' for a float field.
+
+  Raises:
+    fedtff.config.ConfigError: If `text` is not such a value.
+  """
+  try:
+    return _parser(_schema()[key])(text.strip())
+  except (ValueError, SyntaxError):
+    raise config_lib.ConfigError(
+        f'Config key {key} must be {config_lib.describe_type(key)}, got {text!r}.') from None
+
+
+def _split_values(text: str) -> List[str]:
+  """Splits `a,b,(1,2)` at the commas outside parentheses and brackets."""
+  values, current, depth = [], '', 0
+  for char in text:
+    depth += {'(': 1, '[': 1, ')': -1, ']': -1}.get(char, 0)
+    if char == ',' and depth == 0:
+      values.append(current)
+      current = ''
+    else:
+      current += char
+  return values + [current]
+
+
+def _check_field(key: str) -> None:
+  config_lib.check_key(key)
+  if key not in _schema():
+    raise config_lib.ConfigError(
+        f'Config key {key} is a group; give one of its fields, e.g. {key}.<field>=...')
+
+
+def _parse_entry(spec: str) -> Tuple[str, List[Any]]:
+  key, _, text = (part.strip() for part in spec.partition('='))
+  if not key or not text:
+    raise config_lib.ConfigError(
+        f'Grid entry {spec!r} must look like key=value1,value2, e.g. seed=0,1.')
+  _check_field(key)
+  values = [parse_value(key, value) for value in _split_values(text)]
+  if len({format_value(v) for v in values}) < len(values):
+    raise config_lib.ConfigError(f'Config key {key} lists a value twice in the grid: {text}.')
+  return key, values
+
+
+def parse_grid(specs: Sequence[str]) -> Grid:
+  """Parses `key=value1,value2,...` strings into `[(key, [values])]`.
+
+  Values take the schema type of their key; a tuple value is written in
+  parentheses, e.g. `model.hidden_units=(64,),(64,32)`.
+
+  Raises:
+    fedtff.config.ConfigError: For an empty grid, an entry without `=`, an
+      unknown key or a group, a key given twice, a value of the wrong type or
+      a value listed twice.
+  """
+  if not specs:
+    raise config_lib.ConfigError('The grid is empty; give at least one key=value1,value2.')
+  grid = [_parse_entry(spec) for spec in specs]
+  keys = [key for key, _ in grid]
+  for key in keys:
+    if keys.count(key) > 1:
+      raise config_lib.ConfigError(f'Config key {key} is given twice in the grid.')
+  return grid
+
+
+def expand(grid: Grid) -> List[Point]:
+  """Every combination of the grid's values, the first key varying slowest."""
+  keys = [key for key, _ in grid]
+  return [dict(zip(keys, values)) for values in itertools.product(*(v for _, v in grid))]
+
+
+def format_value(value: Any) -> str:
+  """A value as it appears in run names and tables, e.g. 0.1, true, (64,32)."""
+  if isinstance(value, bool) or value is None:
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return repr(tuple(value)).replace(' ', '')
+  return str(value).replace(os.sep, '_')
+
+
+def point_name(point: Point) -> str:
+  """The run directory name of a point: `key=value` in key order, comma-separated."""
+  return ','.join(f'{key}={format_value(point[key])}' for key in sorted(point))
+
+
+def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
+  """A validated copy of `config` with the point's overrides applied."""
+  config = copy.deepcopy(config)
+  for key, value in point.items():
+    *groups, field = key.split('.')
+    parent = config
+    for group in groups:
+      parent = parent[group]
+    parent[field] = value
+  config_lib.validate(config)
+  return config
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def is_complete(workdir: str, config: ml_collections.ConfigDict) -> bool:
+  """Whether `workdir` holds a run of `config` that finished all its rounds."""
+  summary_path = os.path.join(workdir, run_dir.SUMMARY)
+  config_path = os.path.join(workdir, run_dir.CONFIG)
+  if not (os.path.isfile(summary_path) and os.path.isfile(config_path)):
+    return False
+  if config_lib.differences(_read_json(config_path), json.loads(config_lib.to_json(config))):
+    return False
+  return _read_json(summary_path)['rounds_completed'] == config.total_rounds
+
+
+def run_results(workdir: str, status: str) -> Dict[str, Any]:
+  """The summary of a run: summary.json, or for a diverged run one from metrics.csv."""
+  if status == 'complete':
+    return _read_json(os.path.join(workdir, run_dir.SUMMARY))
+  rows = outputs.read_metrics_csv(os.path.join(workdir, run_dir.METRICS_CSV))
+  return {'final': rows[-1] if rows else {}, 'best': run_dir.best_metrics(rows),
+          'total_time_s': None}
+
+
+def table_row(point: Point, summary: Dict[str, Any], status: str) -> Dict[str, Any]:
+  """One row of the sweep table: the run name, its overrides and its results."""
+  final, best = summary['final'], summary['best'].get('eval/accuracy', {})
+  results = (status, final.get('eval/accuracy'), final.get('eval/loss'), best.get('value'),
+             best.get('round'), summary['total_time_s'])
+  return {'run': point_name(point), **{key: point[key] for key in sorted(point)},
+          **dict(zip(RESULT_COLUMNS, results))}
+
+
+def _csv_cell(value: Any) -> str:
+  if value is None:
+    return ''
+  return repr(value) if isinstance(value, float) else format_value(value)
+
+
+def _md_cell(column: str, value: Any) -> str:
+  if isinstance(value, float) and column in RESULT_COLUMNS:
+    return f'{value:.1f}' if column == 'total_time_s' else f'{value:.4f}'
+  return _csv_cell(value)
+
+
+def write_table(root: str, rows: Sequence[Dict[str, Any]]) -> None:
+  """Writes the rows to `<root>/sweep.csv` and `<root>/sweep.md`, atomically."""
+  columns = list(rows[0])
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator='\n')
+  writer.writerow(columns)
+  writer.writerows([_csv_cell(row[c]) for c in columns] for row in rows)
+  outputs.atomic_write_text(os.path.join(root, SWEEP_CSV), buffer.getvalue())
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_md_cell(c, row[c]) for c in columns) + ' |' for row in rows]
+  outputs.atomic_write_text(os.path.join(root, SWEEP_MD), '\n'.join(lines) + '\n')
+
+
+def _run_point(config, workdir: str, progress_fn, log) -> str:
+  """Runs one point unless complete; returns 'complete' or 'diverged'."""
+  if is_complete(workdir, config):
+    log('skipped, already complete')
+    return 'complete'
+  log('running')
+  try:
+    experiment.run_experiment(config, workdir, progress_fn=progress_fn)
+  except training.TrainingDivergedError as e:
+    log(str(e))
+    return 'diverged'
+  return 'complete'
+
+
+def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
+              make_progress_fn: Optional[Callable[[ml_collections.ConfigDict],
+                                                  Optional[experiment.ProgressFn]]] = None,
+              log_fn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+  """Runs every point of `grid` over `config`, each into `<root>/<point name>`.
+
+  Args:
+    config: The base experiment config; each point overrides some fields.
+    root: The sweep directory; created if needed.
+    grid: Keys and values, as `parse_grid` returns them.
+    make_progress_fn: Maps a point's config to the `progress_fn` of its run.
+    log_fn: Called with one line per point: run, skipped or diverged.
+
+  Returns:
+    The table rows, also written to `<root>/sweep.csv` and `<root>/sweep.md`.
+
+  Raises:
+    fedtff.config.ConfigError: If a point's config does not fit the schema
+      (checked for all points before any runs), or a point's directory holds
+      a run of another config.
+    OSError: If `root` cannot be written.
+  """
+  points = expand(grid)
+  configs = [point_config(config, point) for point in points]
+  outputs.ensure_writable_dir(root)
+  rows = []
+  for index, (point, point_cfg) in enumerate(zip(points, configs), start=1):
+    name = point_name(point)
+    log = _prefixed(log_fn, f'[{index}/{len(points)}] {name}: ')
+    progress_fn = make_progress_fn(point_cfg) if make_progress_fn else None
+    status = _run_point(point_cfg, os.path.join(root, name), progress_fn, log)
+    rows.append(table_row(point, run_results(os.path.join(root, name), status), status))
+    write_table(root, rows)
+  return rows
+
+
+def _prefixed(log_fn: Optional[Callable[[str], None]], prefix: str) -> Callable[[str], None]:
+  return lambda line: log_fn(prefix + line) if log_fn else None

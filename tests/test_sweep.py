@@ -1,0 +1,129 @@
+"""fedtff.sweeps and experiments/sweep.py: a grid of runs and its table."""
+
+import csv
+import json
+import os
+
+import pytest
+
+import fedtff
+from fedtff import sweeps
+from tests import conftest
+from tests import test_resume
+
+GRID = ['server.learning_rate=0.5,1.0', 'seed=0']
+NAMES = ['seed=0,server.learning_rate=0.5', 'seed=0,server.learning_rate=1.0']
+
+
+@pytest.fixture(scope='module')
+def swept(tmp_path_factory):
+  """experiments/sweep.py over a 2x1 grid of 2-round runs of test_resume.small_config(2)."""
+  config_file = tmp_path_factory.mktemp('configs') / 'small.py'
+  config_file.write_text('from tests import test_resume\n\n\n'
+                         'def get_config():\n  return test_resume.small_config(2)\n')
+  root = tmp_path_factory.mktemp('sweep')
+  grid_args = [arg for spec in GRID for arg in ('--grid', spec)]
+  result = conftest.run_script(['experiments/sweep.py', f'--config={config_file}',
+                                f'--workdir={root}', '--quiet'] + grid_args)
+  assert result.returncode == 0, result.stderr
+  return root, result
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_sweep_runs_every_point_into_its_own_directory(swept):
+  root, result = swept
+  assert sorted(os.listdir(root)) == NAMES + ['sweep.csv', 'sweep.md']
+  for name in NAMES:
+    assert _read_json(root / name / 'summary.json')['rounds_completed'] == 2
+  assert _read_json(root / NAMES[0] / 'config.json')['server']['learning_rate'] == 0.5
+  assert result.stdout.splitlines()[:2] == [f'[1/2] {NAMES[0]}: running', f'[2/2] {NAMES[1]}: running']
+  assert result.stderr == ''
+
+
+def test_table_rows_match_each_runs_summary(swept):
+  root, _ = swept
+  with open(root / 'sweep.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['run'] for row in rows] == NAMES
+  assert [float(row['server.learning_rate']) for row in rows] == [0.5, 1.0]
+  for row in rows:
+    summary = _read_json(root / row['run'] / 'summary.json')
+    best = summary['best']['eval/accuracy']
+    assert row['status'] == 'complete' and row['seed'] == '0'
+    assert float(row['final_eval_accuracy']) == summary['final']['eval/accuracy']
+    assert float(row['final_eval_loss']) == summary['final']['eval/loss']
+    assert float(row['best_eval_accuracy']) == best['value']
+    assert int(row['best_eval_accuracy_round']) == best['round']
+    assert float(row['total_time_s']) == summary['total_time_s']
+  markdown = (root / 'sweep.md').read_text().splitlines()
+  assert len(markdown) == 4 and markdown[2].startswith(f'| {NAMES[0]} | 0 | 0.5 | complete | ')
+
+
+def test_rerun_skips_complete_points(swept):
+  root, _ = swept
+  mtimes = [os.stat(root / name / 'metrics.csv').st_mtime_ns for name in NAMES]
+  rounds, lines = [], []
+  rows = sweeps.run_sweep(test_resume.small_config(2), str(root), sweeps.parse_grid(GRID),
+                          make_progress_fn=lambda config: rounds.append, log_fn=lines.append)
+  assert rounds == []
+  assert lines == [f'[1/2] {NAMES[0]}: skipped, already complete',
+                   f'[2/2] {NAMES[1]}: skipped, already complete']
+  assert [os.stat(root / name / 'metrics.csv').st_mtime_ns for name in NAMES] == mtimes
+  assert [row['run'] for row in rows] == NAMES
+
+
+def test_diverging_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+  lines = []
+  rows = sweeps.run_sweep(test_resume.small_config(2), str(tmp_path),
+                          sweeps.parse_grid(['server.learning_rate=1e30']), log_fn=lines.append)
+  assert rows[0]['status'] == 'diverged' and rows[0]['total_time_s'] is None
+  assert lines[1].startswith('[1/1] server.learning_rate=1e+30: Training diverged at round ')
+  assert '| diverged |' in (tmp_path / 'sweep.md').read_text()
+
+
+def test_unknown_grid_key_gets_one_line_and_nonzero_exit(tmp_path):
+  result = conftest.run_script(['experiments/sweep.py', '--config=configs/quickstart.py',
+                                f'--workdir={tmp_path}', '--grid', 'server.lr=0.1,1.0'])
+  assert result.returncode != 0
+  assert result.stderr.startswith('sweep.py: error: Unknown config key server.lr; valid keys '
+                                  'here are: server.beta_1, server.beta_2, ')
+  assert len(result.stderr.splitlines()) == 1
+  assert os.listdir(tmp_path) == []
+
+
+def test_grid_values_take_the_schema_type():
+  grid = sweeps.parse_grid(['model.hidden_units=(64,),(32,16)', 'algorithm.weighted=true,False',
+                            'aggregator.clip_norm=None,1', 'client.learning_rate=1'])
+  assert grid == [('model.hidden_units', [(64,), (32, 16)]),
+                  ('algorithm.weighted', [True, False]),
+                  ('aggregator.clip_norm', [None, 1.0]), ('client.learning_rate', [1.0])]
+  assert isinstance(grid[3][1][0], float)
+  points = sweeps.expand(grid)
+  assert len(points) == 8
+  assert sweeps.point_name(points[-1]) == ('aggregator.clip_norm=1.0,algorithm.weighted=false,'
+                                           'client.learning_rate=1.0,model.hidden_units=(32,16)')
+
+
+@pytest.mark.parametrize('specs, message', [
+    (['seed=0.5'], "Config key seed must be an integer, got '0.5'."),
+    (['client=0.1'], 'Config key client is a group; give one of its fields'),
+    (['seed=0', 'seed=1'], 'Config key seed is given twice in the grid.'),
+    (['seed=0,0'], 'Config key seed lists a value twice in the grid: 0,0.'),
+    (['seed'], "Grid entry 'seed' must look like key=value1,value2"),
+    ([], 'The grid is empty'),
+], ids=['wrong_type', 'group', 'key_twice', 'value_twice', 'no_values', 'empty'])
+def test_bad_grid_is_refused_with_a_sentence(specs, message):
+  with pytest.raises(fedtff.config.ConfigError) as error:
+    sweeps.parse_grid(specs)
+  assert str(error.value).startswith(message)
+
+
+def test_point_configs_are_validated_before_any_run(tmp_path):
+  grid = sweeps.parse_grid(['algorithm.name=fedavg,fedx'])
+  with pytest.raises(fedtff.config.ConfigError, match="algorithm.name is 'fedx'; expected one of"):
+    sweeps.run_sweep(test_resume.small_config(2), str(tmp_path / 'root'), grid)
+  assert not (tmp_path / 'root').exists()
