@@ -12,6 +12,10 @@ Each kind composes with every algorithm that accepts a model aggregator:
   value range fixed by `clip_norm` or estimated adaptively. Floats are mapped
   to 32-bit integers. TFF's local runtime computes secure sums in the clear: it
   simulates the protocol's interface, not its cryptography.
+* `pairwise_masking`: fedtff's simulation of Bonawitz et al.'s (2017) pairwise
+  additive masking (`fedtff.privacy.secure_masking`): each update is clipped to
+  `clip_norm`, quantized to `quantization_bits`-bit integers and masked; the
+  masks cancel in the sum. Unweighted.
 * `dp`: the differential-privacy hook: TFF's Gaussian mechanism with fixed or
   adaptive clipping (`tff.aggregators.DifferentiallyPrivateFactory`). It is
   unweighted; accounting lives in fedtff.privacy.
@@ -28,7 +32,7 @@ import tensorflow_federated as tff
 
 AggregationFactory = Union[tff.aggregators.WeightedAggregationFactory,
                            tff.aggregators.UnweightedAggregationFactory]
-KINDS = ('mean', 'robust', 'compression', 'secure', 'dp')
+KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'pairwise_masking')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +111,15 @@ def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
                                   target_unclipped_quantile=spec.target_unclipped_quantile)
 
 
+def _pairwise_masking(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
+  if weighted or spec.clip_norm is None or spec.clients_per_round is None:
+    raise ValueError('The pairwise_masking aggregator is unweighted and needs clip_norm and '
+                     'clients_per_round; use it with weighted=False.')
+  from fedtff.privacy import secure_masking  # pylint: disable=g-import-not-at-top  # Imports this module.
+  return secure_masking.masking_aggregator(spec.clip_norm, spec.clients_per_round,
+                                           bits=spec.quantization_bits)
+
+
 def _secure(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
   bound = spec.clip_norm if spec.clip_norm is not None else _adaptive_norm(
       50.0, 0.95, 1.0, multiplier=2.0, secure_estimation=True)
@@ -147,6 +160,8 @@ def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFact
     return _dp(spec, weighted)
   if spec.kind == 'secure':
     return _secure(spec, weighted)
+  if spec.kind == 'pairwise_masking':
+    return _pairwise_masking(spec, weighted)
   if spec.kind == 'compression':
     value_sum = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
         quantization_bits=spec.quantization_bits, threshold=spec.quantization_threshold)

@@ -32,8 +32,11 @@ def task():
         dict(algorithm=dict(name='fedavg', weighted=False),
              aggregator=dict(kind='dp', noise_multiplier=0.5, clip_norm=1.0)),
         dict(aggregator=dict(kind='robust', clip_norm=2.0, zeroing=True)),
+        dict(aggregator=dict(kind='secure', clip_norm=2.0)),
+        dict(algorithm=dict(weighted=False),
+             aggregator=dict(kind='pairwise_masking', clip_norm=2.0, quantization_bits=24)),
     ],
-    ids=['fedadam', 'fedprox', 'schedule', 'dp', 'robust'])
+    ids=['fedadam', 'fedprox', 'schedule', 'dp', 'robust', 'secure', 'pairwise_masking'])
 def test_config_builds_a_process_that_runs(groups, task):
   process = experiment.build_process(config_for(**groups), task)
   train_ids = task.train_data.client_ids[:2]
