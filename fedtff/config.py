@@ -19,8 +19,8 @@ from fedtff import optimizers
 from fedtff.algorithms import builder
 from fedtff.algorithms import schedules
 
-DATASETS = ('digits',)
-PARTITIONS = ('iid', 'dirichlet')
+DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir')
+PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew')
 
 _CHOICES = {
     'data.dataset': DATASETS,
@@ -42,9 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the schema with its defaults; config files override fields."""
   config = ml_collections.ConfigDict()
   config.data = ml_collections.ConfigDict(dict(
-      dataset='digits', num_clients=60, num_test_clients=10,
-      partition='dirichlet', dirichlet_alpha=0.5,
-      batch_size=10, client_epochs=1, shuffle_buffer=100))
+      dataset='digits', path='', num_clients=60, num_test_clients=10, test_fraction=0.0,
+      partition='dirichlet', dirichlet_alpha=0.5, shards_per_client=2, quantity_sigma=1.0,
+      synthetic_alpha=1.0, synthetic_beta=1.0, num_classes=0,
+      batch_size=10, client_epochs=1, shuffle_buffer=100, max_elements=0,
+      drop_remainder=False))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0))

@@ -1,17 +1,22 @@
-"""Tasks: a federated dataset split into train and test clients, plus a model.
+"""Tasks: a federated dataset split into train and evaluation clients, plus a model.
 
 `build_task(config)` turns the `data` and `model` groups of an experiment config
-into a `Task`. The digits task splits scikit-learn's 8x8 digits over clients
-and holds whole clients out for testing.
+into a `Task`. Array sources (scikit-learn's digits, FedProx's synthetic data,
+a directory of per-client `.npz` files) are partitioned over clients when they
+are centralized, split into training and evaluation data (held-out clients, a
+held-out share of every client's examples, or FedProx's own per-user test
+split) and batched with the client preprocessing spec. docs/data.md describes
+every source and partition.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -19,11 +24,13 @@ from fedtff import data
 from fedtff import models
 
 ClientData = tff.simulation.datasets.ClientData
+DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir')
+PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew')
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """Preprocessed train and test clients and the Keras model factory."""
+  """Preprocessed train and evaluation clients and the Keras model factory."""
   train_data: ClientData
   test_data: ClientData
   model_fn: Callable[[], tf.keras.Model]
@@ -37,20 +44,52 @@ class Task:
 def batch_fn(*, batch_size: int, epochs: int = 1, shuffle_buffer: int = 0,
              seed: int = 0) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   """Client preprocessing: shuffle, repeat for `epochs`, then batch."""
-
-  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    if shuffle_buffer > 1:
-      dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-    return dataset.repeat(epochs).batch(batch_size)
-
-  return preprocess
+  return data.ClientPreprocessing(batch_size=batch_size, epochs=epochs,
+                                  shuffle_buffer=shuffle_buffer, shuffle_seed=seed).build()
 
 
-def _partition(labels, config: ml_collections.ConfigDict, seed: int):
-  if config.partition == 'iid':
-    return data.iid(len(labels), config.num_clients, seed=seed)
-  return data.dirichlet_per_class(
-      labels, config.num_clients, alpha=config.dirichlet_alpha, seed=seed)
+def _partition(labels: np.ndarray, config: ml_collections.ConfigDict, seed: int):
+  name, num_clients = config.partition, config.num_clients
+  if name == 'iid':
+    return data.iid(len(labels), num_clients, seed=seed)
+  if name == 'dirichlet':
+    return data.dirichlet_per_class(labels, num_clients, alpha=config.dirichlet_alpha, seed=seed)
+  if name == 'dirichlet_prior':
+    return data.dirichlet_prior(labels, num_clients, alpha=config.dirichlet_alpha, seed=seed)
+  if name == 'shards':
+    return data.shards(labels, num_clients, shards_per_client=config.shards_per_client, seed=seed)
+  return data.quantity_skew(len(labels), num_clients, seed=seed, sigma=config.quantity_sigma)
+
+
+def _centralized(features, labels, config, seed) -> data.FederatedArrays:
+  partition = _partition(labels, config, seed)
+  return data.FederatedArrays(features, labels, partition,
+                              [f'{k:05d}' for k in range(len(partition))])
+
+
+def _split(arrays: data.FederatedArrays, config, seed) -> Tuple[Any, Any]:
+  """(train, eval) arrays: held-out clients, or each client's held-out share."""
+  if config.num_test_clients == 0 and config.test_fraction == 0:
+    raise ValueError('Set data.num_test_clients or data.test_fraction: the run needs '
+                     'evaluation data.')
+  parts = data.split(arrays, seed=seed, num_heldout_clients=config.num_test_clients,
+                     test_fraction=config.test_fraction or None)
+  return parts.train, parts.heldout if parts.heldout is not None else parts.test
+
+
+def _arrays(config: ml_collections.ConfigDict, seed: int):
+  """(train, eval) FederatedArrays of the configured source."""
+  if config.dataset == 'digits':
+    return _split(_centralized(*data.load_digits(), config, seed), config, seed)
+  if config.dataset == 'npz_dir':
+    if not config.path:
+      raise ValueError("data.dataset='npz_dir' needs data.path, a directory of <client>.npz files.")
+    return _split(data.load_npz_dir(config.path), config, seed)
+  if config.dataset == 'synthetic_iid':
+    synthetic = data.synthetic_fedprox_iid(seed=seed)
+  else:
+    synthetic = data.synthetic_fedprox(config.synthetic_alpha, config.synthetic_beta, seed=seed)
+  return synthetic.train, synthetic.test
 
 
 def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int):
@@ -59,29 +98,25 @@ def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int):
                            num_classes=num_classes, **kwargs)
 
 
+def _preprocessing(config: ml_collections.ConfigDict, seed: int) -> data.ClientPreprocessing:
+  return data.ClientPreprocessing(
+      batch_size=config.batch_size, epochs=config.client_epochs,
+      shuffle_buffer=config.shuffle_buffer, shuffle_seed=seed,
+      max_elements=config.max_elements or None, drop_remainder=config.drop_remainder)
+
+
 def build_task(config: ml_collections.ConfigDict) -> Task:
   """Builds the task that `config.data` and `config.model` describe."""
-  data_config = config.data
-  if not 1 <= data_config.num_test_clients < data_config.num_clients:
-    raise ValueError(
-        f'data.num_test_clients must be in [1, {data_config.num_clients - 1}] '
-        f'(fewer than data.num_clients), got {data_config.num_test_clients}.')
-  features, labels = data.load_digits()
-  partition = _partition(labels, data_config, config.seed)
-  client_data = data.from_arrays(features, labels, partition)
-  num_train = data_config.num_clients - data_config.num_test_clients
-  ids = client_data.client_ids
-  train_ids, test_ids = ids[:num_train], ids[num_train:]
-  train_fn = batch_fn(batch_size=data_config.batch_size, epochs=data_config.client_epochs,
-                      shuffle_buffer=data_config.shuffle_buffer, seed=config.seed)
-  test_fn = batch_fn(batch_size=max(data_config.batch_size, 64))
-  num_classes = int(labels.max()) + 1
+  train, evaluation = _arrays(config.data, config.seed)
+  num_classes = int(np.max(train.labels)) + 1
+  if config.data.num_classes:
+    num_classes = config.data.num_classes
+    data.check_labels(train.labels, num_classes)
+  features = train.features
+  input_shape = np.shape(features)[1:] if not isinstance(features, dict) else None
+  eval_fn = data.ClientPreprocessing(batch_size=max(config.data.batch_size, 64)).build()
   return Task(
-      train_data=_subset(client_data, train_ids).preprocess(train_fn),
-      test_data=_subset(client_data, test_ids).preprocess(test_fn),
-      model_fn=_model_fn(config.model, features.shape[1:], num_classes),
+      train_data=train.to_client_data().preprocess(_preprocessing(config.data, config.seed).build()),
+      test_data=evaluation.to_client_data(allow_empty_clients=True).preprocess(eval_fn),
+      model_fn=_model_fn(config.model, input_shape, num_classes),
       num_classes=num_classes)
-
-
-def _subset(client_data: ClientData, client_ids) -> ClientData:
-  return ClientData.from_clients_and_tf_fn(list(client_ids), client_data.serializable_dataset_fn)

@@ -4,18 +4,31 @@ The datasets are built by a serializable `tf.data` function of the client id,
 so TFF can construct them inside its runtime from ids
 (`ClientData.dataset_computation`) instead of receiving each client's data
 from Python every round.
+
+Building a `ClientData` creates one dataset (TFF reads the element spec off
+the first client); every other client's dataset is created only when asked
+for. The rows are held once, as eager tensors. Called eagerly, the dataset
+function slices one client's rows, so a dataset costs time and memory in
+proportion to the client, not to the whole array. Traced in a `tf.function`
+(`client_dataset_fn`), it captures those tensors without copying them. Traced
+in a legacy graph, as TFF's `dataset_computation` is, it embeds all rows in
+the graph as constants, which limits that path to arrays well under
+TensorFlow's 2 GB graph limit; larger data belongs in TFF's SQLite format
+(`write_sql_client_data`).
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Mapping, Optional, Sequence, Union
+import dataclasses
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 Features = Union[np.ndarray, Mapping[str, np.ndarray]]
+ClientData = tff.simulation.datasets.ClientData
 
 
 def _num_rows(features: Features, labels: np.ndarray) -> int:
@@ -29,16 +42,16 @@ def _num_rows(features: Features, labels: np.ndarray) -> int:
 
 
 def _check_indices(client_indices: Sequence[Sequence[int]], num_rows: int,
-                   allow_empty: bool) -> None:
-  for position, indices in enumerate(client_indices):
+                   allow_empty: bool, client_ids: Sequence[str]) -> None:
+  for client_id, indices in zip(client_ids, client_indices):
     indices = np.asarray(indices)
     if not allow_empty and indices.size == 0:
       raise ValueError(
-          f'Client {position} has no examples; pass allow_empty_clients=True '
+          f'Client {client_id} has no examples; pass allow_empty_clients=True '
           'to keep empty clients.')
     if indices.size and (indices.min() < 0 or indices.max() >= num_rows):
       raise ValueError(
-          f'Client {position} has example indices outside [0, {num_rows}).')
+          f'Client {client_id} has example indices outside [0, {num_rows}).')
 
 
 def _gather(array: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -50,13 +63,28 @@ def _gather(array: np.ndarray, order: np.ndarray) -> np.ndarray:
   return gathered
 
 
+def _checked_ids(client_ids: Optional[Sequence[Any]], num_clients: int) -> List[str]:
+  if client_ids is None:
+    return [str(k) for k in range(num_clients)]
+  client_ids = [str(client_id) for client_id in client_ids]
+  if len(client_ids) != num_clients or len(set(client_ids)) != len(client_ids):
+    raise ValueError(
+        f'Expected {num_clients} distinct client ids, got {client_ids!r:.200}.')
+  return client_ids
+
+
+def _python_id(client_id: Any) -> str:
+  if tf.is_tensor(client_id):
+    client_id = client_id.numpy()
+  return client_id.decode() if isinstance(client_id, bytes) else str(client_id)
+
+
 def from_arrays(features: Features,
                 labels: np.ndarray,
                 client_indices: Sequence[Sequence[int]],
                 *,
                 client_ids: Optional[Sequence[str]] = None,
-                allow_empty_clients: bool = False
-               ) -> tff.simulation.datasets.ClientData:
+                allow_empty_clients: bool = False) -> ClientData:
   """Returns a `ClientData` whose client `k` holds rows `client_indices[k]`.
 
   Each element is an `OrderedDict(x=..., y=...)`, where `x` is one row of
@@ -75,27 +103,119 @@ def from_arrays(features: Features,
       client is empty and that is not allowed, or the ids do not match.
   """
   num_rows = _num_rows(features, labels)
-  _check_indices(client_indices, num_rows, allow_empty_clients)
-  if client_ids is None:
-    client_ids = [str(k) for k in range(len(client_indices))]
-  client_ids = [str(client_id) for client_id in client_ids]
-  if len(client_ids) != len(client_indices) or len(set(client_ids)) != len(client_ids):
-    raise ValueError(
-        f'Expected {len(client_indices)} distinct client ids, got {client_ids!r:.200}.')
+  client_ids = _checked_ids(client_ids, len(client_indices))
+  _check_indices(client_indices, num_rows, allow_empty_clients, client_ids)
   order = np.concatenate([np.asarray(i, dtype=np.int64) for i in client_indices])
   offsets = np.cumsum([0] + [len(i) for i in client_indices]).astype(np.int64)
   columns = collections.OrderedDict(
       x=(collections.OrderedDict((k, _gather(v, order)) for k, v in features.items())
          if isinstance(features, Mapping) else _gather(features, order)),
       y=_gather(labels, order))
+  return ClientData.from_clients_and_tf_fn(
+      client_ids, _dataset_fn(client_ids, offsets, tf.nest.map_structure(tf.constant, columns)))
 
-  def serializable_dataset_fn(client_id):
+
+def _dataset_fn(client_ids: List[str], offsets: np.ndarray,
+                columns: Any) -> Callable[[Any], tf.data.Dataset]:
+  """The dataset function over `columns`, eager tensors of every client's rows.
+
+  Eagerly it slices one client's rows. In a `tf.function` it captures the
+  eager tensors (no copy into the graph); in a legacy graph, which is how TFF
+  traces `dataset_computation`, it embeds them as constants.
+  """
+  positions = {client_id: k for k, client_id in enumerate(client_ids)}
+
+  def graph_columns():
+    with tf.init_scope():
+      if tf.executing_eagerly():
+        return columns
+    return tf.nest.map_structure(lambda t: tf.constant(t.numpy()), columns)
+
+  def traced_rows(client_id):
     ids = tf.constant(client_ids)
     position = tf.reshape(tf.where(tf.equal(ids, client_id)), [-1])[0]
     bounds = tf.constant(offsets)
     start, stop = bounds[position], bounds[position + 1]
-    rows = tf.nest.map_structure(lambda a: tf.constant(a)[start:stop], columns)
-    return tf.data.Dataset.from_tensor_slices(rows)
+    return tf.nest.map_structure(lambda t: t[start:stop], graph_columns())
 
-  return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(
-      client_ids, serializable_dataset_fn)
+  def serializable_dataset_fn(client_id):
+    if tf.executing_eagerly():
+      k = positions[_python_id(client_id)]
+      return tf.data.Dataset.from_tensor_slices(
+          tf.nest.map_structure(lambda t: t[offsets[k]:offsets[k + 1]], columns))
+    return tf.data.Dataset.from_tensor_slices(traced_rows(client_id))
+
+  return serializable_dataset_fn
+
+
+def client_dataset_fn(client_data: ClientData) -> tf.types.experimental.GenericFunction:
+  """Returns `client_id -> dataset`, tracing `client_data`'s dataset function once.
+
+  Use it to build client datasets in Python round after round. In TF 2.14
+  every eager `Dataset.map` traces and keeps a new function, so calling
+  `client_data.create_tf_dataset_for_client` each round (TFF's parsing and
+  most preprocessing map) grows memory by about 70 KB per dataset and spends
+  milliseconds tracing; this traces the whole pipeline once as a
+  `tf.function` and only runs it afterwards. Inside TFF computations use
+  `client_data.dataset_computation` instead.
+
+  Returns:
+    A `tf.function` of one string, the client id.
+  """
+  return tf.function(client_data.serializable_dataset_fn,
+                     input_signature=[tf.TensorSpec([], tf.string)])
+
+
+@dataclasses.dataclass(frozen=True)
+class FederatedArrays:
+  """Examples held in arrays, and which rows belong to which client.
+
+  The array form of a federated dataset: partitioners, splits and the
+  synthetic generators work on it, and `to_client_data()` turns it into a
+  `ClientData` for TFF.
+
+  Attributes:
+    features: An array, or a dict of arrays, with one row per example.
+    labels: One label per example.
+    partition: For each client, the row indices of its examples, in order.
+    client_ids: One name per client.
+  """
+  features: Features
+  labels: np.ndarray
+  partition: Sequence[np.ndarray]
+  client_ids: Sequence[str]
+
+  def __post_init__(self):
+    num_rows = _num_rows(self.features, self.labels)
+    client_ids = _checked_ids(self.client_ids, len(self.partition))
+    _check_indices(self.partition, num_rows, True, client_ids)
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.partition)
+
+  def client(self, client_id: str) -> Tuple[Features, np.ndarray]:
+    """Returns `(features, labels)` of one client's examples."""
+    if client_id not in self.client_ids:
+      raise ValueError(f'Unknown client id {client_id!r}.')
+    rows = self.partition[list(self.client_ids).index(client_id)]
+    labels = np.asarray(self.labels)[rows]
+    if isinstance(self.features, Mapping):
+      return {k: np.asarray(v)[rows] for k, v in self.features.items()}, labels
+    return np.asarray(self.features)[rows], labels
+
+  def select(self, client_ids: Sequence[str]) -> 'FederatedArrays':
+    """Returns the same arrays with only `client_ids`, in that order."""
+    lookup = {client_id: k for k, client_id in enumerate(self.client_ids)}
+    missing = [c for c in client_ids if c not in lookup]
+    if missing:
+      raise ValueError(f'Unknown client ids {missing!r:.200}.')
+    return dataclasses.replace(
+        self, partition=[self.partition[lookup[c]] for c in client_ids],
+        client_ids=list(client_ids))
+
+  def to_client_data(self, *, allow_empty_clients: bool = False) -> ClientData:
+    """Returns the `ClientData` of `from_arrays` over these arrays."""
+    return from_arrays(self.features, self.labels, self.partition,
+                       client_ids=self.client_ids,
+                       allow_empty_clients=allow_empty_clients)
