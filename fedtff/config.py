@@ -16,15 +16,13 @@ import ml_collections
 from fedtff import aggregators
 from fedtff import models
 from fedtff import optimizers
+from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import schedules
 
-DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir')
-PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew')
-
 _CHOICES = {
-    'data.dataset': DATASETS,
-    'data.partition': PARTITIONS,
+    'data.dataset': tasks.DATASETS,
+    'data.partition': tasks.PARTITIONS,
     'model.name': models.MODEL_NAMES,
     'algorithm.name': builder.ALGORITHMS,
     'client.optimizer': optimizers.OPTIMIZER_NAMES,
