@@ -30,6 +30,7 @@ def tiny_arrays():
 def script_env(**extra):
   env = dict(os.environ)
   env.pop('FEDTFF_VERBOSE', None)
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)  # Set above for this process; scripts choose their own.
   env.update(extra)
   return env
 

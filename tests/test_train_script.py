@@ -117,3 +117,17 @@ def test_sigkill_of_the_trainer_still_ends_its_workers(tmp_path):
   proc.kill()
   proc.communicate(timeout=60)
   _assert_gone(workers)
+
+
+@pytest.mark.parametrize('how', ['env', 'flag'])
+def test_verbose_mode_shows_tensorflow_logs_again(how):
+  args = TRAIN + ['--workdir=/tmp/x', '--config.client.lr=1']
+  env = conftest.script_env()
+  if how == 'env':
+    env['FEDTFF_VERBOSE'] = '1'
+  else:
+    args.append('--verbosity=0')
+  result = subprocess.run([sys.executable] + args, cwd=conftest.REPO_ROOT, capture_output=True,
+                          text=True, env=env, timeout=300)
+  assert result.returncode != 0
+  assert 'tensorflow/' in result.stderr  # C++ log lines name their TensorFlow source file.
