@@ -44,7 +44,9 @@ def base_config() -> ml_collections.ConfigDict:
       partition='dirichlet', dirichlet_alpha=0.5, shards_per_client=2, quantity_sigma=1.0,
       synthetic_alpha=1.0, synthetic_beta=1.0, num_classes=0,
       batch_size=10, client_epochs=1, shuffle_buffer=100, max_elements=0,
-      drop_remainder=False))
+      drop_remainder=False, weight_decay=0.0,
+      cache_dir='', allow_download=False, synthetic_standin=False, max_test_clients=0,
+      eval_batch_size=0, sequence_length=0, vocab_size=10000))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0))

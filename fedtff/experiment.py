@@ -106,7 +106,8 @@ def build_process(config: ml_collections.ConfigDict,
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
-      aggregator=_aggregator(config, noise_multiplier(config, task)))
+      aggregator=_aggregator(config, noise_multiplier(config, task)),
+      **task.learning_kwargs())
 
 
 def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:
@@ -118,7 +119,7 @@ def evaluation_fn(task: tasks.Task, training_process) -> Callable[[Any, int], tr
   """Returns `(state, round_num) -> eval/<name>` over all test clients."""
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       task.test_data.dataset_computation,
-      algorithms.build_evaluation(task.model_fn, task.element_spec))
+      algorithms.build_evaluation(task.model_fn, task.element_spec, **task.learning_kwargs()))
   eval_state = process.initialize()
   test_ids = task.test_data.client_ids
 

@@ -7,13 +7,21 @@ are centralized, split into training and evaluation data (held-out clients, a
 held-out share of every client's examples, or FedProx's own per-user test
 split) and batched with the client preprocessing spec. docs/data.md describes
 every source and partition.
+
+TFF's hosted datasets (the tasks of Reddi et al. 2021, Adaptive Federated
+Optimization, arXiv 2003.00295) are read from the local cache with
+`fedtff.data.load_tff_dataset` (`data.cache_dir`, `data.allow_download`), or
+replaced by TFF's tiny `get_synthetic()` clients with `data.synthetic_standin`.
+They keep TFF's own train/test clients and get the baselines' preprocessing;
+sequence tasks get a pad-masked loss and an accuracy without pad and
+end-of-sentence tokens (`Task.loss_fn`, `Task.metrics_fn`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
@@ -24,7 +32,16 @@ from fedtff import data
 from fedtff import models
 
 ClientData = tff.simulation.datasets.ClientData
-DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir')
+HOSTED_DATASETS = ('emnist_digits', 'emnist_full', 'emnist_autoencoder', 'cifar100',
+                   'shakespeare', 'stackoverflow_word', 'stackoverflow_tag')
+DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir') + HOSTED_DATASETS
+# Hosted tasks fedtff cannot build yet, and what each one lacks.
+UNSUPPORTED = {
+    'emnist_autoencoder': 'the EMNIST autoencoder task needs an autoencoder model and an MSE '
+                          'loss, which fedtff.models and fedtff.tasks do not provide yet',
+    'stackoverflow_tag': 'the Stack Overflow tag task needs bag-of-words features, a 500-tag '
+                         'multi-label sigmoid loss and Recall@5, which fedtff does not provide yet',
+}
 PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew')
 
 
@@ -35,6 +52,13 @@ class Task:
   test_data: ClientData
   model_fn: Callable[[], tf.keras.Model]
   num_classes: int
+  loss_fn: Optional[Callable[[], tf.keras.losses.Loss]] = None
+  metrics_fn: Optional[Callable[[], List[Any]]] = None
+
+  def learning_kwargs(self) -> dict:
+    """`loss` and `metrics` for the builders; None means the classification defaults."""
+    return dict(loss=self.loss_fn() if self.loss_fn else None,
+                metrics=self.metrics_fn() if self.metrics_fn else None)
 
   @property
   def element_spec(self) -> Any:
@@ -92,10 +116,31 @@ def _arrays(config: ml_collections.ConfigDict, seed: int):
   return synthetic.train, synthetic.test
 
 
-def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int):
+def _with_l2(model_fn: Callable[[], tf.keras.Model], scale: float) -> Callable[[], tf.keras.Model]:
+  """Adds `scale * sum(w**2) / 2` per kernel to `model.losses` (TF's `l2_regularizer`).
+
+  This is the L2 penalty of FedProx's multinomial logistic regression (Li et
+  al. 2020, arXiv 1812.06127, `tf.contrib.layers.l2_regularizer(0.001)`).
+  TFF adds `model.losses` to the training loss.
+  """
+
+  def build() -> tf.keras.Model:
+    model = model_fn()
+    for layer in model.layers:
+      kernel = getattr(layer, 'kernel', None)
+      if kernel is not None:
+        layer.add_loss(lambda kernel=kernel: scale * tf.nn.l2_loss(kernel))
+    return model
+
+  return build
+
+
+def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int,
+              weight_decay: float = 0.0):
   kwargs = {'hidden_units': tuple(config.hidden_units)} if config.name == 'mlp' else {}
-  return functools.partial(models.build, config.name, input_shape=tuple(input_shape),
-                           num_classes=num_classes, **kwargs)
+  model_fn = functools.partial(models.build, config.name, input_shape=tuple(input_shape),
+                               num_classes=num_classes, **kwargs)
+  return _with_l2(model_fn, weight_decay) if weight_decay else model_fn
 
 
 def _preprocessing(config: ml_collections.ConfigDict, seed: int) -> data.ClientPreprocessing:
@@ -105,8 +150,156 @@ def _preprocessing(config: ml_collections.ConfigDict, seed: int) -> data.ClientP
       max_elements=config.max_elements or None, drop_remainder=config.drop_remainder)
 
 
+class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
+  """Sparse categorical cross-entropy on logits, averaged over non-pad targets.
+
+  Targets equal to `pad_id` add nothing, as in TFF's sequence baselines.
+  """
+
+  def __init__(self, pad_id: int = 0, name: str = 'masked_sparse_cross_entropy'):
+    super().__init__(name=name)
+    self.pad_id = pad_id
+
+  def call(self, y_true, y_pred):
+    y_true = tf.cast(y_true, tf.int32)
+    losses = tf.keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+    mask = tf.cast(tf.not_equal(y_true, self.pad_id), losses.dtype)
+    # The default reduction divides by the number of targets; rescale so it
+    # divides by the number of non-pad targets instead.
+    scale = tf.cast(tf.size(mask), losses.dtype) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    return losses * mask * scale
+
+  def get_config(self):
+    return {**super().get_config(), 'pad_id': self.pad_id}
+
+
+class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
+  """Token accuracy leaving out targets in `masked_ids` (pad, end of sentence, OOV).
+
+  Reddi et al. (2021) report next-token accuracy without padding and
+  end-of-sentence tokens (and, for Stack Overflow, out-of-vocabulary words).
+  """
+
+  def __init__(self, masked_ids: Sequence[int] = (0,), name: str = 'accuracy', dtype=None):
+    super().__init__(name=name, dtype=dtype)
+    self.masked_ids = tuple(int(i) for i in masked_ids)
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    y_true = tf.cast(y_true, tf.int32)
+    keep = tf.reduce_all(
+        tf.not_equal(y_true[..., tf.newaxis], tf.constant(self.masked_ids, tf.int32)), axis=-1)
+    return super().update_state(y_true, y_pred, sample_weight=tf.cast(keep, tf.float32))
+
+  def get_config(self):
+    return {**super().get_config(), 'masked_ids': self.masked_ids}
+
+
+def _sequence_loss_and_metrics(masked_ids: Sequence[int]) -> dict:
+  return dict(loss_fn=MaskedSparseCrossEntropy,
+              metrics_fn=lambda: [MaskedAccuracy(masked_ids=masked_ids)])
+
+
+def _hosted_splits(config: ml_collections.ConfigDict) -> Tuple[ClientData, ClientData]:
+  """(train, test) ClientData of a hosted dataset, raw as TFF parses it."""
+  name = {'stackoverflow_word': 'stackoverflow'}.get(config.dataset, config.dataset)
+  splits = data.load_tff_dataset(name, cache_dir=config.cache_dir or None,
+                                 allow_download=config.allow_download,
+                                 synthetic=config.synthetic_standin)
+  train, test = splits[0], splits[-1]
+  if config.max_test_clients and len(test.client_ids) > config.max_test_clients:
+    ids = sorted(test.client_ids)[:config.max_test_clients]
+    test = ClientData.from_clients_and_tf_fn(ids, test.serializable_dataset_fn)
+  return train, test
+
+
+def _synthetic_vocab(train: ClientData, vocab_size: int) -> List[str]:
+  """The most frequent words of the stand-in clients (the real vocab needs the cache)."""
+  counts = {}
+  for client_id in train.client_ids:
+    for element in train.create_tf_dataset_for_client(client_id):
+      for word in element['tokens'].numpy().decode().split():
+        counts[word] = counts.get(word, 0) + 1
+  return sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size]
+
+
+def _stackoverflow_vocab(config: ml_collections.ConfigDict, train: ClientData) -> List[str]:
+  if config.synthetic_standin:
+    return _synthetic_vocab(train, config.vocab_size)
+  return data.load_stackoverflow_vocab(config.vocab_size, cache_dir=config.cache_dir or None,
+                                       allow_download=config.allow_download)
+
+
+def _image_task(config, train, test, element_fns, input_shape, num_classes) -> Task:
+  spec = _preprocessing(config.data, config.seed)
+  eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
+  return Task(train_data=train.preprocess(spec.build(element_fns[0])),
+              test_data=test.preprocess(eval_spec.build(element_fns[1])),
+              model_fn=_model_fn(config.model, input_shape, num_classes,
+                                 config.data.weight_decay),
+              num_classes=num_classes)
+
+
+def _check_model(config: ml_collections.ConfigDict, allowed: Sequence[str]) -> None:
+  if config.model.name not in allowed:
+    raise ValueError(f'data.dataset={config.data.dataset!r} needs model.name in '
+                     f'{", ".join(allowed)}, got {config.model.name!r}.')
+
+
+def _shakespeare_task(config, train, test) -> Task:
+  _check_model(config, ('char_lstm',))
+  length = config.data.sequence_length or data.preprocessing.SHAKESPEARE_SEQUENCE_LENGTH
+  pad, _, _, eos = data.shakespeare_special_tokens()
+  vocab_size = eos + 1
+  eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
+  spec = _preprocessing(config.data, config.seed)
+  return Task(
+      train_data=train.preprocess(data.shakespeare_preprocess(spec, sequence_length=length)),
+      test_data=test.preprocess(data.shakespeare_preprocess(eval_spec, sequence_length=length)),
+      model_fn=functools.partial(models.build, 'char_lstm', vocab_size=vocab_size,
+                                 sequence_length=length),
+      num_classes=vocab_size, **_sequence_loss_and_metrics((pad, eos)))
+
+
+def _stackoverflow_word_task(config, train, test) -> Task:
+  _check_model(config, ('word_lstm',))
+  vocab = _stackoverflow_vocab(config.data, train)
+  length = config.data.sequence_length or data.preprocessing.STACKOVERFLOW_SEQUENCE_LENGTH
+  pad, oov, _, eos = data.stackoverflow_special_tokens(len(vocab))
+  eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
+  spec = _preprocessing(config.data, config.seed)
+  preprocess = functools.partial(data.stackoverflow_word_preprocess, vocab=vocab,
+                                 sequence_length=length)
+  return Task(
+      train_data=train.preprocess(preprocess(spec)),
+      test_data=test.preprocess(preprocess(eval_spec)),
+      model_fn=functools.partial(models.build, 'word_lstm', vocab_size=len(vocab),
+                                 sequence_length=length),
+      num_classes=eos + 1, **_sequence_loss_and_metrics((pad, *oov, eos)))
+
+
+def _hosted_task(config: ml_collections.ConfigDict) -> Task:
+  """A task of Reddi et al. (2021) on a TFF hosted dataset (or its stand-in)."""
+  name = config.data.dataset
+  if name in UNSUPPORTED:
+    raise NotImplementedError(f'data.dataset={name!r} is not supported yet: {UNSUPPORTED[name]}.')
+  train, test = _hosted_splits(config.data)
+  if name in ('emnist_digits', 'emnist_full'):
+    _check_model(config, ('emnist_cnn', 'fedavg_cnn', 'mlp', 'logistic_regression'))
+    return _image_task(config, train, test, (data.emnist_map(), data.emnist_map()),
+                       (28, 28, 1), 10 if name == 'emnist_digits' else 62)
+  if name == 'cifar100':
+    _check_model(config, ('resnet18_group_norm',))
+    maps = (data.cifar_map(train=True, seed=config.seed), data.cifar_map(train=False))
+    return _image_task(config, train, test, maps, data.preprocessing.CIFAR_CROP_SHAPE, 100)
+  if name == 'shakespeare':
+    return _shakespeare_task(config, train, test)
+  return _stackoverflow_word_task(config, train, test)
+
+
 def build_task(config: ml_collections.ConfigDict) -> Task:
   """Builds the task that `config.data` and `config.model` describe."""
+  if config.data.dataset in HOSTED_DATASETS:
+    return _hosted_task(config)
   train, evaluation = _arrays(config.data, config.seed)
   num_classes = int(np.max(train.labels)) + 1
   if config.data.num_classes:
@@ -118,5 +311,5 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
   return Task(
       train_data=train.to_client_data().preprocess(_preprocessing(config.data, config.seed).build()),
       test_data=evaluation.to_client_data(allow_empty_clients=True).preprocess(eval_fn),
-      model_fn=_model_fn(config.model, input_shape, num_classes),
+      model_fn=_model_fn(config.model, input_shape, num_classes, config.data.weight_decay),
       num_classes=num_classes)

@@ -47,7 +47,7 @@ def test_trains_and_writes_the_run_directory(tmp_path):
         (TRAIN + ['--workdir=/proc/fedtff-cannot-write'],
          'Cannot write to the run directory /proc/fedtff-cannot-write'),
         (TRAIN + ['--workdir=/tmp/x', '--config.data.dataset=mnist'],
-         "Config key data.dataset is 'mnist'; expected one of: digits."),
+         "Config key data.dataset is 'mnist'; expected one of: digits, "),
     ],
     ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice'])
 def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
