@@ -101,8 +101,8 @@ def _split(arrays: data.FederatedArrays, config, seed) -> Tuple[Any, Any]:
   return parts.train, parts.heldout if parts.heldout is not None else parts.test
 
 
-def _arrays(config: ml_collections.ConfigDict, seed: int):
-  """(train, eval) FederatedArrays of the configured source."""
+def arrays(config: ml_collections.ConfigDict, seed: int):
+  """(train, eval) `FederatedArrays` of an array source (digits, synthetic, npz_dir)."""
   if config.dataset == 'digits':
     return _split(_centralized(*data.load_digits(), config, seed), config, seed)
   if config.dataset == 'npz_dir':
@@ -300,7 +300,7 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
   """Builds the task that `config.data` and `config.model` describe."""
   if config.data.dataset in HOSTED_DATASETS:
     return _hosted_task(config)
-  train, evaluation = _arrays(config.data, config.seed)
+  train, evaluation = arrays(config.data, config.seed)
   num_classes = int(np.max(train.labels)) + 1
   if config.data.num_classes:
     num_classes = config.data.num_classes
