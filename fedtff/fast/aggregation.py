@@ -1,0 +1,167 @@
+"""The model-update aggregators the fast backend computes inside its round graph.
+
+Each mirrors the arithmetic of the `tff.aggregators` factory that
+`fedtff.aggregators.build_aggregator` builds for the same `AggregatorSpec`:
+
+* `mean`: `MeanFactory` (sum of `update * weight`, divided by the sum of the
+  weights) or, unweighted, `UnweightedMeanFactory` (divided by the number of
+  clients);
+* `robust` with a fixed `clip_norm` (and optionally a fixed `zeroing_norm`):
+  `zeroing_factory` then `clipping_factory` around the mean; an update whose
+  global L2 norm exceeds the bound is zeroed, or scaled down to it;
+* `dp` with a fixed `clip_norm`: `DifferentiallyPrivateFactory.gaussian_fixed`
+  (McMahan et al., "Learning Differentially Private Recurrent Language
+  Models", ICLR 2018): clip each update in L2, sum, add Gaussian noise of
+  standard deviation `noise_multiplier * clip_norm`, divide by
+  `clients_per_round`. The noise is drawn by TensorFlow's stateful RNG, so it
+  is not TFF's draw.
+
+Anything else (adaptive norms, compression, secure sums, custom factories)
+is refused with a `ValueError`: those run on the TFF backend.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, List, NamedTuple, Optional, Tuple
+
+import tensorflow as tf
+
+from fedtff import aggregators
+
+_USE_TFF = "use backend='tff'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Aggregation:
+  """What the round graph does with client updates; see the module docstring.
+
+  Attributes:
+    weighted: Whether the mean weights updates by the client weights.
+    clip_norm: Fixed L2 clipping norm, or None.
+    zeroing_norm: Fixed L2 norm above which an update is zeroed, or None.
+    noise_stddev: For DP: the Gaussian noise on the sum (None without DP).
+    denominator: For DP: what the noised sum is divided by.
+  """
+  weighted: bool
+  clip_norm: Optional[float] = None
+  zeroing_norm: Optional[float] = None
+  noise_stddev: Optional[float] = None
+  denominator: Optional[float] = None
+
+  @property
+  def is_dp(self) -> bool:
+    return self.noise_stddev is not None
+
+
+def _refuse(what: str) -> ValueError:
+  return ValueError(f'The fast backend does not implement {what}; {_USE_TFF}.')
+
+
+def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
+  """The `Aggregation` of `aggregator`, an `AggregatorSpec` or None (mean).
+
+  Raises:
+    ValueError: For an aggregator the fast backend does not implement, or
+      options that do not fit (fedtff's own checks of the spec).
+  """
+  if aggregator is None:
+    return Aggregation(weighted)
+  if not isinstance(aggregator, aggregators.AggregatorSpec):
+    raise ValueError(
+        'The fast backend does not implement custom tff.aggregators factories (got '
+        f"{type(aggregator).__name__}); pass fedtff.AggregatorSpec('mean', 'robust' or 'dp' with "
+        f'fixed norms), or {_USE_TFF}.')
+  aggregators.build_aggregator(aggregator, weighted=weighted)  # fedtff's checks of the options.
+  spec = aggregator
+  if spec.kind in ('compression', 'secure'):
+    raise _refuse(f'the {spec.kind!r} aggregator')
+  if spec.kind == 'mean':
+    return Aggregation(weighted)
+  if spec.clip_norm is None:
+    raise _refuse(f'adaptive clipping (the {spec.kind!r} aggregator without clip_norm)')
+  if spec.kind == 'dp':
+    return Aggregation(weighted, noise_stddev=spec.noise_multiplier * spec.clip_norm,
+                       denominator=float(spec.clients_per_round), clip_norm=spec.clip_norm)
+  if spec.zeroing and spec.zeroing_norm is None:
+    raise _refuse('adaptive zeroing (zeroing=True without zeroing_norm)')
+  return Aggregation(weighted, clip_norm=spec.clip_norm,
+                     zeroing_norm=spec.zeroing_norm if spec.zeroing else None)
+
+
+def _global_l2_norm(values: List[tf.Tensor]) -> tf.Tensor:
+  """TFF's `robust._global_l2_norm`, operation for operation."""
+  squares = [tf.cast(tf.norm(v, ord=2) ** 2, tf.float32) for v in values]
+  return tf.math.sqrt(tf.reduce_sum(tf.stack(squares)))
+
+
+def _zero(values: List[tf.Tensor], norm: float) -> Tuple[List[tf.Tensor], tf.Tensor]:
+  should_zero = _global_l2_norm(values) > norm
+  zeroed = tf.cond(should_zero, lambda: [tf.zeros_like(v) for v in values], lambda: values)
+  return zeroed, tf.cast(should_zero, tf.int32)
+
+
+def _clip(values: List[tf.Tensor], norm: float) -> Tuple[List[tf.Tensor], tf.Tensor]:
+  global_norm = _global_l2_norm(values)
+  divisor = global_norm / norm
+  clipped = tf.cond(global_norm > norm,
+                    lambda: [v / tf.cast(divisor, v.dtype) for v in values], lambda: values)
+  return clipped, tf.cast(global_norm > norm, tf.int32)
+
+
+class Accumulator(NamedTuple):
+  """The running sums of one round's aggregation (a `tf.while_loop` variable)."""
+  value_sum: List[tf.Tensor]
+  weight_sum: tf.Tensor
+  zeroed: tf.Tensor
+  clipped: tf.Tensor
+
+
+def initial(trainable: List[tf.Tensor]) -> Accumulator:
+  zero = tf.constant(0, tf.int32)
+  return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero)
+
+
+def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tensor],
+               weight: tf.Tensor) -> Accumulator:
+  """Adds one client's update (zeroed, clipped and weighted as configured)."""
+  zeroed = clipped = tf.constant(0, tf.int32)
+  if aggregation.zeroing_norm is not None:
+    update, zeroed = _zero(update, aggregation.zeroing_norm)
+  if aggregation.is_dp:
+    update, _ = tf.clip_by_global_norm(update, aggregation.clip_norm)
+  elif aggregation.clip_norm is not None:
+    update, clipped = _clip(update, aggregation.clip_norm)
+  if aggregation.weighted and not aggregation.is_dp:
+    update = [v * tf.cast(weight, v.dtype) for v in update]
+  else:
+    weight = tf.constant(1.0)
+  return Accumulator([s + v for s, v in zip(acc.value_sum, update)], acc.weight_sum + weight,
+                     acc.zeroed + zeroed, acc.clipped + clipped)
+
+
+def result(aggregation: Aggregation, acc: Accumulator) -> List[tf.Tensor]:
+  """The aggregate: the (weighted) mean, or the noised DP mean."""
+  if aggregation.is_dp:
+    noised = [s + tf.random.normal(tf.shape(s), stddev=aggregation.noise_stddev, dtype=s.dtype)
+              for s in acc.value_sum]
+    return [tf.truediv(s, tf.cast(aggregation.denominator, s.dtype)) for s in noised]
+  return [tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum]
+
+
+def measurements(aggregation: Aggregation, acc: Accumulator) -> collections.OrderedDict:
+  """The aggregator measurements, in the nesting TFF's factories report them."""
+  if aggregation.is_dp:
+    return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
+  inner = (collections.OrderedDict(mean_value=(), mean_weight=()) if aggregation.weighted
+           else collections.OrderedDict(mean_value=(), mean_count=()))
+  if aggregation.clip_norm is not None:
+    inner = collections.OrderedDict(clipping=inner,
+                                    clipping_norm=tf.constant(aggregation.clip_norm),
+                                    clipped_count=acc.clipped)
+  if aggregation.zeroing_norm is not None:
+    inner = collections.OrderedDict(zeroing=inner,
+                                    zeroing_norm=tf.constant(aggregation.zeroing_norm),
+                                    zeroed_count=acc.zeroed)
+  return inner

@@ -1,0 +1,211 @@
+"""Client training of the FedAvg family, in graph, over padded batches.
+
+Each function mirrors TFF 0.87's client work step for step, so that the fast
+backend's arithmetic is TFF's:
+
+* `train_delta` is `model_delta_client_work` (FedAvg, McMahan et al.,
+  AISTATS 2017, arXiv 1602.05629; with any server optimizer, Reddi et al.,
+  ICLR 2021, arXiv 2003.00295): from the server weights, one client-optimizer
+  step per batch on the batch's mean loss, a fresh optimizer state per client;
+  the update is `initial - trained`.
+* with `proximal_strength`, `proximal_client_work` (FedProx, Li et al., MLSys
+  2020, arXiv 1812.06127): each step's gradient gets TFF's proximal term
+  `mu * (w_initial - w)` added.
+* `sum_gradients` is `fed_sgd`'s client update: at the server weights, the sum
+  over batches of `num_examples(batch) * grad(batch mean loss)`, divided by the
+  client's examples.
+
+A batch's loss is the mean of the per-example losses over its real rows (the
+mask), which is what Keras computes on the unpadded batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fedtff.fast import batches as batches_lib
+
+Weights = tff.learning.models.ModelWeights
+
+
+class BatchOutput(NamedTuple):
+  """One padded batch's forward pass."""
+  loss: tf.Tensor          # The training loss: data loss plus Keras regularization losses.
+  data_loss: tf.Tensor     # The loss function alone, as TFF's `loss` metric records it.
+  num_examples: tf.Tensor  # int32: real rows in the batch.
+
+
+class TrainStats(NamedTuple):
+  """A client's (or a round's) sums behind TFF's loss and counter metrics."""
+  loss_sum: tf.Tensor      # sum of data_loss * num_examples over batches
+  loss_count: tf.Tensor    # sum of num_examples, float32
+  num_examples: tf.Tensor  # int64
+  num_batches: tf.Tensor   # int64
+
+  @classmethod
+  def zeros(cls) -> 'TrainStats':
+    return cls(tf.constant(0.0), tf.constant(0.0), tf.constant(0, tf.int64),
+               tf.constant(0, tf.int64))
+
+  def add_batch(self, output: BatchOutput) -> 'TrainStats':
+    examples = tf.cast(output.num_examples, tf.float32)
+    return TrainStats(self.loss_sum + output.data_loss * examples, self.loss_count + examples,
+                      self.num_examples + tf.cast(output.num_examples, tf.int64),
+                      self.num_batches + 1)
+
+  def __add__(self, other: 'TrainStats') -> 'TrainStats':
+    return TrainStats(*[a + b for a, b in zip(tuple(self), tuple(other))])
+
+
+def _inputs_and_labels(batch: Any) -> Tuple[Any, Any]:
+  if isinstance(batch, dict):
+    return batch['x'], batch['y']
+  return batch[0], batch[1]
+
+
+def _per_example(loss: tf.keras.losses.Loss) -> Tuple[tf.keras.losses.Loss, bool]:
+  """A copy of `loss` that returns per-example values, and whether `loss` is a mean."""
+  if loss.reduction == tf.keras.losses.Reduction.NONE:
+    raise ValueError("A loss with reduction='none' gives no scalar batch loss; pass a loss that "
+                     "averages or sums, or use backend='tff'.")
+  per_example = copy.copy(loss)
+  per_example.reduction = tf.keras.losses.Reduction.NONE
+  return per_example, loss.reduction != tf.keras.losses.Reduction.SUM
+
+
+class PaddedModel:
+  """A Keras model, loss and metrics applied to masked, padded batches.
+
+  Args:
+    keras_model: The model; its variables are the client's working weights.
+    loss: The Keras loss of `fedtff.build_learning_process`.
+    metrics: Keras metric objects; they accumulate over a round's clients.
+  """
+
+  def __init__(self, keras_model: tf.keras.Model, loss: tf.keras.losses.Loss,
+               metrics: Sequence[tf.keras.metrics.Metric]):
+    self.keras_model = keras_model
+    self.metrics = list(metrics)
+    self._loss, self._is_mean = _per_example(loss)
+
+  @property
+  def trainable(self) -> List[tf.Variable]:
+    return self.keras_model.trainable_variables
+
+  @property
+  def metric_variables(self) -> List[tf.Variable]:
+    return [v for metric in self.metrics for v in metric.variables]
+
+  def assign(self, weights: Weights) -> None:
+    """Sets the model's variables to `weights` (trainable and non-trainable)."""
+    for variable, value in zip(self.keras_model.trainable_variables, weights.trainable):
+      variable.assign(value)
+    for variable, value in zip(self.keras_model.non_trainable_variables, weights.non_trainable):
+      variable.assign(value)
+
+  def _masked_loss(self, labels, predictions, mask: tf.Tensor) -> tf.Tensor:
+    per_example = self._loss(labels, predictions)
+    rank = len(per_example.shape)
+    real = tf.broadcast_to(tf.reshape(mask, [-1] + [1] * (rank - 1)), tf.shape(per_example))
+    total = tf.reduce_sum(tf.where(real, per_example, tf.zeros_like(per_example)))
+    if not self._is_mean:
+      return total
+    return total / tf.reduce_sum(tf.cast(real, total.dtype))
+
+  def forward(self, batch: Any, mask: tf.Tensor) -> BatchOutput:
+    """The training-mode forward pass on the real rows; updates the metrics."""
+    inputs, labels = _inputs_and_labels(batch)
+    predictions = self.keras_model(inputs, training=True)
+    data_loss = self._masked_loss(labels, predictions, mask)
+    weights = tf.cast(mask, tf.float32)
+    for metric in self.metrics:
+      metric.update_state(labels, predictions, sample_weight=weights)
+    return BatchOutput(loss=tf.add_n([data_loss] + self.keras_model.losses), data_loss=data_loss,
+                       num_examples=tf.reduce_sum(tf.cast(mask, tf.int32)))
+
+
+def _batch(batches: batches_lib.ClientBatches, index: tf.Tensor) -> Tuple[Any, tf.Tensor]:
+  data = tf.nest.map_structure(lambda t: tf.gather(t, index), batches.data)
+  return data, tf.gather(batches.mask, index)
+
+
+def _loop_over_batches(first: tf.Tensor, count: tf.Tensor, body: Callable, loop_vars: Any) -> Any:
+  """Runs `loop_vars = body(batch_index, loop_vars)` for the client's batches."""
+  _, result = tf.while_loop(
+      lambda k, _: k < count, lambda k, v: (k + 1, body(first + k, v)),
+      (tf.constant(0, tf.int32), loop_vars))
+  return result
+
+
+def _as_tensors(structure: Any) -> Any:
+  return tf.nest.map_structure(tf.convert_to_tensor, structure)
+
+
+def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer,
+                hparams: Any, weights: Weights, batches: batches_lib.ClientBatches,
+                first: tf.Tensor, count: tf.Tensor,
+                proximal_strength: Optional[float]) -> Tuple[List[tf.Tensor], TrainStats]:
+  """One client's FedAvg (or FedProx) training; returns `(initial - trained, stats)`.
+
+  Args:
+    model: The model; its variables are overwritten.
+    optimizer: The client's TFF optimizer.
+    hparams: The optimizer hyperparameters held in the server state (FedAvg's
+      client work), or None to keep the optimizer's own (FedProx).
+    weights: The server model weights the client starts from.
+    batches: The round's batches; the client's are `first .. first + count - 1`.
+    first: The client's first batch.
+    count: The client's number of batches.
+    proximal_strength: FedProx's mu, or None for FedAvg.
+  """
+  model.assign(weights)
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in model.trainable)
+  optimizer_state = optimizer.initialize(specs)
+  if hparams is not None:
+    optimizer_state = optimizer.set_hparams(optimizer_state, hparams)
+
+  def step(index, loop_vars):
+    optimizer_state, stats = loop_vars
+    batch, mask = _batch(batches, index)
+    with tf.GradientTape() as tape:
+      output = model.forward(batch, mask)
+    gradients = tape.gradient(output.loss, model.trainable)
+    if proximal_strength:  # TFF's term: mu * (initial - current), added to the gradient.
+      gradients = [g + proximal_strength * (w0 - w)
+                   for g, w, w0 in zip(gradients, model.trainable, weights.trainable)]
+    optimizer_state, updated = optimizer.next(optimizer_state, tuple(model.trainable),
+                                              tuple(gradients))
+    for variable, value in zip(model.trainable, updated):
+      variable.assign(value)
+    return optimizer_state, stats.add_batch(output)
+
+  _, stats = _loop_over_batches(first, count, step,
+                                (_as_tensors(optimizer_state), TrainStats.zeros()))
+  delta = [w0 - w for w0, w in zip(weights.trainable, model.trainable)]
+  return delta, stats
+
+
+def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.ClientBatches,
+                  first: tf.Tensor, count: tf.Tensor
+                 ) -> Tuple[List[tf.Tensor], tf.Tensor, TrainStats]:
+  """One client's FedSGD work: `(mean gradient, num_examples as float32, stats)`."""
+  model.assign(weights)
+
+  def step(index, loop_vars):
+    sums, examples, stats = loop_vars
+    batch, mask = _batch(batches, index)
+    with tf.GradientTape() as tape:
+      output = model.forward(batch, mask)
+    gradients = tape.gradient(output.loss, model.trainable,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    num_examples = tf.cast(output.num_examples, tf.float32)
+    sums = [s + num_examples * g for s, g in zip(sums, gradients)]
+    return sums, examples + num_examples, stats.add_batch(output)
+
+  initial = ([tf.zeros_like(w) for w in weights.trainable], tf.constant(0.0), TrainStats.zeros())
+  sums, examples, stats = _loop_over_batches(first, count, step, initial)
+  return [s / examples for s in sums], examples, stats
