@@ -8,8 +8,9 @@ one sentence naming the key and what is allowed.
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any, Iterator, Mapping, Tuple
+from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import ml_collections
 
@@ -109,9 +110,19 @@ def _check_type(key: str, value: Any, default: Any) -> None:
         f'Config key {key} must be a {_type_name(default)}, got {value!r}.')
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_items() -> Tuple[Tuple[str, Any], ...]:
+  return tuple(leaves(base_config().to_dict()))
+
+
+def schema_defaults() -> Dict[str, Any]:
+  """Every dotted schema key with its default, e.g. {'data.batch_size': 10, ...}."""
+  return dict(_schema_items())
+
+
 def check_key(key: str) -> None:
   """Raises `ConfigError` if the dotted `key` is not in the schema."""
-  schema = dict(leaves(base_config().to_dict()))
+  schema = schema_defaults()
   groups = {k.rpartition('.')[0] for k in schema}
   if key in schema or key in groups:
     return
@@ -123,7 +134,7 @@ def check_key(key: str) -> None:
 
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
-  default = dict(leaves(base_config().to_dict()))[key]
+  default = schema_defaults()[key]
   if default is None:
     return 'a number or None'
   if isinstance(default, bool):
@@ -135,7 +146,7 @@ def describe_type(key: str) -> str:
 
 def validate(config: Any) -> None:
   """Raises `ConfigError` naming the first key that does not fit the schema."""
-  schema = dict(leaves(base_config().to_dict()))
+  schema = schema_defaults()
   if isinstance(config, ml_collections.ConfigDict):
     config = config.to_dict()
   for key, value in leaves(config):

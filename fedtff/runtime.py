@@ -51,11 +51,15 @@ def worker_binary_path() -> str:
   return os.path.join(tff_root, 'data', 'worker_binary')
 
 
+# Loaded here, not in the forked child: loading a library after fork in a
+# process with threads can deadlock.
+_LIBC = ctypes.CDLL('libc.so.6', use_errno=True) if sys.platform.startswith('linux') else None
+
+
 def _die_with_parent() -> None:
   """Runs in the forked child: asks Linux to SIGKILL it when its parent dies."""
-  if sys.platform.startswith('linux'):
-    libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+  if _LIBC is not None:
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class WorkerProcess:

@@ -42,10 +42,6 @@ RESULT_COLUMNS = ('status', 'final_eval_accuracy', 'final_eval_loss', 'best_eval
                   'best_eval_accuracy_round', 'total_time_s')
 
 
-def _schema() -> Dict[str, Any]:
-  return dict(config_lib.leaves(config_lib.base_config().to_dict()))
-
-
 def _parse_bool(text: str) -> bool:
   if text.lower() not in ('true', 'false'):
     raise ValueError(text)
@@ -76,7 +72,7 @@ def parse_value(key: str, text: str) -> Any:
     fedtff.config.ConfigError: If `text` is not such a value.
   """
   try:
-    return _parser(_schema()[key])(text.strip())
+    return _parser(config_lib.schema_defaults()[key])(text.strip())
   except (ValueError, SyntaxError):
     raise config_lib.ConfigError(
         f'Config key {key} must be {config_lib.describe_type(key)}, got {text!r}.') from None
@@ -97,7 +93,7 @@ def _split_values(text: str) -> List[str]:
 
 def _check_field(key: str) -> None:
   config_lib.check_key(key)
-  if key not in _schema():
+  if key not in config_lib.schema_defaults():
     raise config_lib.ConfigError(
         f'Config key {key} is a group; give one of its fields, e.g. {key}.<field>=...')
 
