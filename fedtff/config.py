@@ -21,6 +21,9 @@ from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import schedules
 
+# Where rounds run: TFF's runtime, or fedtff.fast's one-graph rounds (docs/performance_fast.md).
+BACKENDS = ('tff', 'fast')
+
 _CHOICES = {
     'data.dataset': tasks.DATASETS,
     'data.partition': tasks.PARTITIONS,
@@ -30,6 +33,7 @@ _CHOICES = {
     'client.lr_schedule': schedules.SCHEDULES,
     'server.optimizer': optimizers.OPTIMIZER_NAMES,
     'aggregator.kind': aggregators.KINDS,
+    'backend': BACKENDS,
 }
 
 
@@ -67,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.rounds_per_checkpoint = 10
   config.seed = 0
   config.output = ml_collections.ConfigDict(dict(tensorboard=True, checkpoints_to_keep=2))
+  config.backend = 'tff'
+  # TFF workers ('host:port', see fedtff.distributed); empty runs on this machine.
+  config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0))
   return config
 
 

@@ -31,7 +31,8 @@ METRICS_JSONL = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
-_EXTENDABLE_KEYS = ('total_rounds',)
+# Keys a resumed run may change: more rounds, or other machines to run on.
+_EXTENDABLE_KEYS = ('total_rounds', 'runtime.workers', 'runtime.connect_timeout_s')
 # Best value of an evaluation metric: the larger or the smaller.
 _BEST = {'accuracy': max, 'loss': min}
 
@@ -49,7 +50,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
 
   Raises:
     fedtff.config.ConfigError: If `workdir` holds a run of a config that
-      differs in more than `total_rounds`, and `overwrite` is False.
+      differs in more than `total_rounds` and `runtime.*`, and `overwrite`
+      is False.
     OSError: If `workdir` cannot be written.
   """
   outputs.ensure_writable_dir(workdir)
