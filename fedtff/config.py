@@ -167,6 +167,9 @@ def validate(config: Any) -> None:
       raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
   _check_algorithm(config['algorithm'], config['server'])
   _check_privacy(config)
+  if config['backend'] == 'fast' and config['runtime']['workers']:
+    raise ConfigError("runtime.workers needs backend='tff': the fast backend runs on this "
+                      'machine only.')
 
 
 def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) -> None:
