@@ -2,13 +2,26 @@
 
 Li, Sahu, Zaheer, Sanjabi, Talwalkar and Smith, "Federated Optimization in
 Heterogeneous Networks", MLSys 2020 (arXiv 1812.06127). Each client minimises
-its loss plus (μ/2)·‖w − w_server‖²; μ = 0 is FedAvg.
+its loss plus (μ/2)·‖w − w_t‖², w_t being the round's server model, so every
+local step follows the gradient g + μ·(w − w_t); μ = 0 is FedAvg.
+
+fedtff builds FedProx's client work itself. TFF 0.87's
+`tff.learning.algorithms.build_{weighted,unweighted}_fed_prox` adds
+μ·(w_t − w) instead (`templates/proximal_client_work.py`), which pushes each
+client away from the server model and diverges over many local steps
+(docs/algorithms.md). Everything else is TFF's: the process is composed with
+`tff.learning.templates.compose_learning_process` from TFF's broadcast, the
+given aggregator and TFF's optimizer finalizer, and has the same type
+signature, state and metrics as TFF's FedProx process.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import collections
+import functools
+from typing import Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -16,6 +29,8 @@ from fedtff import aggregators
 from fedtff import optimizers
 from fedtff.algorithms import fed_avg
 from fedtff.algorithms import tff_model
+
+LearningModelFn = Callable[[], tff.learning.models.VariableModel]
 
 
 def build_fed_prox(model_fn: tff_model.KerasModelFn,
@@ -29,7 +44,7 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
                    weighted: bool = True,
                    model_aggregator: Optional[aggregators.AggregationFactory] = None,
                   ) -> tff.learning.templates.LearningProcess:
-  """Builds `tff.learning.algorithms.build_{weighted,unweighted}_fed_prox`.
+  """Builds FedProx as TFF's FedProx process, with the proximal term's sign corrected.
 
   Args:
     model_fn: A no-argument function returning a new, uncompiled Keras model.
@@ -42,7 +57,7 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
     weighted: Whether client updates are weighted by their number of examples.
     model_aggregator: A `tff.aggregators` factory matching `weighted`.
   """
-  if proximal_strength < 0:
+  if not proximal_strength >= 0:
     raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
   client_optimizer = optimizers.check(
       client_optimizer or fed_avg.default_client_optimizer(), 'client')
@@ -51,7 +66,118 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
   if model_aggregator is not None:
     aggregators.check_weighting(model_aggregator, weighted=weighted, algorithm='FedProx')
   learning_model_fn = tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)
-  build = (tff.learning.algorithms.build_weighted_fed_prox if weighted
-           else tff.learning.algorithms.build_unweighted_fed_prox)
-  return build(learning_model_fn, proximal_strength, client_optimizer, server_optimizer,
-               model_aggregator=model_aggregator)
+
+  @tff.tensorflow.computation()
+  def initial_model_weights():
+    return tff.learning.models.ModelWeights.from_model(learning_model_fn())
+
+  weights_type = initial_model_weights.type_signature.result
+  client_work = build_proximal_client_work(
+      learning_model_fn, client_optimizer, float(proximal_strength),
+      tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
+      else tff.learning.ClientWeighting.UNIFORM)
+  return tff.learning.templates.compose_learning_process(
+      initial_model_weights,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      client_work,
+      _weighted_factory(model_aggregator, weighted).create(
+          weights_type.trainable, tff.TensorType(np.float32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))
+
+
+def _weighted_factory(model_aggregator, weighted: bool) -> tff.aggregators.WeightedAggregationFactory:
+  if weighted:
+    return model_aggregator or tff.aggregators.MeanFactory()
+  return tff.aggregators.as_weighted_aggregator(
+      model_aggregator or tff.aggregators.UnweightedMeanFactory())
+
+
+def build_proximal_client_work(model_fn: LearningModelFn,
+                               optimizer: optimizers.TffOptimizer,
+                               proximal_strength: float,
+                               weighting: tff.learning.ClientWeighting,
+                              ) -> tff.learning.templates.ClientWorkProcess:
+  """FedProx's client work: local steps on loss + (μ/2)·‖w − w_t‖².
+
+  Its interface is that of TFF's `proximal_client_work`: stateless, the
+  update is w_t − w (the model delta), the update weight is the number of
+  examples (or 1 with `UNIFORM`), an update with a non-finite value is zeroed
+  and weighted 0, and the training metrics go out as `train`.
+
+  Args:
+    model_fn: Returns a new `tff.learning.models.VariableModel`.
+    optimizer: The client's TFF optimizer, initialised anew on every client.
+    proximal_strength: μ.
+    weighting: How each client's update is weighted.
+  """
+  with tf.Graph().as_default():
+    model = model_fn()
+    aggregate_metrics = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
+  weights_type = tff.learning.models.weights_type_from_model(model)
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
+
+  @tff.tensorflow.computation(weights_type, data_type)
+  def client_update(server_weights, dataset):
+    # tf.function orders the variable reads and writes (this body is graph code).
+    train = tf.function(functools.partial(
+        _train_client, model_fn(), optimizer, proximal_strength, weighting))
+    return train(server_weights, dataset)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(weights_type, tff.CLIENTS),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, client_data):
+    results, model_outputs = tff.federated_map(client_update, (weights, client_data))
+    measurements = tff.federated_zip(
+        collections.OrderedDict(train=aggregate_metrics(model_outputs)))
+    return tff.templates.MeasuredProcessOutput(state, results, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def _train_client(model: tff.learning.models.VariableModel,
+                  optimizer: optimizers.TffOptimizer,
+                  proximal_strength: float,
+                  weighting: tff.learning.ClientWeighting,
+                  server_weights: tff.learning.models.ModelWeights,
+                  dataset: tf.data.Dataset):
+  """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics)."""
+  weights = tff.learning.models.ModelWeights.from_model(model)
+  tf.nest.map_structure(lambda variable, value: variable.assign(value), weights, server_weights)
+  trainable = tuple(tf.nest.flatten(weights.trainable))
+  anchor = tuple(tf.nest.flatten(server_weights.trainable))
+
+  def step(loop_state, batch):
+    num_examples, optimizer_state = loop_state
+    with tf.GradientTape() as tape:
+      output = model.forward_pass(batch, training=True)
+    gradients = tape.gradient(output.loss, trainable)
+    gradients = tuple(g + proximal_strength * (w - w_t)  # ∇ of (μ/2)·‖w − w_t‖²
+                      for g, w, w_t in zip(gradients, trainable, anchor))
+    optimizer_state, updated = optimizer.next(optimizer_state, trainable, gradients)
+    for variable, value in zip(trainable, updated):
+      variable.assign(value)
+    if output.num_examples is None:
+      num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
+    else:
+      num_examples += tf.cast(output.num_examples, tf.int64)
+    return num_examples, optimizer_state
+
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+  num_examples, _ = dataset.reduce(
+      (tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  update = tf.nest.map_structure(tf.subtract, server_weights.trainable, weights.trainable)
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in tf.nest.flatten(update)])
+  update = tf.nest.map_structure(
+      lambda u: tf.where(finite, u, tf.zeros_like(u)), update)
+  if weighting == tff.learning.ClientWeighting.NUM_EXAMPLES:
+    weight = tf.cast(num_examples, tf.float32)
+  else:
+    weight = tf.constant(1.0, tf.float32)
+  weight = tf.where(finite, weight, 0.0)
+  return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
+          model.report_local_unfinalized_metrics())

@@ -8,9 +8,10 @@ backend's arithmetic is TFF's:
   ICLR 2021, arXiv 2003.00295): from the server weights, one client-optimizer
   step per batch on the batch's mean loss, a fresh optimizer state per client;
   the update is `initial - trained`.
-* with `proximal_strength`, `proximal_client_work` (FedProx, Li et al., MLSys
-  2020, arXiv 1812.06127): each step's gradient gets TFF's proximal term
-  `mu * (w_initial - w)` added.
+* with `proximal_strength`, fedtff's FedProx client work
+  (`fedtff.algorithms.fed_prox`; Li et al., MLSys 2020, arXiv 1812.06127):
+  each step's gradient gets the proximal term `mu * (w - w_initial)` added
+  (TFF 0.87's own `proximal_client_work` has the opposite sign).
 * `sum_gradients` is `fed_sgd`'s client update: at the server weights, the sum
   over batches of `num_examples(batch) * grad(batch mean loss)`, divided by the
   client's examples.
@@ -174,8 +175,8 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     with tf.GradientTape() as tape:
       output = model.forward(batch, mask)
     gradients = tape.gradient(output.loss, model.trainable)
-    if proximal_strength:  # TFF's term: mu * (initial - current), added to the gradient.
-      gradients = [g + proximal_strength * (w0 - w)
+    if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
+      gradients = [g + proximal_strength * (w - w0)
                    for g, w, w0 in zip(gradients, model.trainable, weights.trainable)]
     optimizer_state, updated = optimizer.next(optimizer_state, tuple(model.trainable),
                                               tuple(gradients))
