@@ -8,12 +8,14 @@ from absl import flags
 from absl import logging
 
 from fedtff import config as config_lib
+from fedtff import distributed
 from fedtff import runtime
 from fedtff import training
 
-# Errors a user can fix or must know of: shown as one line, no traceback.
+# Errors a user can fix or must know of: shown as one line, no traceback. A
+# WorkerError names the worker (and, from run_experiment, the checkpoint kept).
 USER_ERRORS = (config_lib.ConfigError, OSError, ValueError, TypeError, KeyError,
-               training.TrainingDivergedError)
+               training.TrainingDivergedError, distributed.WorkerError)
 
 
 def reject_extra_args(argv) -> None:

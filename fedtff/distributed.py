@@ -8,6 +8,9 @@ those workers with
     state = process.initialize()
     output = process.next(state, client_ids)
 
+`fedtff.run_experiment` does this when `config.runtime.workers` names workers
+(`runtime_for(config.runtime)`), and runs on the local runtime otherwise.
+
 How a round is split. The context is TFF's own
 `tff.backends.native.create_mergeable_comp_execution_context`, with one async
 context per worker. It compiles a computation to `MergeableCompForm`: the part
@@ -50,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -59,6 +63,8 @@ import tensorflow_federated as tff
 from tensorflow_federated.proto.v0 import executor_pb2
 from tensorflow_federated.proto.v0 import executor_pb2_grpc
 
+from fedtff import checkpoints
+from fedtff import run_dir
 from fedtff import runtime
 
 _PROBE_INTERVAL_S = 1.0
@@ -92,7 +98,12 @@ def parse_address(address: str) -> Tuple[str, int]:
   return host, int(port)
 
 
-def _check_workers(workers: Sequence[str]) -> List[str]:
+def check_workers(workers: Sequence[str]) -> List[str]:
+  """Returns `workers` as a list if they are distinct 'host:port' strings.
+
+  Raises:
+    ValueError: Naming the first bad or repeated address.
+  """
   if isinstance(workers, str) or not workers:
     raise ValueError(f"workers must be a non-empty list of 'host:port' strings, got {workers!r}.")
   for address in workers:
@@ -162,7 +173,9 @@ class WorkerStub(tff.framework.RemoteExecutorGrpcStub):
   def _declare_lost(self) -> None:
     self._lost = (f'TFF worker {self.address} is unavailable: it has not answered for '
                   f'{self._timeout_s:g} s (last error: {self._last_error}).')
-    _logger.error('%s', self._lost)
+    # Info, not error: the caller gets it as WorkerUnavailableError at its next
+    # call, which scripts print as their one error line.
+    _logger.info('%s', self._lost)
     self._channel.close()
 
   def _unavailable(self) -> WorkerUnavailableError:
@@ -269,7 +282,7 @@ def connect(workers: Sequence[str], *, timeout_s: float = 30.0) -> List[WorkerSt
     ValueError: If `workers` is not a list of distinct 'host:port' strings.
     WorkerUnavailableError: Naming every worker that did not answer in time.
   """
-  stubs = [WorkerStub(address, timeout_s=timeout_s) for address in _check_workers(workers)]
+  stubs = [WorkerStub(address, timeout_s=timeout_s) for address in check_workers(workers)]
   probes = [stub.probe_future(timeout_s, wait_for_ready=True) for stub in stubs]
   failures = {}
   for stub, probe in zip(stubs, probes):
@@ -443,3 +456,51 @@ def remote_runtime(workers: Sequence[str], *,
     for context, stub in zip(contexts, stubs):
       stub.close()
       context.close()
+
+
+def _resume_hint(workdir: str) -> str:
+  checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
+  kept = checkpoints.rounds(checkpoint_dir)
+  if kept:
+    kept_text = (f'The last checkpoint (round {kept[-1]}) is kept in {checkpoint_dir}; rerun '
+                 f'the same config on {workdir} to resume from it (later rounds are redone)')
+  else:
+    kept_text = (f'No checkpoint was written yet; rerun the same config on {workdir} to start '
+                 'over')
+  return f'{kept_text}, on the restarted worker or on others (runtime.workers may change).'
+
+
+@contextlib.contextmanager
+def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
+  """The runtime an experiment config's `runtime` group asks for, as a context manager.
+
+  No `workers`: `fedtff.local_runtime()`, a worker process on this machine.
+  Otherwise `remote_runtime(workers, connect_timeout_s=connect_timeout_s)`.
+
+  Args:
+    runtime_config: `config.runtime` (a ConfigDict or mapping with `workers`
+      and `connect_timeout_s`).
+    workdir: The run directory, if any. A `WorkerError` raised inside the
+      block then also says which checkpoint is kept and how to resume.
+
+  Yields:
+    What `local_runtime()` or `remote_runtime()` yields.
+
+  Raises:
+    ValueError: If a worker address is not 'host:port' or is listed twice.
+    WorkerUnavailableError: If a worker cannot be reached at the start, or
+      stops answering inside the block.
+    WorkerError: If a worker fails a call inside the block.
+  """
+  workers = tuple(runtime_config['workers'])
+  if not workers:
+    with runtime.local_runtime() as worker:
+      yield worker
+    return
+  with remote_runtime(workers, connect_timeout_s=runtime_config['connect_timeout_s']) as context:
+    try:
+      yield context
+    except WorkerError as e:
+      if workdir is None:
+        raise
+      raise type(e)(f'{e} {_resume_hint(workdir)}', e.addresses) from e
