@@ -7,14 +7,18 @@ factory up by name with `build(name, **kwargs)`.
 The architectures follow TensorFlow Federated's baseline models (the TFF
 function each one matches is named in its docstring): the layer sizes, kernels,
 activations and dropout are the same, so the parameter counts are too. Unlike
-TFF's, every model here ends in a linear layer, so train with a loss built with
-`from_logits=True` (fedtff's default loss is).
+TFF's, every classifier here ends in a linear layer, so train with a loss built
+with `from_logits=True` (fedtff's default loss is; for multi-label targets use
+binary cross-entropy on logits). The one exception is `autoencoder`, whose
+sigmoid output is the reconstruction itself, as in TFF.
 
 References:
   McMahan et al. 2017, Communication-Efficient Learning of Deep Networks from
     Decentralized Data, arXiv 1602.05629 (2NN, CNN, Shakespeare LSTM).
   Reddi et al. 2021, Adaptive Federated Optimization, arXiv 2003.00295 (EMNIST
     CNN, Stack Overflow LSTM, ResNet-18 with group norm on CIFAR-100).
+  Hinton & Salakhutdinov 2006, Reducing the Dimensionality of Data with Neural
+    Networks, Science 313(5786) (the EMNIST autoencoder).
   Hsieh et al. 2020, The Non-IID Data Quagmire of Decentralized Machine
     Learning, arXiv 1910.00189 (group norm in place of batch norm).
   He et al. 2016, Identity Mappings in Deep Residual Networks, arXiv 1603.05027.
@@ -42,6 +46,11 @@ def logistic_regression(input_shape: Sequence[int], num_classes: int) -> tf.kera
 
   On 28x28 images this is the 784-10 model of TFF's
   `simulation.models.mnist.create_simple_keras_model` (7,850 parameters).
+  With `input_shape=(10000,)` and 500 outputs it is the Stack Overflow
+  tag-prediction model of Reddi et al. (2021), TFF's
+  `baselines.stackoverflow.tag_prediction_tasks._build_logistic_regression_model`
+  without its sigmoid (5,000,500 parameters): one logit per tag, trained with
+  binary cross-entropy on logits (`fedtff.tasks`).
   """
   return tf.keras.Sequential([
       _layers.InputLayer(input_shape=tuple(input_shape)),
@@ -62,6 +71,39 @@ def mlp(input_shape: Sequence[int], num_classes: int,
   model_layers += [_layers.Dense(units, activation='relu') for units in hidden_units]
   model_layers.append(_layers.Dense(num_classes))
   return tf.keras.Sequential(model_layers)
+
+
+def autoencoder(input_size: int = 784,
+                hidden_units: Sequence[int] = (1000, 500, 250, 30)) -> tf.keras.Model:
+  """The EMNIST bottleneck autoencoder of Reddi et al. (2021).
+
+  Hinton and Salakhutdinov's MNIST autoencoder: sigmoid dense layers of the
+  `hidden_units` sizes down to a linear code layer (the last size), the same
+  sizes back up with sigmoid, and a sigmoid output of `input_size` values, the
+  reconstruction (pixels in [0, 1]; train with mean squared error). The
+  default is TFF's `baselines.emnist.emnist_models.create_autoencoder_model`,
+  784-1000-500-250-30-250-500-1000-784 (2,837,314 parameters), Glorot-uniform
+  kernels and zero biases as there.
+
+  Args:
+    input_size: Length of the flattened input and of the output.
+    hidden_units: Encoder layer sizes, the code size last.
+
+  Returns:
+    An uncompiled `tf.keras.Model` mapping [batch, input_size] to
+    [batch, input_size] in (0, 1).
+  """
+  hidden_units = tuple(hidden_units)
+  if not hidden_units:
+    raise ValueError('hidden_units must name at least the code size.')
+  _check_positive(input_size=input_size, **{f'hidden_units[{i}]': u
+                                            for i, u in enumerate(hidden_units)})
+  *encoder, code = hidden_units
+  sigmoid = functools.partial(_layers.Dense, activation='sigmoid')
+  return tf.keras.Sequential(
+      [_layers.InputLayer(input_shape=(input_size,))]
+      + [sigmoid(units) for units in encoder] + [_layers.Dense(code)]
+      + [sigmoid(units) for units in reversed(encoder)] + [sigmoid(input_size)])
 
 
 def _image_input(input_shape: Sequence[int]) -> list:
@@ -290,6 +332,7 @@ def resnet18_group_norm(input_shape: Sequence[int] = (24, 24, 3), num_classes: i
 _FACTORIES: dict[str, Callable[..., tf.keras.Model]] = {
     'logistic_regression': logistic_regression,
     'mlp': mlp,
+    'autoencoder': autoencoder,
     'emnist_cnn': emnist_cnn,
     'fedavg_cnn': fedavg_cnn,
     'char_lstm': char_lstm,

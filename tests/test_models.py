@@ -6,6 +6,7 @@ import tensorflow as tf
 from tensorflow_federated.python.simulation.baselines.emnist import emnist_models
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_models
 from tensorflow_federated.python.simulation.baselines.shakespeare import char_prediction_tasks
+from tensorflow_federated.python.simulation.baselines.stackoverflow import tag_prediction_tasks
 from tensorflow_federated.python.simulation.baselines.stackoverflow import word_prediction_models
 from tensorflow_federated.python.simulation.baselines.stackoverflow import (
     word_prediction_preprocessing)
@@ -33,6 +34,8 @@ CASES = {
         dict(input_shape=(28, 28, 1), num_classes=62),
         lambda: emnist_models.create_two_hidden_layer_model(only_digits=False),
         (2, 28, 28, 1), (2, 62)),
+    'autoencoder': (
+        dict(), emnist_models.create_autoencoder_model, (2, 784), (2, 784)),
     'emnist_cnn': (
         dict(), lambda: emnist_models.create_conv_dropout_model(only_digits=False),
         (2, 28, 28, 1), (2, 62)),
@@ -56,6 +59,9 @@ CASES = {
 EXPECTED_PARAMS = {
     'logistic_regression': 784 * 10 + 10,  # 7,850
     'mlp': (784 * 200 + 200) + (200 * 200 + 200) + (200 * 62 + 62),  # 209,662
+    # 784-1000-500-250-30-250-500-1000-784: 2,837,314, as TFF's docstring says.
+    'autoencoder': sum(m * n + n for m, n in zip((784, 1000, 500, 250, 30, 250, 500, 1000),
+                                                 (1000, 500, 250, 30, 250, 500, 1000, 784))),
     # conv3x3 1->32, conv3x3 32->64, dense 12*12*64 -> 128, dense 128 -> 62: 1,206,590.
     'emnist_cnn': ((9 * 32 + 32) + (9 * 32 * 64 + 64) + (9216 * 128 + 128)
                    + (128 * 62 + 62)),
@@ -100,6 +106,25 @@ def test_matches_tff_baseline_weights(name):
   assert [shapes for shapes, _ in ours] == [shapes for shapes, _ in theirs]
   # Same activations, except that TFF's classifiers end in a softmax.
   assert [act for _, act in ours[:-1]] == [act for _, act in theirs[:-1]]
+  if name == 'autoencoder':  # Its output is the reconstruction: sigmoid on both sides.
+    assert ours[-1][1] == theirs[-1][1] == 'sigmoid'
+
+
+def test_autoencoder_layers_are_tffs():
+  ours, theirs = models.autoencoder(), emnist_models.create_autoencoder_model()
+  assert [(l.units, l.activation.__name__) for l in ours.layers] == [
+      (l.units, l.activation.__name__) for l in theirs.layers]
+  assert [l.units for l in ours.layers] == [1000, 500, 250, 30, 250, 500, 1000, 784]
+  assert [l.activation.__name__ for l in ours.layers].count('linear') == 1  # The code layer.
+
+
+def test_tag_prediction_model_is_tffs_logistic_regression_without_the_sigmoid():
+  ours = models.logistic_regression(input_shape=(10_000,), num_classes=500)
+  theirs = tag_prediction_tasks._build_logistic_regression_model(10_000, 500)  # pylint: disable=protected-access
+  assert ours.count_params() == theirs.count_params() == 10_000 * 500 + 500
+  assert _layers_with_weights(ours)[0][0] == _layers_with_weights(theirs)[0][0]
+  assert theirs.layers[-1].activation.__name__ == 'sigmoid'
+  assert ours.layers[-1].activation is tf.keras.activations.linear
 
 
 def test_emnist_cnn_has_tff_dropout_rates():
@@ -113,7 +138,9 @@ def test_builds_uncompiled_model_returning_logits(name):
   _, _, input_shape, logits_shape = CASES[name]
   model = _build(name)
   assert model.optimizer is None and getattr(model, 'compiled_loss', None) is None
-  assert model.layers[-1].activation is tf.keras.activations.linear
+  output_activation = (tf.keras.activations.sigmoid if name == 'autoencoder'
+                       else tf.keras.activations.linear)
+  assert model.layers[-1].activation is output_activation
   inputs = np.ones(input_shape, np.int64 if name.endswith('lstm') else np.float32)
   assert model(inputs).shape == logits_shape
 
@@ -174,7 +201,10 @@ def test_build_rejects_unknown_name_listing_valid_names():
     (models.char_lstm, dict(vocab_size=0), 'vocab_size must be a positive integer, got 0'),
     (models.word_lstm, dict(vocab_size=10, num_oov_buckets=0), 'num_oov_buckets must be'),
     (models.emnist_cnn, dict(input_shape=(784,)), r'input_shape must be \(height, width\)'),
-], ids=['char_lstm_vocab', 'word_lstm_oov', 'emnist_cnn_flat_input'])
+    (models.autoencoder, dict(hidden_units=(100, 0)), r'hidden_units\[1\] must be a positive'),
+    (models.autoencoder, dict(hidden_units=()), 'at least the code size'),
+], ids=['char_lstm_vocab', 'word_lstm_oov', 'emnist_cnn_flat_input', 'autoencoder_zero_units',
+        'autoencoder_no_units'])
 def test_rejects_bad_arguments(factory, kwargs, message):
   with pytest.raises(ValueError, match=message):
     factory(**kwargs)

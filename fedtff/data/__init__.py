@@ -12,6 +12,7 @@ from fedtff.data.client_data import from_arrays
 from fedtff.data.hosted import DatasetNotCachedError
 from fedtff.data.hosted import TFF_DATASETS
 from fedtff.data.hosted import default_cache_dir
+from fedtff.data.hosted import load_stackoverflow_tags
 from fedtff.data.hosted import load_stackoverflow_vocab
 from fedtff.data.hosted import load_tff_dataset
 from fedtff.data.hosted import tff_dataset_path
@@ -32,6 +33,7 @@ from fedtff.data.preprocessing import emnist_map
 from fedtff.data.preprocessing import shakespeare_preprocess
 from fedtff.data.preprocessing import shakespeare_special_tokens
 from fedtff.data.preprocessing import stackoverflow_special_tokens
+from fedtff.data.preprocessing import stackoverflow_tag_preprocess
 from fedtff.data.preprocessing import stackoverflow_word_preprocess
 from fedtff.data.sources import load_digits
 from fedtff.data.splits import Split

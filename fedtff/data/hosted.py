@@ -29,6 +29,7 @@ import collections
 import contextlib
 import dataclasses
 import http.client
+import json
 import lzma
 import os
 import shutil
@@ -236,15 +237,29 @@ def load_tff_dataset(name: str, *, cache_dir: Optional[str] = None,
   return _download(name, hosted, cache_dir)
 
 
-def _word_count_file(cache_dir: Optional[str]) -> str:
+def _count_file(cache_dir: Optional[str], what: str, allow_download: bool,
+                alternative: str = '') -> Optional[str]:
+  """The cached `stackoverflow.<what>_count`; None to download it; else raises.
+
+  The file is `<cache_dir or ~/.keras>/datasets/stackoverflow.<what>_count`,
+  extracted from its cached `.tar.bz2` archive if needed.
+  """
   directory = os.path.join(cache_dir or os.path.join(os.path.expanduser('~'), '.keras'),
                            'datasets')
-  path = os.path.join(directory, 'stackoverflow.word_count')
+  filename = f'stackoverflow.{what}_count'
+  path = os.path.join(directory, filename)
   archive = path + '.tar.bz2'
   if not os.path.isfile(path) and os.path.isfile(archive):
     with tarfile.open(archive) as tar:
       tar.extractall(directory)  # As Keras' get_file(extract=True) does.
-  return path
+  if os.path.isfile(path):
+    return path
+  if allow_download:
+    return None
+  raise DatasetNotCachedError(
+      f'Stack Overflow {what} counts are not cached: expected {path}; download '
+      f'{URL_PREFIX}{filename}.tar.bz2 and put it in {directory}, or pass '
+      f'allow_download=True{alternative}.')
 
 
 def load_stackoverflow_vocab(vocab_size: int = 10000, *, cache_dir: Optional[str] = None,
@@ -268,14 +283,33 @@ def load_stackoverflow_vocab(vocab_size: int = 10000, *, cache_dir: Optional[str
   """
   if vocab_size < 1:
     raise ValueError(f'vocab_size must be positive, got {vocab_size}.')
-  path = _word_count_file(cache_dir)
-  if os.path.isfile(path):
-    with open(path) as f:
-      return [line.split()[0] for line, _ in zip(f, range(vocab_size))]
-  if allow_download:
+  path = _count_file(cache_dir, 'word', allow_download, ' or your own vocab list')
+  if path is None:
     return list(_DATASETS.stackoverflow.load_word_counts(cache_dir=cache_dir,
                                                          vocab_size=vocab_size))
-  raise DatasetNotCachedError(
-      f'Stack Overflow word counts are not cached: expected {path}; download '
-      f'{URL_PREFIX}stackoverflow.word_count.tar.bz2 and put it in '
-      f'{os.path.dirname(path)}, or pass allow_download=True or your own vocab list.')
+  with open(path) as f:
+    return [line.split()[0] for line, _ in zip(f, range(vocab_size))]
+
+
+def load_stackoverflow_tags(num_tags: int = 500, *, cache_dir: Optional[str] = None,
+                            allow_download: bool = False) -> List[str]:
+  """The `num_tags` most frequent Stack Overflow tags, from the local cache.
+
+  As `load_stackoverflow_vocab`, for the tag counts of TFF's
+  `stackoverflow.load_tag_counts`: `<cache_dir>/datasets/stackoverflow.tag_count`
+  (`~/.keras/datasets` by default, extracted from its cached `.tar.bz2` if
+  needed), a JSON object from tag to count. The tags come ordered as TFF
+  orders them, by count, most frequent first (ties in file order); the
+  tag-prediction baseline uses the first 500. Raises ValueError if `num_tags`
+  is not positive and `DatasetNotCachedError` if the file is missing and
+  `allow_download` (which calls TFF's `load_tag_counts`) is False.
+  """
+  if num_tags < 1:
+    raise ValueError(f'num_tags must be positive, got {num_tags}.')
+  path = _count_file(cache_dir, 'tag', allow_download)
+  if path is None:
+    counts = _DATASETS.stackoverflow.load_tag_counts(cache_dir=cache_dir)
+  else:
+    with open(path) as f:
+      counts = json.load(f)
+  return sorted(counts, key=lambda tag: counts[tag], reverse=True)[:num_tags]

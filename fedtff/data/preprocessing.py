@@ -20,6 +20,9 @@ fedtff:
 * Stack Overflow: words -> ids with a given vocabulary (TFF's baselines use
   the 10,000 most frequent words of `load_word_counts`, which downloads; see
   `fedtff.data.load_stackoverflow_vocab`), sequences of 20.
+* Stack Overflow tags: `x` = bag of words of the tokens and title over a word
+  vocabulary (10,000 words), normalized counts; `y` = multi-hot over a tag
+  vocabulary (500 tags; `fedtff.data.load_stackoverflow_tags`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ SHAKESPEARE_CHAR_VOCAB = list(
 SHAKESPEARE_SEQUENCE_LENGTH = 80
 STACKOVERFLOW_SEQUENCE_LENGTH = 20
 STACKOVERFLOW_VOCAB_SIZE = 10000
+STACKOVERFLOW_NUM_TAGS = 500
 CIFAR_CROP_SHAPE = (24, 24, 3)
 
 
@@ -274,5 +278,75 @@ def stackoverflow_word_preprocess(spec: ClientPreprocessing, vocab: Sequence[str
     dataset = dataset.padded_batch(spec.batch_size, padded_shapes=[sequence_length + 1],
                                    drop_remainder=spec.drop_remainder)
     return dataset.map(_shifted, num_parallel_calls=tf.data.AUTOTUNE)
+
+  return preprocess
+
+
+def _vocabulary_table(vocab: Sequence[str]) -> tf.lookup.StaticVocabularyTable:
+  """`vocab[i]` -> i; anything else -> len(vocab) (one OOV bucket)."""
+  return tf.lookup.StaticVocabularyTable(
+      tf.lookup.KeyValueTensorInitializer(list(vocab), tf.range(len(vocab), dtype=tf.int64)),
+      num_oov_buckets=1)
+
+
+def _stackoverflow_bag_of_words(word_vocab: Sequence[str], tag_vocab: Sequence[str],
+                                oov_in_total: bool) -> ElementFn:
+  """Post -> `x` normalized word counts `[len(word_vocab)]`, `y` multi-hot tags."""
+  words_table, tags_table = _vocabulary_table(word_vocab), _vocabulary_table(tag_vocab)
+  num_words, num_tags = len(word_vocab), len(tag_vocab)
+
+  def element_fn(element):
+    text = tf.strings.join([element['tokens'], element['title']], separator=' ')
+    # Index num_words is the OOV bucket: counted in the total, then cut off.
+    counts = tf.math.bincount(tf.cast(words_table.lookup(tf.strings.split(text)), tf.int32),
+                              minlength=num_words + 1, maxlength=num_words + 1,
+                              dtype=tf.float32)
+    total = tf.reduce_sum(counts if oov_in_total else counts[:num_words])
+    tags = tf.cast(tags_table.lookup(tf.strings.split(element['tags'], sep='|')), tf.int32)
+    multi_hot = tf.math.bincount(tags, minlength=num_tags + 1, maxlength=num_tags + 1,
+                                 dtype=tf.float32, binary_output=True)
+    # bincount leaves the length unknown to the graph; the model needs it static.
+    return collections.OrderedDict(
+        x=tf.reshape(tf.math.divide_no_nan(counts[:num_words], total), [num_words]),
+        y=tf.reshape(multi_hot[:num_tags], [num_tags]))
+
+  return element_fn
+
+
+def stackoverflow_tag_preprocess(spec: ClientPreprocessing, word_vocab: Sequence[str],
+                                 tag_vocab: Sequence[str], *,
+                                 oov_in_total: bool = True) -> DatasetFn:
+  """Tag prediction: posts -> batches of bag-of-words `x` and multi-hot tags `y`.
+
+  The task of Reddi et al. (2021) and TFF's
+  `baselines.stackoverflow.tag_prediction_preprocessing`: the words of a post's
+  `tokens` and `title` (split on whitespace) are counted over `word_vocab`,
+  and the counts divided by the number of words, so `x` (float32
+  `[len(word_vocab)]`) sums to at most 1; `y` (float32 `[len(tag_vocab)]`) is 1
+  for each of the post's `|`-separated tags in `tag_vocab`, else 0. An empty
+  post gives `x = 0`.
+
+  Args:
+    spec: Iteration settings (Reddi et al.: batch 100, at most 1,000 posts per
+      client).
+    word_vocab: The words, most frequent first (`load_stackoverflow_vocab`).
+    tag_vocab: The tags, most frequent first (`load_stackoverflow_tags`).
+    oov_in_total: Divide by all of the post's words, out-of-vocabulary ones
+      included, as the code of Reddi et al. does (google-research/federated,
+      `stackoverflow_lr_dataset`: the mean of one-hot rows); False divides by
+      the in-vocabulary words only, as TFF 0.87's baseline does. The two
+      differ only for posts with out-of-vocabulary words.
+
+  Raises:
+    ValueError: If either vocabulary is empty.
+  """
+  if not word_vocab or not tag_vocab:
+    raise ValueError('word_vocab and tag_vocab must each hold at least one entry, got '
+                     f'{len(word_vocab)} words and {len(tag_vocab)} tags.')
+
+  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    # The lookup tables are made here, inside the traced dataset function, so
+    # that `ClientData.dataset_computation` can serialize them.
+    return spec.build(_stackoverflow_bag_of_words(word_vocab, tag_vocab, oov_in_total))(dataset)
 
   return preprocess
