@@ -180,16 +180,27 @@ def _group(runs: Sequence[Run]) -> Dict[str, List[Run]]:
   return groups
 
 
-def curves_table(runs: Sequence[Run]) -> List[str]:
-  """Final training loss and test accuracy per variant, mean ± std over seeds."""
-  lines = ['| variant | runs | rounds run | final train loss | final test accuracy | '
-           'best test accuracy | time per run (s) |', '|---|---|---|---|---|---|---|']
+def _best(run: Run, metric: str) -> Optional[float]:
+  best = run_dir.best_metrics(run.rows).get(metric)
+  return best['value'] if best else None
+
+
+def curves_table(runs: Sequence[Run],
+                 metric_of: Callable[[str], str] = lambda variant: 'eval/accuracy') -> List[str]:
+  """Final training loss and test metric per variant, mean ± std over seeds.
+
+  `metric_of(variant)` names the test metric reported for a variant
+  (`eval/accuracy` unless a suite's `REPORTED_METRIC` says otherwise).
+  """
+  lines = ['| variant | runs | rounds run | final train loss | test metric | final test value | '
+           'best test value | time per run (s) |', '|---|---|---|---|---|---|---|---|']
   for variant, group in _group(runs).items():
-    best = [max(_values(r.rows, 'eval/accuracy'), default=None) for r in group]
+    metric = metric_of(variant)
     lines.append(
         f'| {variant} | {_status(group)} | {"/".join(_rounds(r) for r in group)} | '
         f'{mean_spread([final(r, "train/loss") for r in group], "{:.4g}")} | '
-        f'{mean_spread([final(r, "eval/accuracy") for r in group])} | {mean_spread(best)} | '
+        f'{metric.partition("/")[2]} | {mean_spread([final(r, metric) for r in group])} | '
+        f'{mean_spread([_best(r, metric) for r in group])} | '
         f'{mean_spread([r.total_time_s for r in group], "{:.0f}")} |')
   return lines
 
@@ -215,7 +226,9 @@ def target_table(runs: Sequence[Run], targets: Sequence[float]) -> List[str]:
 def results_table(suite: str, runs: Sequence[Run]) -> List[str]:
   module = load_module(suite)
   targets = getattr(module, 'TARGET_ACCURACIES', None)
-  lines = target_table(runs, targets) if targets else curves_table(runs)
+  reported = getattr(module, 'REPORTED_METRIC', {})
+  metric_of = lambda variant: reported.get(variant.split(':')[0], 'eval/accuracy')
+  lines = target_table(runs, targets) if targets else curves_table(runs, metric_of)
   refused = sorted({f'- {r.variant}: {r.message}' for r in runs if r.status == 'refused'})
   return lines + ([''] + refused if refused else [])
 
