@@ -185,6 +185,17 @@ def _best(run: Run, metric: str) -> Optional[float]:
   return best['value'] if best else None
 
 
+def largest_jump(run: Run, metric: str) -> Optional[float]:
+  """The largest change of `metric` between consecutive evaluations in the run's second half.
+
+  A measure of instability: a run that oscillates has large jumps late in
+  training, one that converges has small ones.
+  """
+  values = _values(run.rows, metric)
+  late = values[len(values) // 2:]
+  return max((abs(b - a) for a, b in zip(late, late[1:])), default=None)
+
+
 def curves_table(runs: Sequence[Run],
                  metric_of: Callable[[str], str] = lambda variant: 'eval/accuracy') -> List[str]:
   """Final training loss and test metric per variant, mean ± std over seeds.
@@ -193,7 +204,8 @@ def curves_table(runs: Sequence[Run],
   (`eval/accuracy` unless a suite's `REPORTED_METRIC` says otherwise).
   """
   lines = ['| variant | runs | rounds run | final train loss | test metric | final test value | '
-           'best test value | time per run (s) |', '|---|---|---|---|---|---|---|---|']
+           'best test value | largest late jump | time per run (s) |',
+           '|---|---|---|---|---|---|---|---|---|']
   for variant, group in _group(runs).items():
     metric = metric_of(variant)
     lines.append(
@@ -201,6 +213,7 @@ def curves_table(runs: Sequence[Run],
         f'{mean_spread([final(r, "train/loss") for r in group], "{:.4g}")} | '
         f'{metric.partition("/")[2]} | {mean_spread([final(r, metric) for r in group])} | '
         f'{mean_spread([_best(r, metric) for r in group])} | '
+        f'{mean_spread([largest_jump(r, metric) for r in group])} | '
         f'{mean_spread([r.total_time_s for r in group], "{:.0f}")} |')
   return lines
 
