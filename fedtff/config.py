@@ -21,7 +21,7 @@ from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import schedules
 
-# Where rounds run: TFF's runtime, or fedtff.fast's one-graph rounds (docs/performance_fast.md).
+# Where rounds run: TFF's runtime, or fedtff.fast's one-graph rounds (docs/performance.md).
 BACKENDS = ('tff', 'fast')
 
 _CHOICES = {
@@ -34,6 +34,7 @@ _CHOICES = {
     'server.optimizer': optimizers.OPTIMIZER_NAMES,
     'aggregator.kind': aggregators.KINDS,
     'backend': BACKENDS,
+    'data.feed': tasks.FEEDS,
 }
 
 
@@ -51,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=10, client_epochs=1, shuffle_buffer=100, max_elements=0,
       drop_remainder=False, weight_decay=0.0,
       cache_dir='', allow_download=False, synthetic_standin=False, max_test_clients=0,
-      eval_batch_size=0, sequence_length=0, vocab_size=10000))
+      eval_batch_size=0, sequence_length=0, vocab_size=10000, feed='auto', feed_dir=''))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0))
@@ -146,6 +147,8 @@ def describe_type(key: str) -> str:
     return 'a number or None'
   if isinstance(default, bool):
     return 'true or false'
+  if key == 'runtime.workers':
+    return 'a tuple of quoted \'host:port\' strings such as "(\'host1:8000\',\'host2:8000\')"'
   if isinstance(default, (tuple, list)):
     return 'a tuple such as (64, 32)'
   return {int: 'an integer', float: 'a number', str: 'a string'}[type(default)]
@@ -170,6 +173,20 @@ def validate(config: Any) -> None:
   if config['backend'] == 'fast' and config['runtime']['workers']:
     raise ConfigError("runtime.workers needs backend='tff': the fast backend runs on this "
                       'machine only.')
+  _check_runtime(config['runtime'])
+
+
+def _check_runtime(runtime: Mapping[str, Any]) -> None:
+  # Imported here: fedtff.distributed imports fedtff.run_dir, which imports this module.
+  from fedtff import distributed  # pylint: disable=g-import-not-at-top
+  if runtime['workers']:
+    try:
+      distributed.check_workers(runtime['workers'])
+    except ValueError as e:
+      raise ConfigError(f'Config key runtime.workers: {e}') from None
+  if not runtime['connect_timeout_s'] > 0:
+    raise ConfigError(f'Config key runtime.connect_timeout_s must be positive, got '
+                      f"{runtime['connect_timeout_s']!r}.")
 
 
 def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) -> None:

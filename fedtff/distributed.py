@@ -66,6 +66,7 @@ from tensorflow_federated.proto.v0 import executor_pb2_grpc
 from fedtff import checkpoints
 from fedtff import run_dir
 from fedtff import runtime
+from fedtff.runtime import parse_address
 
 _PROBE_INTERVAL_S = 1.0
 _ERROR_POLL_S = 0.05
@@ -82,20 +83,6 @@ class WorkerError(RuntimeError):
 
 class WorkerUnavailableError(WorkerError):
   """A TFF worker could not be reached, or stopped answering."""
-
-
-def parse_address(address: str) -> Tuple[str, int]:
-  """Splits `'host:port'` (or `'[v6-address]:port'`) into host and port.
-
-  Raises:
-    ValueError: If `address` is not of that form or the port is out of range.
-  """
-  host, _, port = str(address).rpartition(':')
-  host = host[1:-1] if host.startswith('[') and host.endswith(']') else host
-  if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-    raise ValueError(f"A worker address must be 'host:port' with a port in [1, 65535], "
-                     f'got {address!r}.')
-  return host, int(port)
 
 
 def check_workers(workers: Sequence[str]) -> List[str]:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import grpc
 import portpicker
@@ -252,3 +252,17 @@ def install_default_context() -> LocalWorkerConnection:
   tff.framework.set_default_context(sync_context(connection))
   atexit.register(connection.close)
   return connection
+
+
+def parse_address(address: str) -> Tuple[str, int]:
+  """Splits `'host:port'` (or `'[v6-address]:port'`) into host and port.
+
+  Raises:
+    ValueError: If `address` is not of that form or the port is out of range.
+  """
+  host, _, port = str(address).rpartition(':')
+  host = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+  if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    raise ValueError(f"A worker address must be 'host:port' with a port in [1, 65535], "
+                     f'got {address!r}.')
+  return host, int(port)

@@ -33,6 +33,7 @@ import tensorflow_federated as tff
 
 from fedtff import data
 from fedtff import models
+from fedtff import runtime
 
 ClientData = tff.simulation.datasets.ClientData
 HOSTED_DATASETS = ('emnist_digits', 'emnist_full', 'emnist_autoencoder', 'cifar100',
@@ -372,6 +373,25 @@ def _hosted_task(config: ml_collections.ConfigDict) -> Task:
   return _stackoverflow_word_task(config, train, test)
 
 
+# How the TFF worker gets in-memory clients' rows (fedtff.data.from_arrays):
+# 'auto' is 'file' unless a worker runs on another host, then 'constants'.
+FEEDS = ('auto',) + data.FEEDS
+_LOOPBACK_HOSTS = ('localhost', '::1')
+
+
+def feed(config: ml_collections.ConfigDict) -> str:
+  """The `feed` of the config's in-memory client data.
+
+  Per-client files are fastest (docs/data.md) but a worker must be able to
+  open them: on this machine, or under a `data.feed_dir` every worker sees.
+  """
+  if config.data.feed != 'auto':
+    return config.data.feed
+  hosts = [runtime.parse_address(w)[0] for w in config.runtime.workers]
+  remote = [h for h in hosts if h not in _LOOPBACK_HOSTS and not h.startswith('127.')]
+  return 'constants' if remote and not config.data.feed_dir else 'file'
+
+
 def build_task(config: ml_collections.ConfigDict) -> Task:
   """Builds the task that `config.data` and `config.model` describe."""
   if config.data.dataset in HOSTED_DATASETS:
@@ -384,8 +404,11 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
   features = train.features
   input_shape = np.shape(features)[1:] if not isinstance(features, dict) else None
   eval_fn = data.ClientPreprocessing(batch_size=max(config.data.batch_size, 64)).build()
+  feed_options = dict(feed=feed(config), feed_dir=config.data.feed_dir or None)
   return Task(
-      train_data=train.to_client_data().preprocess(_preprocessing(config.data, config.seed).build()),
-      test_data=evaluation.to_client_data(allow_empty_clients=True).preprocess(eval_fn),
+      train_data=train.to_client_data(**feed_options).preprocess(
+          _preprocessing(config.data, config.seed).build()),
+      test_data=evaluation.to_client_data(allow_empty_clients=True, **feed_options).preprocess(
+          eval_fn),
       model_fn=_model_fn(config.model, input_shape, num_classes, config.data.weight_decay),
       num_classes=num_classes)

@@ -12,7 +12,8 @@ SQLite file read by `fedtff.data.load_tff_dataset`, preprocessed with
 * eager: `client_data.create_tf_dataset_for_client(id)`, TFF's Python path;
 * traced: `fedtff.data.client_dataset_fn(client_data)(id)`, traced once;
 * tff: `client_data.dataset_computation` inside a federated computation that
-  counts each client's batches on fedtff's TFF worker.
+  counts each client's batches on fedtff's TFF worker (arrays: read from
+  one file per client, or with --feed=constants embedded in the computation).
 
 It times creation and iteration per round (one figure for tff, where both
 happen in the worker; the other modes iterate in one traced `tf.function`, as
@@ -52,6 +53,8 @@ _PER_ROUND = flags.DEFINE_integer('clients_per_round', 50, 'Clients sampled per 
 _ROUNDS = flags.DEFINE_integer('rounds', 200, 'Rounds to run.')
 _EXAMPLES = flags.DEFINE_integer('examples_per_client', 10, 'Examples per client.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the data and the client sampling.')
+_FEED = flags.DEFINE_enum('feed', 'file', ['file', 'constants'],
+                          "How TFF gets from_arrays' rows (fedtff.data.from_arrays(feed=...)).")
 WINDOW = 20
 
 
@@ -68,7 +71,7 @@ def arrays_client_data(directory):
   del directory  # In memory.
   pixels, labels = _pixels_and_labels(_CLIENTS.value * _EXAMPLES.value, _SEED.value)
   partition = np.split(np.arange(len(labels)), _CLIENTS.value)
-  return fedtff.data.from_arrays(pixels, labels, partition), _add_channel
+  return fedtff.data.from_arrays(pixels, labels, partition, feed=_FEED.value), _add_channel
 
 
 def sqlite_client_data(directory):
@@ -174,7 +177,8 @@ def main(argv):
   if len(combinations) == 1:
     run_one(*combinations[0])
     return
-  shared = [f'--{flag.name}={flag.value}' for flag in (_CLIENTS, _PER_ROUND, _ROUNDS, _EXAMPLES, _SEED)]
+  shared = [f'--{flag.name}={flag.value}'
+            for flag in (_CLIENTS, _PER_ROUND, _ROUNDS, _EXAMPLES, _SEED, _FEED)]
   for source, mode in combinations:  # A fresh process each, so memory figures do not mix.
     subprocess.run([sys.executable, __file__, f'--sources={source}', f'--modes={mode}'] + shared,
                    check=True)

@@ -87,3 +87,19 @@ def test_client_dataset_fn_traces_once_and_does_not_copy_rows_into_the_graph():
   eager = list(client_data.create_tf_dataset_for_client('17').as_numpy_iterator())
   np.testing.assert_array_equal(traced[0]['x']['pixels'], eager[0]['x']['pixels'])
   np.testing.assert_array_equal(traced[1]['y'], labels[[17 * 4 + 3]])
+
+
+def test_tff_builds_thousands_of_clients_from_files_not_from_graph_constants(tmp_path):
+  features, labels, partition = _emnist_like_arrays()
+  client_data = data.from_arrays(features, labels, partition, feed_dir=str(tmp_path)).preprocess(
+      data.ClientPreprocessing(batch_size=3).build())
+  computation = client_data.dataset_computation
+  assert computation.to_building_block().proto.ByteSize() < 200_000 < features['pixels'].nbytes
+  (files,) = tmp_path.iterdir()
+  sizes = [path.stat().st_size for path in files.iterdir()]
+  # One file per client: its pixels, then x['label'] and y as int32.
+  assert len(sizes) == NUM_CLIENTS and sum(sizes) == features['pixels'].nbytes + 8 * len(labels)
+  for client_id in ['0', '1717', '3399']:
+    built = [b['y'].numpy().tolist() for b in computation(client_id)]
+    assert built == [b['y'].numpy().tolist()
+                     for b in client_data.create_tf_dataset_for_client(client_id)]

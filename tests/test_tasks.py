@@ -79,3 +79,17 @@ def test_synthetic_run_trains(tmp_path):
   config.total_rounds = 2
   summary = fedtff.run_experiment(config, str(tmp_path))
   assert summary['final']['eval/num_examples'] > 0
+
+
+@pytest.mark.parametrize('workers, feed, feed_dir, expected', [
+    ((), 'auto', '', 'file'),
+    (('127.0.0.1:8000', 'localhost:8001', '[::1]:8002'), 'auto', '', 'file'),
+    (('127.0.0.1:8000', 'host2:8000'), 'auto', '', 'constants'),
+    (('host2:8000',), 'auto', '/shared/feed', 'file'),
+    ((), 'constants', '', 'constants'),
+], ids=['local', 'loopback_workers', 'remote_worker', 'remote_with_shared_dir', 'explicit'])
+def test_in_memory_clients_are_fed_by_files_unless_a_worker_is_remote(
+    workers, feed, feed_dir, expected):
+  config = fedtff.config.base_config()
+  config.runtime.workers, config.data.feed, config.data.feed_dir = workers, feed, feed_dir
+  assert tasks.feed(config) == expected

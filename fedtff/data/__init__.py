@@ -8,6 +8,7 @@ scikit-learn's digits (`load_digits`). See docs/data.md.
 
 from fedtff.data.client_data import FederatedArrays
 from fedtff.data.client_data import client_dataset_fn
+from fedtff.data.client_data import FEEDS
 from fedtff.data.client_data import from_arrays
 from fedtff.data.hosted import DatasetNotCachedError
 from fedtff.data.hosted import TFF_DATASETS

@@ -11,10 +11,12 @@ for. The rows are held once, as eager tensors. Called eagerly, the dataset
 function slices one client's rows, so a dataset costs time and memory in
 proportion to the client, not to the whole array. Traced in a `tf.function`
 (`client_dataset_fn`), it captures those tensors without copying them. Traced
-in a legacy graph, as TFF's `dataset_computation` is, it embeds all rows in
-the graph as constants, which limits that path to arrays well under
-TensorFlow's 2 GB graph limit; larger data belongs in TFF's SQLite format
-(`write_sql_client_data`).
+in a legacy graph, as TFF's `dataset_computation` is, it reads the client's
+rows from the client's file, written once (`feed='file'`, the default;
+`fedtff.data.feed`), or embeds every row in the graph as constants
+(`feed='constants'`), which TFF then sends to its worker on every call and
+which limits that path to arrays well under TensorFlow's 2 GB graph limit.
+docs/data.md ("Feeding clients to TFF") compares the two.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedtff.data import feed as feed_lib
+
 Features = Union[np.ndarray, Mapping[str, np.ndarray]]
 ClientData = tff.simulation.datasets.ClientData
+FEEDS = ('file', 'constants')
 
 
 def _num_rows(features: Features, labels: np.ndarray) -> int:
@@ -84,12 +89,25 @@ def from_arrays(features: Features,
                 client_indices: Sequence[Sequence[int]],
                 *,
                 client_ids: Optional[Sequence[str]] = None,
-                allow_empty_clients: bool = False) -> ClientData:
+                allow_empty_clients: bool = False,
+                feed: str = 'file',
+                feed_dir: Optional[str] = None) -> ClientData:
   """Returns a `ClientData` whose client `k` holds rows `client_indices[k]`.
 
   Each element is an `OrderedDict(x=..., y=...)`, where `x` is one row of
   `features` (or a dict of rows when `features` is a dict of arrays) and `y`
   the label. float64 arrays become float32 and int64 arrays int32.
+
+  `feed` only matters inside TFF computations (`dataset_computation`); the
+  datasets are the same either way, element for element. With 'file' the
+  rows are written once, when TFF first traces the dataset function, to one
+  file per client that the TFF worker reads (`fedtff.data.feed`: under
+  `feed_dir`, or in a per-process temporary directory removed at exit); the
+  worker must see that path (this machine, or a shared `feed_dir`).
+  Arrays whose dtype `tf.io.decode_raw` cannot read (strings, uint32,
+  uint64) use constants. With 'constants' every row is embedded in the
+  computation, which TFF sends to its worker on every call: slower at every
+  size measured (docs/data.md, "Feeding clients to TFF"), but needs no file.
 
   Args:
     features: An array, or a dict of arrays, with one row per example.
@@ -97,11 +115,18 @@ def from_arrays(features: Features,
     client_indices: For each client, the row indices of its examples.
     client_ids: Client names; defaults to '0', '1', ...
     allow_empty_clients: Whether a client may hold no examples.
+    feed: How TFF computations get the rows: 'file' or 'constants'.
+    feed_dir: Where to write the files (never removed; reused by every
+      process whose data hashes the same); None for a per-process temporary
+      directory.
 
   Raises:
     ValueError: If the arrays differ in length, an index is out of range, a
-      client is empty and that is not allowed, or the ids do not match.
+      client is empty and that is not allowed, the ids do not match, or
+      `feed` is unknown.
   """
+  if feed not in FEEDS:
+    raise ValueError(f'feed must be one of {FEEDS}, got {feed!r}.')
   num_rows = _num_rows(features, labels)
   client_ids = _checked_ids(client_ids, len(client_indices))
   _check_indices(client_indices, num_rows, allow_empty_clients, client_ids)
@@ -111,39 +136,45 @@ def from_arrays(features: Features,
       x=(collections.OrderedDict((k, _gather(v, order)) for k, v in features.items())
          if isinstance(features, Mapping) else _gather(features, order)),
       y=_gather(labels, order))
+  use_file = feed == 'file' and not feed_lib.unsupported_reason(tf.nest.flatten(columns))
+  columns = tf.nest.map_structure(tf.constant, columns)
+  files = (feed_lib.ClientFiles(columns, tf.nest.flatten(columns), offsets, feed_dir)
+           if use_file else None)
   return ClientData.from_clients_and_tf_fn(
-      client_ids, _dataset_fn(client_ids, offsets, tf.nest.map_structure(tf.constant, columns)))
+      client_ids, _dataset_fn(client_ids, offsets, columns, files))
 
 
-def _dataset_fn(client_ids: List[str], offsets: np.ndarray,
-                columns: Any) -> Callable[[Any], tf.data.Dataset]:
+def _dataset_fn(client_ids: List[str], offsets: np.ndarray, columns: Any,
+                files: Optional[feed_lib.ClientFiles]) -> Callable[[Any], tf.data.Dataset]:
   """The dataset function over `columns`, eager tensors of every client's rows.
 
   Eagerly it slices one client's rows. In a `tf.function` it captures the
-  eager tensors (no copy into the graph); in a legacy graph, which is how TFF
-  traces `dataset_computation`, it embeds them as constants.
+  eager tensors (no copy into the graph). In a legacy graph, which is how TFF
+  traces `dataset_computation`, it reads the client's file from `files` or,
+  without them, embeds every client's rows as constants.
   """
   positions = {client_id: k for k, client_id in enumerate(client_ids)}
 
-  def graph_columns():
-    with tf.init_scope():
-      if tf.executing_eagerly():
-        return columns
-    return tf.nest.map_structure(lambda t: tf.constant(t.numpy()), columns)
-
-  def traced_rows(client_id):
+  def traced_bounds(client_id):
     ids = tf.constant(client_ids)
     position = tf.reshape(tf.where(tf.equal(ids, client_id)), [-1])[0]
     bounds = tf.constant(offsets)
-    start, stop = bounds[position], bounds[position + 1]
-    return tf.nest.map_structure(lambda t: t[start:stop], graph_columns())
+    return position, bounds[position], bounds[position + 1]
 
   def serializable_dataset_fn(client_id):
     if tf.executing_eagerly():
       k = positions[_python_id(client_id)]
       return tf.data.Dataset.from_tensor_slices(
           tf.nest.map_structure(lambda t: t[offsets[k]:offsets[k + 1]], columns))
-    return tf.data.Dataset.from_tensor_slices(traced_rows(client_id))
+    position, start, stop = traced_bounds(client_id)
+    with tf.init_scope():
+      captured = tf.executing_eagerly()  # In a tf.function: capture the eager tensors.
+    if not captured and files is not None:
+      return files.dataset(position, stop - start)
+    graph_columns = columns if captured else tf.nest.map_structure(
+        lambda t: tf.constant(t.numpy()), columns)
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda t: t[start:stop], graph_columns))
 
   return serializable_dataset_fn
 
@@ -214,8 +245,9 @@ class FederatedArrays:
         self, partition=[self.partition[lookup[c]] for c in client_ids],
         client_ids=list(client_ids))
 
-  def to_client_data(self, *, allow_empty_clients: bool = False) -> ClientData:
+  def to_client_data(self, *, allow_empty_clients: bool = False, feed: str = 'file',
+                     feed_dir: Optional[str] = None) -> ClientData:
     """Returns the `ClientData` of `from_arrays` over these arrays."""
     return from_arrays(self.features, self.labels, self.partition,
                        client_ids=self.client_ids,
-                       allow_empty_clients=allow_empty_clients)
+                       allow_empty_clients=allow_empty_clients, feed=feed, feed_dir=feed_dir)
