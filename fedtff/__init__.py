@@ -1,11 +1,13 @@
 """fedtff: a thin federated-learning research toolkit over TensorFlow Federated.
 
 The public API: builders that turn Keras model factories into TFF learning
-processes, federated data helpers, the round loop, and the experiment runner.
+processes, federated data helpers, the round loop, the experiment runner, and
+`fedtff.fast`, the compiled-round backend of the FedAvg family.
 """
 
 from fedtff import config
 from fedtff import data
+from fedtff import fast
 from fedtff import models
 from fedtff import privacy
 from fedtff import runtime

@@ -4,13 +4,18 @@
 the learning process, resumes from the newest checkpoint in `workdir` if there
 is one, runs the remaining rounds on a fedtff-owned TFF runtime and writes the
 run directory described in `fedtff.run_dir`.
+
+With `config.backend='fast'` the training rounds run as `fedtff.fast`'s
+compiled graphs instead (on the same sampled clients and batches); evaluation
+still runs on TFF, and checkpoints hold the TFF process's state on both
+backends, so a run can resume on either.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 import ml_collections
 import tensorflow_federated as tff
@@ -21,10 +26,11 @@ from fedtff import checkpoints
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
+from fedtff import distributed
+from fedtff import fast
 from fedtff import optimizers
 from fedtff.privacy import accounting
 from fedtff import run_dir
-from fedtff import runtime
 from fedtff import tasks
 from fedtff import training
 
@@ -92,13 +98,11 @@ def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggreg
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
 
-def build_process(config: ml_collections.ConfigDict,
-                  task: tasks.Task) -> tff.learning.templates.LearningProcess:
-  """The learning process that `config.algorithm`, `client`, `server` and
-  `aggregator` describe, built by `fedtff.build_learning_process`."""
+def _process_options(config: ml_collections.ConfigDict, task: tasks.Task) -> Dict[str, Any]:
+  """The builder arguments that `config.algorithm`, `client`, `server` and
+  `aggregator` describe, the same for both backends."""
   algorithm = config.algorithm
-  return algorithms.build_learning_process(
-      task.model_fn, task.element_spec,
+  return dict(
       algorithm=algorithm.name,
       client_optimizer=_client_optimizer(config),
       server_optimizer=optimizers.build(config.server.optimizer, config.server.learning_rate,
@@ -108,6 +112,29 @@ def build_process(config: ml_collections.ConfigDict,
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, noise_multiplier(config, task)),
       **task.learning_kwargs())
+
+
+def build_process(config: ml_collections.ConfigDict,
+                  task: tasks.Task) -> tff.learning.templates.LearningProcess:
+  """The learning process that `config.algorithm`, `client`, `server` and
+  `aggregator` describe, built by `fedtff.build_learning_process`."""
+  return algorithms.build_learning_process(task.model_fn, task.element_spec,
+                                           **_process_options(config, task))
+
+
+def build_fast_process(config: ml_collections.ConfigDict,
+                       task: tasks.Task) -> fast.FastLearningProcess:
+  """`build_process`'s process on the fast backend (`fedtff.fast.build_fast_process`).
+
+  Raises:
+    fedtff.config.ConfigError: If the config asks for something the fast
+      backend does not implement (one sentence naming it and backend='tff').
+  """
+  options = _process_options(config, task)
+  try:
+    return fast.build_fast_process(task.model_fn, task.element_spec, **options)
+  except ValueError as e:  # What fast does not implement: "...; use backend='tff'."
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:
@@ -157,10 +184,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config)
   run_dir.prepare(workdir, config, overwrite=overwrite)
   task = tasks.build_task(config)
-  process = build_process(config, task)
+  backend = _backend(config, task)
   tracker = _privacy_tracker(config, task)
-  with runtime.local_runtime():
-    total_time_s = _train(config, task, process, workdir, progress_fn, tracker)
+  with distributed.runtime_for(config.runtime, workdir):
+    total_time_s = _train(config, task, backend, workdir, progress_fn, tracker)
   extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
   return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
@@ -180,39 +207,84 @@ def _privacy_summary(config, tracker: accounting.PrivacyTracker) -> Dict[str, An
           'sampling': 'fixed-size uniform without replacement'}
 
 
-def _initial_state(config, task, composed, checkpoint_dir: str):
-  """`(state, last_round, elapsed_s)` from the newest checkpoint, or round 0."""
+class _Backend(NamedTuple):
+  """How `_train` runs rounds on `config.backend`; checkpoints hold TFF states on both.
+
+  Attributes:
+    tff_process: The TFF process: its state is the checkpoint format and its
+      type signature names the metric columns, on either backend.
+    rounds: What `training.run_training` drives: `next(state, client_ids)`,
+      `get_model_weights(state)`.
+    from_tff_state: A TFF state (initial, or a checkpoint) as a state of `rounds`.
+    to_tff_state: `(state, tff_state)`: a state of `rounds` as a TFF state,
+      with what it lacks (the aggregator's state) taken from `tff_state`.
+  """
+  tff_process: tff.learning.templates.LearningProcess
+  rounds: Any
+  from_tff_state: Callable[[Any], Any]
+  to_tff_state: Callable[[Any, Any], Any]
+
+
+class _FastRounds:
+  """A fast process fed client ids like TFF's composed process; each training
+  client's batches are read and padded once (`fedtff.fast.PaddedClientData`)."""
+
+  def __init__(self, process: fast.FastLearningProcess, client_data):
+    self._process = process
+    self._client_data = fast.PaddedClientData(client_data)
+
+  def next(self, state, client_ids):
+    return self._process.next(state, self._client_data.batches(client_ids))
+
+  def get_model_weights(self, state):
+    return self._process.get_model_weights(state)
+
+
+def _backend(config, task) -> _Backend:
+  """The processes of `config.backend`: the one place where the backends differ."""
+  if config.backend == 'fast':
+    fast_process = build_fast_process(config, task)  # First: its refusals come before TFF builds.
+    return _Backend(build_process(config, task), _FastRounds(fast_process, task.train_data),
+                    fast_process.from_tff_state, fast_process.to_tff_state)
+  process = build_process(config, task)
+  composed = tff.simulation.compose_dataset_computation_with_learning_process(
+      task.train_data.dataset_computation, process)
+  return _Backend(process, composed, lambda state: state, lambda state, _: state)
+
+
+def _initial_state(config, task, process, checkpoint_dir: str):
+  """`(TFF state, last_round, elapsed_s)` from the newest checkpoint, or round 0."""
   checkpoints.remove_partial_files(checkpoint_dir)
-  template = composed.initialize()
+  template = process.initialize()
   restored = checkpoints.restore_latest(checkpoint_dir, template)
   if restored is not None:
     return restored
   weights = tff_model.initial_weights(task.model_fn, config.seed)
-  return composed.set_model_weights(template, weights), 0, 0.0
+  return process.set_model_weights(template, weights), 0, 0.0
 
 
-def _train(config, task, process, workdir: str, progress_fn, tracker) -> float:
+def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
-  composed = tff.simulation.compose_dataset_computation_with_learning_process(
-      task.train_data.dataset_computation, process)
-  evaluate = evaluation_fn(task, process)
+  evaluate = evaluation_fn(task, backend.rounds)
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
-  state, last_round, elapsed_s = _initial_state(config, task, composed, checkpoint_dir)
+  tff_state, last_round, elapsed_s = _initial_state(config, task, backend.tff_process,
+                                                    checkpoint_dir)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + training.metric_names(process, training.train_metrics) + evaluate.metric_names
-             + ([accounting.EPSILON_METRIC] if tracker else []))
+             + training.metric_names(backend.tff_process, training.train_metrics)
+             + evaluate.metric_names + ([accounting.EPSILON_METRIC] if tracker else []))
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
   save = lambda round_num, state: checkpoints.save(
-      checkpoint_dir, round_num, state, elapsed_s=elapsed_s + time.perf_counter() - start,
-      keep=config.output.checkpoints_to_keep)
+      checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
+      elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep)
   with run_dir.metric_writers(workdir, columns, last_round=last_round or None,
                               tensorboard=config.output.tensorboard) as writers:
     try:
       training.run_training(
-          composed, select, total_rounds=config.total_rounds, state=state,
+          backend.rounds, select, total_rounds=config.total_rounds,
+          state=backend.from_tff_state(tff_state),
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers + [progress_fn or _skip],
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,

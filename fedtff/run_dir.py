@@ -8,8 +8,9 @@
   summary.json     final and best metrics, rounds and total time
 
 Rerunning a config on its own run directory resumes it; raising
-`total_rounds` extends it; any other change of config is refused unless the
-caller asks to overwrite.
+`total_rounds` extends it; it may continue on the other `backend` or on other
+`runtime` workers; any other change of config is refused unless the caller
+asks to overwrite.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ METRICS_JSONL = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
-# Keys a resumed run may change: more rounds, or other machines to run on.
-_EXTENDABLE_KEYS = ('total_rounds', 'runtime.workers', 'runtime.connect_timeout_s')
+# Keys a resumed run may change: more rounds, the backend, or other machines to run on.
+_EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.connect_timeout_s')
 # Best value of an evaluation metric: the larger or the smaller.
-_BEST = {'accuracy': max, 'loss': min}
+_BEST = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
 
 
 def _clear(workdir: str) -> None:
@@ -50,8 +51,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
 
   Raises:
     fedtff.config.ConfigError: If `workdir` holds a run of a config that
-      differs in more than `total_rounds` and `runtime.*`, and `overwrite`
-      is False.
+      differs in more than `total_rounds`, `backend` and `runtime.*`, and
+      `overwrite` is False.
     OSError: If `workdir` cannot be written.
   """
   outputs.ensure_writable_dir(workdir)
@@ -88,7 +89,7 @@ def metric_writers(workdir: str, columns: Sequence[str], *, last_round: Optional
 
 
 def best_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-  """For each `eval/accuracy`-like and `eval/loss`-like column, its best value and round."""
+  """For each `eval/<name>` column with a direction in `_BEST`, its best value and round."""
   best = {}
   for column in rows[0] if rows else ():
     pick = _BEST.get(column.rpartition('/')[2])

@@ -13,24 +13,30 @@ median seconds per round of
 All variants alternate round by round (ABBA order) after warm-up rounds, so
 machine noise hits them alike.
 
-scale: 10, 100 and 1000 clients per round (sampled from 1000 clients of 30
-examples) on the quickstart-sized 64->64->10 MLP (FedAvgM, batch 10), on each
-backend in a fresh subprocess: median seconds per round and peak RSS of the
-Python process plus its TFF worker.
+scale: `fedtff.run_experiment` on each backend (config.backend), 10, 100 and
+1000 clients per round sampled from a population of 3,400 clients of 30
+examples (`npz_dir` files), on the quickstart's 64->64->10 MLP (FedAvgM, batch
+10), each in a fresh subprocess: median seconds per round, RSS after round 2
+and before the last round (memory over rounds), peak RSS of the Python process
+plus its TFF worker, and a linear fit of time per round against clients per
+round.
 
 profile: where a TFF round's time goes (argument serialization, RPCs to the
 TFF worker, execution, result deserialization) for raw TFF and fedtff TFF.
 
   .venv/bin/python scripts/bench.py [--mode compare|scale|profile|all] [--rounds 10]
+      [--scale_rounds 200]
 """
 
 import argparse
 import collections
 import functools
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -49,7 +55,6 @@ from fedtff import fast
 tf.get_logger().setLevel('ERROR')  # Each variant builds its own tf.functions: no retracing notes.
 
 WORKLOADS = ((10, 200), (50, 200), (10, 2000))
-SCALE_COHORTS = (10, 100, 1000)
 BATCH_SIZE, LEARNING_RATE = 20, 0.02
 
 
@@ -193,7 +198,23 @@ def run_compare(args):
           + f" | {medians['fast (XLA)'] / best_limit:.2f} |", flush=True)
 
 
-# scale: each (backend, clients per round) in its own process, for a clean peak RSS.
+# scale: the experiment runner on each backend; each (backend, clients per round) in
+# its own process, for a clean peak RSS.
+
+SCALE_COHORTS = (10, 100, 1000)
+SCALE_POPULATION, SCALE_TEST_CLIENTS, SCALE_EXAMPLES = 3400, 10, 30
+
+
+def _rss_bytes(process):
+  """The RSS of `process` plus its children (the TFF worker)."""
+  total = 0
+  for member in [process] + process.children(recursive=True):
+    try:
+      total += member.memory_info().rss
+    except psutil.Error:
+      pass
+  return total
+
 
 class PeakRss:
   """Samples the RSS of this process plus its children (the TFF worker)."""
@@ -207,13 +228,7 @@ class PeakRss:
   def _sample(self):
     me = psutil.Process()
     while not self._stop.is_set():
-      total = 0
-      for process in [me] + me.children(recursive=True):
-        try:
-          total += process.memory_info().rss
-        except psutil.Error:
-          pass
-      self.peak_bytes = max(self.peak_bytes, total)
+      self.peak_bytes = max(self.peak_bytes, _rss_bytes(me))
       self._stop.wait(self._interval_s)
 
   def __enter__(self):
@@ -225,59 +240,91 @@ class PeakRss:
     self._thread.join()
 
 
-def quickstart_model():
-  return fedtff.models.mlp((64,), 10, hidden_units=(64,))
+def write_scale_clients(directory):
+  """The population plus the test clients, SCALE_EXAMPLES examples each, as
+  `<id>.npz` files (64 standard-normal features, 10 random labels)."""
+  rng = np.random.default_rng(0)
+  for k in range(SCALE_POPULATION + SCALE_TEST_CLIENTS):
+    np.savez(os.path.join(directory, f'{k:05d}.npz'),
+             x=rng.normal(size=(SCALE_EXAMPLES, 64)).astype(np.float32),
+             y=rng.integers(0, 10, SCALE_EXAMPLES).astype(np.int32))
 
 
-def scale_round_fn(backend, batched):
-  """`(state, round_num -> state)` for FedAvgM on `backend`, sampling clients."""
-  options = dict(algorithm='fedavgm', client_optimizer=fedtff.optimizer('sgd', 0.1))
-  spec = batched.element_type_structure
-  if backend == 'fast':
-    process = fast.build_fast_process(quickstart_model, spec, **options)
-    padded = fast.PaddedClientData(batched, resident=True)
-    return process.initialize(), lambda s, ids: process.next(s, padded.batches(ids)).state
-  process = tff.simulation.compose_dataset_computation_with_learning_process(
-      batched.dataset_computation, fedtff.build_learning_process(quickstart_model, spec, **options))
-  return process.initialize(), lambda s, ids: process.next(s, ids).state
+def scale_config(backend, data_dir, clients_per_round, rounds):
+  """configs/quickstart.py's model, batches and FedAvgM on the clients in `data_dir`;
+  one evaluation and one checkpoint, after the last round."""
+  config = fedtff.config.base_config()  # mlp (64,), batch 10, client SGD 0.1, server SGD 1.0.
+  config.backend = backend
+  config.data.dataset, config.data.path = 'npz_dir', data_dir
+  config.data.num_test_clients = SCALE_TEST_CLIENTS
+  config.server.momentum = 0.9
+  config.clients_per_round = clients_per_round
+  config.total_rounds = config.rounds_per_eval = config.rounds_per_checkpoint = rounds
+  config.output.tensorboard = False
+  return config
 
 
-def scale_worker(backend, clients_per_round, rounds):
-  """Runs `rounds` rounds; prints `first_round_s median_s peak_mb`."""
-  with PeakRss() as rss:
-    _, batched = random_client_data(1000, 30, 64, 10)
-    state, next_fn = scale_round_fn(backend, batched)
-    times = []
-    for round_num in range(rounds):
-      ids = fedtff.sample_clients(batched.client_ids, clients_per_round, round_num=round_num,
-                                  seed=0)
-      start = time.perf_counter()
-      state = next_fn(state, ids)
-      times.append(time.perf_counter() - start)
-  print(times[0], statistics.median(times[1:]), rss.peak_bytes / 2**20)
+def scale_worker(backend, clients_per_round, rounds, data_dir):
+  """Runs `fedtff.run_experiment`; prints its round times and RSS as one JSON line."""
+  me, per_round = psutil.Process(), []
+  with PeakRss() as rss, tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    fedtff.run_experiment(
+        scale_config(backend, data_dir, clients_per_round, rounds), workdir,
+        progress_fn=lambda row: per_round.append((row['round_time_s'], _rss_bytes(me))))
+    wall_s = time.perf_counter() - start
+  times = [seconds for seconds, _ in per_round]
+  rss_mb = [rss_bytes / 2**20 for _, rss_bytes in per_round]
+  # RSS after round 2 and before the last round's evaluation.
+  print(json.dumps(dict(first_s=times[0], median_s=statistics.median(times[1:]),
+                        rss_early_mb=rss_mb[1], rss_late_mb=rss_mb[max(1, len(rss_mb) - 2)],
+                        peak_mb=rss.peak_bytes / 2**20, wall_s=wall_s)))
 
 
 def scale_rounds(backend, clients_per_round, rounds):
-  if backend == 'tff' and clients_per_round >= 1000:
-    return 3
-  return rounds + 1
+  """`rounds` on fast; on TFF as many rounds of 10 clients, at least 3 rounds."""
+  return rounds if backend == 'fast' else max(3, rounds * 10 // clients_per_round)
+
+
+def _scale_run(backend, clients_per_round, rounds, data_dir):
+  command = [sys.executable, __file__, '--scale_worker', backend, str(clients_per_round),
+             str(rounds), data_dir]
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def run_scale(args):
-  print('scale: FedAvgM, MLP 64->64->10, batch 10, 1000 clients x 30 examples, clients sampled '
-        'per round; median s/round after the first round; peak RSS = Python + TFF worker')
-  print('| clients/round | backend | rounds (1st excluded) | first round s | median s/round '
-        '| peak RSS MB |')
-  print('|---|---|---|---|---|---|')
-  for clients_per_round in SCALE_COHORTS:
-    for backend in ('tff', 'fast'):
-      rounds = scale_rounds(backend, clients_per_round, args.rounds)
-      output = subprocess.run(
-          [sys.executable, __file__, '--scale_worker', backend, str(clients_per_round),
-           str(rounds)], capture_output=True, text=True, check=True).stdout.split()
-      first, median, peak = (float(v) for v in output[-3:])
-      print(f'| {clients_per_round} | {backend} | {rounds - 1} | {first:.2f} | {median:.4f} '
-            f'| {peak:.0f} |', flush=True)
+  print(f'scale: fedtff.run_experiment, FedAvgM, MLP 64->64->10, batch 10, clients of '
+        f'{SCALE_EXAMPLES} examples sampled from {SCALE_POPULATION} (npz_dir); median s/round '
+        'after the first round; RSS = Python + TFF worker, after round 2 and before the last '
+        'round (its evaluation), and the peak over the run')
+  print('| clients/round | backend | rounds | first round s | median s/round | ms/client '
+        '| RSS MB round 2 | RSS MB last round | RSS late / early | peak RSS MB | run wall s |')
+  print('|---' * 11 + '|')
+  medians = collections.defaultdict(dict)
+  with tempfile.TemporaryDirectory() as data_dir:
+    write_scale_clients(data_dir)
+    for clients_per_round in SCALE_COHORTS:
+      for backend in ('tff', 'fast'):
+        rounds = scale_rounds(backend, clients_per_round, args.scale_rounds)
+        r = _scale_run(backend, clients_per_round, rounds, data_dir)
+        medians[backend][clients_per_round] = r['median_s']
+        print(f"| {clients_per_round} | {backend} | {rounds} | {r['first_s']:.2f} "
+              f"| {r['median_s']:.4f} | {1000 * r['median_s'] / clients_per_round:.3f} "
+              f"| {r['rss_early_mb']:.0f} | {r['rss_late_mb']:.0f} "
+              f"| {r['rss_late_mb'] / r['rss_early_mb']:.3f} | {r['peak_mb']:.0f} "
+              f"| {r['wall_s']:.1f} |", flush=True)
+  print('\nmarginal cost of a client (ms per added client per round, from the medians); '
+        'linear growth means the two columns agree:')
+  print('| backend | 10 -> 100 clients | 100 -> 1000 clients | ratio |')
+  print('|---' * 4 + '|')
+  for backend, t in medians.items():
+    low, high = [1000 * (t[b] - t[a]) / (b - a) for a, b in zip(SCALE_COHORTS, SCALE_COHORTS[1:])]
+    print(f'| {backend} | {low:.3f} | {high:.3f} | {high / low:.2f} |')
+  print('\ntff / fast, median s/round: ' + ', '.join(
+      f'{c} clients {medians["tff"][c] / medians["fast"][c]:.0f}x' for c in SCALE_COHORTS))
 
 
 # profile: time spent in TFF's execution-context steps, by wrapping them.
@@ -356,11 +403,14 @@ def main(argv):
   parser.add_argument('--mode', choices=('compare', 'scale', 'profile', 'all'), default='compare')
   parser.add_argument('--rounds', type=int, default=10, help='timed rounds per variant')
   parser.add_argument('--warmup', type=int, default=2, help='untimed rounds first')
-  parser.add_argument('--scale_worker', nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument('--scale_rounds', type=int, default=200,
+                      help='scale: rounds on fast, and on TFF at 10 clients/round (fewer at '
+                      'more clients per round, at least 3)')
+  parser.add_argument('--scale_worker', nargs=4, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.scale_worker:
-    backend, clients_per_round, rounds = args.scale_worker
-    scale_worker(backend, int(clients_per_round), int(rounds))
+    backend, clients_per_round, rounds, data_dir = args.scale_worker
+    scale_worker(backend, int(clients_per_round), int(rounds), data_dir)
     return
   for mode, run in (('compare', run_compare), ('scale', run_scale), ('profile', run_profile)):
     if args.mode in (mode, 'all'):

@@ -125,6 +125,12 @@ def test_state_converts_to_and_from_the_tff_state(datasets):
   back = fast_process.from_tff_state(tff_state)
   tf.nest.map_structure(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                         back, fast_state)
+  # A TFF state serves as the template as well as the process does (no TFF call).
+  tf.nest.map_structure(np.testing.assert_array_equal,
+                        fast_process.to_tff_state(fast_state, tff_state),
+                        fast_process.to_tff_state(fast_state, tff_process))
+  with pytest.raises(TypeError, match='a TFF LearningProcess or one of its states'):
+    fast_process.to_tff_state(fast_state, fast_state.global_model_weights)
 
 
 def test_checkpoints_of_the_fast_state_restore_on_either_backend(datasets, tmp_path):
@@ -160,6 +166,21 @@ def test_padded_client_data_gives_the_datasets_batches(datasets):
                                     tf.gather(expected.mask, list(want)))
 
 
+def test_padded_client_data_shuffles_as_tff_whatever_the_global_seed():
+  features, labels = conftest.tiny_classification_arrays(num_features=NUM_FEATURES)
+  client_data = fedtff.data.from_arrays(features, labels, [np.arange(40), np.arange(40, 90)])
+  client_data = client_data.preprocess(fedtff.batch_fn(batch_size=8, shuffle_buffer=100, seed=1))
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:  # As TFF: a graph, no seed.
+    expected = session.run(client_data.serializable_dataset_fn('1').map(
+        lambda batch: batch['y']).unbatch().batch(100).get_single_element())
+  for seed in (0, 7):
+    tf.keras.utils.set_random_seed(seed)
+    padded = fast.PaddedClientData(client_data).batches(['1'])
+    own = slice(int(padded.first_batch[0]), int(padded.first_batch[0] + padded.num_batches[0]))
+    np.testing.assert_array_equal(tf.boolean_mask(padded.data['y'][own], padded.mask[own]),
+                                  expected)
+
+
 def test_padding_masks_partial_batches(datasets):
   batches = fast.from_datasets(datasets[:1])  # 13 examples: batches of 8 and 5.
   np.testing.assert_array_equal(tf.reduce_sum(tf.cast(batches.mask, tf.int32), axis=1), [8, 5])
@@ -190,6 +211,9 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
         (dict(aggregator=fedtff.AggregatorSpec('compression')), "the 'compression' aggregator"),
         (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
          "the 'secure' aggregator"),
+        (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
+            'pairwise_masking', clip_norm=1.0, clients_per_round=3)),
+         "the 'pairwise_masking' aggregator"),
         (dict(aggregator=fedtff.AggregatorSpec('robust')), 'adaptive clipping'),
         (dict(aggregator=fedtff.AggregatorSpec('robust', clip_norm=1.0, zeroing=True)),
          'adaptive zeroing'),
@@ -201,8 +225,9 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'adaptive_clip', 'adaptive_zeroing',
-         'tff_factory', 'batch_norm', 'varying_shapes', 'loss_without_reduction'])
+    ids=['mimelite', 'schedule', 'compression', 'secure', 'pairwise_masking', 'adaptive_clip',
+         'adaptive_zeroing', 'tff_factory', 'batch_norm', 'varying_shapes',
+         'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):
   options = dict(options)
   model_fn = options.pop('model_fn', keras_model)

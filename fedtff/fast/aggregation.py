@@ -16,8 +16,8 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   `clients_per_round`. The noise is drawn by TensorFlow's stateful RNG, so it
   is not TFF's draw.
 
-Anything else (adaptive norms, compression, secure sums, custom factories)
-is refused with a `ValueError`: those run on the TFF backend.
+Anything else (adaptive norms, compression, secure sums, pairwise masking,
+custom factories) is refused with a `ValueError`: those run on the TFF backend.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import tensorflow as tf
 from fedtff import aggregators
 
 _USE_TFF = "use backend='tff'"
+_KINDS = ('mean', 'robust', 'dp')  # The AggregatorSpec kinds computed here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
         f'fixed norms), or {_USE_TFF}.')
   aggregators.build_aggregator(aggregator, weighted=weighted)  # fedtff's checks of the options.
   spec = aggregator
-  if spec.kind in ('compression', 'secure'):
+  if spec.kind not in _KINDS:  # compression, secure, pairwise_masking, and any added later.
     raise _refuse(f'the {spec.kind!r} aggregator')
   if spec.kind == 'mean':
     return Aggregation(weighted)

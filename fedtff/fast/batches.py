@@ -15,14 +15,17 @@ caching it, and `from_datasets` builds them from a list of batched datasets.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 import tensorflow_federated as tff
 
 ClientData = tff.simulation.datasets.ClientData
+_BATCHES_PER_READ = 1 << 20  # Batches of one client per element of the reading pipeline.
 
 
 class ClientBatches(NamedTuple):
@@ -87,20 +90,64 @@ def _read_once(dataset: tf.data.Dataset) -> List[Any]:
   return list(dataset.with_options(options).as_numpy_iterator())
 
 
+@contextlib.contextmanager
+def _as_tff_seeds() -> Iterator[None]:
+  """Random ops built in this block take the seeds TFF's datasets take.
+
+  `shuffle(seed=s)` draws with the seeds `(global seed, s)`; TFF builds client
+  datasets in a graph without a graph-level seed, where that is
+  `(DEFAULT_GRAPH_SEED, s)` whatever `tf.random.set_seed` (or Keras's
+  `set_random_seed`) said. Clearing the eager global seed while the pipeline
+  is built gives the same order; the seed and its op-seed generator are put
+  back untouched afterwards (TensorFlow has no public way to read them).
+  """
+  ctx = context.context()
+  saved = ctx._seed, getattr(ctx, '_rng', None)  # pylint: disable=protected-access
+  ctx._seed = None  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    ctx._seed, ctx._rng = saved  # pylint: disable=protected-access
+
+
+def _rows_and_batch_sizes(batches: Any) -> Tuple[tf.Tensor, tf.Tensor]:
+  """`[num_batches, (batch_size), ...]` (ragged, or dense when every batch is full)
+  as `[num_rows, ...]` rows and the int64 `[num_batches]` batch sizes."""
+  if isinstance(batches, tf.RaggedTensor):
+    return batches.flat_values, batches.row_lengths()
+  shape = tf.shape(batches, out_type=tf.int64)
+  return (tf.reshape(batches, tf.concat([[-1], shape[2:]], 0)),
+          tf.fill(shape[:1], shape[1]))
+
+
 def _read_clients(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_spec: Any,
                   client_ids: Sequence[str]) -> List[_ClientArrays]:
   """Reads the clients' datasets through one `tf.data` pipeline.
 
-  One iterator over all clients (`flat_map` over the ids, each batch tagged
-  with its client's position) saves creating an iterator per client.
+  One iterator over all clients (`flat_map` over the ids) saves creating an
+  iterator per client, and `ragged_batch` gathers each client's batches into
+  one element, its rows and batch sizes, which saves a Python step per batch
+  (0.4 ms each here, 16 s for the 40,000 batches of FedProx's 30 clients of 20
+  epochs). The pipeline's shuffles use TFF's seeds (`_as_tff_seeds`), so the
+  batches are those TFF trains on, whatever the global seed.
   """
-  tag = lambda k: lambda *element: (k, element[0] if len(element) == 1 else element)
-  pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
-  pipeline = pipeline.enumerate().flat_map(lambda k, cid: dataset_fn(cid).map(tag(k)))
-  batches = [[] for _ in client_ids]
-  for k, batch in _read_once(pipeline):
-    batches[k].append(batch)
-  return [_client_arrays(b, element_spec) for b in batches]
+
+  def client_rows(k, client_id):
+    def split(batches):
+      rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
+      return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
+    return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
+
+  with _as_tff_seeds():
+    pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
+    pipeline = pipeline.enumerate().flat_map(client_rows)
+  parts = [[] for _ in client_ids]
+  for k, sizes, rows in _read_once(pipeline):
+    parts[k].append(_ClientArrays(rows, sizes.astype(np.int32)))
+  return [_ClientArrays(
+      tf.nest.map_structure(lambda *leaves: np.concatenate(leaves), *[p.examples for p in part]),
+      np.concatenate([p.batch_sizes for p in part])) if part else _client_arrays([], element_spec)
+          for part in parts]
 
 
 def _padded_rows(batch_sizes: np.ndarray, batch_size: int) -> np.ndarray:

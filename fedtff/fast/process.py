@@ -124,6 +124,11 @@ def _pack_like(template: Any, values: Any, what: str) -> Any:
       for like, leaf in zip(template_leaves, leaves)])
 
 
+def _check_tff_state(value: Any, expected: str) -> None:
+  if not all(hasattr(value, field) for field in FastState._fields):
+    raise TypeError(f'Expected {expected}, got {type(value).__name__}.')
+
+
 class FastLearningProcess:
   """A FedAvg-family learning process whose `next` is one compiled graph.
 
@@ -147,6 +152,11 @@ class FastLearningProcess:
         self._round_graph, jit_compile=jit_compile, autograph=False,
         input_signature=[tf.nest.map_structure(tf.TensorSpec.from_tensor, self._template),
                          batches_lib.signature(element_spec)])
+    # Trace now, while the Keras classes are in their eager (v2) form: Keras swaps
+    # the base classes of Sequential and friends to its v1 ones whenever a model
+    # is built in a graph, as TFF's tracing does, and an eager-built model called
+    # in that state fails ("Your Layer or Model is in an invalid state").
+    self._round.get_concrete_function()
 
   @property
   def algorithm(self) -> str:
@@ -191,10 +201,18 @@ class FastLearningProcess:
     return tff.learning.templates.LearningProcessOutput(new_state, _numpy(metrics))
 
   def to_tff_state(self, state: FastState,
-                   tff_process: tff.learning.templates.LearningProcess) -> Any:
+                   tff_process: Union[tff.learning.templates.LearningProcess, Any]) -> Any:
     """`state` as a state of `tff_process`, built by `fedtff.build_learning_process`
-    from the same arguments (its aggregator state is the process's initial one)."""
-    template = tff_process.initialize()
+    from the same arguments.
+
+    The fields the fast state lacks (`distributor`, `aggregator`) come from
+    `tff_process.initialize()`; pass a state of that process instead (e.g. the
+    checkpoint a run resumed from) to take them from it without running TFF.
+    """
+    template = (tff_process.initialize()
+                if isinstance(tff_process, tff.learning.templates.LearningProcess)
+                else tff_process)
+    _check_tff_state(template, 'a TFF LearningProcess or one of its states')
     state = _numpy(self._check_state(state))
     return template._replace(**{
         field: _pack_like(getattr(template, field), getattr(state, field), f'state {field}')
@@ -202,8 +220,7 @@ class FastLearningProcess:
 
   def from_tff_state(self, tff_state: Any) -> FastState:
     """The `FastState` of a state of the matching TFF process (e.g. a checkpoint)."""
-    if not all(hasattr(tff_state, field) for field in FastState._fields):
-      raise TypeError(f'Expected a TFF LearningAlgorithmState, got {type(tff_state).__name__}.')
+    _check_tff_state(tff_state, 'a TFF LearningAlgorithmState')
     return _tensors(FastState(*[
         _pack_like(_numpy(getattr(self._template, field)), getattr(tff_state, field),
                    f'TFF state {field}') for field in FastState._fields]))
@@ -319,7 +336,7 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     aggregator: None (mean) or a `fedtff.AggregatorSpec`: 'mean', 'robust'
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
       with a fixed `clip_norm`.
-    jit_compile: Compile the round with XLA (2.1-2.6x faster in
+    jit_compile: Compile the round with XLA (2-3x faster in
       scripts/bench.py here); False for models XLA cannot compile.
 
   Raises:

@@ -1,0 +1,172 @@
+"""`config.backend='fast'` through the experiment runner: the TFF backend's rows,
+checkpoints either backend resumes, and clear refusals of what fast lacks."""
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import fedprox
+from configs import quickstart
+from experiments import cli
+import fedtff
+from fedtff import checkpoints
+from fedtff import evaluate
+from fedtff import outputs
+from fedtff import training
+from fedtff.privacy import accounting
+from tests import conftest
+from tests import test_experiment
+
+ROUNDS, CHECKPOINT_EVERY = 10, 5
+TIMING = ('round_time_s', 'examples_per_s')
+
+
+def quickstart_config(backend):
+  """configs/quickstart.py shortened to ROUNDS rounds (FedAvg with server momentum)."""
+  config = quickstart.get_config()
+  config.backend = backend
+  config.total_rounds = ROUNDS
+  config.rounds_per_eval = CHECKPOINT_EVERY
+  config.rounds_per_checkpoint = CHECKPOINT_EVERY
+  return config
+
+
+def small_fast_config(**overrides):
+  """test_experiment's 12-client config on the fast backend, 2 rounds, evaluated each."""
+  return test_experiment.small_config(**{'backend': 'fast', 'total_rounds': 2,
+                                         'rounds_per_eval': 1, **overrides})
+
+
+def rows_of(workdir):
+  return outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
+
+
+def header_of(workdir):
+  with open(os.path.join(workdir, 'metrics.csv')) as f:
+    return f.readline().strip().split(',')
+
+
+def assert_same_rows(expected, actual, tolerance):
+  assert [r['round'] for r in actual] == [r['round'] for r in expected]
+  for want, got in zip(expected, actual):
+    assert list(got) == list(want)
+    for column, value in want.items():
+      if column in TIMING:
+        continue
+      if value is None or column.endswith(('num_examples', 'num_batches')):
+        assert got[column] == value, column
+      else:
+        assert got[column] == pytest.approx(value, abs=tolerance), column
+
+
+@pytest.fixture(scope='module')
+def quickstart_runs(tmp_path_factory):
+  """`{backend: (workdir, progress rows, printed progress)}` of the shortened quickstart."""
+  runs = {}
+  for backend in ('tff', 'fast'):
+    workdir = str(tmp_path_factory.mktemp(f'quickstart_{backend}'))
+    rows, printed = [], io.StringIO()
+    printer = cli.RoundPrinter(ROUNDS, stream=printed)
+    fedtff.run_experiment(quickstart_config(backend), workdir,
+                          progress_fn=lambda row: (rows.append(row), printer(row)))
+    runs[backend] = (workdir, rows, printed.getvalue())
+  return runs
+
+
+def test_fedavg_rows_equal_the_tff_backend(quickstart_runs):
+  tff_dir, _, _ = quickstart_runs['tff']
+  fast_dir, fast_rows, printed = quickstart_runs['fast']
+  assert header_of(fast_dir) == header_of(tff_dir)
+  assert_same_rows(rows_of(tff_dir), rows_of(fast_dir), tolerance=1e-4)
+  assert [r['train/loss'] for r in fast_rows] == pytest.approx(
+      [r['train/loss'] for r in rows_of(fast_dir)])
+  lines = printed.splitlines()
+  assert len(lines) == ROUNDS and lines[0].startswith(f'round  1/{ROUNDS}  loss ')
+  assert 'test accuracy' in lines[CHECKPOINT_EVERY - 1] and 'ETA' in lines[-1]
+
+
+def test_shortened_quickstart_reaches_the_tff_accuracy(quickstart_runs):
+  final = {backend: rows_of(workdir)[-1] for backend, (workdir, _, _) in quickstart_runs.items()}
+  assert final['tff']['eval/accuracy'] > 0.7  # Training got somewhere in ROUNDS rounds.
+  assert final['fast']['eval/accuracy'] == pytest.approx(final['tff']['eval/accuracy'], abs=0.005)
+
+
+@pytest.mark.parametrize('written_on, resumed_on', [('fast', 'fast'), ('fast', 'tff'),
+                                                    ('tff', 'fast')])
+def test_resume_from_a_checkpoint_on_either_backend(quickstart_runs, tmp_path, written_on,
+                                                    resumed_on):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(quickstart_runs[written_on][0], workdir)
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  os.remove(os.path.join(checkpoint_dir, f'round-{ROUNDS:06d}.npz'))  # Killed before it.
+  assert checkpoints.rounds(checkpoint_dir) == [CHECKPOINT_EVERY]
+  summary = fedtff.run_experiment(quickstart_config(resumed_on), workdir)
+  assert summary['rounds_completed'] == ROUNDS
+  tolerance = 1e-6 if written_on == resumed_on else 1e-4
+  assert_same_rows(rows_of(quickstart_runs[written_on][0]), rows_of(workdir), tolerance)
+  assert evaluate.load_config(workdir).backend == resumed_on
+
+
+def test_fedprox_rows_equal_fedtffs_tff_fedprox(tmp_path):
+  """configs/fedprox.py (FedProx, mu=1, L2-regularized logistic regression), shortened."""
+  rows = {}
+  for backend in ('tff', 'fast'):
+    config = fedprox.get_config('synthetic_1_1:fedprox')
+    config.backend = backend
+    config.total_rounds = 2
+    config.clients_per_round = 5
+    config.data.client_epochs = 1
+    fedtff.run_experiment(config, str(tmp_path / backend))
+    rows[backend] = rows_of(tmp_path / backend)
+  assert_same_rows(rows['tff'], rows['fast'], tolerance=1e-4)
+
+
+def test_dp_accounting_and_divergence_detection(tmp_path):
+  """One DP run whose server step blows the weights up: round 1 is written with
+  the privacy spent and checkpointed, round 2's loss is not finite."""
+  config = small_fast_config(total_rounds=4, rounds_per_eval=2, rounds_per_checkpoint=1)
+  config.algorithm.weighted = False
+  config.aggregator.kind = 'dp'
+  config.aggregator.clip_norm = 1.0
+  config.aggregator.noise_multiplier = 1.0
+  config.server.learning_rate = 1e30
+  with pytest.raises(training.TrainingDivergedError, match=r'Training diverged at round 2: '
+                     r'.*\. The last good checkpoint \(round 1\)'):
+    fedtff.run_experiment(config, str(tmp_path))
+  (row,) = rows_of(tmp_path)
+  tracker = accounting.PrivacyTracker(1.0, 4, 9, None)  # 4 of the 9 training clients.
+  assert row['round'] == 1 and np.isfinite(row['train/loss'])
+  assert row[accounting.EPSILON_METRIC] == pytest.approx(tracker.epsilon(1))
+  assert checkpoints.rounds(tmp_path / 'checkpoints') == [1]
+
+
+REFUSED = {
+    'mimelite': ({'algorithm.name': 'mimelite'}, 'does not implement Mime Lite'),
+    'secure': ({'aggregator.kind': 'secure', 'aggregator.clip_norm': 1.0},
+               "does not implement the 'secure' aggregator"),
+    'schedule': ({'client.lr_schedule': 'exp_decay'},
+                 'does not implement client learning-rate schedules'),
+    'adaptive_clipping': ({'aggregator.kind': 'robust'}, 'does not implement adaptive clipping'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFUSED))
+def test_unsupported_options_are_refused(name, tmp_path):
+  overrides, message = REFUSED[name]
+  config = fedtff.sweeps.point_config(small_fast_config(), overrides)
+  with pytest.raises(fedtff.config.ConfigError, match=message) as raised:
+    fedtff.run_experiment(config, str(tmp_path))
+  assert str(raised.value).endswith("use backend='tff'.") and '\n' not in str(raised.value)
+  assert not checkpoints.rounds(tmp_path / 'checkpoints')
+
+
+def test_unsupported_option_on_the_command_line_is_one_line(tmp_path):
+  result = conftest.run_script(['experiments/train.py', '--config=configs/quickstart.py',
+                                f'--workdir={tmp_path}', '--config.backend=fast',
+                                '--config.algorithm.name=mimelite'])
+  assert result.returncode != 0
+  assert result.stderr == ("train.py: error: The fast backend does not implement Mime Lite; "
+                           "use backend='tff'.\n")
