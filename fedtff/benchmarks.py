@@ -113,7 +113,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str, variant: str,
     log(f'{variant} seed={config.seed}: {e}')
     outputs.atomic_write_text(os.path.join(workdir, DIVERGED), str(e) + '\n')
     return _finished(workdir, 'diverged', variant, config.seed, str(e))
-  except NotImplementedError as e:
+  except (NotImplementedError, config_lib.ConfigError) as e:  # e.g. not on the fast backend.
     log(f'{variant} seed={config.seed}: refused: {e}')
     return Run(variant, config.seed, workdir, 'refused', [], None, str(e))
   return _finished(workdir, 'complete', variant, config.seed)

@@ -56,7 +56,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import grpc
 import tensorflow_federated as tff

@@ -32,8 +32,10 @@ METRICS_JSONL = 'metrics.jsonl'
 SUMMARY = 'summary.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
-# Keys a resumed run may change: more rounds, the backend, or other machines to run on.
-_EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.connect_timeout_s')
+# Keys a resumed run may change: more rounds, the backend, other machines to run
+# on, or how their workers get the data; none of them changes the results.
+_EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.connect_timeout_s',
+                    'data.feed', 'data.feed_dir')
 # Best value of an evaluation metric: the larger or the smaller.
 _BEST = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
 
@@ -51,8 +53,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
 
   Raises:
     fedtff.config.ConfigError: If `workdir` holds a run of a config that
-      differs in more than `total_rounds`, `backend` and `runtime.*`, and
-      `overwrite` is False.
+      differs in more than `_EXTENDABLE_KEYS` (keys missing from the earlier
+      config count as their defaults), and `overwrite` is False.
     OSError: If `workdir` cannot be written.
   """
   outputs.ensure_writable_dir(workdir)
@@ -60,7 +62,7 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
   new = json.loads(config_lib.to_json(config))
   if os.path.exists(path) and not overwrite:
     with open(path) as f:
-      differences = [d for d in config_lib.differences(json.load(f), new)
+      differences = [d for d in config_lib.differences(_with_defaults(json.load(f)), new)
                      if d.partition(':')[0] not in _EXTENDABLE_KEYS]
     if differences:
       raise config_lib.ConfigError(
@@ -69,6 +71,12 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
   if overwrite:
     _clear(workdir)
   outputs.atomic_write_text(path, config_lib.to_json(config) + '\n')
+
+
+def _with_defaults(old_config: Dict[str, Any]) -> Dict[str, Any]:
+  """An earlier run's config, with the schema's defaults for keys added since."""
+  defaults = json.loads(json.dumps(config_lib.schema_defaults()))  # Tuples as in JSON.
+  return dict(defaults, **dict(config_lib.leaves(old_config)))
 
 
 @contextlib.contextmanager

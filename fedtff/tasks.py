@@ -385,10 +385,14 @@ def feed(config: ml_collections.ConfigDict) -> str:
   Per-client files are fastest (docs/data.md) but a worker must be able to
   open them: on this machine, or under a `data.feed_dir` every worker sees.
   """
-  if config.data.feed != 'auto':
-    return config.data.feed
   hosts = [runtime.parse_address(w)[0] for w in config.runtime.workers]
   remote = [h for h in hosts if h not in _LOOPBACK_HOSTS and not h.startswith('127.')]
+  if config.data.feed == 'file' and remote and not config.data.feed_dir:
+    raise ValueError(f"data.feed='file' with a worker on another host ({remote[0]}) needs "
+                     'data.feed_dir on a filesystem every worker mounts, or '
+                     "data.feed='constants' (or 'auto').")
+  if config.data.feed != 'auto':
+    return config.data.feed
   return 'constants' if remote and not config.data.feed_dir else 'file'
 
 

@@ -93,3 +93,10 @@ def test_in_memory_clients_are_fed_by_files_unless_a_worker_is_remote(
   config = fedtff.config.base_config()
   config.runtime.workers, config.data.feed, config.data.feed_dir = workers, feed, feed_dir
   assert tasks.feed(config) == expected
+
+
+def test_file_feed_to_a_remote_worker_needs_a_shared_directory():
+  config = fedtff.config.base_config()
+  config.runtime.workers, config.data.feed = ('host2:8000',), 'file'
+  with pytest.raises(ValueError, match=r"data.feed='file' with a worker on another host \(host2\)"):
+    tasks.feed(config)

@@ -211,9 +211,14 @@ class ClientFiles:
         with open(os.path.join(partial, str(k)), 'wb') as sink:
           for array in (self._arrays if stop > start else []):  # An empty client: empty file.
             sink.write(memoryview(array[start:stop]).cast('B'))
-      if os.path.lexists(path):  # Incomplete (damaged by hand, say): put it aside first.
+      if os.path.lexists(path) and not self._complete(path):
+        # Incomplete (damaged by hand, say): put it aside first. Another
+        # process may have done so already, or completed a set meanwhile.
         stale = partial[:-len('.partial')] + '.stale'
-        os.rename(path, stale)
+        try:
+          os.rename(path, stale)
+        except FileNotFoundError:
+          pass
         shutil.rmtree(stale, ignore_errors=True)
       try:
         os.rename(partial, path)

@@ -336,8 +336,8 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     aggregator: None (mean) or a `fedtff.AggregatorSpec`: 'mean', 'robust'
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
       with a fixed `clip_norm`.
-    jit_compile: Compile the round with XLA (2-3x faster in
-      scripts/bench.py here); False for models XLA cannot compile.
+    jit_compile: Compile the round with XLA (2.0-2.8x faster in
+      scripts/bench.py here, docs/performance.md); False for models XLA cannot compile.
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
