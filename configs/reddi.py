@@ -19,7 +19,6 @@ for the EMNIST autoencoder, recall at 5 for Stack Overflow tag prediction.
 """
 
 from fedtff import config as config_lib
-from fedtff import tasks
 
 ALGORITHMS = ('fedadagrad', 'fedadam', 'fedyogi', 'fedavgm', 'fedavg')
 SERVER_OPTIMIZER = {'fedadagrad': 'adagrad', 'fedadam': 'adam', 'fedyogi': 'yogi',
@@ -69,9 +68,6 @@ EPSILON = {  # Adagrad / Adam / Yogi
     'stackoverflow_tag': (-2, -5, -5),
 }
 VARIANTS = tuple(f'{task}:{algo}' for task in TASKS for algo in ALGORITHMS)
-# Variants that `fedtff.run_experiment` refuses with NotImplementedError, and why.
-REFUSED = {v: tasks.UNSUPPORTED[TASKS[v.split(':')[0]][0]] for v in VARIANTS
-           if TASKS[v.split(':')[0]][0] in tasks.UNSUPPORTED}
 # What tests/test_configs_smoke.py applies before its one-round run: TFF's
 # synthetic stand-in (no cache needed) and as many clients as it has.
 SMOKE_OVERRIDES = {'data.synthetic_standin': True, 'clients_per_round': 2,

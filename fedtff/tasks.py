@@ -39,8 +39,6 @@ ClientData = tff.simulation.datasets.ClientData
 HOSTED_DATASETS = ('emnist_digits', 'emnist_full', 'emnist_autoencoder', 'cifar100',
                    'shakespeare', 'stackoverflow_word', 'stackoverflow_tag')
 DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir') + HOSTED_DATASETS
-# Hosted tasks fedtff cannot build yet, and what each one lacks (none at present).
-UNSUPPORTED: dict = {}
 # The TFF file each hosted task reads, where its name differs. Reddi et al.'s
 # autoencoder trains on all of EMNIST (62 classes), as their code does.
 _HOSTED_FILE = {'emnist_autoencoder': 'emnist_full', 'stackoverflow_word': 'stackoverflow',
@@ -353,8 +351,6 @@ def _stackoverflow_tag_task(config, train, test) -> Task:
 def _hosted_task(config: ml_collections.ConfigDict) -> Task:
   """A task of Reddi et al. (2021) on a TFF hosted dataset (or its stand-in)."""
   name = config.data.dataset
-  if name in UNSUPPORTED:
-    raise NotImplementedError(f'data.dataset={name!r} is not supported yet: {UNSUPPORTED[name]}.')
   train, test = _hosted_splits(config.data)
   if name in ('emnist_digits', 'emnist_full'):
     _check_model(config, ('emnist_cnn', 'fedavg_cnn', 'mlp', 'logistic_regression'))
