@@ -98,9 +98,10 @@ def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggreg
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
 
-def _process_options(config: ml_collections.ConfigDict, task: tasks.Task) -> Dict[str, Any]:
+def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
+                     z: Optional[float]) -> Dict[str, Any]:
   """The builder arguments that `config.algorithm`, `client`, `server` and
-  `aggregator` describe, the same for both backends."""
+  `aggregator` describe (with DP noise multiplier `z`), the same for both backends."""
   algorithm = config.algorithm
   return dict(
       algorithm=algorithm.name,
@@ -110,27 +111,29 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task) -> Dic
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
-      aggregator=_aggregator(config, noise_multiplier(config, task)),
+      aggregator=_aggregator(config, z),
       **task.learning_kwargs())
 
 
-def build_process(config: ml_collections.ConfigDict,
-                  task: tasks.Task) -> tff.learning.templates.LearningProcess:
+def build_process(config: ml_collections.ConfigDict, task: tasks.Task, *,
+                  options: Optional[Dict[str, Any]] = None
+                 ) -> tff.learning.templates.LearningProcess:
   """The learning process that `config.algorithm`, `client`, `server` and
-  `aggregator` describe, built by `fedtff.build_learning_process`."""
-  return algorithms.build_learning_process(task.model_fn, task.element_spec,
-                                           **_process_options(config, task))
+  `aggregator` describe, built by `fedtff.build_learning_process`; `options`
+  are those arguments if already derived from `config`."""
+  options = options or _process_options(config, task, noise_multiplier(config, task))
+  return algorithms.build_learning_process(task.model_fn, task.element_spec, **options)
 
 
-def build_fast_process(config: ml_collections.ConfigDict,
-                       task: tasks.Task) -> fast.FastLearningProcess:
+def build_fast_process(config: ml_collections.ConfigDict, task: tasks.Task, *,
+                       options: Optional[Dict[str, Any]] = None) -> fast.FastLearningProcess:
   """`build_process`'s process on the fast backend (`fedtff.fast.build_fast_process`).
 
   Raises:
     fedtff.config.ConfigError: If the config asks for something the fast
       backend does not implement (one sentence naming it and backend='tff').
   """
-  options = _process_options(config, task)
+  options = options or _process_options(config, task, noise_multiplier(config, task))
   try:
     return fast.build_fast_process(task.model_fn, task.element_spec, **options)
   except ValueError as e:  # What fast does not implement: "...; use backend='tff'."
@@ -184,16 +187,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   config_lib.validate(config)
   run_dir.prepare(workdir, config, overwrite=overwrite)
   task = tasks.build_task(config)
-  backend = _backend(config, task)
-  tracker = _privacy_tracker(config, task)
+  z = noise_multiplier(config, task)
+  backend = _backend(config, task, _process_options(config, task, z))
+  tracker = _privacy_tracker(config, task, z)
   with distributed.runtime_for(config.runtime, workdir):
     total_time_s = _train(config, task, backend, workdir, progress_fn, tracker)
   extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
   return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
 
-def _privacy_tracker(config, task) -> Optional[accounting.PrivacyTracker]:
-  z = noise_multiplier(config, task)
+def _privacy_tracker(config, task, z: Optional[float]) -> Optional[accounting.PrivacyTracker]:
   if z is None:
     return None
   return accounting.PrivacyTracker(z, config.clients_per_round, len(task.train_data.client_ids),
@@ -240,13 +243,16 @@ class _FastRounds:
     return self._process.get_model_weights(state)
 
 
-def _backend(config, task) -> _Backend:
-  """The processes of `config.backend`: the one place where the backends differ."""
+def _backend(config, task, options: Dict[str, Any]) -> _Backend:
+  """The processes of `config.backend` built from the builder `options`: the one
+  place where the backends differ."""
   if config.backend == 'fast':
-    fast_process = build_fast_process(config, task)  # First: its refusals come before TFF builds.
-    return _Backend(build_process(config, task), _FastRounds(fast_process, task.train_data),
+    # First: its refusals come before TFF builds.
+    fast_process = build_fast_process(config, task, options=options)
+    return _Backend(build_process(config, task, options=options),
+                    _FastRounds(fast_process, task.train_data),
                     fast_process.from_tff_state, fast_process.to_tff_state)
-  process = build_process(config, task)
+  process = build_process(config, task, options=options)
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
       task.train_data.dataset_computation, process)
   return _Backend(process, composed, lambda state: state, lambda state, _: state)
