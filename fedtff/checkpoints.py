@@ -4,7 +4,9 @@ A checkpoint is `<dir>/round-<N>.npz` holding the flattened server state (every
 leaf as a numpy array) plus the round number and the run's elapsed seconds.
 It is written to a temporary file, fsynced and renamed into place, so a
 `kill -9` mid-write leaves the previous checkpoint intact; partial files are
-ignored and removed on the next start.
+ignored and removed on the next start. A checkpoint damaged after it was
+written (truncated, emptied, overwritten) is named, set aside as
+`<name>.damaged`, and the newest intact one is restored instead.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import glob
 import os
 import re
 import tempfile
-from typing import Any, Optional, Tuple
+import zipfile
+from typing import Any, NamedTuple, Optional, Tuple
+
+from absl import logging
 
 import numpy as np
 import tensorflow as tf
@@ -40,7 +45,18 @@ def _fsync_dir(directory: str) -> None:
 
 def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
          keep: int = 2) -> str:
-  """Atomically writes `state` after `round_num`; keeps the newest `keep` files."""
+  """Atomically writes `state` after `round_num`.
+
+  Args:
+    directory: The checkpoint directory (created if needed).
+    round_num: The round the state is after.
+    state: The server state.
+    elapsed_s: The run's training seconds so far.
+    keep: Keep the newest `keep` checkpoints (this one included) and delete
+      older ones; 0 keeps every checkpoint.
+  """
+  if keep < 0:
+    raise ValueError(f'keep must be 0 (keep every checkpoint) or positive, got {keep}.')
   os.makedirs(directory, exist_ok=True)
   arrays = {f'leaf_{i:05d}': np.asarray(leaf) for i, leaf in enumerate(tf.nest.flatten(state))}
   arrays[_ROUND_KEY] = np.asarray(round_num)
@@ -57,7 +73,7 @@ def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
-  for old_round in rounds(directory)[:-keep]:
+  for old_round in (rounds(directory)[:-keep] if keep else []):
     os.remove(_path(directory, old_round))
   return _path(directory, round_num)
 
@@ -66,12 +82,6 @@ def rounds(directory: str) -> list:
   """The rounds that have a checkpoint in `directory`, ascending."""
   found = [_PATTERN.search(p) for p in glob.glob(os.path.join(directory, 'round-*.npz'))]
   return sorted(int(m.group(1)) for m in found if m)
-
-
-def remove_partial_files(directory: str) -> None:
-  """Deletes temporary files that an interrupted `save` left behind."""
-  for path in glob.glob(os.path.join(directory, '.tmp-*')):
-    os.remove(path)
 
 
 def _restore_leaf(template_leaf: Any, array: np.ndarray) -> Any:
@@ -91,8 +101,53 @@ def _check_leaf(index: int, template_leaf: Any, array: np.ndarray) -> None:
         f'{expected}; was the checkpoint written with another model or algorithm?')
 
 
-def restore_latest(directory: str, template: Any) -> Optional[Tuple[Any, int, float]]:
-  """Returns `(state, round_num, elapsed_s)` of the newest checkpoint, or None.
+class DamagedCheckpointError(ValueError):
+  """No checkpoint in a directory could be read."""
+
+
+class Restored(NamedTuple):
+  """A restored checkpoint: the state, its round and the run's elapsed seconds.
+
+  `damaged` lists the newer checkpoint files that could not be read (each
+  renamed to `<name>.damaged`) and why.
+  """
+  state: Any
+  round_num: int
+  elapsed_s: float
+  damaged: Tuple[str, ...] = ()
+
+
+def _load(path: str, template: Any) -> Restored:
+  """Reads one checkpoint into `template`'s structure (every array read in full)."""
+  with np.load(path, allow_pickle=False) as saved:
+    template_leaves = tf.nest.flatten(template)
+    keys = sorted(k for k in saved.files if k.startswith('leaf_'))
+    if len(keys) != len(template_leaves):
+      raise CheckpointMismatchError(
+          f'Checkpoint {path} holds {len(keys)} state leaves, the process state has '
+          f'{len(template_leaves)}; was it written with another model or algorithm?')
+    leaves = []
+    for index, (key, template_leaf) in enumerate(zip(keys, template_leaves)):
+      _check_leaf(index, template_leaf, saved[key])
+      leaves.append(_restore_leaf(template_leaf, saved[key]))
+    state = tf.nest.pack_sequence_as(template, leaves)
+    return Restored(state, int(saved[_ROUND_KEY]), float(saved[_ELAPSED_KEY]))
+
+
+def _why_unreadable(error: Exception) -> str:
+  if isinstance(error, ValueError) and 'pickled' in str(error):
+    return 'not a checkpoint (random or foreign bytes)'
+  if isinstance(error, (EOFError, zipfile.BadZipFile)) or 'zip' in str(error).lower():
+    return f'truncated or not a zip archive ({error or type(error).__name__})'
+  return f'{type(error).__name__}: {error}'
+
+
+def restore_latest(directory: str, template: Any) -> Optional[Restored]:
+  """Returns the newest checkpoint that can be read, or None if there is none.
+
+  A checkpoint that cannot be read (truncated, empty, foreign bytes) is
+  renamed to `<name>.damaged`, logged with the file named, and the next older
+  one is tried.
 
   Args:
     directory: The checkpoint directory.
@@ -100,21 +155,25 @@ def restore_latest(directory: str, template: Any) -> Optional[Tuple[Any, int, fl
       whose structure the saved leaves are packed into.
 
   Raises:
-    CheckpointMismatchError: If the checkpoint does not fit `template`.
+    CheckpointMismatchError: If a readable checkpoint does not fit `template`.
+    DamagedCheckpointError: If checkpoints exist but none can be read.
   """
-  available = rounds(directory)
-  if not available:
-    return None
-  with np.load(_path(directory, available[-1]), allow_pickle=False) as saved:
-    template_leaves = tf.nest.flatten(template)
-    keys = sorted(k for k in saved.files if k.startswith('leaf_'))
-    if len(keys) != len(template_leaves):
-      raise CheckpointMismatchError(
-          f'Checkpoint holds {len(keys)} state leaves, the process state has '
-          f'{len(template_leaves)}; was it written with another model or algorithm?')
-    leaves = []
-    for index, (key, template_leaf) in enumerate(zip(keys, template_leaves)):
-      _check_leaf(index, template_leaf, saved[key])
-      leaves.append(_restore_leaf(template_leaf, saved[key]))
-    state = tf.nest.pack_sequence_as(template, leaves)
-    return state, int(saved[_ROUND_KEY]), float(saved[_ELAPSED_KEY])
+  damaged = []
+  for round_num in reversed(rounds(directory)):
+    path = _path(directory, round_num)
+    try:
+      restored = _load(path, template)
+    except CheckpointMismatchError:
+      raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      damaged.append(f'{path}: {_why_unreadable(e)}')
+      logging.warning('Checkpoint %s cannot be read (%s); kept as %s.damaged, trying an older '
+                      'one.', path, _why_unreadable(e), os.path.basename(path))
+      os.replace(path, path + '.damaged')
+      continue
+    return restored._replace(damaged=tuple(damaged))
+  if damaged:
+    raise DamagedCheckpointError(
+        f'No checkpoint in {directory} can be read ({"; ".join(damaged)}); pass --overwrite to '
+        'start the run over.')
+  return None

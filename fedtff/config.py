@@ -168,12 +168,25 @@ def validate(config: Any) -> None:
   for key in ('total_rounds', 'clients_per_round', 'rounds_per_eval', 'rounds_per_checkpoint'):
     if config[key] < 1:
       raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
+  _check_run_directory_options(config)
   _check_algorithm(config['algorithm'], config['server'])
   _check_privacy(config)
   if config['backend'] == 'fast' and config['runtime']['workers']:
     raise ConfigError("runtime.workers needs backend='tff': the fast backend runs on this "
                       'machine only.')
   _check_runtime(config['runtime'])
+
+
+def _check_run_directory_options(config: Mapping[str, Any]) -> None:
+  keep = config['output']['checkpoints_to_keep']
+  if keep < 0:
+    raise ConfigError(f'Config key output.checkpoints_to_keep must be 0 (keep every checkpoint) '
+                      f'or a positive number of newest checkpoints to keep, got {keep}.')
+  data = config['data']
+  if data['num_test_clients'] and data['test_fraction']:
+    raise ConfigError('Config keys data.num_test_clients and data.test_fraction are both set; '
+                      'evaluate on held-out clients or on a held-out share of each client, '
+                      'and set the other to 0.')
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:

@@ -9,7 +9,6 @@ metrics equal the `eval/<name>` columns the run logged for that round.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict
 
@@ -18,6 +17,7 @@ import ml_collections
 from fedtff import checkpoints
 from fedtff import config as config_lib
 from fedtff import experiment
+from fedtff import outputs
 from fedtff import run_dir
 from fedtff import runtime
 from fedtff import tasks
@@ -38,8 +38,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'Run directory {workdir} does not exist.')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} is not a run directory: it has no {run_dir.CONFIG}.')
-  with open(path) as f:
-    saved = json.load(f)
+  saved = outputs.read_json_object(path)
   config = config_lib.base_config()
   config.update(saved)
   config_lib.validate(config)
@@ -56,8 +55,12 @@ def evaluate_checkpoint(workdir: str) -> Dict[str, float]:
     `{'round': N, 'eval/accuracy': ..., 'eval/loss': ..., ...}`: the
     checkpoint's round and the evaluation metrics, named as in metrics.csv.
 
+  A damaged newer checkpoint is set aside (`fedtff.checkpoints.restore_latest`)
+  and the newest intact one evaluated; the returned `round` says which.
+
   Raises:
     FileNotFoundError: If `workdir`, its config.json or any checkpoint is missing.
+    fedtff.checkpoints.DamagedCheckpointError: If no checkpoint can be read.
     fedtff.config.ConfigError: If the saved config does not fit the schema.
     fedtff.checkpoints.CheckpointMismatchError: If the checkpoint does not fit
       the process that the config builds.
@@ -69,6 +72,6 @@ def evaluate_checkpoint(workdir: str) -> Dict[str, float]:
   task = tasks.build_task(config)
   process = experiment.build_process(config, task)
   with runtime.local_runtime():
-    state, round_num, _ = checkpoints.restore_latest(checkpoint_dir, process.initialize())
-    metrics = experiment.evaluation_fn(task, process)(state, round_num)
-  return {'round': round_num, **metrics}
+    restored = checkpoints.restore_latest(checkpoint_dir, process.initialize())
+    metrics = experiment.evaluation_fn(task, process)(restored.state, restored.round_num)
+  return {'round': restored.round_num, **metrics}

@@ -181,19 +181,45 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     fedtff.config.ConfigError: If the config does not fit the schema, or
       differs from the one `workdir` was run with (beyond `total_rounds`).
     OSError: If `workdir` cannot be written.
+    fedtff.run_dir.RunDirectoryError: If another process is writing
+      `workdir`, `total_rounds` is below its completed rounds, or its metric
+      files do not cover its newest checkpoint.
+    fedtff.checkpoints.DamagedCheckpointError: If `workdir` has checkpoints
+      but none can be read (a damaged newer one is set aside and an older
+      intact one restored otherwise).
     fedtff.training.TrainingDivergedError: If the loss becomes NaN or
       infinite; the last good checkpoint is kept.
   """
   config_lib.validate(config)
-  run_dir.prepare(workdir, config, overwrite=overwrite)
+  run_dir.check_config(workdir, config, overwrite=overwrite)  # Cheap refusals first.
   task = tasks.build_task(config)
+  check_task(config, task)
   z = noise_multiplier(config, task)
   backend = _backend(config, task, _process_options(config, task, z))
   tracker = _privacy_tracker(config, task, z)
-  with distributed.runtime_for(config.runtime, workdir):
-    total_time_s = _train(config, task, backend, workdir, progress_fn, tracker)
-  extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
-  return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+  with run_dir.lock(workdir):  # Everything above is validation: nothing was written.
+    finished = None if overwrite else run_dir.completed_summary(workdir, config)
+    if finished is not None:
+      return finished
+    run_dir.prepare(workdir, config, overwrite=overwrite)
+    with distributed.runtime_for(config.runtime, workdir):
+      total_time_s = _train(config, task, backend, workdir, progress_fn, tracker)
+    extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
+    return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+
+
+def check_task(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
+  """Refuses a config that does not fit its task, before anything runs.
+
+  Raises:
+    fedtff.config.ConfigError: If `clients_per_round` exceeds the task's
+      training clients.
+  """
+  num_clients = len(task.train_data.client_ids)
+  if config.clients_per_round > num_clients:
+    raise config_lib.ConfigError(
+        f'Config key clients_per_round is {config.clients_per_round}, but the task has '
+        f'{num_clients} training clients; choose at most {num_clients}.')
 
 
 def _privacy_tracker(config, task, z: Optional[float]) -> Optional[accounting.PrivacyTracker]:
@@ -258,15 +284,14 @@ def _backend(config, task, options: Dict[str, Any]) -> _Backend:
   return _Backend(process, composed, lambda state: state, lambda state, _: state)
 
 
-def _initial_state(config, task, process, checkpoint_dir: str):
-  """`(TFF state, last_round, elapsed_s)` from the newest checkpoint, or round 0."""
-  checkpoints.remove_partial_files(checkpoint_dir)
+def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Restored:
+  """The newest intact checkpoint's state (as a TFF state), or the initial one at round 0."""
   template = process.initialize()
   restored = checkpoints.restore_latest(checkpoint_dir, template)
   if restored is not None:
     return restored
   weights = tff_model.initial_weights(task.model_fn, config.seed)
-  return process.set_model_weights(template, weights), 0, 0.0
+  return checkpoints.Restored(process.set_model_weights(template, weights), 0, 0.0)
 
 
 def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) -> float:
@@ -274,8 +299,10 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) 
   start = time.perf_counter()
   evaluate = evaluation_fn(task, backend.rounds)
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
-  tff_state, last_round, elapsed_s = _initial_state(config, task, backend.tff_process,
-                                                    checkpoint_dir)
+  tff_state, last_round, elapsed_s, _ = _initial_state(config, task, backend.tff_process,
+                                                       checkpoint_dir)
+  rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
+                              total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
              + training.metric_names(backend.tff_process, training.train_metrics)
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if tracker else []))
@@ -285,7 +312,7 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) 
   save = lambda round_num, state: checkpoints.save(
       checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
       elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep)
-  with run_dir.metric_writers(workdir, columns, last_round=last_round or None,
+  with run_dir.metric_writers(workdir, columns, rows=rows,
                               tensorboard=config.output.tensorboard) as writers:
     try:
       training.run_training(

@@ -3,18 +3,20 @@
 `atomic_write_text` writes to a temporary file in the same directory, fsyncs
 it and renames it over the target, so a reader (or a resumed run) sees the old
 file or the new one, never a torn one. `MetricsCsv` and `JsonLines` append one
-fsynced row per round; on resume they drop the rows after the checkpoint.
+fsynced row per round, and start from the rows a resumed run keeps.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 
 def _umask() -> int:
@@ -76,56 +78,70 @@ class MetricsCsv:
 
   Args:
     path: The CSV file.
-    columns: The header; an existing file must have the same one.
-    last_round: When resuming, rows after this round are dropped (they are
-      recomputed); `None` starts a new file.
+    columns: The header.
+    rows: The rows it starts with (after a resume, those up to the
+      checkpoint); the file is rewritten atomically with them.
   """
 
-  def __init__(self, path: str, columns: Sequence[str], *, last_round: Optional[int] = None):
+  def __init__(self, path: str, columns: Sequence[str], *, rows: Sequence[Mapping[str, Any]] = ()):
     self.path = path
     self.columns = list(columns)
-    header = ','.join(self.columns) + '\n'
-    if last_round is None or not os.path.exists(path):
-      atomic_write_text(path, header)
-      return
-    with open(path, newline='') as f:
-      lines = f.readlines()
-    if not lines or lines[0] != header:
-      raise ValueError(f'{path} has other columns than this run writes; cannot resume into it.')
-    kept = [l for l in lines[1:] if l.endswith('\n') and int(float(l.split(',')[0])) <= last_round]
-    atomic_write_text(path, header + ''.join(kept))
+    atomic_write_text(path, ''.join([_csv_line(self.columns)] +
+                                    [self._line(row) for row in rows]))
 
-  def write(self, row: Mapping[str, Any]) -> None:
+  def _line(self, row: Mapping[str, Any]) -> str:
     unknown = set(row) - set(self.columns)
     if unknown:
       raise ValueError(f'Metrics {sorted(unknown)} are not columns of {self.path}.')
-    buffer = io.StringIO()
-    csv.writer(buffer).writerow([_cell(row.get(c)) for c in self.columns])
-    _append_line(self.path, buffer.getvalue().replace('\r\n', '\n'))
+    return _csv_line([_cell(row.get(c)) for c in self.columns])
+
+  def write(self, row: Mapping[str, Any]) -> None:
+    _append_line(self.path, self._line(row))
+
+
+def _csv_line(cells: Sequence[str]) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer).writerow(cells)
+  return buffer.getvalue().replace('\r\n', '\n')
 
 
 class JsonLines:
-  """Appends one fsynced JSON object per round; resumes like `MetricsCsv`."""
+  """Appends one fsynced JSON object per round; starts with `rows` like `MetricsCsv`."""
 
-  def __init__(self, path: str, *, last_round: Optional[int] = None):
+  def __init__(self, path: str, *, rows: Sequence[Mapping[str, Any]] = ()):
     self.path = path
-    if last_round is None or not os.path.exists(path):
-      atomic_write_text(path, '')
-      return
-    with open(path) as f:
-      kept = [l for l in f if l.endswith('\n') and json.loads(l)['round'] <= last_round]
-    atomic_write_text(path, ''.join(kept))
+    atomic_write_text(path, ''.join(_json_line(row) for row in rows))
 
   def write(self, row: Mapping[str, Any]) -> None:
-    _append_line(self.path, json.dumps(dict(row)) + '\n')
+    _append_line(self.path, _json_line(row))
+
+
+def _json_line(row: Mapping[str, Any]) -> str:
+  """One row as a JSON line; empty cells (None) are left out, as in a live row."""
+  return json.dumps({k: v for k, v in row.items() if v is not None}) + '\n'
 
 
 class TensorBoardScalars:
-  """Writes every numeric metric as a TensorBoard scalar, step = round."""
+  """Writes every numeric metric as a TensorBoard scalar, step = round.
 
-  def __init__(self, directory: str):
+  Args:
+    directory: The event-file directory.
+    rows: The rows it starts with. The directory is replaced by one holding
+      exactly these rows' scalars (built aside and renamed into place), so a
+      resumed run never shows a round twice.
+  """
+
+  def __init__(self, directory: str, *, rows: Sequence[Mapping[str, Any]] = ()):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self._tf = tf
+    parent = os.path.dirname(os.path.abspath(directory))
+    fresh = tempfile.mkdtemp(dir=parent, prefix='.tmp-tensorboard-')
+    self._writer = tf.summary.create_file_writer(fresh)
+    for row in rows:
+      self.write(row)
+    self.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(fresh, directory)
     self._writer = tf.summary.create_file_writer(directory)
 
   def write(self, row: Mapping[str, Any]) -> None:
@@ -145,7 +161,74 @@ def _parse_cell(column: str, cell: str):
   return int(float(cell)) if column == 'round' else float(cell)
 
 
+class MetricsFileError(ValueError):
+  """A metrics file that cannot be parsed; the message names the file and line."""
+
+
 def read_metrics_csv(path: str) -> list:
-  """Reads a metrics CSV into dicts: `round` an int, others floats, empty cells None."""
+  """Reads a metrics CSV into dicts: `round` an int, others floats, empty cells None.
+
+  Raises:
+    MetricsFileError: If a line cannot be parsed (naming the file and line).
+  """
   with open(path, newline='') as f:
-    return [{k: _parse_cell(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    lines = f.readlines()
+  if lines and not lines[-1].endswith('\n'):
+    lines.pop()  # Torn by a crash mid-append; the round is recomputed.
+  reader = csv.DictReader(lines)
+  rows = []
+  try:
+    for row in reader:
+      if None in row or None in row.values():
+        raise ValueError('it has another number of cells than the header')
+      rows.append({k: _parse_cell(k, v) for k, v in row.items()})
+  except (ValueError, csv.Error) as e:
+    raise MetricsFileError(f'{path} line {reader.line_num} cannot be parsed: {e}.') from None
+  return rows
+
+
+def read_metrics_jsonl(path: str) -> list:
+  """Reads a metrics JSON-lines file into dicts (a torn last line is dropped).
+
+  Raises:
+    MetricsFileError: If a complete line is not a JSON object with a `round`.
+  """
+  rows = []
+  with open(path) as f:
+    for number, line in enumerate(f, start=1):
+      if not line.endswith('\n'):
+        break  # Torn by a crash mid-append; the round is recomputed.
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get('round'), int):
+          raise ValueError('expected a JSON object with an integer "round"')
+      except ValueError as e:
+        raise MetricsFileError(f'{path} line {number} cannot be parsed: {e}.') from None
+      rows.append(row)
+  return rows
+
+
+def read_json_object(path: str) -> dict:
+  """Reads a JSON file that must hold an object.
+
+  Raises:
+    MetricsFileError: If it is not valid JSON or not an object (naming the file).
+  """
+  with open(path) as f:
+    text = f.read()
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise MetricsFileError(f'{path} is not valid JSON: {e}.') from None
+  if not isinstance(value, dict):
+    raise MetricsFileError(f'{path} must hold a JSON object, got {type(value).__name__}.')
+  return value
+
+
+def remove_partial_files(directory: str) -> None:
+  """Deletes the `.tmp-*` files and directories an interrupted atomic write left."""
+  for path in glob.glob(os.path.join(directory, '.tmp-*')):
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      os.remove(path)

@@ -22,7 +22,6 @@ import copy
 import csv
 import io
 import itertools
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -164,26 +163,15 @@ def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collecti
   return config
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def is_complete(workdir: str, config: ml_collections.ConfigDict) -> bool:
   """Whether `workdir` holds a run of `config` that finished all its rounds."""
-  summary_path = os.path.join(workdir, run_dir.SUMMARY)
-  config_path = os.path.join(workdir, run_dir.CONFIG)
-  if not (os.path.isfile(summary_path) and os.path.isfile(config_path)):
-    return False
-  if config_lib.differences(_read_json(config_path), json.loads(config_lib.to_json(config))):
-    return False
-  return _read_json(summary_path)['rounds_completed'] == config.total_rounds
+  return run_dir.completed_summary(workdir, config) is not None
 
 
 def run_results(workdir: str, status: str) -> Dict[str, Any]:
   """The summary of a run: summary.json, or for a diverged run one from metrics.csv."""
   if status == 'complete':
-    return _read_json(os.path.join(workdir, run_dir.SUMMARY))
+    return outputs.read_json_object(os.path.join(workdir, run_dir.SUMMARY))
   rows = outputs.read_metrics_csv(os.path.join(workdir, run_dir.METRICS_CSV))
   return {'final': rows[-1] if rows else {}, 'best': run_dir.best_metrics(rows),
           'total_time_s': None}

@@ -204,12 +204,17 @@ def test_only_directories_of_dead_processes_are_stale(tmp_path):
   old = directory('fedtff-feed-999999999-d', lock=False, age_s=120)
   alive = directory(f'fedtff-feed-{os.getpid()}-e', lock=False, age_s=120)
   other = directory('something-else')
+  # Crashed between creating a directory under its hidden name and renaming it:
+  unnamed_locked = directory('.fedtff-feed-3-f')
+  unnamed_unlocked = directory('.fedtff-feed-999999999-g', lock=False, age_s=120)
+  unnamed_alive = directory(f'.fedtff-feed-{os.getpid()}-h', lock=False, age_s=120)
   with open(held / '.lock', 'rb') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # As its living owner does.
     removed = feed_lib.remove_stale_directories(str(tmp_path))
-  assert sorted(removed) == sorted([str(unlocked), str(old)])
-  assert [p.exists() for p in (unlocked, held, young, old, alive, other)] == [
-      False, True, True, False, True, True]
+  assert sorted(removed) == sorted(
+      [str(unlocked), str(old), str(unnamed_locked), str(unnamed_unlocked)])
+  assert [p.exists() for p in (unlocked, held, young, old, alive, other, unnamed_alive)] == [
+      False, True, True, False, True, True, True]
 
 
 def test_a_forked_child_does_not_remove_its_parents_directory(tmp_path):

@@ -95,7 +95,7 @@ def _unlocked_and_abandoned(path: str) -> bool:
   try:
     if time.time() - os.path.getmtime(path) < _UNLOCKED_GRACE_S:
       return False
-    os.kill(int(os.path.basename(path)[len(_PREFIX):].split('-')[0]), 0)
+    os.kill(int(os.path.basename(path).lstrip('.')[len(_PREFIX):].split('-')[0]), 0)
   except (OSError, ValueError) as e:
     return isinstance(e, ProcessLookupError)
   return False  # The process lives (or reuses the id): keep it.
@@ -105,11 +105,17 @@ def remove_stale_directories(parent: Optional[str] = None) -> List[str]:
   """Removes the feed directories of processes that are gone; returns them.
 
   A directory is stale when its `.lock` can be locked (its owner died), or
-  when it has no `.lock` (left by a version of this module without locks),
-  is older than a minute and no process has the id in its name.
+  when it has no `.lock` (left by a version of this module without locks, or
+  by a crash before the lock was taken), is older than a minute and no
+  process has the id in its name. Directories still under their hidden
+  temporary name (`.fedtff-feed-*`, a crash between creating and naming
+  them) are included.
   """
   removed = []
-  for path in glob.glob(os.path.join(parent or tempfile.gettempdir(), f'{_PREFIX}*')):
+  parent = parent or tempfile.gettempdir()
+  # Hidden names are directories not yet renamed into place (a crash in between).
+  for path in glob.glob(os.path.join(parent, f'{_PREFIX}*')) + glob.glob(
+      os.path.join(parent, f'.{_PREFIX}*')):
     if path == _process_dir or not os.path.isdir(path):
       continue
     try:
