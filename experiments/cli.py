@@ -104,14 +104,18 @@ class RoundPrinter:
     self._round_times = []
 
   def __call__(self, row) -> None:
-    self._round_times.append(row['round_time_s'])
-    recent = self._round_times[-10:]
-    seconds_per_round = sum(recent) / len(recent)
-    eta_s = seconds_per_round * (self._total_rounds - row['round'])
-    line = (f"round {row['round']:>{len(str(self._total_rounds))}}/{self._total_rounds}"
-            f"  loss {row.get('train/loss', float('nan')):.4f}"
-            f"  accuracy {row.get('train/accuracy', float('nan')):.4f}")
+    line = f"round {row['round']:>{len(str(self._total_rounds))}}/{self._total_rounds}"
+    if 'train/loss' in row:  # A DP run withholds the client-derived columns by default.
+      line += (f"  loss {row['train/loss']:.4f}"
+               f"  accuracy {row.get('train/accuracy', float('nan')):.4f}")
     if 'eval/accuracy' in row:
       line += f"  test accuracy {row['eval/accuracy']:.4f}"
-    line += f'  {seconds_per_round:.2f} s/round  ETA {eta_s:.0f} s'
+    if 'privacy/epsilon' in row:
+      line += f"  epsilon {row['privacy/epsilon']:.3f}"
+    if 'round_time_s' in row:
+      self._round_times.append(row['round_time_s'])
+      recent = self._round_times[-10:]
+      seconds_per_round = sum(recent) / len(recent)
+      eta_s = seconds_per_round * (self._total_rounds - row['round'])
+      line += f'  {seconds_per_round:.2f} s/round  ETA {eta_s:.0f} s'
     print(line, file=self._stream, flush=True)

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 import zipfile
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 from absl import logging
 
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 _PATTERN = re.compile(r'round-(\d+)\.npz$')
-_ROUND_KEY, _ELAPSED_KEY = '__round__', '__elapsed_s__'
+_ROUND_KEY, _ELAPSED_KEY, _META_PREFIX = '__round__', '__elapsed_s__', '__meta__'
 
 
 class CheckpointMismatchError(ValueError):
@@ -44,7 +44,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
-         keep: int = 2) -> str:
+         keep: int = 2, metadata: Optional[Mapping[str, str]] = None) -> str:
   """Atomically writes `state` after `round_num`.
 
   Args:
@@ -54,6 +54,8 @@ def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
     elapsed_s: The run's training seconds so far.
     keep: Keep the newest `keep` checkpoints (this one included) and delete
       older ones; 0 keeps every checkpoint.
+    metadata: Strings saved with the state (e.g. the privacy ledger), given
+      back by `restore_latest` as `Restored.metadata`.
   """
   if keep < 0:
     raise ValueError(f'keep must be 0 (keep every checkpoint) or positive, got {keep}.')
@@ -61,6 +63,7 @@ def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
   arrays = {f'leaf_{i:05d}': np.asarray(leaf) for i, leaf in enumerate(tf.nest.flatten(state))}
   arrays[_ROUND_KEY] = np.asarray(round_num)
   arrays[_ELAPSED_KEY] = np.asarray(elapsed_s)
+  arrays.update({_META_PREFIX + key: np.asarray(value) for key, value in (metadata or {}).items()})
   fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npz')
   try:
     with os.fdopen(fd, 'wb') as f:
@@ -109,12 +112,14 @@ class Restored(NamedTuple):
   """A restored checkpoint: the state, its round and the run's elapsed seconds.
 
   `damaged` lists the newer checkpoint files that could not be read (each
-  renamed to `<name>.damaged`) and why.
+  renamed to `<name>.damaged`) and why; `metadata` holds the strings saved
+  with the state.
   """
   state: Any
   round_num: int
   elapsed_s: float
   damaged: Tuple[str, ...] = ()
+  metadata: Dict[str, str] = {}
 
 
 def _load(path: str, template: Any) -> Restored:
@@ -131,7 +136,9 @@ def _load(path: str, template: Any) -> Restored:
       _check_leaf(index, template_leaf, saved[key])
       leaves.append(_restore_leaf(template_leaf, saved[key]))
     state = tf.nest.pack_sequence_as(template, leaves)
-    return Restored(state, int(saved[_ROUND_KEY]), float(saved[_ELAPSED_KEY]))
+    metadata = {k[len(_META_PREFIX):]: str(saved[k]) for k in saved.files
+                if k.startswith(_META_PREFIX)}
+    return Restored(state, int(saved[_ROUND_KEY]), float(saved[_ELAPSED_KEY]), (), metadata)
 
 
 def _why_unreadable(error: Exception) -> str:

@@ -65,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
       target_unclipped_quantile=0.5))
   config.privacy = ml_collections.ConfigDict(dict(
-      target_epsilon=_optional_float(), delta=_optional_float()))
+      target_epsilon=_optional_float(), delta=_optional_float(),
+      noise_seed=ml_collections.FieldReference(None, field_type=int),
+      publish_client_metrics=False))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
@@ -216,9 +218,15 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
 def _check_privacy(config: Mapping[str, Any]) -> None:
   aggregator, privacy = config['aggregator'], config['privacy']
   if aggregator['kind'] != 'dp':
-    if privacy['target_epsilon'] is not None or privacy['delta'] is not None:
-      raise ConfigError("privacy.target_epsilon and privacy.delta need aggregator.kind='dp'.")
+    if any(privacy[k] is not None for k in ('target_epsilon', 'delta', 'noise_seed')):
+      raise ConfigError("privacy.target_epsilon, privacy.delta and privacy.noise_seed need "
+                        "aggregator.kind='dp'.")
     return
+  seed = privacy['noise_seed']
+  if seed is not None and (config['backend'] != 'fast' or not isinstance(seed, int) or seed < 0):
+    raise ConfigError(f"Config key privacy.noise_seed must be a non-negative integer with "
+                      f"backend='fast' (TFF's DP aggregator draws its own noise), got {seed!r} "
+                      f"with backend={config['backend']!r}.")
   if config['algorithm']['weighted']:
     raise ConfigError("aggregator.kind='dp' needs algorithm.weighted=False: DP-FedAvg's noise is "
                       'calibrated to unweighted averaging.')

@@ -30,6 +30,8 @@ from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
 from fedtff.privacy import accounting
+from fedtff.privacy import ledger
+from fedtff.privacy import run_privacy
 from fedtff import run_dir
 from fedtff import tasks
 from fedtff import training
@@ -195,16 +197,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   task = tasks.build_task(config)
   check_task(config, task)
   z = noise_multiplier(config, task)
-  backend = _backend(config, task, _process_options(config, task, z))
-  tracker = _privacy_tracker(config, task, z)
+  privacy = _run_privacy(config, task, z)
+  backend = _backend(config, task, _process_options(config, task, z), privacy)
   with run_dir.lock(workdir):  # Everything above is validation: nothing was written.
     finished = None if overwrite else run_dir.completed_summary(workdir, config)
     if finished is not None:
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
     with distributed.runtime_for(config.runtime, workdir):
-      total_time_s = _train(config, task, backend, workdir, progress_fn, tracker)
-    extra = {'privacy': _privacy_summary(config, tracker)} if tracker else {}
+      total_time_s = _train(config, task, backend, workdir, progress_fn, privacy)
+    extra = {'privacy': privacy.summary(config.backend)} if privacy else {}
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
 
@@ -222,18 +224,16 @@ def check_task(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
         f'{num_clients} training clients; choose at most {num_clients}.')
 
 
-def _privacy_tracker(config, task, z: Optional[float]) -> Optional[accounting.PrivacyTracker]:
+def _run_privacy(config, task, z: Optional[float]) -> Optional[run_privacy.RunPrivacy]:
+  """The privacy record of a DP run (ledger, noise seed, published metrics), or None."""
   if z is None:
     return None
-  return accounting.PrivacyTracker(z, config.clients_per_round, len(task.train_data.client_ids),
-                                   config.privacy.delta)
-
-
-def _privacy_summary(config, tracker: accounting.PrivacyTracker) -> Dict[str, Any]:
-  return {'epsilon': tracker.epsilon(config.total_rounds), 'delta': tracker.delta,
-          'noise_multiplier': tracker.noise_multiplier, 'num_clients': tracker.num_clients,
-          'clients_per_round': config.clients_per_round,
-          'sampling': 'fixed-size uniform without replacement'}
+  mechanism = ledger.RoundMechanism(
+      noise_multiplier=z, clients_per_round=config.clients_per_round,
+      num_clients=len(task.train_data.client_ids), clip_norm=config.aggregator.clip_norm)
+  return run_privacy.RunPrivacy(mechanism, delta=config.privacy.delta,
+                                noise_seed=config.privacy.noise_seed,
+                                publish_client_metrics=config.privacy.publish_client_metrics)
 
 
 class _Backend(NamedTuple):
@@ -256,27 +256,41 @@ class _Backend(NamedTuple):
 
 class _FastRounds:
   """A fast process fed client ids like TFF's composed process; each training
-  client's batches are read and padded once (`fedtff.fast.PaddedClientData`)."""
+  client's batches are read and padded once (`fedtff.fast.PaddedClientData`).
 
-  def __init__(self, process: fast.FastLearningProcess, client_data):
+  With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`; the
+  round loop calls `next` once per round in order from `start(first_round)`.
+  """
+
+  def __init__(self, process: fast.FastLearningProcess, client_data,
+               privacy: Optional[run_privacy.RunPrivacy]):
     self._process = process
     self._client_data = fast.PaddedClientData(client_data)
+    self._privacy = privacy
+    self._round_num = 1
+
+  def start(self, first_round: int) -> None:
+    self._round_num = first_round
 
   def next(self, state, client_ids):
-    return self._process.next(state, self._client_data.batches(client_ids))
+    noise_seed = self._privacy.round_noise_seed(self._round_num) if self._privacy else None
+    self._round_num += 1
+    return self._process.next(state, self._client_data.batches(client_ids),
+                              noise_seed=noise_seed)
 
   def get_model_weights(self, state):
     return self._process.get_model_weights(state)
 
 
-def _backend(config, task, options: Dict[str, Any]) -> _Backend:
+def _backend(config, task, options: Dict[str, Any],
+             privacy: Optional[run_privacy.RunPrivacy] = None) -> _Backend:
   """The processes of `config.backend` built from the builder `options`: the one
   place where the backends differ."""
   if config.backend == 'fast':
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
     return _Backend(build_process(config, task, options=options),
-                    _FastRounds(fast_process, task.train_data),
+                    _FastRounds(fast_process, task.train_data, privacy),
                     fast_process.from_tff_state, fast_process.to_tff_state)
   process = build_process(config, task, options=options)
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
@@ -294,34 +308,50 @@ def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Re
   return checkpoints.Restored(process.set_model_weights(template, weights), 0, 0.0)
 
 
-def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) -> float:
+def _train(config, task, backend: _Backend, workdir: str, progress_fn,
+           privacy: Optional[run_privacy.RunPrivacy]) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
   evaluate = evaluation_fn(task, backend.rounds)
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
-  tff_state, last_round, elapsed_s, _ = _initial_state(config, task, backend.tff_process,
-                                                       checkpoint_dir)
+  tff_state, last_round, elapsed_s, _, metadata = _initial_state(
+      config, task, backend.tff_process, checkpoint_dir)
+  if privacy:
+    privacy.resume(last_round, metadata)
+  if hasattr(backend.rounds, 'start'):
+    backend.rounds.start(last_round + 1)
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
              + training.metric_names(backend.tff_process, training.train_metrics)
-             + evaluate.metric_names + ([accounting.EPSILON_METRIC] if tracker else []))
+             + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
+  if privacy:
+    columns = privacy.published_columns(columns)
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
-  save = lambda round_num, state: checkpoints.save(
-      checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
-      elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep)
+
+  def save(round_num, state):
+    checkpoints.save(
+        checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
+        elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep,
+        metadata=privacy.checkpoint_metadata() if privacy else None)
+    if privacy:
+      privacy.write_ledger(workdir)
+
   with run_dir.metric_writers(workdir, columns, rows=rows,
                               tensorboard=config.output.tensorboard) as writers:
+    published = lambda row: {k: v for k, v in row.items() if k in columns}
+    writers = [lambda row, write=write: write(published(row))
+               for write in writers + [progress_fn or _skip]]
     try:
       training.run_training(
           backend.rounds, select, total_rounds=config.total_rounds,
           state=backend.from_tff_state(tff_state),
           start_round=last_round + 1, evaluation_fn=evaluate,
-          rounds_per_eval=config.rounds_per_eval, metrics_writers=writers + [progress_fn or _skip],
+          rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=tracker.metrics if tracker else None)
+          round_metrics_fn=privacy.metrics if privacy else None)
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(

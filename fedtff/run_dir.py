@@ -100,7 +100,9 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
       differs in more than `_EXTENDABLE_KEYS` (keys missing from the earlier
       config count as their defaults), and `overwrite` is False.
     RunDirectoryError: If `config.total_rounds` is below the rounds the run
-      has completed (a run can be extended, not shortened).
+      has completed (a run can be extended, not shortened), or differs from
+      the run's in a DP run with `privacy.target_epsilon` (its noise
+      multiplier was chosen for that length).
   """
   saved = _saved_config(workdir)
   if saved is None or overwrite:
@@ -112,6 +114,13 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
     raise config_lib.ConfigError(
         f'{workdir} holds a run with another config ({"; ".join(differences)}); '
         'pass --overwrite to start it over, or choose another --workdir.')
+  if (saved.get('total_rounds') != config.total_rounds and config.aggregator.kind == 'dp'
+      and config.privacy.target_epsilon is not None):
+    raise RunDirectoryError(
+        f'{workdir} holds a run whose noise multiplier was chosen to spend at most '
+        f'privacy.target_epsilon={config.privacy.target_epsilon} over total_rounds='
+        f"{saved.get('total_rounds')}; other rounds would break that target. Start a new run "
+        'with the target over the new length, or set aggregator.noise_multiplier.')
   done = completed_rounds(workdir)
   if config.total_rounds < done:
     raise RunDirectoryError(

@@ -132,6 +132,7 @@ def test_dp_accounting_and_divergence_detection(tmp_path):
   config.aggregator.kind = 'dp'
   config.aggregator.clip_norm = 1.0
   config.aggregator.noise_multiplier = 1.0
+  config.privacy.publish_client_metrics = True
   config.server.learning_rate = 1e30
   with pytest.raises(training.TrainingDivergedError, match=r'Training diverged at round 2: '
                      r'.*\. The last good checkpoint \(round 1\)'):

@@ -118,8 +118,9 @@ def test_checkpoint_roundtrip_and_partial_files(tmp_path):
   checkpoints.save(str(tmp_path), 5, state, elapsed_s=1.5)
   (tmp_path / '.tmp-half-written.npz').write_bytes(b'\x00' * 10)
   outputs.remove_partial_files(str(tmp_path))
-  restored, round_num, elapsed, damaged = checkpoints.restore_latest(str(tmp_path), state)
-  assert damaged == ()
+  restored, round_num, elapsed, damaged, metadata = checkpoints.restore_latest(str(tmp_path),
+                                                                               state)
+  assert damaged == () and metadata == {}
   assert round_num == 5 and elapsed == 1.5
   np.testing.assert_array_equal(restored['a'], state['a'])
   assert restored['b'] == 7 and restored['c'] == b'adam'

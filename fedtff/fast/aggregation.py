@@ -13,8 +13,10 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   (McMahan et al., "Learning Differentially Private Recurrent Language
   Models", ICLR 2018): clip each update in L2, sum, add Gaussian noise of
   standard deviation `noise_multiplier * clip_norm`, divide by
-  `clients_per_round`. The noise is drawn by TensorFlow's stateful RNG, so it
-  is not TFF's draw.
+  `clients_per_round`. The noise is drawn by TensorFlow's stateless RNG from
+  the round's noise seed (`result`), which the runner derives from a secret
+  drawn from the OS, so it is not TFF's draw and cannot be regenerated from
+  the public config.
 
 Anything else (adaptive norms, compression, secure sums, pairwise masking,
 custom factories) is refused with a `ValueError`: those run on the TFF backend.
@@ -142,11 +144,18 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
                      acc.zeroed + zeroed, acc.clipped + clipped)
 
 
-def result(aggregation: Aggregation, acc: Accumulator) -> List[tf.Tensor]:
-  """The aggregate: the (weighted) mean, or the noised DP mean."""
+def _gaussian_noise(like: tf.Tensor, stddev: float, noise_seed: tf.Tensor,
+                    index: int) -> tf.Tensor:
+  """Noise for one tensor of the sum: stateless, from the round's seed and the tensor's index."""
+  seed = tf.random.experimental.stateless_fold_in(noise_seed, index)
+  return tf.random.stateless_normal(tf.shape(like), seed=seed, stddev=stddev, dtype=like.dtype)
+
+
+def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor) -> List[tf.Tensor]:
+  """The aggregate: the (weighted) mean, or the DP mean noised from `noise_seed` (int64 [2])."""
   if aggregation.is_dp:
-    noised = [s + tf.random.normal(tf.shape(s), stddev=aggregation.noise_stddev, dtype=s.dtype)
-              for s in acc.value_sum]
+    noised = [s + _gaussian_noise(s, aggregation.noise_stddev, noise_seed, i)
+              for i, s in enumerate(acc.value_sum)]
     return [tf.truediv(s, tf.cast(aggregation.denominator, s.dtype)) for s in noised]
   return [tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum]
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import secrets
 from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -151,7 +152,7 @@ class FastLearningProcess:
     self._round = tf.function(
         self._round_graph, jit_compile=jit_compile, autograph=False,
         input_signature=[tf.nest.map_structure(tf.TensorSpec.from_tensor, self._template),
-                         batches_lib.signature(element_spec)])
+                         batches_lib.signature(element_spec), tf.TensorSpec([2], tf.int64)])
     # Trace now, while the Keras classes are in their eager (v2) form: Keras swaps
     # the base classes of Sequential and friends to its v1 ones whenever a model
     # is built in a graph, as TFF's tracing does, and an eager-built model called
@@ -185,7 +186,8 @@ class FastLearningProcess:
     return self._check_state(state)._replace(global_model_weights=_tensors(packed))
 
   def next(self, state: FastState,
-           client_batches: Union[batches_lib.ClientBatches, Sequence[tf.data.Dataset]]
+           client_batches: Union[batches_lib.ClientBatches, Sequence[tf.data.Dataset]],
+           *, noise_seed: Optional[Sequence[int]] = None
           ) -> tff.learning.templates.LearningProcessOutput:
     """Runs one round; returns `(state, metrics)` with TFF's metric names.
 
@@ -194,10 +196,17 @@ class FastLearningProcess:
       client_batches: The round's clients: a `fedtff.fast.ClientBatches`, or a
         list of batched datasets (read each call; for speed build
         `ClientBatches` once, e.g. with `fedtff.fast.PaddedClientData`).
+      noise_seed: Two integers that seed this round's DP noise (stateless).
+        `None` draws them from the OS, so the noise cannot be predicted; the
+        runner passes seeds derived from a per-run secret kept in the
+        checkpoint, so that a resumed run repeats the same noise.
     """
     if not isinstance(client_batches, batches_lib.ClientBatches):
       client_batches = batches_lib.from_datasets(list(client_batches))
-    new_state, metrics = self._round(self._check_state(state), client_batches)
+    if noise_seed is None:
+      noise_seed = [secrets.randbits(63), secrets.randbits(63)]
+    new_state, metrics = self._round(self._check_state(state), client_batches,
+                                     tf.constant(noise_seed, tf.int64))
     return tff.learning.templates.LearningProcessOutput(new_state, _numpy(metrics))
 
   def to_tff_state(self, state: FastState,
@@ -281,7 +290,8 @@ class FastLearningProcess:
     train['num_batches'] = totals.num_batches
     return train
 
-  def _round_graph(self, state: FastState, batches: batches_lib.ClientBatches):
+  def _round_graph(self, state: FastState, batches: batches_lib.ClientBatches,
+                   noise_seed: tf.Tensor):
     for variable in self._model.metric_variables:
       variable.assign(tf.zeros_like(variable))
     loop_vars = (aggregation_lib.initial(state.global_model_weights.trainable),
@@ -290,7 +300,7 @@ class FastLearningProcess:
         lambda c, _: c < tf.shape(batches.num_batches)[0],
         lambda c, v: (c + 1, self._client_step(state, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
-    update = aggregation_lib.result(self._aggregation, acc)
+    update = aggregation_lib.result(self._aggregation, acc, noise_seed)
     new_state, non_finite = self._apply_server_update(state, update)
     metrics = collections.OrderedDict(
         distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),

@@ -1,0 +1,154 @@
+"""A privacy ledger: the mechanism every round of a DP run actually used.
+
+The epsilon a run reports is composed from the ledger, never from the
+config: each round appends its mechanism (noise multiplier, clients per
+round, population, clip norm, sampling), the ledger is saved with every
+checkpoint (inside the checkpoint, and as `privacy_ledger.json` in the run
+directory), and a resumed run continues the ledger of the checkpoint it
+restored. Rounds with the same mechanism are kept as one segment.
+
+    ledger = PrivacyLedger()
+    ledger.record(1, RoundMechanism(noise_multiplier=1.2, clients_per_round=10,
+                                    num_clients=500, clip_norm=1.0))
+    ledger.epsilon(delta=1e-5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from typing import List, Optional, Tuple
+
+import dp_accounting
+
+from fedtff.privacy import accounting
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundMechanism:
+  """The DP mechanism of one round.
+
+  Attributes:
+    noise_multiplier: `z`, the noise standard deviation over the clip norm.
+    clients_per_round: `m`, the clients sampled.
+    num_clients: `N`, the clients sampled from.
+    clip_norm: The L2 clip norm, or None when it adapts (the noise then
+      scales with it, and `z` is what the accountant needs).
+    sampling: How clients were sampled (`fedtff.privacy.accounting.SAMPLINGS`).
+  """
+  noise_multiplier: float
+  clients_per_round: int
+  num_clients: int
+  clip_norm: Optional[float] = None
+  sampling: str = accounting.WITHOUT_REPLACEMENT
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """Rounds `first_round..last_round`, all with `mechanism`."""
+  first_round: int
+  last_round: int
+  mechanism: RoundMechanism
+
+  @property
+  def rounds(self) -> int:
+    return self.last_round - self.first_round + 1
+
+
+class LedgerError(ValueError):
+  """A ledger that does not describe consecutive rounds from round 1."""
+
+
+@functools.lru_cache(maxsize=64)
+def _round_rdp(mechanism: RoundMechanism) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  """(orders, Rényi DP of one round) of `mechanism`, by dp_accounting's RDP accountant."""
+  event = accounting.round_event(mechanism.noise_multiplier, mechanism.clients_per_round,
+                                 mechanism.num_clients, sampling=mechanism.sampling)
+  accountant = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=accounting.neighboring_relation(mechanism.sampling))
+  accountant.compose(event)
+  return tuple(accountant.orders), tuple(accountant.rdp)
+
+
+class PrivacyLedger:
+  """The rounds of a DP run and their mechanisms; see the module docstring."""
+
+  def __init__(self, segments: Tuple[Segment, ...] = ()):
+    self._segments: List[Segment] = []
+    for segment in segments:
+      self._append(segment)
+
+  @property
+  def segments(self) -> Tuple[Segment, ...]:
+    return tuple(self._segments)
+
+  @property
+  def last_round(self) -> int:
+    return self._segments[-1].last_round if self._segments else 0
+
+  def _append(self, segment: Segment) -> None:
+    if segment.first_round != self.last_round + 1 or segment.last_round < segment.first_round:
+      raise LedgerError(f'Ledger rounds must follow round {self.last_round} without a gap, got '
+                        f'rounds {segment.first_round}-{segment.last_round}.')
+    last = self._segments[-1] if self._segments else None
+    if last is not None and last.mechanism == segment.mechanism:
+      self._segments[-1] = dataclasses.replace(last, last_round=segment.last_round)
+    else:
+      self._segments.append(segment)
+
+  def record(self, round_num: int, mechanism: RoundMechanism) -> None:
+    """Appends round `round_num` (the round after `last_round`)."""
+    self._append(Segment(round_num, round_num, mechanism))
+
+  def truncated(self, last_round: int) -> 'PrivacyLedger':
+    """The ledger of rounds `1..last_round` (a resumed run's, at its checkpoint)."""
+    if last_round > self.last_round:
+      raise LedgerError(f'The ledger holds rounds up to {self.last_round}, not {last_round}.')
+    kept = [dataclasses.replace(s, last_round=min(s.last_round, last_round))
+            for s in self._segments if s.first_round <= last_round]
+    return PrivacyLedger(tuple(kept))
+
+  def epsilon(self, delta: float) -> float:
+    """Epsilon at `delta` of every round in the ledger, composed in Rényi DP.
+
+    Returns:
+      0 for an empty ledger; `math.inf` if any round had no noise.
+    """
+    if not self._segments:
+      return 0.0
+    if any(s.mechanism.noise_multiplier == 0 for s in self._segments):
+      return math.inf
+    relations = {accounting.neighboring_relation(s.mechanism.sampling) for s in self._segments}
+    if len(relations) > 1:
+      raise LedgerError('The ledger mixes neighbouring relations; no single epsilon covers it.')
+    total = None
+    for segment in self._segments:
+      orders, rdp = _round_rdp(segment.mechanism)
+      scaled = [segment.rounds * value for value in rdp]
+      total = scaled if total is None else [a + b for a, b in zip(total, scaled)]
+    return float(dp_accounting.rdp.compute_epsilon(orders, total, delta)[0])
+
+  def to_json(self) -> str:
+    return json.dumps([dict(first_round=s.first_round, last_round=s.last_round,
+                            **dataclasses.asdict(s.mechanism)) for s in self._segments],
+                      indent=1, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'PrivacyLedger':
+    """Reads `to_json`'s text.
+
+    Raises:
+      LedgerError: If it is not a ledger (naming what is wrong).
+    """
+    try:
+      entries = json.loads(text)
+      segments = []
+      for entry in entries:
+        entry = dict(entry)
+        rounds = entry.pop('first_round'), entry.pop('last_round')
+        segments.append(Segment(*rounds, RoundMechanism(**entry)))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+      raise LedgerError(f'Not a privacy ledger: {e}.') from None
+    return cls(tuple(segments))

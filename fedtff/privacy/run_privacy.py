@@ -1,0 +1,118 @@
+"""What a DP run keeps and publishes about its privacy.
+
+`RunPrivacy` is the runner's one place for it:
+
+* the privacy ledger (`fedtff.privacy.ledger`): every round's mechanism,
+  from which `privacy/epsilon` and the summary's epsilon are composed;
+* the noise seed: a per-run secret drawn from the OS (saved in the
+  checkpoints, never in config.json) from which the fast backend derives each
+  round's noise, or the public `privacy.noise_seed`, which voids the guarantee;
+* which metrics a DP run publishes: the held-out evaluation and epsilon, but
+  not the client-derived training metrics (unless
+  `privacy.publish_client_metrics`, which the summary then marks as outside
+  the guarantee).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from fedtff import outputs
+from fedtff.privacy import accounting
+from fedtff.privacy import ledger as ledger_lib
+
+LEDGER_FILE = 'privacy_ledger.json'
+_LEDGER_KEY, _SEED_KEY = 'privacy_ledger', 'noise_seed'
+# Columns computed from the sampled clients' training data (and its size).
+_CLIENT_DERIVED_PREFIXES = ('train/',)
+_CLIENT_DERIVED_COLUMNS = ('examples_per_s', 'round_time_s')
+
+
+def client_derived(column: str) -> bool:
+  """Whether a metrics column is computed from the training clients' data."""
+  return column.startswith(_CLIENT_DERIVED_PREFIXES) or column in _CLIENT_DERIVED_COLUMNS
+
+
+class RunPrivacy:
+  """The privacy side of one DP run; see the module docstring.
+
+  Args:
+    mechanism: Each round's mechanism (the same every round of one config).
+    delta: The delta of the reported epsilon; None for the default.
+    noise_seed: A public seed for the noise (reproducible, no guarantee), or
+      None for a secret one.
+    publish_client_metrics: Whether training metrics are published.
+  """
+
+  def __init__(self, mechanism: ledger_lib.RoundMechanism, *, delta: Optional[float] = None,
+               noise_seed: Optional[int] = None, publish_client_metrics: bool = False):
+    self.mechanism = mechanism
+    self.delta = accounting._resolve_delta(delta, mechanism.num_clients)  # pylint: disable=protected-access
+    self.public_seed = noise_seed is not None
+    self.publish_client_metrics = publish_client_metrics
+    self.ledger = ledger_lib.PrivacyLedger()
+    self._seed = noise_seed if self.public_seed else secrets.randbits(63)
+
+  def resume(self, round_num: int, metadata: Mapping[str, str]) -> None:
+    """Continues the ledger and secret seed of the checkpoint of `round_num`.
+
+    A checkpoint written before ledgers existed gets a ledger of `round_num`
+    rounds of this run's mechanism (its config is unchanged, or the resume
+    would have been refused) and a new secret seed.
+    """
+    if _LEDGER_KEY in metadata:
+      self.ledger = ledger_lib.PrivacyLedger.from_json(metadata[_LEDGER_KEY]).truncated(round_num)
+    else:
+      self.ledger = ledger_lib.PrivacyLedger()
+      for previous in range(1, round_num + 1):
+        self.ledger.record(previous, self.mechanism)
+    if not self.public_seed and _SEED_KEY in metadata:
+      self._seed = int(metadata[_SEED_KEY])
+
+  def round_noise_seed(self, round_num: int) -> np.ndarray:
+    """The stateless seed of round `round_num`'s noise (fast backend)."""
+    return np.array([self._seed, round_num], np.int64)
+
+  def metrics(self, round_num: int) -> Dict[str, float]:
+    """Records round `round_num` in the ledger; returns `{'privacy/epsilon': ...}`."""
+    self.ledger.record(round_num, self.mechanism)
+    return {accounting.EPSILON_METRIC: self.ledger.epsilon(self.delta)}
+
+  def published_columns(self, columns: Sequence[str]) -> List[str]:
+    """`columns` without the client-derived ones, unless they are published."""
+    return [c for c in columns if self.publish_client_metrics or not client_derived(c)]
+
+  def checkpoint_metadata(self) -> Dict[str, str]:
+    """What a checkpoint keeps: the ledger and, if secret, the noise seed."""
+    metadata = {_LEDGER_KEY: self.ledger.to_json()}
+    if not self.public_seed:
+      metadata[_SEED_KEY] = str(self._seed)
+    return metadata
+
+  def write_ledger(self, workdir: str) -> None:
+    """Writes the ledger to `<workdir>/privacy_ledger.json`, atomically."""
+    outputs.atomic_write_text(os.path.join(workdir, LEDGER_FILE), self.ledger.to_json() + '\n')
+
+  def summary(self, backend: str) -> Dict[str, Any]:
+    """The summary.json entry: epsilon from the ledger, and what it covers."""
+    seed = ('public (privacy.noise_seed): the noise can be regenerated, so there is no privacy '
+            'guarantee' if self.public_seed else
+            ('secret, drawn from the OS and kept in the checkpoints' if backend == 'fast'
+             else "drawn by TFF's runtime, not reproducible"))
+    summary = {
+        'epsilon': self.ledger.epsilon(self.delta), 'delta': self.delta,
+        'rounds': self.ledger.last_round, 'ledger': LEDGER_FILE,
+        'noise_multiplier': self.mechanism.noise_multiplier,
+        'num_clients': self.mechanism.num_clients,
+        'clients_per_round': self.mechanism.clients_per_round,
+        'sampling': 'fixed-size uniform without replacement', 'noise_seed': seed,
+        'client_metrics': 'withheld',
+    }
+    if self.publish_client_metrics:
+      summary['client_metrics'] = ('published (privacy.publish_client_metrics): train/*, '
+                                   'examples_per_s and round_time_s are outside the guarantee')
+    return summary
