@@ -23,7 +23,7 @@ def test_trains_and_writes_the_run_directory(tmp_path):
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('round 1/2  loss ') and 'ETA' in lines[0]
   assert lines[-1].startswith('test accuracy ') and lines[-1].endswith(f'run directory: {tmp_path}')
-  assert sorted(os.listdir(tmp_path)) == ['checkpoints', 'config.json', 'metrics.csv',
+  assert sorted(os.listdir(tmp_path)) == ['.lock', 'checkpoints', 'config.json', 'metrics.csv',
                                           'metrics.jsonl', 'summary.json', 'tensorboard']
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['total_rounds'] == 2
