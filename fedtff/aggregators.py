@@ -51,6 +51,9 @@ class AggregatorSpec:
     clients_per_round: For `dp`: the expected number of clients per round.
     target_unclipped_quantile: For adaptive clipping: the share of updates
       that should be left unclipped.
+    clipped_count_stddev: For `dp` with adaptive clipping: the noise on the
+      count of unclipped updates; `None` is
+      `fedtff.privacy.mechanisms.default_clipped_count_stddev`.
   """
   kind: str = 'mean'
   clip_norm: Optional[float] = None
@@ -61,6 +64,7 @@ class AggregatorSpec:
   noise_multiplier: Optional[float] = None
   clients_per_round: Optional[int] = None
   target_unclipped_quantile: float = 0.5
+  clipped_count_stddev: Optional[float] = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -104,11 +108,15 @@ def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
     raise ValueError('The dp aggregator needs noise_multiplier and clients_per_round.')
   from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top  # Imports this module.
   if spec.clip_norm is not None:
+    if spec.clipped_count_stddev is not None:
+      raise ValueError('clipped_count_stddev applies to adaptive clipping only (clip_norm None), '
+                       f'got clip_norm={spec.clip_norm}.')
     return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
                                     clipping='fixed', clip=spec.clip_norm)
   return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
                                   clipping='adaptive',
-                                  target_unclipped_quantile=spec.target_unclipped_quantile)
+                                  target_unclipped_quantile=spec.target_unclipped_quantile,
+                                  clipped_count_stddev=spec.clipped_count_stddev)
 
 
 def _pairwise_masking(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
@@ -158,6 +166,9 @@ def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFact
   """
   if spec.kind == 'dp':
     return _dp(spec, weighted)
+  if spec.clipped_count_stddev is not None:
+    raise ValueError(f"clipped_count_stddev applies to the 'dp' aggregator only, got kind "
+                     f'{spec.kind!r}.')
   if spec.kind == 'secure':
     return _secure(spec, weighted)
   if spec.kind == 'pairwise_masking':

@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.aggregator = ml_collections.ConfigDict(dict(
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
-      target_unclipped_quantile=0.5))
+      target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float()))
   config.privacy = ml_collections.ConfigDict(dict(
       target_epsilon=_optional_float(), delta=_optional_float()))
   config.total_rounds = 10
