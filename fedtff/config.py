@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.aggregator = ml_collections.ConfigDict(dict(
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
+      masking_bits=aggregators.DEFAULT_MASKING_BITS,
       target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float()))
   config.privacy = ml_collections.ConfigDict(dict(
       target_epsilon=_optional_float(), delta=_optional_float()))
@@ -162,6 +163,8 @@ def validate(config: Any) -> None:
   for key, value in leaves(config):
     check_key(key)
     _check_type(key, value, schema[key])
+    if key == 'aggregator.kind' and value in aggregators.RENAMED_KINDS:
+      raise ConfigError(f'Config key {key}: {aggregators.renamed_kind_message(value)}')
     if key in _CHOICES and value not in _CHOICES[key]:
       raise ConfigError(
           f'Config key {key} is {value!r}; expected one of: {", ".join(_CHOICES[key])}.')

@@ -212,8 +212,8 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
         (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
          "the 'secure' aggregator"),
         (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
-            'pairwise_masking', clip_norm=1.0, clients_per_round=3)),
-         "the 'pairwise_masking' aggregator"),
+            'masking_simulation', clip_norm=1.0, clients_per_round=3)),
+         "the 'masking_simulation' aggregator"),
         (dict(aggregator=fedtff.AggregatorSpec('robust')), 'adaptive clipping'),
         (dict(aggregator=fedtff.AggregatorSpec('robust', clip_norm=1.0, zeroing=True)),
          'adaptive zeroing'),
@@ -225,7 +225,7 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'pairwise_masking', 'adaptive_clip',
+    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation', 'adaptive_clip',
          'adaptive_zeroing', 'tff_factory', 'batch_norm', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):

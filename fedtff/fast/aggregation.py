@@ -76,7 +76,7 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
         f'fixed norms), or {_USE_TFF}.')
   aggregators.build_aggregator(aggregator, weighted=weighted)  # fedtff's checks of the options.
   spec = aggregator
-  if spec.kind not in _KINDS:  # compression, secure, pairwise_masking, and any added later.
+  if spec.kind not in _KINDS:  # compression, secure, masking_simulation, and any added later.
     raise _refuse(f'the {spec.kind!r} aggregator')
   if spec.kind == 'mean':
     return Aggregation(weighted)
