@@ -29,9 +29,9 @@ import tensorflow_federated as tff
 from fedtff import aggregators
 
 CLIPPINGS = ('fixed', 'adaptive')
-_DEFAULT_INITIAL_CLIP = 0.1
-_DEFAULT_TARGET_QUANTILE = 0.5
-_DEFAULT_CLIP_LEARNING_RATE = 0.2
+DEFAULT_INITIAL_CLIP = 0.1
+DEFAULT_TARGET_QUANTILE = 0.5
+DEFAULT_CLIP_LEARNING_RATE = 0.2
 _MAX_DISCRETE_BITS = 24
 
 
@@ -130,10 +130,10 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
                                          clipped_count_stddev)
   return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
       float(noise_multiplier), float(clients_per_round),
-      initial_l2_norm_clip=float(_DEFAULT_INITIAL_CLIP if clip is None else clip),
+      initial_l2_norm_clip=float(DEFAULT_INITIAL_CLIP if clip is None else clip),
       target_unclipped_quantile=float(_default(target_unclipped_quantile,
-                                               _DEFAULT_TARGET_QUANTILE)),
-      learning_rate=float(_default(clip_learning_rate, _DEFAULT_CLIP_LEARNING_RATE)),
+                                               DEFAULT_TARGET_QUANTILE)),
+      learning_rate=float(_default(clip_learning_rate, DEFAULT_CLIP_LEARNING_RATE)),
       clipped_count_stddev=count_stddev)
 
 
