@@ -205,6 +205,8 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
 
 def _check_privacy(config: Mapping[str, Any]) -> None:
   aggregator, privacy = config['aggregator'], config['privacy']
+  _check_clipped_count_stddev(aggregator, config['clients_per_round'])
+  _check_masking(aggregator, config['clients_per_round'])
   if aggregator['kind'] != 'dp':
     if privacy['target_epsilon'] is not None or privacy['delta'] is not None:
       raise ConfigError("privacy.target_epsilon and privacy.delta need aggregator.kind='dp'.")
@@ -215,6 +217,34 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
   if (aggregator['noise_multiplier'] is None) == (privacy['target_epsilon'] is None):
     raise ConfigError("aggregator.kind='dp' needs exactly one of aggregator.noise_multiplier and "
                       'privacy.target_epsilon.')
+
+
+def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:
+  stddev = aggregator['clipped_count_stddev']
+  if stddev is None:
+    return
+  if aggregator['kind'] != 'dp' or aggregator['clip_norm'] is not None:
+    raise ConfigError("Config key aggregator.clipped_count_stddev needs aggregator.kind='dp' with "
+                      'adaptive clipping (aggregator.clip_norm None).')
+  if aggregator['noise_multiplier'] is not None:
+    from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top
+    try:
+      mechanisms.adaptive_noise_split(aggregator['noise_multiplier'], clients_per_round, stddev)
+    except ValueError as e:
+      raise ConfigError(f'Config key aggregator.clipped_count_stddev: {e}') from None
+
+
+def _check_masking(aggregator: Mapping[str, Any], clients_per_round: int) -> None:
+  if aggregator['kind'] != 'masking_simulation':
+    return
+  if aggregator['clip_norm'] is None:
+    raise ConfigError("aggregator.kind='masking_simulation' needs aggregator.clip_norm.")
+  from fedtff.privacy import masking_simulation  # pylint: disable=g-import-not-at-top
+  try:  # The model-size check runs when the process is built.
+    masking_simulation.MaskingSimulationSumFactory(
+        aggregator['clip_norm'], clients_per_round, bits=aggregator['masking_bits'])
+  except ValueError as e:
+    raise ConfigError(f'Config key aggregator.masking_bits: {e}') from None
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:

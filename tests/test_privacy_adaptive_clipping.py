@@ -108,3 +108,21 @@ def test_quickstart_eps8_with_adaptive_clipping_runs(tmp_path):
   assert [r['round'] for r in rows] == [1, 2]
   assert rows[-1]['privacy/epsilon'] == pytest.approx(accounting.epsilon(z, 10, 10, 2))
   assert np.isfinite(rows[-1]['train/loss'])
+
+
+@pytest.mark.parametrize('aggregator, message', [
+    (dict(kind='dp', noise_multiplier=1.0, clipped_count_stddev=0.4),
+     r'^Config key aggregator.clipped_count_stddev: clipped_count_stddev=0.4 is too small for '
+     r'noise_multiplier=1: '),
+    (dict(kind='dp', noise_multiplier=1.0, clip_norm=1.0, clipped_count_stddev=2.0),
+     r"^Config key aggregator.clipped_count_stddev needs aggregator.kind='dp' with adaptive "),
+    (dict(kind='robust', clipped_count_stddev=2.0),
+     r"^Config key aggregator.clipped_count_stddev needs aggregator.kind='dp' with adaptive "),
+], ids=['too_small', 'fixed_clip', 'not_dp'])
+def test_config_refuses_a_bad_clipped_count_stddev_before_any_run(aggregator, message):
+  config = fedtff.config.base_config()
+  config.algorithm.weighted = False
+  config.aggregator.update(aggregator)
+  with pytest.raises(fedtff.config.ConfigError, match=message) as info:
+    fedtff.config.validate(config)
+  assert '\n' not in str(info.value)

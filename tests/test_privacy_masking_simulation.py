@@ -212,3 +212,14 @@ def test_the_old_names_are_refused_in_one_line():
   assert str(info.value) == f'Config key aggregator.kind: {message}'
   with pytest.raises(AttributeError, match='masking_aggregator is now masking_simulation_aggregator'):
     fedtff.privacy.masking_aggregator  # pylint: disable=pointless-statement
+
+
+def test_config_refuses_masking_bits_too_few_for_the_clients():
+  config = fedtff.config.base_config()
+  config.algorithm.weighted = False
+  config.aggregator.update(dict(kind='masking_simulation', clip_norm=1.0, masking_bits=4))
+  with pytest.raises(fedtff.config.ConfigError,
+                     match=r'^Config key aggregator.masking_bits: bits must be an integer with '
+                           r'2\*\*\(bits-1\) > max_clients and at most 62; got bits=4 for '
+                           r'max_clients=10.$'):
+    fedtff.config.validate(config)
