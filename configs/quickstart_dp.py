@@ -5,7 +5,7 @@ Variants (`--config=configs/quickstart_dp.py:VARIANT`):
   eps8      the same for epsilon <= 8
   noiseless clipping and unweighted averaging, no noise (epsilon = infinity)
 
-Delta defaults to 1/N^1.1 for N = 50 training clients. Aggregation is
+Delta defaults to 0.01/N = 2e-4 for N = 50 training clients. Aggregation is
 unweighted with the update clipped to L2 norm 1.0, as DP-FedAvg requires; the
 quickstart's server momentum is kept. docs/privacy.md records what each reaches.
 """

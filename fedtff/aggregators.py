@@ -12,10 +12,12 @@ Each kind composes with every algorithm that accepts a model aggregator:
   value range fixed by `clip_norm` or estimated adaptively. Floats are mapped
   to 32-bit integers. TFF's local runtime computes secure sums in the clear: it
   simulates the protocol's interface, not its cryptography.
-* `pairwise_masking`: fedtff's simulation of Bonawitz et al.'s (2017) pairwise
-  additive masking (`fedtff.privacy.secure_masking`): each update is clipped to
-  `clip_norm`, quantized to `quantization_bits`-bit integers and masked; the
-  masks cancel in the sum. Unweighted.
+* `masking_simulation`: a simulation of the arithmetic of Bonawitz et al.'s
+  (2017) pairwise additive masking (`fedtff.privacy.masking_simulation`): each
+  update is clipped to `clip_norm`, quantized to `masking_bits`-bit integers
+  and masked with toy 31-bit keys; the masks cancel in the sum. It protects
+  nothing and has no dropout recovery. Unweighted. (It was called
+  `pairwise_masking`; that name is refused.)
 * `dp`: the differential-privacy hook: TFF's Gaussian mechanism with fixed or
   adaptive clipping (`tff.aggregators.DifferentiallyPrivateFactory`). It is
   unweighted; accounting lives in fedtff.privacy.
@@ -32,7 +34,16 @@ import tensorflow_federated as tff
 
 AggregationFactory = Union[tff.aggregators.WeightedAggregationFactory,
                            tff.aggregators.UnweightedAggregationFactory]
-KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'pairwise_masking')
+KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'masking_simulation')
+RENAMED_KINDS = {'pairwise_masking': 'masking_simulation'}
+DEFAULT_MASKING_BITS = 32  # The masking simulation's modulus 2**32, as in Bonawitz et al.
+
+
+def renamed_kind_message(kind: str) -> str:
+  """The one-line refusal of a kind's old name."""
+  return (f'Aggregator kind {kind!r} is now {RENAMED_KINDS[kind]!r}: it simulates the arithmetic '
+          'of pairwise masking with toy 31-bit keys and no dropout recovery, and protects '
+          'nothing (docs/privacy.md).')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,24 +56,32 @@ class AggregatorSpec:
     zeroing: For `robust` and `compression`: zero updates with outlier norms.
     zeroing_norm: Fixed zeroing threshold; `None` adapts it.
     quantization_bits: For `compression`: bits per quantized value.
+    masking_bits: For `masking_simulation`: the modulus is `2**masking_bits`.
     quantization_threshold: For `compression`: tensors with at most this many
       elements are sent unquantized (TFF's default is 20000).
     noise_multiplier: For `dp`: Gaussian noise std divided by the clip norm.
     clients_per_round: For `dp`: the expected number of clients per round.
     target_unclipped_quantile: For adaptive clipping: the share of updates
       that should be left unclipped.
+    clipped_count_stddev: For `dp` with adaptive clipping: the noise on the
+      count of unclipped updates; `None` is
+      `fedtff.privacy.mechanisms.default_clipped_count_stddev`.
   """
   kind: str = 'mean'
   clip_norm: Optional[float] = None
   zeroing: bool = False
   zeroing_norm: Optional[float] = None
   quantization_bits: int = 8
+  masking_bits: int = DEFAULT_MASKING_BITS
   quantization_threshold: int = 20000
   noise_multiplier: Optional[float] = None
   clients_per_round: Optional[int] = None
   target_unclipped_quantile: float = 0.5
+  clipped_count_stddev: Optional[float] = None
 
   def __post_init__(self):
+    if self.kind in RENAMED_KINDS:
+      raise ValueError(renamed_kind_message(self.kind))
     if self.kind not in KINDS:
       raise ValueError(f'Unknown aggregator {self.kind!r}; expected one of {", ".join(KINDS)}.')
 
@@ -104,20 +123,24 @@ def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
     raise ValueError('The dp aggregator needs noise_multiplier and clients_per_round.')
   from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top  # Imports this module.
   if spec.clip_norm is not None:
+    if spec.clipped_count_stddev is not None:
+      raise ValueError('clipped_count_stddev applies to adaptive clipping only (clip_norm None), '
+                       f'got clip_norm={spec.clip_norm}.')
     return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
                                     clipping='fixed', clip=spec.clip_norm)
   return mechanisms.dp_aggregator(spec.noise_multiplier, spec.clients_per_round,
                                   clipping='adaptive',
-                                  target_unclipped_quantile=spec.target_unclipped_quantile)
+                                  target_unclipped_quantile=spec.target_unclipped_quantile,
+                                  clipped_count_stddev=spec.clipped_count_stddev)
 
 
-def _pairwise_masking(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
+def _masking_simulation(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
   if weighted or spec.clip_norm is None or spec.clients_per_round is None:
-    raise ValueError('The pairwise_masking aggregator is unweighted and needs clip_norm and '
+    raise ValueError('The masking_simulation aggregator is unweighted and needs clip_norm and '
                      'clients_per_round; use it with weighted=False.')
-  from fedtff.privacy import secure_masking  # pylint: disable=g-import-not-at-top  # Imports this module.
-  return secure_masking.masking_aggregator(spec.clip_norm, spec.clients_per_round,
-                                           bits=spec.quantization_bits)
+  from fedtff.privacy import masking_simulation  # pylint: disable=g-import-not-at-top  # Imports this module.
+  return masking_simulation.masking_simulation_aggregator(
+      spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits)
 
 
 def _secure(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
@@ -158,10 +181,13 @@ def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFact
   """
   if spec.kind == 'dp':
     return _dp(spec, weighted)
+  if spec.clipped_count_stddev is not None:
+    raise ValueError(f"clipped_count_stddev applies to the 'dp' aggregator only, got kind "
+                     f'{spec.kind!r}.')
   if spec.kind == 'secure':
     return _secure(spec, weighted)
-  if spec.kind == 'pairwise_masking':
-    return _pairwise_masking(spec, weighted)
+  if spec.kind == 'masking_simulation':
+    return _masking_simulation(spec, weighted)
   if spec.kind == 'compression':
     value_sum = tff.aggregators.EncodedSumFactory.quantize_above_threshold(
         quantization_bits=spec.quantization_bits, threshold=spec.quantization_threshold)

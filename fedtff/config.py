@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.aggregator = ml_collections.ConfigDict(dict(
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
-      target_unclipped_quantile=0.5))
+      masking_bits=aggregators.DEFAULT_MASKING_BITS,
+      target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float()))
   config.privacy = ml_collections.ConfigDict(dict(
       target_epsilon=_optional_float(), delta=_optional_float(),
       noise_seed=ml_collections.FieldReference(None, field_type=int),
@@ -164,6 +165,8 @@ def validate(config: Any) -> None:
   for key, value in leaves(config):
     check_key(key)
     _check_type(key, value, schema[key])
+    if key == 'aggregator.kind' and value in aggregators.RENAMED_KINDS:
+      raise ConfigError(f'Config key {key}: {aggregators.renamed_kind_message(value)}')
     if key in _CHOICES and value not in _CHOICES[key]:
       raise ConfigError(
           f'Config key {key} is {value!r}; expected one of: {", ".join(_CHOICES[key])}.')
@@ -217,6 +220,8 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
 
 def _check_privacy(config: Mapping[str, Any]) -> None:
   aggregator, privacy = config['aggregator'], config['privacy']
+  _check_clipped_count_stddev(aggregator, config['clients_per_round'])
+  _check_masking(aggregator, config['clients_per_round'])
   if aggregator['kind'] != 'dp':
     if any(privacy[k] is not None for k in ('target_epsilon', 'delta', 'noise_seed')):
       raise ConfigError("privacy.target_epsilon, privacy.delta and privacy.noise_seed need "
@@ -233,6 +238,34 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
   if (aggregator['noise_multiplier'] is None) == (privacy['target_epsilon'] is None):
     raise ConfigError("aggregator.kind='dp' needs exactly one of aggregator.noise_multiplier and "
                       'privacy.target_epsilon.')
+
+
+def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:
+  stddev = aggregator['clipped_count_stddev']
+  if stddev is None:
+    return
+  if aggregator['kind'] != 'dp' or aggregator['clip_norm'] is not None:
+    raise ConfigError("Config key aggregator.clipped_count_stddev needs aggregator.kind='dp' with "
+                      'adaptive clipping (aggregator.clip_norm None).')
+  if aggregator['noise_multiplier'] is not None:
+    from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top
+    try:
+      mechanisms.adaptive_noise_split(aggregator['noise_multiplier'], clients_per_round, stddev)
+    except ValueError as e:
+      raise ConfigError(f'Config key aggregator.clipped_count_stddev: {e}') from None
+
+
+def _check_masking(aggregator: Mapping[str, Any], clients_per_round: int) -> None:
+  if aggregator['kind'] != 'masking_simulation':
+    return
+  if aggregator['clip_norm'] is None:
+    raise ConfigError("aggregator.kind='masking_simulation' needs aggregator.clip_norm.")
+  from fedtff.privacy import masking_simulation  # pylint: disable=g-import-not-at-top
+  try:  # The model-size check runs when the process is built.
+    masking_simulation.MaskingSimulationSumFactory(
+        aggregator['clip_norm'], clients_per_round, bits=aggregator['masking_bits'])
+  except ValueError as e:
+    raise ConfigError(f'Config key aggregator.masking_bits: {e}') from None
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:

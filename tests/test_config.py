@@ -34,9 +34,9 @@ def task():
         dict(aggregator=dict(kind='robust', clip_norm=2.0, zeroing=True)),
         dict(aggregator=dict(kind='secure', clip_norm=2.0)),
         dict(algorithm=dict(weighted=False),
-             aggregator=dict(kind='pairwise_masking', clip_norm=2.0, quantization_bits=24)),
+             aggregator=dict(kind='masking_simulation', clip_norm=2.0, masking_bits=24)),
     ],
-    ids=['fedadam', 'fedprox', 'schedule', 'dp', 'robust', 'secure', 'pairwise_masking'])
+    ids=['fedadam', 'fedprox', 'schedule', 'dp', 'robust', 'secure', 'masking_simulation'])
 def test_config_builds_a_process_that_runs(groups, task):
   process = experiment.build_process(config_for(**groups), task)
   train_ids = task.train_data.client_ids[:2]

@@ -139,7 +139,7 @@ def test_checkpoints_of_the_fast_state_restore_on_either_backend(datasets, tmp_p
   state, _ = fast_process.next(fast_process.initialize(), fast.from_datasets(datasets))
   checkpoints.save(str(tmp_path), 1, fast_process.to_tff_state(state, tff_process),
                           elapsed_s=0.0)
-  restored, round_num, _ = checkpoints.restore_latest(str(tmp_path), tff_process.initialize())
+  restored, round_num = checkpoints.restore_latest(str(tmp_path), tff_process.initialize())[:2]
   assert round_num == 1
   tf.nest.map_structure(np.testing.assert_array_equal,
                         fast_process.from_tff_state(restored), state)
@@ -212,8 +212,8 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
         (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
          "the 'secure' aggregator"),
         (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
-            'pairwise_masking', clip_norm=1.0, clients_per_round=3)),
-         "the 'pairwise_masking' aggregator"),
+            'masking_simulation', clip_norm=1.0, clients_per_round=3)),
+         "the 'masking_simulation' aggregator"),
         (dict(aggregator=fedtff.AggregatorSpec('robust')), 'adaptive clipping'),
         (dict(aggregator=fedtff.AggregatorSpec('robust', clip_norm=1.0, zeroing=True)),
          'adaptive zeroing'),
@@ -225,7 +225,7 @@ BATCH_NORM_MODEL = lambda: tf.keras.Sequential([
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'pairwise_masking', 'adaptive_clip',
+    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation', 'adaptive_clip',
          'adaptive_zeroing', 'tff_factory', 'batch_norm', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):

@@ -22,7 +22,7 @@ def test_epsilon_is_dp_accountings_for_sampling_without_replacement(
       num_clients, clients_per_round, dp_accounting.GaussianDpEvent(noise_multiplier / 2)), rounds)
   accountant = dp_accounting.rdp.RdpAccountant(
       neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-  expected = accountant.compose(event).get_epsilon(delta or num_clients**-1.1)
+  expected = accountant.compose(event).get_epsilon(delta or 0.01 / num_clients)
   assert privacy.epsilon(noise_multiplier, clients_per_round, num_clients, rounds,
                          delta) == expected
 
@@ -111,3 +111,20 @@ def test_check_guarantee_returns_the_spent_epsilon():
   spent = privacy.check_guarantee(**VALID, rounds=20, target_epsilon=10.0)
   assert spent == privacy.epsilon(1.0, 10, 1000, 20)
   assert privacy.check_guarantee(**VALID) is None
+
+
+@pytest.mark.parametrize('num_clients', [50, 1000, 10**6])
+def test_default_delta_keeps_the_population_wide_failure_chance_at_one_percent(num_clients):
+  # A mechanism publishing each client's data with probability delta meets
+  # (0, delta)-DP; over N clients it leaks someone with probability ~N * delta.
+  delta = accounting.default_delta(num_clients)
+  assert num_clients * delta <= 0.01 + 1e-15
+  assert privacy.PrivacyTracker(1.0, 10, num_clients).delta == delta
+  expected = privacy.epsilon(1.0, 10, num_clients, 5, 0.01 / num_clients)
+  assert privacy.epsilon(1.0, 10, num_clients, 5) == expected
+
+
+def test_a_user_delta_of_one_over_n_is_still_refused():
+  with pytest.raises(ValueError, match=r'delta=0.02 is not below 1/num_clients=0.02'):
+    privacy.check_guarantee(noise_multiplier=1.0, clients_per_round=10, num_clients=50,
+                            weighted=False, delta=0.02)

@@ -91,7 +91,7 @@ def test_masking_equals_plain_within_quantization_bound(
   clip_bound = 1.0
   plain_update = max_difference(plain_round, initial_weights.trainable)
   assert plain_update < clip_bound  # So clipping changes nothing and only quantization differs.
-  factory = privacy.PairwiseMaskingSumFactory(clip_bound, NUM_CLIENTS, bits=16, norm='linf')
+  factory = privacy.MaskingSimulationSumFactory(clip_bound, NUM_CLIENTS, bits=16, norm='linf')
   process = private_process(client_datasets, tff.aggregators.UnweightedMeanFactory(factory))
   weights, outputs = run_rounds(process, initial_weights, client_datasets, 1)
   assert max_difference(weights, plain_round) <= factory.error_bound + 1e-6
@@ -99,7 +99,7 @@ def test_masking_equals_plain_within_quantization_bound(
 
 
 def test_masking_aggregator_trains(initial_weights, client_datasets):
-  process = private_process(client_datasets, privacy.masking_aggregator(5.0, NUM_CLIENTS))
+  process = private_process(client_datasets, privacy.masking_simulation_aggregator(5.0, NUM_CLIENTS))
   _, outputs = run_rounds(process, initial_weights, client_datasets, 5)
   losses = [output.metrics['client_work']['train']['loss'] for output in outputs]
   assert losses[-1] < 0.8 * losses[0]

@@ -58,10 +58,18 @@ class FastState(NamedTuple):
     global_model_weights: The server model, a `tff.learning.models.ModelWeights`.
     client_work: The client optimizer's hyperparameters (FedAvg family), or ().
     finalizer: The server optimizer's state.
+    aggregator: The aggregator's state: with adaptive DP clipping the clip
+      norm (a float32 scalar), otherwise ().
   """
   global_model_weights: Weights
   client_work: Any
   finalizer: Any
+  aggregator: Any = ()
+
+
+# The fields converted leaf for leaf to and from TFF's state; `aggregator` is
+# converted by fedtff.fast.aggregation.
+_COPIED_FIELDS = ('global_model_weights', 'client_work', 'finalizer')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +181,8 @@ class FastLearningProcess:
     if self._algorithm.is_fed_avg:  # As TFF's model_delta_client_work: a whimsy spec.
       whimsy = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
       client_hparams = self._client_optimizer.get_hparams(whimsy)
-    return _tensors(FastState(weights, client_hparams, self._server_optimizer.initialize(specs)))
+    return _tensors(FastState(weights, client_hparams, self._server_optimizer.initialize(specs),
+                              self._aggregation.initial_state()))
 
   def get_model_weights(self, state: FastState) -> Weights:
     """The server model weights, as numpy arrays."""
@@ -214,25 +223,29 @@ class FastLearningProcess:
     """`state` as a state of `tff_process`, built by `fedtff.build_learning_process`
     from the same arguments.
 
-    The fields the fast state lacks (`distributor`, `aggregator`) come from
-    `tff_process.initialize()`; pass a state of that process instead (e.g. the
-    checkpoint a run resumed from) to take them from it without running TFF.
+    The fields the fast state lacks (`distributor`, and the `aggregator`
+    state except an adaptive clip norm) come from `tff_process.initialize()`;
+    pass a state of that process instead (e.g. the checkpoint a run resumed
+    from) to take them from it without running TFF.
     """
     template = (tff_process.initialize()
                 if isinstance(tff_process, tff.learning.templates.LearningProcess)
                 else tff_process)
     _check_tff_state(template, 'a TFF LearningProcess or one of its states')
     state = _numpy(self._check_state(state))
-    return template._replace(**{
-        field: _pack_like(getattr(template, field), getattr(state, field), f'state {field}')
-        for field in FastState._fields})
+    fields = {field: _pack_like(getattr(template, field), getattr(state, field), f'state {field}')
+              for field in _COPIED_FIELDS}
+    fields['aggregator'] = aggregation_lib.to_tff_state(
+        self._aggregation, state.aggregator, template.aggregator)
+    return template._replace(**fields)
 
   def from_tff_state(self, tff_state: Any) -> FastState:
     """The `FastState` of a state of the matching TFF process (e.g. a checkpoint)."""
     _check_tff_state(tff_state, 'a TFF LearningAlgorithmState')
-    return _tensors(FastState(*[
-        _pack_like(_numpy(getattr(self._template, field)), getattr(tff_state, field),
-                   f'TFF state {field}') for field in FastState._fields]))
+    copied = [_pack_like(_numpy(getattr(self._template, field)), getattr(tff_state, field),
+                         f'TFF state {field}') for field in _COPIED_FIELDS]
+    return _tensors(FastState(
+        *copied, aggregation_lib.from_tff_state(self._aggregation, tff_state.aggregator)))
 
   def _check_state(self, state: Any) -> FastState:
     if not isinstance(state, FastState):
@@ -269,7 +282,8 @@ class FastLearningProcess:
       stats = tf.cond(non_finite, client_work.TrainStats.zeros, lambda: stats)
       for variable, value in zip(self._model.metric_variables, snapshot):
         variable.assign(tf.where(non_finite, value, variable.read_value()))
-    return aggregation_lib.accumulate(self._aggregation, acc, update, weight), totals + stats
+    return (aggregation_lib.accumulate(self._aggregation, acc, update, weight, state.aggregator),
+            totals + stats)
 
   def _apply_server_update(self, state: FastState, update: List[tf.Tensor]):
     """TFF's apply-optimizer finalizer: skip the step if the update is not finite."""
@@ -300,11 +314,13 @@ class FastLearningProcess:
         lambda c, _: c < tf.shape(batches.num_batches)[0],
         lambda c, v: (c + 1, self._client_step(state, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
-    update = aggregation_lib.result(self._aggregation, acc, noise_seed)
+    update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
+                                                state.aggregator)
     new_state, non_finite = self._apply_server_update(state, update)
+    new_state = new_state._replace(aggregator=clip_state)
     metrics = collections.OrderedDict(
         distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
-        aggregator=aggregation_lib.measurements(self._aggregation, acc),
+        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
 
@@ -345,7 +361,7 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     weighted: Whether client updates are weighted by their number of examples.
     aggregator: None (mean) or a `fedtff.AggregatorSpec`: 'mean', 'robust'
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
-      with a fixed `clip_norm`.
+      with a fixed or adaptive (`clip_norm` None) clip norm.
     jit_compile: Compile the round with XLA (2.0-2.8x faster in
       scripts/bench.py here, docs/performance.md); False for models XLA cannot compile.
 

@@ -4,20 +4,31 @@
   multiplier for a target epsilon, a per-round tracker, configuration checks.
 * `mechanisms`: the DP-FedAvg mean (fixed or adaptive clipping) and TFF's
   secure-sum mean.
-* `secure_masking`: pairwise additive masking (Bonawitz et al. 2017) as a TFF
-  aggregator.
+* `masking_simulation`: a simulation of the arithmetic of pairwise additive
+  masking (Bonawitz et al. 2017) as a TFF aggregator, with toy keys: not secure.
 
 docs/privacy.md states what each mechanism protects against and what it does not.
 """
 
 from fedtff.privacy import accounting
 from fedtff.privacy import mechanisms
-from fedtff.privacy import secure_masking
+from fedtff.privacy import masking_simulation
 from fedtff.privacy.accounting import check_guarantee
 from fedtff.privacy.accounting import epsilon
 from fedtff.privacy.accounting import noise_multiplier_for_epsilon
 from fedtff.privacy.accounting import PrivacyTracker
+from fedtff.privacy.mechanisms import adaptive_noise_split
 from fedtff.privacy.mechanisms import dp_aggregator
 from fedtff.privacy.mechanisms import secure_sum_aggregator
-from fedtff.privacy.secure_masking import masking_aggregator
-from fedtff.privacy.secure_masking import PairwiseMaskingSumFactory
+from fedtff.privacy.masking_simulation import masking_simulation_aggregator
+from fedtff.privacy.masking_simulation import MaskingSimulationSumFactory
+
+_RENAMED = {'masking_aggregator': 'masking_simulation_aggregator',
+            'PairwiseMaskingSumFactory': 'MaskingSimulationSumFactory'}
+
+
+def __getattr__(name):
+  if name in _RENAMED:
+    raise AttributeError(f'fedtff.privacy.{name} is now {_RENAMED[name]}: it simulates the '
+                         'arithmetic of pairwise masking with toy keys and protects nothing.')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

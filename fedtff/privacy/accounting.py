@@ -59,9 +59,22 @@ DEFAULT_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 2.0**20
 
 
+DEFAULT_DELTA_BUDGET = 0.01  # N * delta: the population-wide chance of a catastrophic failure.
+
+
 def default_delta(num_clients: int) -> float:
-  """`1 / N**1.1`, the delta McMahan et al. (2018) use for `N` clients."""
-  return 1.0 / num_clients**1.1
+  """`0.01 / N`: the default delta for `N` clients, so that `N * delta = 0.01`.
+
+  A mechanism that publishes each client's whole dataset with probability
+  `delta` meets `(0, delta)`-DP; over `N` clients it publishes one with
+  probability up to `N * delta`. McMahan et al. (2018) use `1 / N**1.1`, whose
+  `N * delta = N**-0.1` is 0.68 at `N = 50` and still 0.25 at a million
+  clients; `0.01 / N` caps it at 1% at every `N`. A user delta of `1 / N` or
+  more is refused (`check_guarantee`).
+  """
+  if not (isinstance(num_clients, (int, np.integer)) and num_clients >= 1):
+    raise ValueError(f'num_clients must be a positive integer, got {num_clients!r}.')
+  return DEFAULT_DELTA_BUDGET / num_clients
 
 
 def neighboring_relation(sampling: str = WITHOUT_REPLACEMENT) -> dp_accounting.NeighboringRelation:

@@ -22,17 +22,68 @@ threat model.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow_federated as tff
 
 from fedtff import aggregators
 
 CLIPPINGS = ('fixed', 'adaptive')
-_DEFAULT_INITIAL_CLIP = 0.1
-_DEFAULT_TARGET_QUANTILE = 0.5
-_DEFAULT_CLIP_LEARNING_RATE = 0.2
+DEFAULT_INITIAL_CLIP = 0.1
+DEFAULT_TARGET_QUANTILE = 0.5
+DEFAULT_CLIP_LEARNING_RATE = 0.2
 _MAX_DISCRETE_BITS = 24
+
+
+def default_clipped_count_stddev(noise_multiplier: float, clients_per_round: int) -> float:
+  """`max(0.05 * m, z)`: the default noise on adaptive clipping's clipped count.
+
+  TFF's default is `0.05 * m` (Andrew et al. recommend `m / 20`), with which
+  the split below needs `z < 0.1 * m` and inflates the value noise without
+  bound as `z` nears it. fedtff takes TFF's default while `z <= 0.05 * m` and
+  `z` above that, so the value noise multiplier is never more than
+  `2 / sqrt(3)` (15.5%) above `z`. 0 without noise.
+  """
+  if noise_multiplier == 0:
+    return 0.0
+  return max(0.05 * clients_per_round, float(noise_multiplier))
+
+
+def adaptive_noise_split(noise_multiplier: float, clients_per_round: int,
+                         clipped_count_stddev: Optional[float] = None) -> Tuple[float, float]:
+  """`(z_v, sigma_b)`: how adaptive clipping splits the noise multiplier `z`.
+
+  The value sum (sensitivity `C` under add-or-remove) gets noise `z_v * C`; the
+  count of unclipped clients, each contributing `+-1/2` (sensitivity 1/2), gets
+  noise `sigma_b`, a multiplier `2 sigma_b`. Gaussian mechanisms compose like
+  one Gaussian with `z**-2 = z_v**-2 + (2 sigma_b)**-2` (TFF's
+  `adaptive_clip_noise_params`). Under replace-one both sensitivities double,
+  so the round is the Gaussian mechanism with multiplier `z / 2`, as with fixed
+  clipping: `fedtff.privacy.epsilon(z, ...)` accounts for it.
+
+  Args:
+    noise_multiplier: `z`, the round's combined noise multiplier.
+    clients_per_round: `m`.
+    clipped_count_stddev: `sigma_b`; `default_clipped_count_stddev` if None.
+
+  Raises:
+    ValueError: If `z > 0` and `2 * sigma_b <= z` (no value noise achieves `z`).
+  """
+  if not noise_multiplier >= 0:
+    raise ValueError(f'noise_multiplier must be nonnegative, got {noise_multiplier}.')
+  if clipped_count_stddev is None:
+    clipped_count_stddev = default_clipped_count_stddev(noise_multiplier, clients_per_round)
+  if not clipped_count_stddev >= 0:
+    raise ValueError(f'clipped_count_stddev must be nonnegative, got {clipped_count_stddev}.')
+  if noise_multiplier == 0:
+    return 0.0, float(clipped_count_stddev)
+  if 2 * clipped_count_stddev <= noise_multiplier:
+    raise ValueError(
+        f'clipped_count_stddev={clipped_count_stddev:g} is too small for noise_multiplier='
+        f'{noise_multiplier:g}: adaptive clipping needs 2*clipped_count_stddev > noise_multiplier '
+        '(leave it unset for the default max(0.05*clients_per_round, noise_multiplier)).')
+  value = (noise_multiplier**-2 - (2 * clipped_count_stddev)**-2)**-0.5
+  return float(value), float(clipped_count_stddev)
 
 
 def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
@@ -40,14 +91,15 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
                   clip: Optional[float] = None,
                   target_unclipped_quantile: Optional[float] = None,
                   clip_learning_rate: Optional[float] = None,
+                  clipped_count_stddev: Optional[float] = None,
                  ) -> tff.aggregators.UnweightedAggregationFactory:
   """The DP-FedAvg mean: clip each update in L2, sum, add Gaussian noise, divide.
 
   The noise on the sum has standard deviation `noise_multiplier * clip`; the sum
   is divided by `clients_per_round`. With adaptive clipping the clip norm tracks
   a quantile of the update norms, estimated privately, and TFF splits the noise
-  so that the whole round still has noise multiplier `noise_multiplier`;
-  `fedtff.privacy.epsilon` accounts for both the same way. Unlike
+  so that the whole round still has noise multiplier `noise_multiplier`
+  (`adaptive_noise_split`); `fedtff.privacy.epsilon` accounts for both the same way. Unlike
   `tff.learning.dp_aggregator` this adds no adaptive zeroing, whose threshold
   TFF estimates without noise and the accounting would not cover.
 
@@ -62,6 +114,9 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
       leave unclipped; default 0.5.
     clip_learning_rate: 'adaptive' only: the geometric learning rate of the
       clip norm; default 0.2.
+    clipped_count_stddev: 'adaptive' only: the noise standard deviation on the
+      count of unclipped clients; default `default_clipped_count_stddev`.
+      Must exceed `noise_multiplier / 2`.
 
   Returns:
     A `tff.aggregators.DifferentiallyPrivateFactory`, for unweighted FedAvg.
@@ -70,22 +125,27 @@ def dp_aggregator(noise_multiplier: float, clients_per_round: int, *,
     raise ValueError(f'clipping must be one of {CLIPPINGS}, got {clipping!r}.')
   if clipping == 'fixed':
     return _fixed_dp(noise_multiplier, clients_per_round, clip,
-                     target_unclipped_quantile, clip_learning_rate)
+                     target_unclipped_quantile, clip_learning_rate, clipped_count_stddev)
+  _, count_stddev = adaptive_noise_split(noise_multiplier, clients_per_round,
+                                         clipped_count_stddev)
   return tff.aggregators.DifferentiallyPrivateFactory.gaussian_adaptive(
       float(noise_multiplier), float(clients_per_round),
-      initial_l2_norm_clip=float(_DEFAULT_INITIAL_CLIP if clip is None else clip),
+      initial_l2_norm_clip=float(DEFAULT_INITIAL_CLIP if clip is None else clip),
       target_unclipped_quantile=float(_default(target_unclipped_quantile,
-                                               _DEFAULT_TARGET_QUANTILE)),
-      learning_rate=float(_default(clip_learning_rate, _DEFAULT_CLIP_LEARNING_RATE)))
+                                               DEFAULT_TARGET_QUANTILE)),
+      learning_rate=float(_default(clip_learning_rate, DEFAULT_CLIP_LEARNING_RATE)),
+      clipped_count_stddev=count_stddev)
 
 
 def _fixed_dp(noise_multiplier, clients_per_round, clip, target_unclipped_quantile,
-              clip_learning_rate) -> tff.aggregators.UnweightedAggregationFactory:
+              clip_learning_rate, clipped_count_stddev
+             ) -> tff.aggregators.UnweightedAggregationFactory:
   if clip is None:
     raise ValueError("clipping='fixed' needs the L2 clip norm: pass clip=... .")
-  if target_unclipped_quantile is not None or clip_learning_rate is not None:
-    raise ValueError("target_unclipped_quantile and clip_learning_rate apply to "
-                     "clipping='adaptive' only.")
+  if (target_unclipped_quantile is not None or clip_learning_rate is not None
+      or clipped_count_stddev is not None):
+    raise ValueError("target_unclipped_quantile, clip_learning_rate and clipped_count_stddev "
+                     "apply to clipping='adaptive' only.")
   return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
       float(noise_multiplier), float(clients_per_round), float(clip))
 
