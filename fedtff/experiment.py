@@ -30,6 +30,7 @@ from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
 from fedtff.privacy import accounting
+from fedtff.privacy import ftrl
 from fedtff import run_dir
 from fedtff import tasks
 from fedtff import training
@@ -73,7 +74,8 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
 
   With `privacy.target_epsilon` it is the smallest multiplier that keeps epsilon
   within the target over `total_rounds` rounds of `clients_per_round` clients
-  sampled from the task's training clients.
+  sampled (`privacy.sampling`) from the task's training clients, by
+  `privacy.accountant` (`privacy.mechanism='dp_ftrl'`: `fedtff.privacy.ftrl`).
 
   Raises:
     ValueError: If the stated guarantee would not hold (fedtff.privacy).
@@ -82,18 +84,46 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
     return None
   num_clients = len(task.train_data.client_ids)
   z = config.aggregator.noise_multiplier
+  if config.privacy.mechanism == 'dp_ftrl':
+    return _ftrl_noise_multiplier(config, num_clients)
+  sampling = _SAMPLINGS[config.privacy.sampling]
   if z is None:
     z = accounting.noise_multiplier_for_epsilon(
         config.privacy.target_epsilon, config.clients_per_round, num_clients,
-        config.total_rounds, config.privacy.delta)
+        config.total_rounds, config.privacy.delta, sampling=sampling,
+        accountant=config.privacy.accountant)
   accounting.check_guarantee(
       noise_multiplier=z, clients_per_round=config.clients_per_round, num_clients=num_clients,
       weighted=config.algorithm.weighted, rounds=config.total_rounds,
-      target_epsilon=config.privacy.target_epsilon, delta=config.privacy.delta)
+      target_epsilon=config.privacy.target_epsilon, delta=config.privacy.delta,
+      sampling=sampling, accountant=config.privacy.accountant)
   return z
 
 
-def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggregators.AggregatorSpec:
+# privacy.sampling -> fedtff.privacy.accounting's sampling.
+_SAMPLINGS = {'fixed': accounting.WITHOUT_REPLACEMENT, 'poisson': accounting.POISSON}
+
+
+def _ftrl_noise_multiplier(config: ml_collections.ConfigDict, num_clients: int) -> float:
+  privacy, z = config.privacy, config.aggregator.noise_multiplier
+  if z is None:
+    z = ftrl.noise_multiplier_for_epsilon(privacy.target_epsilon, config.clients_per_round,
+                                          num_clients, config.total_rounds, privacy.delta)
+  accounting.check_guarantee(
+      noise_multiplier=z, clients_per_round=config.clients_per_round, num_clients=num_clients,
+      weighted=config.algorithm.weighted, target_epsilon=None, delta=privacy.delta)
+  spent = ftrl.epsilon(z, config.clients_per_round, num_clients, config.total_rounds,
+                       privacy.delta)
+  if privacy.target_epsilon is not None and spent > privacy.target_epsilon:
+    raise ValueError(f'{config.total_rounds} DP-FTRL rounds with noise_multiplier={z} spend '
+                     f'epsilon {spent:.4g}, more than target_epsilon={privacy.target_epsilon}.')
+  return z
+
+
+def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional[float]):
+  if config.aggregator.kind == 'dp' and config.privacy.mechanism == 'dp_ftrl':
+    return ftrl.ftrl_aggregator(z, config.clients_per_round, config.aggregator.clip_norm,
+                                task.model_fn)
   fields = dict(config.aggregator.to_dict(), noise_multiplier=z)
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
@@ -111,7 +141,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
-      aggregator=_aggregator(config, z),
+      aggregator=_aggregator(config, task, z),
       **task.learning_kwargs())
 
 
@@ -196,18 +226,31 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
 
-def _privacy_tracker(config, task, z: Optional[float]) -> Optional[accounting.PrivacyTracker]:
+def _privacy_tracker(config, task, z: Optional[float]):
   if z is None:
     return None
-  return accounting.PrivacyTracker(z, config.clients_per_round, len(task.train_data.client_ids),
-                                   config.privacy.delta)
+  num_clients = len(task.train_data.client_ids)
+  if config.privacy.mechanism == 'dp_ftrl':
+    return ftrl.FtrlPrivacyTracker(z, config.clients_per_round, num_clients, config.privacy.delta)
+  return accounting.PrivacyTracker(z, config.clients_per_round, num_clients,
+                                   config.privacy.delta,
+                                   sampling=_SAMPLINGS[config.privacy.sampling],
+                                   accountant=config.privacy.accountant)
 
 
-def _privacy_summary(config, tracker: accounting.PrivacyTracker) -> Dict[str, Any]:
+_SAMPLING_NAMES = {
+    'fixed': 'fixed-size uniform without replacement',
+    'poisson': 'Poisson (each client joins with probability clients_per_round / num_clients)',
+    'cyclic': 'cyclic disjoint cohorts of one seeded permutation (no amplification assumed)'}
+
+
+def _privacy_summary(config, tracker) -> Dict[str, Any]:
   return {'epsilon': tracker.epsilon(config.total_rounds), 'delta': tracker.delta,
           'noise_multiplier': tracker.noise_multiplier, 'num_clients': tracker.num_clients,
           'clients_per_round': config.clients_per_round,
-          'sampling': 'fixed-size uniform without replacement'}
+          'sampling': _SAMPLING_NAMES[config.privacy.sampling],
+          'mechanism': config.privacy.mechanism,
+          'accountant': config.privacy.accountant}
 
 
 class _Backend(NamedTuple):
@@ -281,7 +324,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) 
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if tracker else []))
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
-      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
+      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
+      sampling=config.privacy.sampling)
   save = lambda round_num, state: checkpoints.save(
       checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
       elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep)
