@@ -65,6 +65,7 @@ SAMPLINGS = (WITHOUT_REPLACEMENT, POISSON)
 RDP = 'rdp'
 PLD = 'pld'
 ACCOUNTANTS = (RDP, PLD)
+PLD_DISCRETIZATION = 1e-4  # dp_accounting's PLDAccountant default.
 EPSILON_METRIC = 'privacy/epsilon'
 DEFAULT_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 2.0**20
@@ -142,7 +143,8 @@ def make_accountant(accountant: str = RDP, sampling: str = WITHOUT_REPLACEMENT
   _check_accountant(accountant, sampling)
   relation = neighboring_relation(sampling)
   if accountant == PLD:
-    return dp_accounting.pld.PLDAccountant(neighboring_relation=relation)
+    return dp_accounting.pld.PLDAccountant(neighboring_relation=relation,
+                                           value_discretization_interval=PLD_DISCRETIZATION)
   return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
 
 
@@ -237,8 +239,10 @@ class PrivacyTracker:
       if round_num == 0:
         return 0.0
       if round_num not in self._pld_epsilons:
-        pld = make_accountant(PLD, self.sampling).compose(self._event, round_num)
-        self._pld_epsilons[round_num] = float(pld.get_epsilon(self.delta))
+        # What PLDAccountant.compose(event, round_num) computes, with the
+        # one-round PLD (the slow part) built once.
+        pld = self._round_pld().self_compose(round_num)
+        self._pld_epsilons[round_num] = float(pld.get_epsilon_for_delta(self.delta))
       return self._pld_epsilons[round_num]
     rdp = round_num * self._round_rdp
     return float(dp_accounting.rdp.compute_epsilon(self._orders, rdp, self.delta)[0])
@@ -246,6 +250,13 @@ class PrivacyTracker:
   def metrics(self, round_num: int) -> Dict[str, float]:
     """`{'privacy/epsilon': epsilon(round_num)}`, to add to a metrics row."""
     return {EPSILON_METRIC: self.epsilon(round_num)}
+
+  @functools.lru_cache(maxsize=1)
+  def _round_pld(self):
+    return dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=self._event.event.noise_multiplier,
+        value_discretization_interval=PLD_DISCRETIZATION,
+        sampling_prob=self._event.sampling_probability)
 
 
 def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clients: int,
