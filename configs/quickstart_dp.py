@@ -30,6 +30,7 @@ MECHANISMS = {
     'ftrl_': dict(mechanism='dp_ftrl', sampling='cyclic', accountant='rdp'),
 }
 VARIANTS = tuple(prefix + eps for prefix in MECHANISMS for eps in EPSILONS)
+SMOKE_VARIANTS = ('eps8', 'poisson_eps8', 'ftrl_eps8')  # One per mechanism (tests/test_configs_smoke.py).
 
 
 def _quickstart_config():
