@@ -205,7 +205,8 @@ def smallest_noise_multiplier(spends: Callable[[float], float], target_epsilon: 
 class PrivacyTracker:
   """The epsilon spent after each round, for a round loop's metrics.
 
-  The per-round Rényi DP is computed once; `epsilon(round_num)` then composes
+  The per-round Rényi DP (or, with `accountant='pld'`, the per-round privacy
+  loss distribution) is computed once; `epsilon(round_num)` then composes
   `round_num` rounds, so a resumed run reports the same numbers as an
   uninterrupted one. The values equal `fedtff.privacy.epsilon(..., rounds=round_num)`.
 
@@ -222,10 +223,10 @@ class PrivacyTracker:
     self.delta = _resolve_delta(delta, num_clients)
     self.sampling, self.accountant = sampling, accountant
     self._private = noise_multiplier > 0
-    self._event, self._pld_epsilons = event, {}
+    self._event, self._pld_epsilons, self._one_round_pld = event, {}, None
+    _check_accountant(accountant, sampling)
     rdp = make_accountant(RDP, sampling)
     if self._private:
-      make_accountant(accountant, sampling)  # Refuses PLD without Poisson sampling.
       rdp.compose(event)
     self._orders, self._round_rdp = rdp.orders, rdp.rdp
 
@@ -251,12 +252,13 @@ class PrivacyTracker:
     """`{'privacy/epsilon': epsilon(round_num)}`, to add to a metrics row."""
     return {EPSILON_METRIC: self.epsilon(round_num)}
 
-  @functools.lru_cache(maxsize=1)
   def _round_pld(self):
-    return dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
-        standard_deviation=self._event.event.noise_multiplier,
-        value_discretization_interval=PLD_DISCRETIZATION,
-        sampling_prob=self._event.sampling_probability)
+    if self._one_round_pld is None:  # What PLDAccountant builds for one round's event.
+      self._one_round_pld = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+          standard_deviation=self._event.event.noise_multiplier,
+          value_discretization_interval=PLD_DISCRETIZATION,
+          sampling_prob=self._event.sampling_probability)
+    return self._one_round_pld
 
 
 def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clients: int,
