@@ -8,9 +8,11 @@ delta = 1/50^1.1), prints the epsilon an independent computation gives at z
   .venv/bin/python scripts/check_privacy_figures.py
 """
 
+import logging
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+logging.getLogger('absl').setLevel(logging.ERROR)  # compute_dp_sgd_privacy's deprecation notice.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dp_accounting
