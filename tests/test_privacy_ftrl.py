@@ -6,8 +6,13 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
+import tensorflow_federated as tff
 
+import fedtff
+from fedtff import privacy
+from fedtff.algorithms import tff_model
 from fedtff.privacy import ftrl
+from tests import conftest
 
 
 def brute_force_sensitivity_square_sum(steps, max_participation, min_separation):
@@ -62,3 +67,27 @@ def test_tracker_and_zero_noise():
   assert tracker.epsilon(0) == 0.0
   assert tracker.metrics(7) == {'privacy/epsilon': ftrl.epsilon(2.0, 10, 50, 7)}
   assert ftrl.epsilon(0.0, 10, 50, 3) == math.inf
+
+
+def test_noiseless_dp_ftrl_is_server_sgd_on_the_clipped_mean_each_round():
+  # Without noise the tree's residual is the round's clipped sum, so DP-FTRL
+  # with server SGD takes the same steps as DP-FedAvg with zero noise.
+  features, labels = conftest.tiny_classification_arrays(num_features=8)
+  client_data = fedtff.data.from_arrays(features, labels, np.array_split(np.arange(90), 3))
+  datasets = [client_data.create_tf_dataset_for_client(i).batch(8) for i in client_data.client_ids]
+  keras_model = lambda: fedtff.models.mlp((8,), 3, hidden_units=(6,))
+  trained = []
+  for aggregator in (ftrl.ftrl_aggregator(0.0, 3, 0.05, keras_model),
+                     privacy.dp_aggregator(0.0, 3, clip=0.05)):
+    process = tff.learning.algorithms.build_unweighted_fed_avg(
+        tff_model.tff_model_fn(keras_model, datasets[0]), fedtff.optimizer('sgd', 0.1),
+        fedtff.optimizer('sgd', 1.0), model_aggregator=aggregator)
+    state = process.set_model_weights(process.initialize(),
+                                      tff_model.initial_weights(keras_model, 0))
+    for _ in range(3):
+      state = process.next(state, datasets).state
+    trained.append(process.get_model_weights(state).trainable)
+  initial = tff_model.initial_weights(keras_model, 0).trainable
+  assert max(np.abs(a - b).max() for a, b in zip(trained[0], initial)) > 1e-3
+  for a, b in zip(*trained):
+    np.testing.assert_allclose(a, b, atol=1e-6)
