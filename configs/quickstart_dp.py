@@ -1,19 +1,42 @@
-"""The quickstart task with DP-FedAvg (McMahan et al. 2018, arXiv 1710.06963).
+"""The quickstart task with differential privacy (docs/privacy.md).
 
-Variants (`--config=configs/quickstart_dp.py:VARIANT`):
-  eps1      noise multiplier chosen so that epsilon <= 1 after all rounds
-  eps8      the same for epsilon <= 8
-  noiseless clipping and unweighted averaging, no noise (epsilon = infinity)
+Variants (`--config=configs/quickstart_dp.py:VARIANT`), each with epsilon
+<= 1 (`..eps1`), <= 8 (`..eps8`) after all rounds, or no noise (`..noiseless`,
+epsilon = infinity):
 
+  eps1, eps8, noiseless
+      DP-FedAvg (McMahan et al. 2018, arXiv 1710.06963), 10 clients drawn
+      without replacement each round, replace-one, RDP accountant.
+  poisson_eps1, poisson_eps8, poisson_noiseless
+      DP-FedAvg with Poisson sampling (each client joins with probability
+      10/50), add-or-remove, PLD accountant.
+  ftrl_eps1, ftrl_eps8, ftrl_noiseless
+      DP-FTRL (Kairouz et al. 2021, arXiv 2103.00039): TFF's tree aggregation,
+      cyclic cohorts of 10, no amplification; server SGD without momentum, as
+      TFF's tree aggregation expects.
+
+<<<<<<< HEAD
 Delta defaults to 0.01/N = 2e-4 for N = 50 training clients. Aggregation is
 unweighted with the update clipped to L2 norm 1.0, as DP-FedAvg requires; the
 quickstart's server momentum is kept. docs/privacy.md records what each reaches.
+=======
+Delta defaults to 1/N^1.1 for N = 50 training clients. Aggregation is
+unweighted with the update clipped to L2 norm 1.0, as DP requires; DP-FedAvg
+keeps the quickstart's server momentum. docs/privacy.md records what each reaches.
+>>>>>>> privacy_acct
 """
 
 import importlib.util
 import os
 
-VARIANTS = {'eps1': 1.0, 'eps8': 8.0, 'noiseless': None}
+EPSILONS = {'eps1': 1.0, 'eps8': 8.0, 'noiseless': None}
+MECHANISMS = {
+    '': dict(mechanism='dp_fedavg', sampling='fixed', accountant='rdp'),
+    'poisson_': dict(mechanism='dp_fedavg', sampling='poisson', accountant='pld'),
+    'ftrl_': dict(mechanism='dp_ftrl', sampling='cyclic', accountant='rdp'),
+}
+VARIANTS = tuple(prefix + eps for prefix in MECHANISMS for eps in EPSILONS)
+SMOKE_VARIANTS = ('eps8', 'poisson_eps8', 'ftrl_eps8')  # One per mechanism (tests/test_configs_smoke.py).
 
 
 def _quickstart_config():
@@ -27,12 +50,17 @@ def _quickstart_config():
 def get_config(variant='eps8'):
   if variant not in VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; expected one of {", ".join(VARIANTS)}.')
+  prefix = next(p for p in sorted(MECHANISMS, key=len, reverse=True) if variant.startswith(p))
+  epsilon = EPSILONS[variant[len(prefix):]]
   config = _quickstart_config()
   config.algorithm.weighted = False
   config.aggregator.kind = 'dp'
   config.aggregator.clip_norm = 1.0
-  if VARIANTS[variant] is None:
+  config.privacy.update(MECHANISMS[prefix])
+  if prefix == 'ftrl_':
+    config.server.momentum = 0.0
+  if epsilon is None:
     config.aggregator.noise_multiplier = 0.0
   else:
-    config.privacy.target_epsilon = VARIANTS[variant]
+    config.privacy.target_epsilon = epsilon
   return config

@@ -23,6 +23,11 @@ from fedtff.algorithms import schedules
 
 # Where rounds run: TFF's runtime, or fedtff.fast's one-graph rounds (docs/performance.md).
 BACKENDS = ('tff', 'fast')
+# With aggregator.kind='dp' (docs/privacy.md): the mechanism, how rounds sample
+# clients and which accountant reports epsilon.
+PRIVACY_MECHANISMS = ('dp_fedavg', 'dp_ftrl')
+PRIVACY_SAMPLINGS = ('fixed', 'poisson', 'cyclic')
+PRIVACY_ACCOUNTANTS = ('rdp', 'pld')
 
 _CHOICES = {
     'data.dataset': tasks.DATASETS,
@@ -35,6 +40,9 @@ _CHOICES = {
     'aggregator.kind': aggregators.KINDS,
     'backend': BACKENDS,
     'data.feed': tasks.FEEDS,
+    'privacy.mechanism': PRIVACY_MECHANISMS,
+    'privacy.sampling': PRIVACY_SAMPLINGS,
+    'privacy.accountant': PRIVACY_ACCOUNTANTS,
 }
 
 
@@ -66,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
       masking_bits=aggregators.DEFAULT_MASKING_BITS,
       target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float()))
   config.privacy = ml_collections.ConfigDict(dict(
-      target_epsilon=_optional_float(), delta=_optional_float(),
+      target_epsilon=_optional_float(), delta=_optional_float(), mechanism='dp_fedavg',
+      sampling='fixed', accountant='rdp',
       noise_seed=ml_collections.FieldReference(None, field_type=int),
       publish_client_metrics=False))
   config.total_rounds = 10
@@ -226,6 +235,10 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
     if any(privacy[k] is not None for k in ('target_epsilon', 'delta', 'noise_seed')):
       raise ConfigError("privacy.target_epsilon, privacy.delta and privacy.noise_seed need "
                         "aggregator.kind='dp'.")
+    if (privacy['mechanism'], privacy['sampling'], privacy['accountant']) != (
+        'dp_fedavg', 'fixed', 'rdp'):
+      raise ConfigError("privacy.mechanism, privacy.sampling and privacy.accountant need "
+                        "aggregator.kind='dp'.")
     return
   seed = privacy['noise_seed']
   if seed is not None and (config['backend'] != 'fast' or not isinstance(seed, int) or seed < 0):
@@ -238,6 +251,30 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
   if (aggregator['noise_multiplier'] is None) == (privacy['target_epsilon'] is None):
     raise ConfigError("aggregator.kind='dp' needs exactly one of aggregator.noise_multiplier and "
                       'privacy.target_epsilon.')
+  _check_privacy_mechanism(config)
+
+
+def _check_privacy_mechanism(config: Mapping[str, Any]) -> None:
+  privacy = config['privacy']
+  mechanism, sampling = privacy['mechanism'], privacy['sampling']
+  if privacy['accountant'] == 'pld' and sampling != 'poisson':
+    raise ConfigError("privacy.accountant='pld' needs privacy.sampling='poisson': "
+                      "dp_accounting's PLD accountant has no fixed-size or cyclic sampling.")
+  if sampling == 'poisson' and config['backend'] != 'tff':
+    raise ConfigError("privacy.sampling='poisson' needs backend='tff': the fast backend's "
+                      'compiled round cannot run the empty cohorts Poisson sampling draws.')
+  if (mechanism == 'dp_ftrl') != (sampling == 'cyclic'):
+    raise ConfigError("privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic' and only "
+                      f"with it (got mechanism={mechanism!r}, sampling={sampling!r}): DP-FTRL's "
+                      'accounting bounds how often and how close together a client joins.')
+  if mechanism == 'dp_ftrl':
+    if privacy['accountant'] != 'rdp':
+      raise ConfigError("privacy.mechanism='dp_ftrl' is accounted with privacy.accountant='rdp'.")
+    if config['aggregator']['clip_norm'] is None:
+      raise ConfigError("privacy.mechanism='dp_ftrl' needs a fixed aggregator.clip_norm.")
+    if config['backend'] != 'tff':
+      raise ConfigError("privacy.mechanism='dp_ftrl' needs backend='tff': the fast backend has "
+                        'no tree aggregation.')
 
 
 def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:

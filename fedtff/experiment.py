@@ -30,6 +30,7 @@ from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
 from fedtff.privacy import accounting
+from fedtff.privacy import ftrl
 from fedtff.privacy import ledger
 from fedtff.privacy import run_privacy
 from fedtff import run_dir
@@ -75,7 +76,8 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
 
   With `privacy.target_epsilon` it is the smallest multiplier that keeps epsilon
   within the target over `total_rounds` rounds of `clients_per_round` clients
-  sampled from the task's training clients.
+  sampled (`privacy.sampling`) from the task's training clients, by
+  `privacy.accountant` (`privacy.mechanism='dp_ftrl'`: `fedtff.privacy.ftrl`).
 
   Raises:
     ValueError: If the stated guarantee would not hold (fedtff.privacy).
@@ -84,18 +86,46 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
     return None
   num_clients = len(task.train_data.client_ids)
   z = config.aggregator.noise_multiplier
+  if config.privacy.mechanism == 'dp_ftrl':
+    return _ftrl_noise_multiplier(config, num_clients)
+  sampling = _SAMPLINGS[config.privacy.sampling]
   if z is None:
     z = accounting.noise_multiplier_for_epsilon(
         config.privacy.target_epsilon, config.clients_per_round, num_clients,
-        config.total_rounds, config.privacy.delta)
+        config.total_rounds, config.privacy.delta, sampling=sampling,
+        accountant=config.privacy.accountant)
   accounting.check_guarantee(
       noise_multiplier=z, clients_per_round=config.clients_per_round, num_clients=num_clients,
       weighted=config.algorithm.weighted, rounds=config.total_rounds,
-      target_epsilon=config.privacy.target_epsilon, delta=config.privacy.delta)
+      target_epsilon=config.privacy.target_epsilon, delta=config.privacy.delta,
+      sampling=sampling, accountant=config.privacy.accountant)
   return z
 
 
-def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggregators.AggregatorSpec:
+# privacy.sampling -> fedtff.privacy.accounting's sampling.
+_SAMPLINGS = {'fixed': accounting.WITHOUT_REPLACEMENT, 'poisson': accounting.POISSON}
+
+
+def _ftrl_noise_multiplier(config: ml_collections.ConfigDict, num_clients: int) -> float:
+  privacy, z = config.privacy, config.aggregator.noise_multiplier
+  if z is None:
+    z = ftrl.noise_multiplier_for_epsilon(privacy.target_epsilon, config.clients_per_round,
+                                          num_clients, config.total_rounds, privacy.delta)
+  accounting.check_guarantee(
+      noise_multiplier=z, clients_per_round=config.clients_per_round, num_clients=num_clients,
+      weighted=config.algorithm.weighted, target_epsilon=None, delta=privacy.delta)
+  spent = ftrl.epsilon(z, config.clients_per_round, num_clients, config.total_rounds,
+                       privacy.delta)
+  if privacy.target_epsilon is not None and spent > privacy.target_epsilon:
+    raise ValueError(f'{config.total_rounds} DP-FTRL rounds with noise_multiplier={z} spend '
+                     f'epsilon {spent:.4g}, more than target_epsilon={privacy.target_epsilon}.')
+  return z
+
+
+def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional[float]):
+  if config.aggregator.kind == 'dp' and config.privacy.mechanism == 'dp_ftrl':
+    return ftrl.ftrl_aggregator(z, config.clients_per_round, config.aggregator.clip_norm,
+                                task.model_fn)
   fields = dict(config.aggregator.to_dict(), noise_multiplier=z)
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
@@ -113,7 +143,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
-      aggregator=_aggregator(config, z),
+      aggregator=_aggregator(config, task, z),
       **task.learning_kwargs())
 
 
@@ -228,12 +258,14 @@ def _run_privacy(config, task, z: Optional[float]) -> Optional[run_privacy.RunPr
   """The privacy record of a DP run (ledger, noise seed, published metrics), or None."""
   if z is None:
     return None
+  privacy = config.privacy
   mechanism = ledger.RoundMechanism(
       noise_multiplier=z, clients_per_round=config.clients_per_round,
-      num_clients=len(task.train_data.client_ids), clip_norm=config.aggregator.clip_norm)
-  return run_privacy.RunPrivacy(mechanism, delta=config.privacy.delta,
-                                noise_seed=config.privacy.noise_seed,
-                                publish_client_metrics=config.privacy.publish_client_metrics)
+      num_clients=len(task.train_data.client_ids), clip_norm=config.aggregator.clip_norm,
+      sampling=_SAMPLINGS.get(privacy.sampling, privacy.sampling), mechanism=privacy.mechanism,
+      accountant=privacy.accountant)
+  return run_privacy.RunPrivacy(mechanism, delta=privacy.delta, noise_seed=privacy.noise_seed,
+                                publish_client_metrics=privacy.publish_client_metrics)
 
 
 class _Backend(NamedTuple):
@@ -329,7 +361,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
     columns = privacy.published_columns(columns)
   train_ids = task.train_data.client_ids
   select = lambda round_num: training.sample_clients(
-      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
+      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
+      sampling=config.privacy.sampling)
 
   def save(round_num, state):
     checkpoints.save(

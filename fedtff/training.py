@@ -19,18 +19,45 @@ Metrics = Dict[str, float]
 MetricsWriter = Callable[[Mapping[str, Any]], None]
 
 
-def sample_clients(client_ids: Sequence[str], clients_per_round: int, *,
-                   round_num: int, seed: int) -> list:
-  """Draws `clients_per_round` distinct ids uniformly, without replacement.
+SAMPLINGS = ('fixed', 'poisson', 'cyclic')
 
-  The draw depends only on `(seed, round_num)`, so a resumed run samples the
-  same clients as an uninterrupted one.
+
+def sample_clients(client_ids: Sequence[str], clients_per_round: int, *,
+                   round_num: int, seed: int, sampling: str = 'fixed') -> list:
+  """The clients of round `round_num`, drawn from `(seed, round_num)` only.
+
+  The draw depends only on `(seed, round_num)` (and, for 'cyclic', `seed`), so a
+  resumed run samples the same clients as an uninterrupted one.
+
+  Args:
+    client_ids: The `N` training clients.
+    clients_per_round: `m`: the cohort size ('fixed', 'cyclic') or the
+      expected cohort size ('poisson').
+    round_num: The round, from 1.
+    seed: The run's sampling seed.
+    sampling: 'fixed': `m` distinct clients uniformly without replacement.
+      'poisson': each client independently with probability `q = m / N`
+      (Poisson sampling, McMahan et al. 2018), so the cohort's size varies
+      and may be 0; the ids keep `client_ids`' order. 'cyclic': one random
+      permutation (from `seed`) cut into `N // m` disjoint cohorts of `m`,
+      used in turn, so every client joins once every `N // m` rounds (DP-FTRL,
+      Kairouz et al. 2021); the `N mod m` clients left over never join.
   """
   if not 1 <= clients_per_round <= len(client_ids):
     raise ValueError(
         f'clients_per_round must be in [1, {len(client_ids)}] (the number of '
         f'training clients), got {clients_per_round}.')
+  if sampling not in SAMPLINGS:
+    raise ValueError(f'sampling must be one of {SAMPLINGS}, got {sampling!r}.')
+  if sampling == 'cyclic':
+    cohorts = len(client_ids) // clients_per_round
+    order = np.random.default_rng([seed, 0]).permutation(len(client_ids))
+    start = ((round_num - 1) % cohorts) * clients_per_round
+    return [client_ids[i] for i in order[start:start + clients_per_round]]
   rng = np.random.default_rng([seed, round_num])
+  if sampling == 'poisson':
+    joins = rng.random(len(client_ids)) < clients_per_round / len(client_ids)
+    return [client_id for client_id, join in zip(client_ids, joins) if join]
   chosen = rng.choice(len(client_ids), size=clients_per_round, replace=False)
   return [client_ids[i] for i in chosen]
 

@@ -92,7 +92,8 @@ VALID = dict(noise_multiplier=1.0, clients_per_round=10, num_clients=1000, weigh
 
 @pytest.mark.parametrize('change, message', [
     (dict(weighted=True), 'needs unweighted aggregation'),
-    (dict(sampling='poisson'), 'samples a fixed number of clients uniformly without replacement'),
+    (dict(accountant='pld'), "accountant='pld' needs sampling='poisson'"),
+    (dict(accountant='moments'), "accountant must be one of"),
     (dict(clients_per_round=1001), 'clients_per_round=1001 exceeds num_clients=1000'),
     (dict(noise_multiplier=0.0, target_epsilon=8.0, rounds=10),
      'noise_multiplier is 0, so the updates get no noise'),
@@ -100,7 +101,7 @@ VALID = dict(noise_multiplier=1.0, clients_per_round=10, num_clients=1000, weigh
     (dict(delta=0.01), 'is not below 1/num_clients'),
     (dict(target_epsilon=1.0, rounds=100), 'spend epsilon .* more than target_epsilon=1.0'),
     (dict(target_epsilon=1.0), 'needs the number of rounds'),
-], ids=['weighted', 'poisson', 'more_clients_than_exist', 'no_noise_finite_epsilon',
+], ids=['weighted', 'pld_without_poisson', 'unknown_accountant', 'more_clients_than_exist', 'no_noise_finite_epsilon',
         'negative_noise', 'large_delta', 'over_budget', 'target_without_rounds'])
 def test_check_guarantee_refuses_broken_claims(change, message):
   with pytest.raises(ValueError, match=message):
@@ -128,3 +129,65 @@ def test_a_user_delta_of_one_over_n_is_still_refused():
   with pytest.raises(ValueError, match=r'delta=0.02 is not below 1/num_clients=0.02'):
     privacy.check_guarantee(noise_multiplier=1.0, clients_per_round=10, num_clients=50,
                             weighted=False, delta=0.02)
+
+
+def test_check_guarantee_accepts_poisson_sampling_now_that_rounds_can_sample_that_way():
+  spent = privacy.check_guarantee(**VALID, rounds=20, sampling='poisson', accountant='pld')
+  direct = dp_accounting.pld.PLDAccountant().compose(dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.0)), 20))
+  assert spent == pytest.approx(direct.get_epsilon(0.01 / 1000), rel=1e-9)  # The default delta.
+
+
+@pytest.mark.parametrize('noise_multiplier, clients_per_round, num_clients, rounds, delta', [
+    (1.0, 10, 50, 100, 1 / 50**1.1),  # The quickstart's Poisson setting.
+    (0.8, 100, 10000, 100, 1e-6),
+], ids=['quickstart', 'q0.01_z0.8'])
+def test_pld_epsilon_is_an_upper_bound_close_to_the_true_value(
+    noise_multiplier, clients_per_round, num_clients, rounds, delta):
+  # Independent of fedtff and of dp_accounting's accountant classes: the PLD of
+  # the subsampled Gaussian built directly, both pessimistic (an upper bound on
+  # the true privacy loss) and optimistic (a lower bound).
+  q = clients_per_round / num_clients
+  bounds = {}
+  for pessimistic in (True, False):
+    pld = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+        noise_multiplier, sampling_prob=q, value_discretization_interval=1e-4,
+        pessimistic_estimate=pessimistic, use_connect_dots=pessimistic)
+    bounds[pessimistic] = pld.self_compose(rounds).get_epsilon_for_delta(delta)
+  ours = privacy.epsilon(noise_multiplier, clients_per_round, num_clients, rounds, delta,
+                         sampling='poisson', accountant='pld')
+  assert ours == pytest.approx(bounds[True], rel=1e-3)
+  assert bounds[False] <= ours < 1.02 * bounds[False]
+  # PLD is tighter than RDP on the same event.
+  rdp = privacy.epsilon(noise_multiplier, clients_per_round, num_clients, rounds, delta,
+                        sampling='poisson', accountant='rdp')
+  assert ours < rdp
+
+
+def test_pld_agrees_with_tf_privacys_pld_dp_sgd_statement():
+  # TF Privacy 0.9.0's own DP-SGD accounting with its PLD accountant, for
+  # Poisson sampling without microbatching (sensitivity C, add-or-remove).
+  tf_privacy = compute_dp_sgd_privacy_lib._compute_dp_sgd_example_privacy(  # pylint: disable=protected-access
+      num_epochs=2.0, noise_multiplier=1.0, example_delta=1e-5, used_microbatching=False,
+      poisson_subsampling_probability=0.01,
+      accountant_type=compute_dp_sgd_privacy_lib.AccountantType.PLD)
+  ours = privacy.epsilon(1.0, 100, 10000, 200, 1e-5, sampling='poisson', accountant='pld')
+  assert ours == pytest.approx(tf_privacy, rel=0.01)
+
+
+def test_pld_tracker_matches_the_accountant_every_round_and_refuses_fixed_sampling():
+  tracker = privacy.PrivacyTracker(1.0, 10, 50, sampling='poisson', accountant='pld')
+  assert tracker.epsilon(0) == 0.0
+  for round_num in (1, 5):
+    assert tracker.epsilon(round_num) == pytest.approx(
+        privacy.epsilon(1.0, 10, 50, round_num, sampling='poisson', accountant='pld'), rel=1e-9)
+  with pytest.raises(ValueError, match="accountant='pld' needs sampling='poisson'"):
+    privacy.PrivacyTracker(1.0, 10, 50, accountant='pld')
+
+
+def test_noise_multiplier_for_epsilon_with_pld_is_the_smallest_within_tolerance():
+  z = privacy.noise_multiplier_for_epsilon(8.0, 10, 50, 20, sampling='poisson', accountant='pld',
+                                          tolerance=0.05)
+  assert privacy.epsilon(z, 10, 50, 20, sampling='poisson', accountant='pld') <= 8.0
+  smaller = z - 0.05
+  assert privacy.epsilon(smaller, 10, 50, 20, sampling='poisson', accountant='pld') > 8.0

@@ -1,8 +1,12 @@
 """DP-FedAvg from configs: epsilon per round, the summary, refused claims."""
 
+import math
 import os
 
+import dp_accounting
+import numpy as np
 import pytest
+from tensorflow_privacy.privacy.analysis import tree_aggregation_accountant
 
 import fedtff
 from fedtff import outputs
@@ -63,3 +67,58 @@ def test_claims_that_would_not_hold_are_refused(change, message):
 def test_delta_too_large_for_the_population_is_refused(tmp_path):
   with pytest.raises(ValueError, match='delta'):
     fedtff.run_experiment(dp_config(delta=0.2), str(tmp_path))
+
+
+def test_poisson_rounds_sample_as_documented_run_empty_cohorts_and_report_pld_epsilon(tmp_path):
+  # 6 training clients, q = 1/6: with seed 0 rounds 3 and 4 draw nobody.
+  config = dp_config(sampling='poisson', accountant='pld')
+  config.data.num_clients, config.data.num_test_clients = 8, 2
+  config.clients_per_round, config.total_rounds = 1, 4
+  config.privacy.publish_client_metrics = True  # To read the cohort sizes back.
+  summary = fedtff.run_experiment(config, str(tmp_path))
+  rows = outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
+  cohort_sizes = [int((np.random.default_rng([0, r]).random(6) < 1 / 6).sum()) for r in range(1, 5)]
+  assert cohort_sizes[2:] == [0, 0] and min(cohort_sizes[:2]) >= 1
+  assert [r['train/num_examples'] == 0 for r in rows] == [s == 0 for s in cohort_sizes]
+  delta = 0.01 / 6  # The default.
+  expected = [dp_accounting.pld.PLDAccountant().compose(dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(1 / 6, dp_accounting.GaussianDpEvent(1.5)), r)
+  ).get_epsilon(delta) for r in range(1, 5)]
+  assert [r['privacy/epsilon'] for r in rows] == pytest.approx(expected, rel=1e-9)
+  assert summary['privacy']['accountant'] == 'pld'
+  assert summary['privacy']['sampling'].startswith('Poisson')
+
+
+def test_dp_ftrl_run_reports_the_single_tree_epsilon_of_its_cyclic_schedule(tmp_path):
+  config = dp_config(mechanism='dp_ftrl', sampling='cyclic')
+  config.total_rounds = 6  # 20 training clients, 5 per round: 4 cohorts, so 2 rounds repeat.
+  summary = fedtff.run_experiment(config, str(tmp_path))
+  rows = outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
+  orders = dp_accounting.rdp.RdpAccountant().orders
+  expected = [dp_accounting.rdp.compute_epsilon(orders, tree_aggregation_accountant.compute_rdp_single_tree(
+      1.5, r, math.ceil(r / 4), 3, orders), 0.01 / 20)[0] for r in range(1, 7)]
+  assert [r['privacy/epsilon'] for r in rows] == pytest.approx(expected, rel=1e-9)
+  assert summary['privacy']['mechanism'] == 'dp_ftrl'
+  assert all(np.isfinite(r['eval/accuracy']) for r in rows)
+
+
+@pytest.mark.parametrize('privacy, backend, message', [
+    (dict(accountant='pld'), 'tff', "privacy.accountant='pld' needs privacy.sampling='poisson'"),
+    (dict(sampling='poisson'), 'fast', "privacy.sampling='poisson' needs backend='tff'"),
+    (dict(mechanism='dp_ftrl'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
+    (dict(sampling='cyclic'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
+    (dict(mechanism='dp_ftrl', sampling='cyclic'), 'fast', "privacy.mechanism='dp_ftrl' needs backend='tff'"),
+    (dict(sampling='shuffle'), 'tff', "privacy.sampling is 'shuffle'; expected one of: fixed, poisson, cyclic"),
+], ids=['pld_fixed', 'poisson_fast', 'ftrl_fixed', 'cyclic_fedavg', 'ftrl_fast', 'unknown_sampling'])
+def test_privacy_options_that_do_not_fit_are_refused(privacy, backend, message):
+  config = dp_config(**privacy)
+  config.backend = backend
+  with pytest.raises(fedtff.config.ConfigError, match=message):
+    fedtff.config.validate(config)
+
+
+def test_privacy_options_without_dp_are_refused():
+  config = fedtff.config.base_config()
+  config.privacy.sampling = 'poisson'
+  with pytest.raises(fedtff.config.ConfigError, match="need aggregator.kind='dp'"):
+    fedtff.config.validate(config)

@@ -2,6 +2,8 @@
 
 * `accounting`: epsilon of DP-FedAvg for fedtff's client sampling, the noise
   multiplier for a target epsilon, a per-round tracker, configuration checks.
+* `ftrl`: DP-FTRL (tree aggregation, Kairouz et al. 2021): its aggregator and
+  its accounting without sampling amplification.
 * `mechanisms`: the DP-FedAvg mean (fixed or adaptive clipping) and TFF's
   secure-sum mean.
 * `masking_simulation`: a simulation of the arithmetic of pairwise additive
@@ -11,6 +13,7 @@ docs/privacy.md states what each mechanism protects against and what it does not
 """
 
 from fedtff.privacy import accounting
+from fedtff.privacy import ftrl
 from fedtff.privacy import mechanisms
 from fedtff.privacy import masking_simulation
 from fedtff.privacy.accounting import check_guarantee

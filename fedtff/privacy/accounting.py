@@ -33,20 +33,28 @@ What fedtff accounts for, exactly:
   every intermediate model, not only the final one.
 
 `sampling='poisson'` instead accounts for Poisson sampling (each client joins a
-round independently with probability `q = m / N`) under add-or-remove-one,
-with sensitivity `C` (noise multiplier `z`), as McMahan et al. do. fedtff's
-training loop does not sample that way; the mode exists to compare with
-published figures and TF Privacy's calculator, and `check_guarantee` refuses it.
+round independently with probability `q = m / N`, so cohorts vary in size;
+`fedtff.training.sample_clients(..., sampling='poisson')`) under
+add-or-remove-one, with sensitivity `C` (noise multiplier `z`), the setting of
+McMahan et al. 2018, TF Privacy, pfl-research and Opacus. TFF's DP mean divides
+the noised sum by the *expected* cohort size `m`, whatever the cohort's size,
+so the sensitivity stays `C/m` on the mean (McMahan et al.'s fixed-denominator
+estimator).
 
-dp_accounting's PLD accountant supports no sampling without replacement, so
-fedtff uses the RDP accountant throughout.
+Accountants (`accountant=`): `'rdp'` (Mironov 2017; Wang et al. 2019 for
+sampling without replacement) for both samplings, and `'pld'` (privacy loss
+distributions, Koskela et al. 2020, Doroshenko et al. 2022; dp_accounting's
+pessimistic estimate, so an upper bound) for Poisson sampling only:
+dp_accounting's PLD accountant has no sampling without replacement.
+
+DP-FTRL's accounting (no sampling) is in `fedtff.privacy.ftrl`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import dp_accounting
 import numpy as np
@@ -54,6 +62,10 @@ import numpy as np
 WITHOUT_REPLACEMENT = 'without_replacement'
 POISSON = 'poisson'
 SAMPLINGS = (WITHOUT_REPLACEMENT, POISSON)
+RDP = 'rdp'
+PLD = 'pld'
+ACCOUNTANTS = (RDP, PLD)
+PLD_DISCRETIZATION = 1e-4  # dp_accounting's PLDAccountant default.
 EPSILON_METRIC = 'privacy/epsilon'
 DEFAULT_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 2.0**20
@@ -113,8 +125,9 @@ def dp_event(noise_multiplier: float, clients_per_round: int, num_clients: int, 
 
 
 def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, rounds: int,
-            delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT) -> float:
-  """The epsilon DP-FedAvg spends over `rounds` rounds, by the RDP accountant.
+            delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT,
+            accountant: str = RDP) -> float:
+  """The epsilon DP-FedAvg spends over `rounds` rounds, by `accountant`.
 
   Args:
     noise_multiplier: `z`: the noise standard deviation over the clip norm
@@ -123,23 +136,36 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
     num_clients: `N`, the clients sampled from.
     rounds: `T`, the rounds run.
     delta: The target delta; `default_delta(num_clients)` when `None`.
-    sampling: `WITHOUT_REPLACEMENT` (what fedtff does) or `POISSON`.
+    sampling: `WITHOUT_REPLACEMENT` (fixed-size cohorts) or `POISSON`.
+    accountant: `RDP`, or `PLD` (Poisson sampling only).
 
   Returns:
     Epsilon at `delta`; `math.inf` when `noise_multiplier` is 0.
   """
   event = dp_event(noise_multiplier, clients_per_round, num_clients, rounds, sampling=sampling)
   delta = _resolve_delta(delta, num_clients)
+  _check_accountant(accountant, sampling)
   if noise_multiplier == 0:
     return math.inf
-  accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring_relation(sampling))
-  return accountant.compose(event).get_epsilon(delta)
+  return make_accountant(accountant, sampling).compose(event).get_epsilon(delta)
+
+
+def make_accountant(accountant: str = RDP, sampling: str = WITHOUT_REPLACEMENT
+                   ) -> dp_accounting.PrivacyAccountant:
+  """A fresh dp_accounting accountant of kind `accountant` for `sampling`'s relation."""
+  _check_accountant(accountant, sampling)
+  relation = neighboring_relation(sampling)
+  if accountant == PLD:
+    return dp_accounting.pld.PLDAccountant(neighboring_relation=relation,
+                                           value_discretization_interval=PLD_DISCRETIZATION)
+  return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
 
 
 @functools.lru_cache(maxsize=64)  # A pure, seconds-long search: run it once per setting.
 def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
                                  num_clients: int, rounds: int, delta: Optional[float] = None,
                                  *, sampling: str = WITHOUT_REPLACEMENT,
+                                 accountant: str = RDP,
                                  tolerance: float = DEFAULT_TOLERANCE) -> float:
   """The smallest noise multiplier that keeps `rounds` rounds within `target_epsilon`.
 
@@ -153,7 +179,8 @@ def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
     num_clients: `N`, the clients sampled from.
     rounds: `T`, the rounds run.
     delta: The target delta; `default_delta(num_clients)` when `None`.
-    sampling: `WITHOUT_REPLACEMENT` (what fedtff does) or `POISSON`.
+    sampling: `WITHOUT_REPLACEMENT` (fixed-size cohorts) or `POISSON`.
+    accountant: `RDP`, or `PLD` (Poisson sampling only).
     tolerance: The returned `z` is at most this much above the exact smallest
       multiplier `z*` (absolute, in noise-multiplier units).
 
@@ -164,7 +191,18 @@ def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
     raise ValueError(f'target_epsilon must be positive, got {target_epsilon}.')
   if not tolerance > 0:
     raise ValueError(f'tolerance must be positive, got {tolerance}.')
-  spends = lambda z: epsilon(z, clients_per_round, num_clients, rounds, delta, sampling=sampling)
+  spends = lambda z: epsilon(z, clients_per_round, num_clients, rounds, delta, sampling=sampling,
+                             accountant=accountant)
+  return smallest_noise_multiplier(spends, target_epsilon, rounds, tolerance=tolerance)
+
+
+def smallest_noise_multiplier(spends: Callable[[float], float], target_epsilon: float,
+                              rounds: int, *, tolerance: float = DEFAULT_TOLERANCE) -> float:
+  """The smallest `z` (within `tolerance` above) with `spends(z) <= target_epsilon`.
+
+  `spends` maps a noise multiplier to the epsilon of `rounds` rounds and must
+  fall as the multiplier grows; see `noise_multiplier_for_epsilon`.
+  """
   low, high = 0.0, 1.0
   while spends(high) > target_epsilon:
     low, high = high, 2 * high
@@ -180,7 +218,8 @@ def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
 class PrivacyTracker:
   """The epsilon spent after each round, for a round loop's metrics.
 
-  The per-round Rényi DP is computed once; `epsilon(round_num)` then composes
+  The per-round Rényi DP (or, with `accountant='pld'`, the per-round privacy
+  loss distribution) is computed once; `epsilon(round_num)` then composes
   `round_num` rounds, so a resumed run reports the same numbers as an
   uninterrupted one. The values equal `fedtff.privacy.epsilon(..., rounds=round_num)`.
 
@@ -189,16 +228,20 @@ class PrivacyTracker:
   """
 
   def __init__(self, noise_multiplier: float, clients_per_round: int, num_clients: int,
-               delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT):
+               delta: Optional[float] = None, *, sampling: str = WITHOUT_REPLACEMENT,
+               accountant: str = RDP):
     event = round_event(noise_multiplier, clients_per_round, num_clients, sampling=sampling)
     self.noise_multiplier = noise_multiplier
     self.num_clients = num_clients
     self.delta = _resolve_delta(delta, num_clients)
+    self.sampling, self.accountant = sampling, accountant
     self._private = noise_multiplier > 0
-    accountant = dp_accounting.rdp.RdpAccountant(neighboring_relation=neighboring_relation(sampling))
+    self._event, self._pld_epsilons, self._one_round_pld = event, {}, None
+    _check_accountant(accountant, sampling)
+    rdp = make_accountant(RDP, sampling)
     if self._private:
-      accountant.compose(event)
-    self._orders, self._round_rdp = accountant.orders, accountant.rdp
+      rdp.compose(event)
+    self._orders, self._round_rdp = rdp.orders, rdp.rdp
 
   def epsilon(self, round_num: int) -> float:
     """Epsilon after rounds `1..round_num`; 0 before the first round."""
@@ -206,6 +249,15 @@ class PrivacyTracker:
       raise ValueError(f'round_num must be nonnegative, got {round_num}.')
     if not self._private:
       return math.inf if round_num else 0.0
+    if self.accountant == PLD:
+      if round_num == 0:
+        return 0.0
+      if round_num not in self._pld_epsilons:
+        # What PLDAccountant.compose(event, round_num) computes, with the
+        # one-round PLD (the slow part) built once.
+        pld = self._round_pld().self_compose(round_num)
+        self._pld_epsilons[round_num] = float(pld.get_epsilon_for_delta(self.delta))
+      return self._pld_epsilons[round_num]
     rdp = round_num * self._round_rdp
     return float(dp_accounting.rdp.compute_epsilon(self._orders, rdp, self.delta)[0])
 
@@ -213,11 +265,19 @@ class PrivacyTracker:
     """`{'privacy/epsilon': epsilon(round_num)}`, to add to a metrics row."""
     return {EPSILON_METRIC: self.epsilon(round_num)}
 
+  def _round_pld(self):
+    if self._one_round_pld is None:  # What PLDAccountant builds for one round's event.
+      self._one_round_pld = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+          standard_deviation=self._event.event.noise_multiplier,
+          value_discretization_interval=PLD_DISCRETIZATION,
+          sampling_prob=self._event.sampling_probability)
+    return self._one_round_pld
+
 
 def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clients: int,
                     weighted: bool, sampling: str = WITHOUT_REPLACEMENT,
                     rounds: Optional[int] = None, target_epsilon: Optional[float] = None,
-                    delta: Optional[float] = None) -> Optional[float]:
+                    delta: Optional[float] = None, accountant: str = RDP) -> Optional[float]:
   """Refuses DP-FedAvg configurations whose stated guarantee would not hold.
 
   Args:
@@ -225,11 +285,12 @@ def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clie
     clients_per_round: `m`, the clients sampled each round.
     num_clients: `N`, the training clients sampled from.
     weighted: Whether client updates are weighted by example counts.
-    sampling: How clients are sampled; only `WITHOUT_REPLACEMENT` is what
-      fedtff's round loop does.
+    sampling: How the round loop samples clients (`fedtff.training.sample_clients`):
+      `WITHOUT_REPLACEMENT` or `POISSON`.
     rounds: The rounds to run; needed with `target_epsilon`.
     target_epsilon: The epsilon the run claims, if any.
     delta: The delta the run claims; `default_delta(num_clients)` when `None`.
+    accountant: `RDP`, or `PLD` (Poisson sampling only).
 
   Returns:
     The epsilon spent over `rounds` rounds, or `None` without `rounds`.
@@ -243,17 +304,14 @@ def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clie
         'DP-FedAvg needs unweighted aggregation (weighted=False): weighting updates by '
         'example counts lets one client move the average by more than 2*clip/clients_per_round, '
         'the sensitivity the noise is calibrated to.')
-  if sampling != WITHOUT_REPLACEMENT:
-    raise ValueError(
-        f"fedtff's round loop samples a fixed number of clients uniformly without replacement "
-        f"(sampling='{WITHOUT_REPLACEMENT}'); an epsilon accounted for sampling={sampling!r} "
-        'would not describe the run.')
+  _check_accountant(accountant, sampling)
   _check_claimed_delta(_resolve_delta(delta, num_clients), num_clients)
   if target_epsilon is not None:
     _check_claimed_epsilon(noise_multiplier, target_epsilon, rounds)
   if rounds is None:
     return None
-  spent = epsilon(noise_multiplier, clients_per_round, num_clients, rounds, delta)
+  spent = epsilon(noise_multiplier, clients_per_round, num_clients, rounds, delta,
+                  sampling=sampling, accountant=accountant)
   if target_epsilon is not None and spent > target_epsilon:
     raise ValueError(
         f'{rounds} rounds with noise_multiplier={noise_multiplier} spend epsilon {spent:.4g}, '
@@ -279,6 +337,15 @@ def _check_claimed_epsilon(noise_multiplier: float, target_epsilon: float,
         f'target_epsilon={target_epsilon} cannot be claimed.')
   if rounds is None:
     raise ValueError('Checking a target_epsilon needs the number of rounds (rounds=...).')
+
+
+def _check_accountant(accountant: str, sampling: str) -> None:
+  if accountant not in ACCOUNTANTS:
+    raise ValueError(f'accountant must be one of {ACCOUNTANTS}, got {accountant!r}.')
+  if accountant == PLD and sampling != POISSON:
+    raise ValueError(
+        f"accountant='pld' needs sampling='{POISSON}': dp_accounting's PLD accountant has no "
+        "sampling without replacement; use accountant='rdp'.")
 
 
 def _check_sampling(sampling: str) -> None:

@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import dp_accounting
 
 from fedtff.privacy import accounting
+from fedtff.privacy import ftrl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +37,28 @@ class RoundMechanism:
     num_clients: `N`, the clients sampled from.
     clip_norm: The L2 clip norm, or None when it adapts (the noise then
       scales with it, and `z` is what the accountant needs).
-    sampling: How clients were sampled (`fedtff.privacy.accounting.SAMPLINGS`).
+    sampling: How clients were sampled (`fedtff.privacy.accounting.SAMPLINGS`,
+      or 'cyclic' for DP-FTRL).
+    mechanism: 'dp_fedavg' (the Gaussian mechanism on each round's sum) or
+      'dp_ftrl' (tree aggregation, `fedtff.privacy.ftrl`).
+    accountant: 'rdp' or 'pld' (Poisson sampling only).
   """
   noise_multiplier: float
   clients_per_round: int
   num_clients: int
   clip_norm: Optional[float] = None
   sampling: str = accounting.WITHOUT_REPLACEMENT
+  mechanism: str = 'dp_fedavg'
+  accountant: str = 'rdp'
+
+  def tracker(self, delta: float):
+    """The accountant of rounds of this mechanism: `.epsilon(rounds)`."""
+    if self.mechanism == 'dp_ftrl':
+      return ftrl.FtrlPrivacyTracker(self.noise_multiplier, self.clients_per_round,
+                                     self.num_clients, delta)
+    return accounting.PrivacyTracker(self.noise_multiplier, self.clients_per_round,
+                                     self.num_clients, delta, sampling=self.sampling,
+                                     accountant=self.accountant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +86,11 @@ def _round_rdp(mechanism: RoundMechanism) -> Tuple[Tuple[float, ...], Tuple[floa
       neighboring_relation=accounting.neighboring_relation(mechanism.sampling))
   accountant.compose(event)
   return tuple(accountant.orders), tuple(accountant.rdp)
+
+
+@functools.lru_cache(maxsize=16)
+def _tracker(mechanism: RoundMechanism, delta: float):
+  return mechanism.tracker(delta)
 
 
 class PrivacyLedger:
@@ -111,18 +132,32 @@ class PrivacyLedger:
     return PrivacyLedger(tuple(kept))
 
   def epsilon(self, delta: float) -> float:
-    """Epsilon at `delta` of every round in the ledger, composed in Rényi DP.
+    """Epsilon at `delta` of every round in the ledger.
+
+    One mechanism throughout: its own accountant over all the rounds (RDP or
+    PLD for DP-FedAvg, the tree's RDP for DP-FTRL). Several: their rounds
+    composed in Rényi DP, for DP-FedAvg accounted by RDP under one
+    neighbouring relation; any other mix is refused.
 
     Returns:
       0 for an empty ledger; `math.inf` if any round had no noise.
+
+    Raises:
+      LedgerError: If no single epsilon covers the ledger's mix of mechanisms.
     """
     if not self._segments:
       return 0.0
     if any(s.mechanism.noise_multiplier == 0 for s in self._segments):
       return math.inf
-    relations = {accounting.neighboring_relation(s.mechanism.sampling) for s in self._segments}
-    if len(relations) > 1:
-      raise LedgerError('The ledger mixes neighbouring relations; no single epsilon covers it.')
+    if len(self._segments) == 1:
+      return _tracker(self._segments[0].mechanism, delta).epsilon(self.last_round)
+    relations = {accounting.neighboring_relation(s.mechanism.sampling)
+                 for s in self._segments if s.mechanism.sampling in accounting.SAMPLINGS}
+    if len(relations) != 1 or any((s.mechanism.mechanism, s.mechanism.accountant) != (
+        'dp_fedavg', 'rdp') for s in self._segments):
+      raise LedgerError('The ledger mixes mechanisms that no single epsilon covers (only '
+                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation '
+                        'compose).')
     total = None
     for segment in self._segments:
       orders, rdp = _round_rdp(segment.mechanism)

@@ -30,6 +30,11 @@ _LEDGER_KEY, _SEED_KEY = 'privacy_ledger', 'noise_seed'
 # Columns computed from the sampled clients' training data (and its size).
 _CLIENT_DERIVED_PREFIXES = ('train/',)
 _CLIENT_DERIVED_COLUMNS = ('examples_per_s', 'round_time_s')
+_SAMPLING_NAMES = {
+    accounting.WITHOUT_REPLACEMENT: 'fixed-size uniform without replacement',
+    accounting.POISSON: 'Poisson (each client joins with probability clients_per_round / '
+                        'num_clients)',
+    'cyclic': 'cyclic disjoint cohorts of one seeded permutation (no amplification assumed)'}
 
 
 def client_derived(column: str) -> bool:
@@ -109,7 +114,9 @@ class RunPrivacy:
         'noise_multiplier': self.mechanism.noise_multiplier,
         'num_clients': self.mechanism.num_clients,
         'clients_per_round': self.mechanism.clients_per_round,
-        'sampling': 'fixed-size uniform without replacement', 'noise_seed': seed,
+        'sampling': _SAMPLING_NAMES.get(self.mechanism.sampling, self.mechanism.sampling),
+        'mechanism': self.mechanism.mechanism, 'accountant': self.mechanism.accountant,
+        'noise_seed': seed,
         'client_metrics': 'withheld',
     }
     if self.publish_client_metrics:
