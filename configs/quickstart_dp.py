@@ -15,15 +15,9 @@ epsilon = infinity):
       cyclic cohorts of 10, no amplification; server SGD without momentum, as
       TFF's tree aggregation expects.
 
-<<<<<<< HEAD
 Delta defaults to 0.01/N = 2e-4 for N = 50 training clients. Aggregation is
-unweighted with the update clipped to L2 norm 1.0, as DP-FedAvg requires; the
-quickstart's server momentum is kept. docs/privacy.md records what each reaches.
-=======
-Delta defaults to 1/N^1.1 for N = 50 training clients. Aggregation is
 unweighted with the update clipped to L2 norm 1.0, as DP requires; DP-FedAvg
 keeps the quickstart's server momentum. docs/privacy.md records what each reaches.
->>>>>>> privacy_acct
 """
 
 import importlib.util
