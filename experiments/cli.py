@@ -1,15 +1,16 @@
 """What every fedtff script shares: one-line errors, signals, progress lines."""
 
 import os
+import signal
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import stopping
 from fedtff import config as config_lib
 from fedtff import distributed
-from fedtff import runtime
 from fedtff import training
 
 # Errors a user can fix or must know of: shown as one line, no traceback. A
@@ -78,8 +79,11 @@ def _parse_flags(program: str):
 
 
 def run(main, *, verbose: bool) -> None:
-  """`absl.app.run(main)`, with SIGTERM handled and user errors on one line."""
-  runtime.install_signal_handlers()
+  """`absl.app.run(main)`, with signals handled and user errors on one line.
+
+  SIGINT and SIGTERM unwind `main` (stopping its workers), print one line and
+  exit with 130 or 143 (experiments/stopping.py, installed by quiet_tf).
+  """
   program = sys.argv[0].rpartition('/')[2]
 
   def main_with_log_level(argv):
@@ -88,11 +92,12 @@ def run(main, *, verbose: bool) -> None:
     main(argv)
 
   try:
-    app.run(_one_line_errors(main_with_log_level, program, verbose),
-            flags_parser=_parse_flags(program))
-  except KeyboardInterrupt:
-    print(f'{program}: interrupted', file=sys.stderr, flush=True)
-    sys.exit(130)
+    with stopping.protected():
+      app.run(_one_line_errors(main_with_log_level, program, verbose),
+              flags_parser=_parse_flags(program))
+  except KeyboardInterrupt as e:
+    signum = e.signum if isinstance(e, stopping.Stopped) else signal.SIGINT
+    stopping.exit_after_unwinding(signum)
 
 
 class RoundPrinter:
