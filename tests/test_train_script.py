@@ -89,14 +89,17 @@ def test_normal_exit_stops_the_workers_and_closes_the_pipe(tmp_path):
   _assert_gone(workers)
 
 
-@pytest.mark.parametrize('signum, exit_code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=['sigint', 'sigterm'])
-def test_signal_stops_the_workers_and_closes_the_pipe(tmp_path, signum, exit_code):
+@pytest.mark.parametrize('signum, exit_code, line', [
+    (signal.SIGINT, 130, 'train.py: interrupted (SIGINT)\n'),
+    (signal.SIGTERM, 143, 'train.py: terminated (SIGTERM)\n')], ids=['sigint', 'sigterm'])
+def test_signal_stops_the_workers_and_closes_the_pipe(tmp_path, signum, exit_code, line):
   proc = _start_training(tmp_path)
   workers = _wait_for_first_round(proc)
+  sent = time.monotonic()
   proc.send_signal(signum)
   _, stderr = proc.communicate(timeout=60)
-  assert proc.returncode == exit_code, stderr
+  assert time.monotonic() - sent < 2.0
+  assert (proc.returncode, stderr) == (exit_code, line)
   _assert_gone(workers)
 
 
