@@ -140,7 +140,9 @@ def run(main, *, verbose: bool) -> None:
   """`absl.app.run(main)`, with signals handled and user errors on one line.
 
   SIGINT and SIGTERM unwind `main` (stopping its workers), print one line and
-  exit with 130 or 143 (experiments/stopping.py, installed by quiet_tf).
+  exit with 130 or 143 (experiments/stopping.py, installed by quiet_tf). The
+  process ends without the interpreter's slow finalization, so a signal is
+  answered until the very end.
   """
   program = sys.argv[0].rpartition('/')[2]
 
@@ -156,6 +158,8 @@ def run(main, *, verbose: bool) -> None:
   except KeyboardInterrupt as e:
     signum = e.signum if isinstance(e, stopping.Stopped) else signal.SIGINT
     stopping.exit_after_unwinding(signum)
+  except SystemExit as e:  # app.run always ends so.
+    stopping.exit_now(e.code)
 
 
 class RoundPrinter:

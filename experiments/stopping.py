@@ -65,11 +65,27 @@ def report(signum: int) -> None:
     if _state['printed']:
       return
     _state['printed'] = True
-  try:
-    sys.stdout.flush()
-  except Exception:  # pylint: disable=broad-except  # A closed stdout must not hide the line.
-    pass
+  _flush_streams(timeout_s=0.2)
   os.write(2, f'{_program()}: {_MESSAGES[signum]}\n'.encode())
+
+
+def _flush(stream) -> None:
+  try:
+    stream.flush()
+  except Exception:  # pylint: disable=broad-except  # A closed stream cannot be flushed.
+    pass
+
+
+def _flush_streams(*, timeout_s: float) -> None:
+  """Flushes stdout and stderr, giving up after `timeout_s`.
+
+  A flush blocks while a reader leaves our stdout pipe full, or while the
+  interrupted main thread holds the stream's lock; the stop must not wait.
+  """
+  flusher = threading.Thread(target=lambda: [_flush(s) for s in (sys.stdout, sys.stderr)],
+                             daemon=True)
+  flusher.start()
+  flusher.join(timeout_s)
 
 
 def kill_workers() -> None:
@@ -87,20 +103,27 @@ def hard_exit(signum: int) -> None:
 
 
 def exit_after_unwinding(signum: int) -> None:
-  """Ends the process once `Stopped` has unwound `main`: line, atexit handlers, exit code.
+  """Ends the process once `Stopped` has unwound `main`: line, atexit handlers, exit code."""
+  report(signum)
+  exit_now(exit_code(signum))
+
+
+def exit_now(code) -> None:
+  """Runs the atexit handlers, flushes, and ends the process with `code` (a `SystemExit.code`).
 
   Skips the interpreter's finalization, which tears TensorFlow down for
-  seconds while the watchdog thread is frozen; the atexit handlers (which
-  stop any worker still running) run first, with the watchdog still armed.
+  seconds during which daemon threads, the watchdog among them, are frozen and
+  a signal would go unanswered; the atexit handlers (which stop any worker
+  still running) run first, with the handlers and the watchdog still armed.
   """
-  report(signum)
+  if code is None:
+    code = 0
+  elif not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
   atexit._run_exitfuncs()  # pylint: disable=protected-access
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except Exception:  # pylint: disable=broad-except  # A closed stream cannot be flushed.
-      pass
-  os._exit(exit_code(signum))  # pylint: disable=protected-access
+  _flush_streams(timeout_s=1.0)
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def _watch(read_fd: int) -> None:
