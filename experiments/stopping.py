@@ -38,7 +38,7 @@ import time
 WATCHDOG_S = 1.2
 _MESSAGES = {signal.SIGINT: 'interrupted (SIGINT)', signal.SIGTERM: 'terminated (SIGTERM)'}
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # Reentrant: the handler may interrupt a holder.
 _state = {'signum': None, 'handled': False, 'printed': False, 'protected': False}
 
 
