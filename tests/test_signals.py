@@ -14,7 +14,7 @@ import psutil
 
 from tests import conftest
 
-TRAIN = ['experiments/train.py', '--config.total_rounds=500', '--config.backend=fast']
+SMALL = ['--config.total_rounds=500', '--config.backend=fast']  # After --config.
 
 
 def _popen(args):
@@ -36,7 +36,8 @@ def _stop(proc, signum):
 
 
 def test_sigint_during_imports_prints_one_line(tmp_path):
-  proc = _popen(TRAIN + ['--config=configs/quickstart.py', f'--workdir={tmp_path}'])
+  proc = _popen(['experiments/train.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}']
+                + SMALL)
   time.sleep(1.0)  # TensorFlow, TFF and JAX take several seconds to import.
   elapsed, stderr = _stop(proc, signal.SIGINT)
   assert (proc.returncode, stderr) == (130, 'train.py: interrupted (SIGINT)\n')
@@ -56,7 +57,8 @@ def test_sigterm_as_main_starts_prints_one_line(tmp_path):
         print('config read', flush=True)
         return quickstart.get_config()
       '''))
-  proc = _popen(TRAIN + [f'--config={config}', f'--workdir={tmp_path / "run"}'])
+  proc = _popen(['experiments/train.py', f'--config={config}', f'--workdir={tmp_path / "run"}']
+                + SMALL)
   assert proc.stdout.readline() == 'config read\n', proc.stderr.read()
   elapsed, stderr = _stop(proc, signal.SIGTERM)
   assert (proc.returncode, stderr) == (143, 'train.py: terminated (SIGTERM)\n')
