@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Optional
 
 # Seconds from the first signal until the watchdog ends the process: within
 # 2 s on a loaded machine, with time for `os._exit` and killing the workers.
@@ -76,8 +77,8 @@ def _flush(stream) -> None:
     pass
 
 
-def _flush_streams(*, timeout_s: float) -> None:
-  """Flushes stdout and stderr, giving up after `timeout_s`.
+def _flush_streams(*, timeout_s: Optional[float]) -> None:
+  """Flushes stdout and stderr, giving up after `timeout_s` (None: never).
 
   A flush blocks while a reader leaves our stdout pipe full, or while the
   interrupted main thread holds the stream's lock; the stop must not wait.
@@ -122,7 +123,8 @@ def exit_now(code) -> None:
     print(code, file=sys.stderr)
     code = 1
   atexit._run_exitfuncs()  # pylint: disable=protected-access
-  _flush_streams(timeout_s=1.0)
+  # A normal exit waits for a slow reader of stdout; a signal still ends the wait.
+  _flush_streams(timeout_s=None if _state['signum'] is None else 1.0)
   os._exit(code)  # pylint: disable=protected-access
 
 
