@@ -50,7 +50,7 @@ def _missing_config_file(argv):
   return None
 
 
-def _config_file_error(argv, error: Exception):
+def _config_file_error(error: Exception):
   """The cause of a `get_config()` that raised, which ml_collections buries in a traceback.
 
   Returns None if `error` is not such an error.
@@ -68,7 +68,7 @@ def _config_file_error(argv, error: Exception):
 
 def _flag_error(argv, error: Exception) -> str:
   """One sentence for a command line that absl or ml_collections rejected."""
-  config_file_error = _config_file_error(argv, error)
+  config_file_error = _config_file_error(error)
   if config_file_error:
     return config_file_error
   message = str(error).strip().splitlines()[0]
