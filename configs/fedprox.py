@@ -3,7 +3,7 @@
 FedAvg (mu = 0) against FedProx (mu = 1) on the paper's Synthetic(alpha, beta)
 data and its IID variant (`fedtff.data.synthetic_fedprox`; 30 users, 60
 features, 10 classes, each user's samples split 90% train / 10% test) with the
-paper's recipe (/work/shared/reference/benchmarks.md): multinomial logistic
+paper's recipe (arXiv 1812.06127; docs/results.md): multinomial logistic
 regression with L2 1e-3, client SGD lr 0.01, E = 20 local epochs, batch 10, 10
 clients per round, 200 rounds, updates weighted by sample count. The data
 generator's seed is `config.seed`, so every seed is a new draw of the data.

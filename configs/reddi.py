@@ -5,7 +5,7 @@ TFF's hosted datasets, each with FedAvg, FedAvgM (server momentum 0.9),
 FedAdagrad, FedAdam and FedYogi at the paper's best learning rates (10 to the
 power of the table values), one client epoch of SGD, client sampling seed 1,
 adaptive optimizers with beta1 0.9, beta2 0.999 and initial accumulator 0
-(/work/shared/reference/benchmarks.md).
+(as the paper reports them; docs/results.md records what runs).
 
 The data is read from the local TFF cache (`data.cache_dir`, default `~/.tff`);
 offline without it the run stops with `fedtff.data.DatasetNotCachedError`

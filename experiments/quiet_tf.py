@@ -1,5 +1,8 @@
 """Hides TensorFlow's C++ log banners and Python warnings in fedtff scripts.
 
+It also installs experiments/stopping.py's SIGINT and SIGTERM handlers, so a
+signal stops the script with one line even while TensorFlow is imported.
+
 Import this before TensorFlow loads: TensorFlow reads `TF_CPP_MIN_LOG_LEVEL`
 once, at import. Set `FEDTFF_VERBOSE=1`, or pass `--verbosity=0` (absl's INFO
 level) or higher, to see everything again.
@@ -9,6 +12,10 @@ import logging
 import os
 import sys
 import warnings
+
+from experiments import stopping
+
+stopping.install()
 
 
 def verbose_requested(argv, environ=os.environ) -> bool:

@@ -12,6 +12,7 @@ written (truncated, emptied, overwritten) is named, set aside as
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import tempfile
@@ -64,17 +65,28 @@ def save(directory: str, round_num: int, state: Any, *, elapsed_s: float,
   arrays[_ROUND_KEY] = np.asarray(round_num)
   arrays[_ELAPSED_KEY] = np.asarray(elapsed_s)
   arrays.update({_META_PREFIX + key: np.asarray(value) for key, value in (metadata or {}).items()})
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npz')
+  # The zip is built in memory and written in one call: np.savez straight into a
+  # file that fails mid-write (a full disk) leaves a half-closed ZipFile whose
+  # __del__ reports a second error after ours.
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  path = _path(directory, round_num)
+  try:
+    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npz')
+  except OSError as e:
+    raise OSError(e.errno, f'Cannot write the checkpoint {path} ({e.strerror})') from None
   try:
     with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
+      f.write(buffer.getbuffer())
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp_path, _path(directory, round_num))
+    os.replace(tmp_path, path)
     _fsync_dir(directory)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
+    if isinstance(e, OSError):
+      raise OSError(e.errno, f'Cannot write the checkpoint {path} ({e.strerror})') from None
     raise
   for old_round in (rounds(directory)[:-keep] if keep else []):
     os.remove(_path(directory, old_round))

@@ -46,6 +46,11 @@ _CHOICES = {
 }
 
 
+# Integer keys with a lower bound (a seed is a NumPy seed: non-negative).
+_MINIMUMS = {'total_rounds': 1, 'clients_per_round': 1, 'rounds_per_eval': 1,
+             'rounds_per_checkpoint': 1, 'seed': 0, 'data.num_test_clients': 0}
+
+
 class ConfigError(ValueError):
   """An experiment config that does not fit the schema."""
 
@@ -179,9 +184,12 @@ def validate(config: Any) -> None:
     if key in _CHOICES and value not in _CHOICES[key]:
       raise ConfigError(
           f'Config key {key} is {value!r}; expected one of: {", ".join(_CHOICES[key])}.')
-  for key in ('total_rounds', 'clients_per_round', 'rounds_per_eval', 'rounds_per_checkpoint'):
-    if config[key] < 1:
-      raise ConfigError(f'Config key {key} must be at least 1, got {config[key]}.')
+  for key, minimum in _MINIMUMS.items():
+    group, _, field = key.rpartition('.')
+    value = config[group][field] if group else config[field]
+    if value < minimum:
+      raise ConfigError(f'Config key {key} must be at least {minimum}, got {value}.')
+  _check_test_clients(config['data'])
   _check_run_directory_options(config)
   _check_algorithm(config['algorithm'], config['server'])
   _check_privacy(config)
@@ -201,6 +209,23 @@ def _check_run_directory_options(config: Mapping[str, Any]) -> None:
     raise ConfigError('Config keys data.num_test_clients and data.test_fraction are both set; '
                       'evaluate on held-out clients or on a held-out share of each client, '
                       'and set the other to 0.')
+
+
+def _check_test_clients(data: Mapping[str, Any]) -> None:
+  """Held-out clients must leave one to train on; digits has data.num_clients clients.
+
+  Datasets whose client count comes from the data are checked when loaded
+  (fedtff.tasks), with the same sentence.
+  """
+  if data['dataset'] == 'digits':
+    check_num_test_clients(data['num_test_clients'], data['num_clients'])
+
+
+def check_num_test_clients(num_test_clients: int, num_clients: int) -> None:
+  """Raises `ConfigError` unless 0 <= num_test_clients < num_clients."""
+  if not 0 <= num_test_clients < num_clients:
+    raise ConfigError(f'Config key data.num_test_clients must be less than the {num_clients} '
+                      f'clients (at most {num_clients - 1}), got {num_test_clients}.')
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:

@@ -6,7 +6,8 @@ leaves it running after Python exits, still holding the parent's stdout open
 
 * the worker's output goes to /dev/null (or a log file), never to our stdout;
 * the worker is stopped when the context exits, on an exception, on SIGINT and,
-  through `install_signal_handlers()`, on SIGTERM;
+  through `install_signal_handlers()` (or experiments/stopping.py in fedtff's
+  scripts), on SIGTERM;
 * on Linux the kernel kills the worker if Python dies without cleaning up
   (`PR_SET_PDEATHSIG`), so even `kill -9` of the trainer leaves none behind.
 
@@ -111,6 +112,16 @@ class WorkerProcess:
       self._popen.wait()
 
 
+  def kill(self) -> None:
+    """SIGKILLs the worker and reaps it; does not wait for a graceful exit."""
+    if self.is_running():
+      self._popen.kill()
+      try:
+        self._popen.wait(1.0)
+      except subprocess.TimeoutExpired:
+        pass
+
+
 def stop_all_workers() -> None:
   """Stops every worker this process started and has not stopped yet."""
   with _live_workers_lock:
@@ -120,6 +131,25 @@ def stop_all_workers() -> None:
 
 
 atexit.register(stop_all_workers)
+
+
+def kill_all_workers() -> None:
+  """SIGKILLs every worker this process started; safe in a signal handler or a thread.
+
+  For a process about to `os._exit` (experiments/stopping.py): it neither
+  waits for the workers to exit gracefully nor blocks on a lock the
+  interrupted main thread may hold.
+  """
+  locked = _live_workers_lock.acquire(timeout=0.2)
+  try:
+    workers = list(_live_workers)
+  except RuntimeError:  # Changed size while we copied it, without the lock.
+    workers = []
+  finally:
+    if locked:
+      _live_workers_lock.release()
+  for worker in workers:
+    worker.kill()
 
 
 def _raise_system_exit(signum, frame):
@@ -132,7 +162,9 @@ def install_signal_handlers() -> None:
 
   Python's default SIGTERM action ends the process without unwinding; after
   this call SIGTERM behaves like SIGINT does by default. Only callable from the
-  main thread. Scripts call this; libraries should not.
+  main thread. Libraries should not call this. fedtff's own scripts do not
+  either: experiments/stopping.py handles both signals there, from before
+  TensorFlow loads, and stops within 2 s even if an exception is swallowed.
   """
   signal.signal(signal.SIGTERM, _raise_system_exit)
 

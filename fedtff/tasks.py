@@ -97,6 +97,9 @@ def _split(arrays: data.FederatedArrays, config, seed) -> Tuple[Any, Any]:
   if config.num_test_clients == 0 and config.test_fraction == 0:
     raise ValueError('Set data.num_test_clients or data.test_fraction: the run needs '
                      'evaluation data.')
+  # Imported here: fedtff.config imports this module.
+  from fedtff import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.check_num_test_clients(config.num_test_clients, len(arrays.client_ids))
   parts = data.split(arrays, seed=seed, num_heldout_clients=config.num_test_clients,
                      test_fraction=config.test_fraction or None)
   return parts.train, parts.heldout if parts.heldout is not None else parts.test

@@ -1,8 +1,8 @@
 """Benchmark configs resolve to the papers' settings; hosted tasks run on stand-ins.
 
-Settings from /work/shared/reference/benchmarks.md: Reddi et al. 2021 (arXiv
-2003.00295), Li et al. 2020 (FedProx, arXiv 1812.06127), McMahan et al. 2017
-(arXiv 1602.05629).
+Settings from the papers: Reddi et al. 2021 (arXiv 2003.00295), Li et al. 2020
+(FedProx, arXiv 1812.06127), McMahan et al. 2017 (arXiv 1602.05629); docs/results.md
+lists what each suite reproduces.
 """
 
 import importlib.util

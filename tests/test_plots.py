@@ -82,3 +82,10 @@ def test_missing_metrics_csv_gets_one_line_and_nonzero_exit(tmp_path):
   assert result.returncode != 0
   assert result.stderr == (f'plot_metrics.py: error: {tmp_path}/metrics.csv does not exist; '
                            f'is {tmp_path} a run directory?\n')
+
+
+def test_no_run_directory_gets_one_line_and_exit_2():
+  result = conftest.run_script(['scripts/plot_metrics.py'])
+  assert (result.returncode, result.stderr) == (
+      2, 'plot_metrics.py: error: Give at least one run directory: '
+      'plot_metrics.py RUN_DIR [RUN_DIR ...]\n')

@@ -127,3 +127,22 @@ def test_point_configs_are_validated_before_any_run(tmp_path):
   with pytest.raises(fedtff.config.ConfigError, match="algorithm.name is 'fedx'; expected one of"):
     sweeps.run_sweep(test_resume.small_config(2), str(tmp_path / 'root'), grid)
   assert not (tmp_path / 'root').exists()
+
+
+def test_none_override_and_none_grid_value_reach_the_points(tmp_path):
+  # quickstart_dp.py:noiseless sets aggregator.noise_multiplier=0.0; DP needs
+  # exactly one of it and privacy.target_epsilon, so the points run only if
+  # the None override was applied.
+  result = conftest.run_script([
+      'experiments/sweep.py', '--config=configs/quickstart_dp.py:noiseless',
+      f'--workdir={tmp_path}', '--config.aggregator.noise_multiplier=None',
+      '--config.total_rounds=1', '--config.backend=fast', '--quiet',
+      '--grid', 'privacy.target_epsilon=8', '--grid', 'privacy.delta=none,0.001'])
+  assert result.returncode == 0, result.stderr
+  deltas = {}
+  for name in os.listdir(tmp_path):
+    if os.path.isdir(tmp_path / name):
+      config = _read_json(tmp_path / name / 'config.json')
+      assert config['aggregator']['noise_multiplier'] is None
+      deltas[name] = config['privacy']['delta']
+  assert sorted(deltas.values(), key=str) == [0.001, None]

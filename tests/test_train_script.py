@@ -48,15 +48,47 @@ def test_trains_and_writes_the_run_directory(tmp_path):
          'Cannot write to the run directory /proc/fedtff-cannot-write'),
         (TRAIN + ['--workdir=/tmp/x', '--config.data.dataset=mnist'],
          "Config key data.dataset is 'mnist'; expected one of: digits, "),
+        (TRAIN + ['--workdir=/tmp/x', '--config.seed=-1'],
+         'Config key seed must be at least 0, got -1.'),
+        (TRAIN + ['--workdir=/tmp/x', '--config.data.num_test_clients=60'],
+         'Config key data.num_test_clients must be less than the 60 clients (at most 59), '
+         'got 60.'),
+        (['experiments/train.py', '--config=configs/quickstart.py:nope', '--workdir=/tmp/x'],
+         'config file configs/quickstart.py has no variants, got configs/quickstart.py:nope; '
+         'use --config=configs/quickstart.py'),
+        (['experiments/train.py', '--config=configs/quickstart_dp.py:nope', '--workdir=/tmp/x'],
+         "config file configs/quickstart_dp.py:nope: Unknown variant 'nope'; expected one of "
+         'eps1, eps8, noiseless.'),
+        (TRAIN + ['--workdir=/tmp/x', 'extra'],
+         "Unexpected argument 'extra': every input is a --flag, see --help."),
+        (TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
+         "Config key seed must be an integer, got 'None'."),
     ],
-    ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice'])
+    ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
+         'negative_seed', 'too_many_test_clients', 'variant_of_a_plain_config',
+         'unknown_variant', 'extra_argument', 'none_for_an_integer'])
 def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
   result = conftest.run_script(args)
-  assert result.returncode != 0
+  assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith('train.py: error: ')
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_none_sets_an_optional_number_back_to_its_default(tmp_path):
+  # quickstart_dp.py:noiseless sets aggregator.noise_multiplier=0.0; DP needs
+  # exactly one of it and privacy.target_epsilon, so the run only starts if
+  # None was applied.
+  result = conftest.run_script([
+      'experiments/train.py', '--config=configs/quickstart_dp.py:noiseless',
+      f'--workdir={tmp_path}', '--config.aggregator.noise_multiplier=None',
+      '--config.privacy.target_epsilon=8', '--config.total_rounds=1', '--config.backend=fast',
+      '--quiet'])
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / 'config.json') as f:
+    aggregator = json.load(f)['aggregator']
+  assert aggregator['noise_multiplier'] is None and aggregator['clip_norm'] == 1.0
 
 
 def _start_training(workdir, total_rounds=500):
@@ -89,14 +121,17 @@ def test_normal_exit_stops_the_workers_and_closes_the_pipe(tmp_path):
   _assert_gone(workers)
 
 
-@pytest.mark.parametrize('signum, exit_code', [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=['sigint', 'sigterm'])
-def test_signal_stops_the_workers_and_closes_the_pipe(tmp_path, signum, exit_code):
+@pytest.mark.parametrize('signum, exit_code, line', [
+    (signal.SIGINT, 130, 'train.py: interrupted (SIGINT)\n'),
+    (signal.SIGTERM, 143, 'train.py: terminated (SIGTERM)\n')], ids=['sigint', 'sigterm'])
+def test_signal_stops_the_workers_and_closes_the_pipe(tmp_path, signum, exit_code, line):
   proc = _start_training(tmp_path)
   workers = _wait_for_first_round(proc)
+  sent = time.monotonic()
   proc.send_signal(signum)
   _, stderr = proc.communicate(timeout=60)
-  assert proc.returncode == exit_code, stderr
+  assert time.monotonic() - sent < 2.0
+  assert (proc.returncode, stderr) == (exit_code, line)
   _assert_gone(workers)
 
 
