@@ -101,7 +101,10 @@ def _aggregator(config: ml_collections.ConfigDict, z: Optional[float]) -> aggreg
 def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
                      z: Optional[float]) -> Dict[str, Any]:
   """The builder arguments that `config.algorithm`, `client`, `server` and
-  `aggregator` describe (with DP noise multiplier `z`), the same for both backends."""
+  `aggregator` describe (with DP noise multiplier `z`), the same for both backends;
+  optimizer fields the config leaves unset are the algorithm's defaults
+  (`fedtff.config.resolve`)."""
+  config = config_lib.resolve(config)
   algorithm = config.algorithm
   return dict(
       algorithm=algorithm.name,
@@ -185,6 +188,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       infinite; the last good checkpoint is kept.
   """
   config_lib.validate(config)
+  config = config_lib.resolve(config)  # config.json holds the defaults the run used.
   run_dir.prepare(workdir, config, overwrite=overwrite)
   task = tasks.build_task(config)
   z = noise_multiplier(config, task)
