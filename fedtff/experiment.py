@@ -184,8 +184,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     fedtff.config.ConfigError: If the config does not fit the schema, or
       differs from the one `workdir` was run with (beyond `total_rounds`).
     OSError: If `workdir` cannot be written.
-    fedtff.training.TrainingDivergedError: If the loss becomes NaN or
-      infinite; the last good checkpoint is kept.
+    fedtff.training.TrainingDivergedError: At the first round that diverged
+      (a non-finite metric, update or weight, or every sampled client's
+      update dropped as non-finite; `fedtff.training.divergence`), naming
+      it; the last checkpoint, from before that round, is kept.
   """
   config_lib.validate(config)
   config = config_lib.resolve(config)  # config.json holds the defaults the run used.
@@ -298,7 +300,9 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) 
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers + [progress_fn or _skip],
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=tracker.metrics if tracker else None)
+          round_metrics_fn=tracker.metrics if tracker else None,
+          has_examples_fn=lambda ids: training.has_examples(
+              [task.train_data.create_tf_dataset_for_client(i) for i in ids]))
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(
