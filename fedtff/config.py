@@ -171,6 +171,12 @@ def check_key(key: str) -> None:
   raise ConfigError(f'Unknown config key {key}; valid keys here are: {", ".join(siblings)}.')
 
 
+def takes_string(key: str) -> bool:
+  """Whether the schema's `key` holds a string, set or not (e.g. server.optimizer)."""
+  default = schema_defaults()[key]
+  return isinstance(default, str) or (default is None and key in _CHOICES)
+
+
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
   default = schema_defaults()[key]

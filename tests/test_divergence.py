@@ -76,3 +76,17 @@ def test_has_examples_reads_datasets():
   assert not training.has_examples([empty, empty])
   assert training.has_examples([empty, full])
   assert training.has_examples(['client_0'])
+
+
+def test_a_sweep_refuses_a_non_finite_point_before_any_run(tmp_path):
+  grid = fedtff.sweeps.parse_grid(['client.learning_rate=0.1,nan'])
+  with pytest.raises(fedtff.config.ConfigError,
+                     match='^Config key client.learning_rate must be a finite number, got nan.$'):
+    fedtff.sweeps.run_sweep(test_experiment.small_config(total_rounds=1), str(tmp_path / 'sweep'),
+                            grid)
+  assert not (tmp_path / 'sweep').exists()
+
+
+def test_a_sweep_grid_takes_optimizer_names():
+  ((key, values),) = fedtff.sweeps.parse_grid(['server.optimizer=adam,yogi'])
+  assert (key, list(values)) == ('server.optimizer', ['adam', 'yogi'])

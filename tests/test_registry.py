@@ -40,10 +40,18 @@ def datasets(task):
   return [task.train_data.create_tf_dataset_for_client(i) for i in task.train_data.client_ids[:2]]
 
 
-def leaves(state_field):
+def leaves(state_field, prefix=''):
   """`{path: value}` of a state field, the same for TFF's and fedtff.fast's containers."""
-  return {path: np.asarray(value)
-          for path, value in tf.nest.flatten_with_joined_string_paths(state_field)}
+  if hasattr(state_field, 'items'):
+    items = state_field.items()
+  elif isinstance(state_field, (list, tuple)):
+    items = enumerate(state_field)
+  else:
+    return {prefix: np.asarray(state_field)}
+  flat = {}
+  for key, value in items:
+    flat.update(leaves(value, f'{prefix}/{key}'))
+  return flat
 
 
 def assert_same_leaves(a, b, what):
