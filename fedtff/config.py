@@ -146,7 +146,8 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     ok = isinstance(value, type(default))
   if not ok:
     raise ConfigError(
-        f'Config key {key} must be a {_type_name(default)}, got {value!r}.')
+        f'Config key {key} must be '
+        f'{describe_type(key) if default is None else "a " + _type_name(default)}, got {value!r}.')
 
 
 @functools.lru_cache(maxsize=None)
