@@ -2,14 +2,21 @@
 
 Every experiment config is an `ml_collections.ConfigDict` that starts from
 `base_config()` and overrides some fields; docs/configs.md documents each
-field. `validate` rejects unknown keys, wrong types and unknown choices with
-one sentence naming the key and what is allowed.
+field. `validate` rejects unknown keys, wrong types, non-finite numbers and
+unknown choices with one sentence naming the key and what is allowed.
+
+The optimizer fields whose default depends on the algorithm (`optimizer`,
+`learning_rate`, `momentum` of `client` and `server`) are None ("unset") in
+the schema; `resolve` fills them from `fedtff.algorithms.registry`, so
+`algorithm.name` alone gives that algorithm's documented defaults and a value
+the user sets always wins.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any, Dict, Iterator, Mapping, Tuple
 
 import ml_collections
@@ -19,6 +26,7 @@ from fedtff import models
 from fedtff import optimizers
 from fedtff import tasks
 from fedtff.algorithms import builder
+from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 
 # Where rounds run: TFF's runtime, or fedtff.fast's one-graph rounds (docs/performance.md).
@@ -69,10 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0))
-  config.client = _optimizer_group(learning_rate=0.1)
+  config.client = _optimizer_group()
   config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
                             lr_staircase=False, lr_warmup_rounds=0))
-  config.server = _optimizer_group(learning_rate=1.0)
+  config.server = _optimizer_group()
   config.aggregator = ml_collections.ConfigDict(dict(
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
@@ -100,11 +108,32 @@ def _optional_float() -> ml_collections.FieldReference:
   return ml_collections.FieldReference(None, field_type=float)
 
 
-def _optimizer_group(learning_rate: float) -> ml_collections.ConfigDict:
-  """Optimizer name and hyperparameters; unused ones are ignored (docs/configs.md)."""
+def _optimizer_group() -> ml_collections.ConfigDict:
+  """Optimizer name and hyperparameters; unused ones are ignored (docs/configs.md).
+
+  `optimizer`, `learning_rate` and `momentum` are unset (None) until `resolve`
+  fills them with the algorithm's defaults (`fedtff.algorithms.registry`).
+  """
   return ml_collections.ConfigDict(dict(
-      optimizer='sgd', learning_rate=learning_rate, momentum=0.0,
+      optimizer=ml_collections.FieldReference(None, field_type=str),
+      learning_rate=_optional_float(), momentum=_optional_float(),
       **optimizers.ADAPTIVE_DEFAULTS['yogi']))
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose unset optimizer fields hold the algorithm's defaults.
+
+  The one place a config's algorithm defaults come from: the `client` and
+  `server` fields left None take `fedtff.algorithms.registry`'s values for
+  `algorithm.name` (`registry.resolve_group`); fields the config sets are
+  kept. Resolving a resolved config changes nothing.
+  """
+  resolved = config.copy_and_resolve_references()
+  for role in ('client', 'server'):
+    group = registry.resolve_group(config.algorithm.name, role, config[role].to_dict())
+    for key in ('optimizer', 'learning_rate', 'momentum'):
+      resolved[role][key] = group[key]
+  return resolved
 
 
 def leaves(config: Mapping[str, Any], prefix: str = '') -> Iterator[Tuple[str, Any]]:
@@ -120,7 +149,9 @@ def _type_name(value: Any) -> str:
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
-  if default is None:
+  if default is None and key in _CHOICES:
+    ok = value is None or isinstance(value, str)
+  elif default is None:
     ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
   elif isinstance(default, bool) or isinstance(value, bool):
     ok = isinstance(value, bool) and isinstance(default, bool)
@@ -132,7 +163,8 @@ def _check_type(key: str, value: Any, default: Any) -> None:
     ok = isinstance(value, type(default))
   if not ok:
     raise ConfigError(
-        f'Config key {key} must be a {_type_name(default)}, got {value!r}.')
+        f'Config key {key} must be '
+        f'{describe_type(key) if default is None else "a " + _type_name(default)}, got {value!r}.')
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,11 +189,17 @@ def check_key(key: str) -> None:
   raise ConfigError(f'Unknown config key {key}; valid keys here are: {", ".join(siblings)}.')
 
 
+def takes_string(key: str) -> bool:
+  """Whether the schema's `key` holds a string, set or not (e.g. server.optimizer)."""
+  default = schema_defaults()[key]
+  return isinstance(default, str) or (default is None and key in _CHOICES)
+
+
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
   default = schema_defaults()[key]
   if default is None:
-    return 'a number or None'
+    return 'a string or None' if key in _CHOICES else 'a number or None'
   if isinstance(default, bool):
     return 'true or false'
   if key == 'runtime.workers':
@@ -179,9 +217,11 @@ def validate(config: Any) -> None:
   for key, value in leaves(config):
     check_key(key)
     _check_type(key, value, schema[key])
+    _check_finite(key, value)
     if key == 'aggregator.kind' and value in aggregators.RENAMED_KINDS:
       raise ConfigError(f'Config key {key}: {aggregators.renamed_kind_message(value)}')
-    if key in _CHOICES and value not in _CHOICES[key]:
+    if key in _CHOICES and value not in _CHOICES[key] and not (
+        value is None and schema[key] is None):
       raise ConfigError(
           f'Config key {key} is {value!r}; expected one of: {", ".join(_CHOICES[key])}.')
   for key, minimum in _MINIMUMS.items():
@@ -191,12 +231,19 @@ def validate(config: Any) -> None:
       raise ConfigError(f'Config key {key} must be at least {minimum}, got {value}.')
   _check_test_clients(config['data'])
   _check_run_directory_options(config)
-  _check_algorithm(config['algorithm'], config['server'])
+  _check_algorithm(config['algorithm'], registry.resolve_group(
+      config['algorithm']['name'], 'server', config['server']))
   _check_privacy(config)
   if config['backend'] == 'fast' and config['runtime']['workers']:
     raise ConfigError("runtime.workers needs backend='tff': the fast backend runs on this "
                       'machine only.')
   _check_runtime(config['runtime'])
+
+
+def _check_finite(key: str, value: Any) -> None:
+  for item in value if isinstance(value, (tuple, list)) else (value,):
+    if isinstance(item, float) and not math.isfinite(item):
+      raise ConfigError(f'Config key {key} must be a finite number, got {item}.')
 
 
 def _check_run_directory_options(config: Mapping[str, Any]) -> None:
@@ -246,8 +293,8 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) ->
   if name != 'fedprox' and algorithm['proximal_strength']:
     raise ConfigError(f'Config key algorithm.proximal_strength is used only by fedprox, '
                       f'but algorithm.name is {name!r}.')
-  expected = builder.FEDAVG_SERVER_OPTIMIZERS.get(name, (None,))[0]
-  if name not in ('fedavg', 'fedavgm') and expected and server['optimizer'] != expected:
+  expected = registry.get(name).server_family
+  if expected and server['optimizer'] != expected:
     raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
                       f'got {server["optimizer"]!r}.')
 
@@ -339,5 +386,5 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list:
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
-  """The resolved config as indented JSON (tuples become lists)."""
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True)
+  """The resolved config (`resolve`) as indented JSON (tuples become lists)."""
+  return json.dumps(resolve(config).to_dict(), indent=2, sort_keys=True)

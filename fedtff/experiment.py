@@ -133,7 +133,10 @@ def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional
 def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
                      z: Optional[float]) -> Dict[str, Any]:
   """The builder arguments that `config.algorithm`, `client`, `server` and
-  `aggregator` describe (with DP noise multiplier `z`), the same for both backends."""
+  `aggregator` describe (with DP noise multiplier `z`), the same for both backends;
+  optimizer fields the config leaves unset are the algorithm's defaults
+  (`fedtff.config.resolve`)."""
+  config = config_lib.resolve(config)
   algorithm = config.algorithm
   return dict(
       algorithm=algorithm.name,
@@ -219,10 +222,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     fedtff.checkpoints.DamagedCheckpointError: If `workdir` has checkpoints
       but none can be read (a damaged newer one is set aside and an older
       intact one restored otherwise).
-    fedtff.training.TrainingDivergedError: If the loss becomes NaN or
-      infinite; the last good checkpoint is kept.
+    fedtff.training.TrainingDivergedError: At the first round that diverged
+      (a non-finite metric, update or weight, or every sampled client's
+      update dropped as non-finite; `fedtff.training.divergence`), naming
+      it; the last checkpoint, from before that round, is kept.
   """
   config_lib.validate(config)
+  config = config_lib.resolve(config)  # config.json holds the defaults the run used.
   run_dir.check_config(workdir, config, overwrite=overwrite)  # Cheap refusals first.
   task = tasks.build_task(config)
   check_task(config, task)
@@ -384,7 +390,9 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=privacy.metrics if privacy else None)
+          round_metrics_fn=privacy.metrics if privacy else None,
+          has_examples_fn=lambda ids: training.has_examples(
+              [task.train_data.create_tf_dataset_for_client(i) for i in ids]))
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(

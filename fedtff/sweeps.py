@@ -71,7 +71,8 @@ def parse_value(key: str, text: str) -> Any:
     fedtff.config.ConfigError: If `text` is not such a value.
   """
   try:
-    return _parser(config_lib.schema_defaults()[key])(text.strip())
+    parse = str if config_lib.takes_string(key) else _parser(config_lib.schema_defaults()[key])
+    return parse(text.strip())
   except (ValueError, SyntaxError):
     raise config_lib.ConfigError(
         f'Config key {key} must be {config_lib.describe_type(key)}, got {text!r}.') from None

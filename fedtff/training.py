@@ -90,7 +90,13 @@ def _zeros_like(type_spec):
 
 
 class TrainingDivergedError(RuntimeError):
-  """A round produced a NaN or infinite training loss."""
+  """A round diverged: a non-finite metric, update or weight, or every client dropped."""
+
+
+# The finalizer's measurement that the aggregated update was not finite and not
+# applied (TFF's `apply_optimizer_finalizer.reject_non_finite_update`).
+UPDATE_NON_FINITE = 'update_non_finite'
+_NUM_EXAMPLES = 'train/num_examples'
 
 
 def _model_weights(process, state):
@@ -98,14 +104,54 @@ def _model_weights(process, state):
   return weights if weights is not None else process.get_model_weights(state)
 
 
-def check_finite(process, state, row: Mapping[str, Any]) -> None:
-  """Raises `TrainingDivergedError` if a loss or the model weights are not finite."""
+def has_examples(clients: Any) -> bool:
+  """Whether any of a round's client datasets yields an element; client ids count as data."""
+  datasets = [c for c in clients if isinstance(c, tf.data.Dataset)] if isinstance(
+      clients, (list, tuple)) else []
+  if not datasets:
+    return True
+  return any(next(iter(d.take(1)), None) is not None for d in datasets)
+
+
+def divergence(process, state, row: Mapping[str, Any], *, update_non_finite: bool = False,
+               clients_have_data: Callable[[], bool] = lambda: True) -> Optional[str]:
+  """Why the round of `row` diverged, or None if it did not.
+
+  TFF's client work zeroes a client's update that is not finite and weights it
+  0; the FedAvg family also resets that client's metrics
+  (`templates/model_delta_client_work.py`). A round in which every client was
+  dropped so leaves the model as it was and reports loss 0 over 0 examples. So
+  a round diverged if any metric or model weight is not finite, if the server
+  rejected the aggregated update as not finite (`update_non_finite`), or if
+  it counted 0 training examples while its clients had data.
+
+  Args:
+    process: The learning process (for its model weights).
+    state: The state after the round.
+    row: The round's metrics row.
+    update_non_finite: The finalizer's `update_non_finite` measurement.
+    clients_have_data: Whether the round's clients hold any examples; called
+      only when the round counted none.
+  """
   for name, value in row.items():
-    if name.rpartition('/')[2] == 'loss' and not np.isfinite(value):
-      raise TrainingDivergedError(f"Training diverged at round {row['round']}: {name} is {value}.")
+    if isinstance(value, (int, float, np.number)) and not np.isfinite(value):
+      return f'{name} is {value}'
+  if row.get(_NUM_EXAMPLES, 1) == 0 and clients_have_data():
+    return ("every sampled client's update was not finite and was dropped "
+            f'({_NUM_EXAMPLES} is 0 while the clients hold data)')
+  if update_non_finite:
+    return 'the aggregated model update is not finite (the server did not apply it)'
   if not all(np.all(np.isfinite(w)) for w in tf.nest.flatten(_model_weights(process, state))):
-    raise TrainingDivergedError(
-        f"Training diverged at round {row['round']}: the model weights are no longer finite.")
+    return 'the model weights are no longer finite'
+  return None
+
+
+def check_finite(process, state, row: Mapping[str, Any], **kwargs) -> None:
+  """Raises `TrainingDivergedError` naming the round and the cause if the round
+  diverged (`divergence`; `kwargs` are its keyword arguments)."""
+  cause = divergence(process, state, row, **kwargs)
+  if cause:
+    raise TrainingDivergedError(f"Training diverged at round {row['round']}: {cause}.")
 
 
 def run_training(process: tff.learning.templates.LearningProcess,
@@ -119,7 +165,8 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  metrics_writers: Sequence[MetricsWriter] = (),
                  checkpoint_fn: Optional[Callable[[int, Any], None]] = None,
                  rounds_per_checkpoint: int = 1,
-                 round_metrics_fn: Optional[Callable[[int], Metrics]] = None) -> Any:
+                 round_metrics_fn: Optional[Callable[[int], Metrics]] = None,
+                 has_examples_fn: Callable[[Any], bool] = has_examples) -> Any:
   """Runs rounds `start_round..total_rounds` and returns the final state.
 
   Args:
@@ -138,18 +185,27 @@ def run_training(process: tff.learning.templates.LearningProcess,
     rounds_per_checkpoint: See `checkpoint_fn`.
     round_metrics_fn: Maps a round number to metrics added to its row, e.g.
       the privacy spent so far.
+    has_examples_fn: Whether a round's clients (what `client_selection_fn`
+      returns) hold any examples; asked only of a round that counted none.
+      The default reads datasets, and takes client ids to hold data.
 
   Raises:
-    TrainingDivergedError: If a round's training or evaluation loss, or the
-      model weights, become NaN or infinite; nothing of that round is written or checkpointed.
+    TrainingDivergedError: At the first round that diverged (`divergence`): a
+      non-finite metric (training or evaluation), update or model weight, or
+      every sampled client's update dropped as non-finite. Nothing of that
+      round is written or checkpointed.
   """
   if state is None:
     state = process.initialize()
   for round_num in range(start_round, total_rounds + 1):
-    state, row = _run_round(process, state, client_selection_fn(round_num), round_num)
+    clients = client_selection_fn(round_num)
+    state, row, update_non_finite = _run_round(process, state, clients, round_num)
+    check = lambda: check_finite(process, state, row, update_non_finite=update_non_finite,
+                                 clients_have_data=lambda: has_examples_fn(clients))
+    check()  # Before evaluating: evaluation of a diverged model is wasted.
     if evaluation_fn and _due(round_num, rounds_per_eval, total_rounds):
       row.update(evaluation_fn(state, round_num))
-    check_finite(process, state, row)
+      check()
     if round_metrics_fn:
       row.update(round_metrics_fn(round_num))
     for write in metrics_writers:
@@ -171,4 +227,7 @@ def _run_round(process, state, clients, round_num: int):
   row = collections.OrderedDict(round=round_num, round_time_s=seconds,
                                 examples_per_s=metrics.get('train/num_examples', 0.0) / seconds)
   row.update(metrics)
-  return output.state, row
+  finalizer = output.metrics.get('finalizer', {})
+  update_non_finite = bool(np.any(finalizer.get(UPDATE_NON_FINITE, 0))) if isinstance(
+      finalizer, Mapping) else False
+  return output.state, row, update_non_finite

@@ -48,12 +48,23 @@ def test_config_builds_a_process_that_runs(groups, task):
 @pytest.mark.parametrize(
     'groups, message',
     [
-        (dict(algorithm=dict(name='fedyogi')), "needs server.optimizer='yogi', got 'sgd'"),
+        (dict(algorithm=dict(name='fedyogi'), server=dict(optimizer='sgd')),
+         "needs server.optimizer='yogi', got 'sgd'"),
+        (dict(algorithm=dict(name='fedavgm'), server=dict(optimizer='adam')),
+         "needs server.optimizer='sgd', got 'adam'"),
         (dict(algorithm=dict(proximal_strength=0.5)), 'proximal_strength is used only by fedprox'),
         (dict(algorithm=dict(name='fedsgdx')), "algorithm.name is 'fedsgdx'; expected one of"),
         (dict(aggregator=dict(kind='median')), "aggregator.kind is 'median'; expected one of"),
+        (dict(client=dict(learning_rate=float('nan'))),
+         '^Config key client.learning_rate must be a finite number, got nan.$'),
+        (dict(server=dict(learning_rate=float('inf'))),
+         '^Config key server.learning_rate must be a finite number, got inf.$'),
+        (dict(aggregator=dict(clip_norm=float('-inf'))),
+         '^Config key aggregator.clip_norm must be a finite number, got -inf.$'),
     ],
-    ids=['server_optimizer_mismatch', 'mu_without_fedprox', 'unknown_algorithm', 'unknown_aggregator'])
+    ids=['server_optimizer_mismatch', 'fedavgm_needs_sgd', 'mu_without_fedprox',
+         'unknown_algorithm', 'unknown_aggregator', 'nan_client_lr', 'inf_server_lr',
+         'inf_clip_norm'])
 def test_inconsistent_configs_are_refused(groups, message):
   with pytest.raises(fedtff.config.ConfigError, match=message):
     config_for(**groups)

@@ -61,7 +61,7 @@ def test_missing_workdir_is_refused_with_a_sentence(tmp_path):
 def test_saved_config_is_rebuilt_on_the_schema(trained_run, tmp_path):
   workdir, _ = trained_run
   config = evaluate.load_config(workdir)
-  assert config.to_dict() == test_resume.small_config(2).to_dict()
+  assert config.to_dict() == fedtff.config.resolve(test_resume.small_config(2)).to_dict()
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
   saved['client']['lr'] = 0.1

@@ -1,8 +1,9 @@
 """One entry point that builds any fedtff algorithm by name.
 
 `build_learning_process(model_fn, element_spec, algorithm='fedadam', ...)`
-checks that the options fit the algorithm, resolves the defaults (for the
-FedOpt family, Reddi et al.'s optimizer defaults) and calls the algorithm's
+checks that the options fit the algorithm, resolves the defaults from
+`fedtff.algorithms.registry` (for the FedOpt family, Reddi et al.'s optimizer
+defaults) and calls the algorithm's
 builder, which calls TFF's. docs/algorithms.md lists every algorithm.
 """
 
@@ -19,18 +20,11 @@ from fedtff.algorithms import fed_avg
 from fedtff.algorithms import fed_prox
 from fedtff.algorithms import fed_sgd
 from fedtff.algorithms import mime_lite
+from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 
-# The FedAvg family: algorithm name -> (server optimizer name, default hparams).
-FEDAVG_SERVER_OPTIMIZERS = {
-    'fedavg': ('sgd', dict(learning_rate=1.0)),
-    'fedavgm': ('sgd', dict(learning_rate=1.0, momentum=0.9)),
-    'fedadagrad': ('adagrad', dict(learning_rate=0.1)),
-    'fedadam': ('adam', dict(learning_rate=0.01)),
-    'fedyogi': ('yogi', dict(learning_rate=0.01)),
-}
-ALGORITHMS = tuple(FEDAVG_SERVER_OPTIMIZERS) + ('fedprox', 'fedsgd', 'mimelite')
+ALGORITHMS = registry.ALGORITHMS
 Aggregator = Union[aggregators.AggregatorSpec, aggregators.AggregationFactory]
 
 
@@ -42,26 +36,26 @@ def _optimizer_family(optimizer: optimizers.TffOptimizer) -> str:
 
 
 def default_server_optimizer(algorithm: str) -> optimizers.TffOptimizer:
-  """The server optimizer `algorithm` uses when none is given."""
-  name, hparams = FEDAVG_SERVER_OPTIMIZERS.get(algorithm, ('sgd', dict(learning_rate=1.0)))
-  return optimizers.build(name, **hparams)
+  """The server optimizer `algorithm` uses when none is given (`registry.REGISTRY`)."""
+  return registry.default_server_optimizer(algorithm)
 
 
 def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
                    client_learning_rate_schedule, proximal_strength, weighted) -> None:
-  if algorithm not in ALGORITHMS:
-    raise ValueError(f'Unknown algorithm {algorithm!r}; expected one of {", ".join(ALGORITHMS)}.')
-  if (proximal_strength is not None) != (algorithm == 'fedprox'):
+  spec = registry.get(algorithm)
+  if (proximal_strength is not None) != spec.needs_proximal_strength:
     raise ValueError('proximal_strength (mu) is required by fedprox and used by no other '
                      f'algorithm; got algorithm={algorithm!r}, proximal_strength={proximal_strength}.')
-  if algorithm == 'fedsgd' and (client_optimizer is not None or not weighted):
-    raise ValueError('fedsgd has no client optimizer and weights clients by examples; '
-                     'drop client_optimizer and weighted=False.')
-  if client_learning_rate_schedule is not None and algorithm not in FEDAVG_SERVER_OPTIMIZERS:
+  if spec.client is None and client_optimizer is not None:
+    raise ValueError(f'{algorithm} has no client optimizer; drop client_optimizer.')
+  if spec.weighted_only and not weighted:
+    raise ValueError(f'{algorithm} weights clients by examples; drop weighted=False.')
+  if client_learning_rate_schedule is not None and not spec.schedules:
+    family = ', '.join(s.name for s in registry.REGISTRY.values() if s.schedules)
     raise ValueError('Client learning-rate schedules combine with the FedAvg family '
-                     f'({", ".join(FEDAVG_SERVER_OPTIMIZERS)}), not with {algorithm}.')
-  expected = FEDAVG_SERVER_OPTIMIZERS.get(algorithm, (None,))[0]
-  if server_optimizer is not None and algorithm not in ('fedavg', 'fedavgm') and expected:
+                     f'({family}), not with {algorithm}.')
+  expected = spec.server_family
+  if server_optimizer is not None and expected:
     family = _optimizer_family(server_optimizer)
     if family != expected:
       raise ValueError(f'{algorithm} uses a {expected} server optimizer, got {family}; '
@@ -91,8 +85,8 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     client_optimizer: A TFF optimizer (`fedtff.optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
-      (`FEDAVG_SERVER_OPTIMIZERS`). fedadagrad/fedadam/fedyogi require the
-      matching optimizer family.
+      (`fedtff.algorithms.registry.REGISTRY`). fedavgm requires sgd, and
+      fedadagrad/fedadam/fedyogi the matching optimizer family.
     client_learning_rate_schedule: A `fedtff.Schedule` (FedAvg family only).
     proximal_strength: FedProx's μ; required by, and only by, fedprox.
     loss: A Keras loss; defaults to sparse categorical cross-entropy on logits.
@@ -110,7 +104,10 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  proximal_strength=proximal_strength, weighted=weighted)
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
-  server_optimizer = server_optimizer or default_server_optimizer(algorithm)
+  server_optimizer = server_optimizer or registry.default_server_optimizer(algorithm)
+  client_optimizer = client_optimizer or (
+      None if client_learning_rate_schedule is not None
+      else registry.default_client_optimizer(algorithm))
   common = dict(loss=loss, metrics=metrics, model_aggregator=aggregator,
                 server_optimizer=server_optimizer)
   if algorithm == 'fedsgd':

@@ -23,6 +23,7 @@ import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import optimizers
+from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 
@@ -30,13 +31,14 @@ ClientOptimizer = Union[optimizers.TffOptimizer, Callable[[float], optimizers.Tf
 
 
 def default_client_optimizer() -> optimizers.TffOptimizer:
-  """SGD with learning rate 0.1."""
-  return optimizers.build('sgd', 0.1)
+  """FedAvg's client optimizer, SGD with learning rate 0.1 (`registry.REGISTRY`)."""
+  return registry.default_client_optimizer('fedavg')
 
 
 def default_server_optimizer() -> optimizers.TffOptimizer:
-  """SGD with learning rate 1.0: the server takes the averaged client model."""
-  return optimizers.build('sgd', 1.0)
+  """FedAvg's server optimizer, SGD with learning rate 1.0: the server takes the
+  averaged client model (`registry.REGISTRY`)."""
+  return registry.default_server_optimizer('fedavg')
 
 
 def _scheduled_optimizer_fn(client_optimizer) -> Callable[[float], optimizers.TffOptimizer]:

@@ -27,7 +27,7 @@ import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import optimizers
-from fedtff.algorithms import fed_avg
+from fedtff.algorithms import registry
 from fedtff.algorithms import tff_model
 
 LearningModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -50,7 +50,8 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     proximal_strength: μ ≥ 0, the weight of the proximal term.
-    client_optimizer: A TFF optimizer; defaults to SGD with learning rate 0.1.
+    client_optimizer: A TFF optimizer; defaults to SGD with learning rate 0.1
+      (`registry.REGISTRY`).
     server_optimizer: A TFF optimizer; defaults to SGD with learning rate 1.0.
     loss: A Keras loss; defaults to sparse categorical cross-entropy on logits.
     metrics: Keras metrics; defaults to accuracy, reported as `accuracy`.
@@ -60,9 +61,9 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
   if not proximal_strength >= 0:
     raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
   client_optimizer = optimizers.check(
-      client_optimizer or fed_avg.default_client_optimizer(), 'client')
+      client_optimizer or registry.default_client_optimizer('fedprox'), 'client')
   server_optimizer = optimizers.check(
-      server_optimizer or fed_avg.default_server_optimizer(), 'server')
+      server_optimizer or registry.default_server_optimizer('fedprox'), 'server')
   if model_aggregator is not None:
     aggregators.check_weighting(model_aggregator, weighted=weighted, algorithm='FedProx')
   learning_model_fn = tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)

@@ -15,6 +15,7 @@ import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import optimizers
+from fedtff.algorithms import registry
 from fedtff.algorithms import tff_model
 
 
@@ -31,13 +32,14 @@ def build_fed_sgd(model_fn: tff_model.KerasModelFn,
   Args:
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
-    server_optimizer: A TFF optimizer; defaults to SGD with learning rate 0.1.
+    server_optimizer: A TFF optimizer; defaults to SGD with learning rate 0.1
+      (`registry.REGISTRY`, as TFF's `build_fed_sgd`).
     loss: A Keras loss; defaults to sparse categorical cross-entropy on logits.
     metrics: Keras metrics; defaults to accuracy, reported as `accuracy`.
     model_aggregator: A weighted `tff.aggregators` factory for the gradients.
   """
   server_optimizer = optimizers.check(
-      server_optimizer or optimizers.build('sgd', 0.1), 'server')
+      server_optimizer or registry.default_server_optimizer('fedsgd'), 'server')
   if model_aggregator is not None:
     aggregators.check_weighting(model_aggregator, weighted=True, algorithm='FedSGD')
   return tff.learning.algorithms.build_fed_sgd(

@@ -16,6 +16,7 @@ import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import optimizers
+from fedtff.algorithms import registry
 from fedtff.algorithms import tff_model
 
 
@@ -35,7 +36,8 @@ def build_mime_lite(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     base_optimizer: The optimizer whose state is shared (the "client
-      optimizer"); defaults to SGD with learning rate 0.1 and momentum 0.9.
+      optimizer"); defaults to SGD with learning rate 0.1 and momentum 0.9
+      (`registry.REGISTRY`).
     server_optimizer: Applied to the averaged model delta; defaults to SGD with
       learning rate 1.0.
     loss: A Keras loss; defaults to sparse categorical cross-entropy on logits.
@@ -44,9 +46,9 @@ def build_mime_lite(model_fn: tff_model.KerasModelFn,
     model_aggregator: A `tff.aggregators` factory matching `weighted`.
   """
   base_optimizer = optimizers.check(
-      base_optimizer or optimizers.build('sgd', 0.1, momentum=0.9), 'client (base)')
+      base_optimizer or registry.default_client_optimizer('mimelite'), 'client (base)')
   server_optimizer = optimizers.check(
-      server_optimizer or optimizers.build('sgd', 1.0), 'server')
+      server_optimizer or registry.default_server_optimizer('mimelite'), 'server')
   if model_aggregator is not None:
     aggregators.check_weighting(model_aggregator, weighted=weighted, algorithm='Mime Lite')
   learning_model_fn = tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)

@@ -39,7 +39,7 @@ from tensorflow_federated.python.learning import tensor_utils
 
 from fedtff import optimizers
 from fedtff.algorithms import builder
-from fedtff.algorithms import fed_avg
+from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff.fast import aggregation as aggregation_lib
@@ -47,7 +47,7 @@ from fedtff.fast import batches as batches_lib
 from fedtff.fast import client_work
 
 Weights = tff.learning.models.ModelWeights
-SUPPORTED_ALGORITHMS = tuple(builder.FEDAVG_SERVER_OPTIMIZERS) + ('fedprox', 'fedsgd')
+SUPPORTED_ALGORITHMS = tuple(name for name in registry.ALGORITHMS if name != 'mimelite')
 _USE_TFF = "use backend='tff'"
 
 
@@ -84,7 +84,7 @@ class _Algorithm:
 
   @property
   def is_fed_avg(self) -> bool:  # model_delta_client_work: hparams in the state, metric reset.
-    return self.name in builder.FEDAVG_SERVER_OPTIMIZERS
+    return registry.get(self.name).fed_avg_family
 
 
 def _check_supported(algorithm: str, client_learning_rate_schedule, proximal_strength) -> None:
@@ -352,7 +352,8 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
       fedadam, fedyogi, fedprox, fedsgd.
     client_optimizer: A TFF optimizer (`fedtff.optimizer(...)`); none for fedsgd.
-    server_optimizer: A TFF optimizer; the default depends on `algorithm`.
+    server_optimizer: A TFF optimizer; the default depends on `algorithm`
+      (`fedtff.algorithms.registry.REGISTRY`, as for the TFF builders).
     client_learning_rate_schedule: Must be None (refused otherwise).
     proximal_strength: FedProx's mu; required by, and only by, fedprox.
     loss: A Keras loss that averages or sums over examples; defaults to sparse
@@ -380,11 +381,11 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
   _check_element_spec(element_spec)
   tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)  # Checks the model.
   _check_model(model_fn())
-  if algorithm != 'fedsgd':
+  if registry.get(algorithm).client is not None:  # The defaults: fedtff.algorithms.registry.
     client_optimizer = optimizers.check(
-        client_optimizer or fed_avg.default_client_optimizer(), 'client')
+        client_optimizer or registry.default_client_optimizer(algorithm), 'client')
   server_optimizer = optimizers.check(
-      server_optimizer or builder.default_server_optimizer(algorithm), 'server')
+      server_optimizer or registry.default_server_optimizer(algorithm), 'server')
   metric_fns = [tff_model._metric_constructor(m)  # pylint: disable=protected-access
                 for m in (tff_model.default_metrics() if metrics is None else metrics)]
   return FastLearningProcess(

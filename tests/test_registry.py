@@ -1,0 +1,160 @@
+"""One table of algorithm defaults: the builders, the fast backend, a config and
+docs/algorithms.md all give each algorithm the same optimizers."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedtff
+from fedtff import experiment
+from fedtff import fast
+from fedtff import tasks
+from fedtff.algorithms import registry
+
+DOCS = os.path.join(os.path.dirname(__file__), os.pardir, 'docs', 'algorithms.md')
+MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
+
+
+def config_for(algorithm, **server):
+  config = fedtff.config.base_config()
+  config.data.num_clients = 6
+  config.data.num_test_clients = 2
+  config.clients_per_round = 2
+  config.algorithm.name = algorithm
+  if algorithm == 'fedprox':
+    config.algorithm.proximal_strength = MU
+  config.server.update(server)
+  fedtff.config.validate(config)
+  return config
+
+
+@pytest.fixture(scope='module')
+def task():
+  return tasks.build_task(config_for('fedavg'))
+
+
+@pytest.fixture(scope='module')
+def datasets(task):
+  return [task.train_data.create_tf_dataset_for_client(i) for i in task.train_data.client_ids[:2]]
+
+
+def leaves(state_field, prefix=''):
+  """`{path: value}` of a state field, the same for TFF's and fedtff.fast's containers."""
+  if hasattr(state_field, 'items'):
+    items = state_field.items()
+  elif isinstance(state_field, (list, tuple)):
+    items = enumerate(state_field)
+  else:
+    return {prefix: np.asarray(state_field)}
+  flat = {}
+  for key, value in items:
+    flat.update(leaves(value, f'{prefix}/{key}'))
+  return flat
+
+
+def assert_same_leaves(a, b, what):
+  a, b = leaves(a), leaves(b)
+  assert sorted(a) == sorted(b), what
+  for path in a:
+    np.testing.assert_allclose(a[path], b[path], rtol=1e-7, err_msg=f'{what}: {path}')
+
+
+def one_round(process, initial, datasets):
+  state = process.set_model_weights(process.initialize(), initial)
+  return process.get_model_weights(process.next(state, datasets).state)
+
+
+@pytest.mark.parametrize('algorithm', registry.ALGORITHMS)
+def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets):
+  """The builder's defaults, the fast backend's defaults and a config that sets
+  only algorithm.name give the same server optimizer state (hparams included),
+  client optimizer hparams and, after one round from the same weights, the
+  same model; and the server optimizer is the table's."""
+  mu = dict(proximal_strength=MU) if algorithm == 'fedprox' else {}
+  builder_process = fedtff.build_learning_process(task.model_fn, task.element_spec,
+                                                  algorithm=algorithm, **mu)
+  config_process = experiment.build_process(config_for(algorithm), task)
+  built, configured = builder_process.initialize(), config_process.initialize()
+  assert_same_leaves(built.finalizer, configured.finalizer, 'server optimizer state')
+  assert_same_leaves(built.client_work, configured.client_work, 'client work state')
+  expected = registry.REGISTRY[algorithm].server
+  assert np.asarray(built.finalizer['learning_rate']) == pytest.approx(expected.learning_rate)
+  assert ('momentum' in built.finalizer) == ('momentum' in expected.hparams)
+  initial = builder_process.get_model_weights(built)
+  for a, b in zip(one_round(builder_process, initial, datasets).trainable,
+                  one_round(config_process, initial, datasets).trainable):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  if algorithm in fast.SUPPORTED_ALGORITHMS:
+    fast_state = fast.build_fast_process(task.model_fn, task.element_spec, algorithm=algorithm,
+                                         **mu).initialize()
+    assert_same_leaves(built.finalizer, fast_state.finalizer, 'fast server optimizer state')
+    assert_same_leaves(built.client_work, fast_state.client_work, 'fast client work state')
+
+
+@pytest.mark.parametrize('algorithm', registry.ALGORITHMS)
+def test_a_config_resolves_to_the_tables_defaults(algorithm):
+  options = experiment._process_options(config_for(algorithm), _FakeTask(), None)  # pylint: disable=protected-access
+  spec = registry.REGISTRY[algorithm]
+  specs = tf.TensorSpec([], tf.float32)
+  hparams = lambda opt: {k: float(v) for k, v in opt.get_hparams(opt.initialize(specs)).items()}
+  assert hparams(options['server_optimizer']) == hparams(spec.server.build())
+  if spec.client is None:
+    assert options['client_optimizer'] is None
+  else:
+    assert hparams(options['client_optimizer']) == hparams(spec.client.build())
+
+
+class _FakeTask:
+  """What `_process_options` reads of a task: only its loss and metrics."""
+
+  @staticmethod
+  def learning_kwargs():
+    return dict(loss=None, metrics=None)
+
+
+def test_fedavgm_from_a_config_uses_server_momentum(task):
+  process = experiment.build_process(config_for('fedavgm'), task)
+  assert float(process.initialize().finalizer['momentum']) == pytest.approx(0.9)
+
+
+def test_fedadam_from_a_config_needs_no_server_optimizer(task):
+  finalizer = experiment.build_process(config_for('fedadam'), task).initialize().finalizer
+  assert float(finalizer['learning_rate']) == pytest.approx(0.01)
+  assert float(finalizer['epsilon']) == pytest.approx(1e-3)
+  assert 'beta_1' in finalizer
+
+
+@pytest.mark.parametrize('algorithm, learning_rate',
+                         [('fedadagrad', 0.1), ('fedyogi', 0.01), ('fedsgd', 0.1)])
+def test_server_learning_rate_defaults(algorithm, learning_rate, task):
+  for process in (experiment.build_process(config_for(algorithm), task),
+                  fedtff.build_learning_process(task.model_fn, task.element_spec,
+                                                algorithm=algorithm)):
+    assert float(process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
+  fast_process = fast.build_fast_process(task.model_fn, task.element_spec, algorithm=algorithm)
+  assert float(fast_process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
+
+
+def test_an_override_wins_and_a_conflicting_server_optimizer_is_refused(task):
+  config = config_for('fedavgm', momentum=0.5, learning_rate=0.3)
+  finalizer = experiment.build_process(config, task).initialize().finalizer
+  assert float(finalizer['momentum']) == pytest.approx(0.5)
+  assert float(finalizer['learning_rate']) == pytest.approx(0.3)
+  with pytest.raises(fedtff.config.ConfigError,
+                     match=r"^algorithm.name 'fedadam' needs server.optimizer='adam', got 'sgd'.$"):
+    config_for('fedadam', optimizer='sgd')
+
+
+def test_the_written_config_is_resolved():
+  resolved = fedtff.config.resolve(config_for('fedyogi'))
+  assert (resolved.server.optimizer, resolved.server.learning_rate) == ('yogi', 0.01)
+  assert (resolved.client.optimizer, resolved.client.learning_rate) == ('sgd', 0.1)
+  assert fedtff.config.resolve(resolved).to_dict() == resolved.to_dict()
+  assert '"optimizer": "yogi"' in fedtff.config.to_json(config_for('fedyogi'))
+
+
+def test_docs_table_is_the_registry():
+  with open(DOCS, encoding='utf-8') as f:
+    assert registry.markdown_table() in f.read()
