@@ -26,6 +26,7 @@ from fedtff import checkpoints
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
+from fedtff import data
 from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
@@ -229,15 +230,16 @@ class _Backend(NamedTuple):
 
 
 class _FastRounds:
-  """A fast process fed client ids like TFF's composed process; each training
-  client's batches are read and padded once (`fedtff.fast.PaddedClientData`)."""
+  """A fast process fed round-tagged client ids like TFF's composed process;
+  each round's clients are read through TFF's pipeline and padded
+  (`fedtff.fast.RoundBatches`), since their batches differ by round."""
 
-  def __init__(self, process: fast.FastLearningProcess, client_data):
+  def __init__(self, process: fast.FastLearningProcess, client_data, batch_size: int):
     self._process = process
-    self._client_data = fast.PaddedClientData(client_data)
+    self._client_data = fast.RoundBatches(client_data, batch_size=batch_size)
 
   def next(self, state, client_ids):
-    return self._process.next(state, self._client_data.batches(client_ids))
+    return self._process.next(state, self._client_data.tagged_batches(client_ids))
 
   def get_model_weights(self, state):
     return self._process.get_model_weights(state)
@@ -250,7 +252,7 @@ def _backend(config, task, options: Dict[str, Any]) -> _Backend:
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
     return _Backend(build_process(config, task, options=options),
-                    _FastRounds(fast_process, task.train_data),
+                    _FastRounds(fast_process, task.train_data, config.data.batch_size),
                     fast_process.from_tff_state, fast_process.to_tff_state)
   process = build_process(config, task, options=options)
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
@@ -280,8 +282,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn, tracker) 
              + training.metric_names(backend.tff_process, training.train_metrics)
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if tracker else []))
   train_ids = task.train_data.client_ids
-  select = lambda round_num: training.sample_clients(
-      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed)
+  select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
+      train_ids, config.clients_per_round, round_num=round_num, seed=config.seed))
   save = lambda round_num, state: checkpoints.save(
       checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
       elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep)

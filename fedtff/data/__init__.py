@@ -36,6 +36,10 @@ from fedtff.data.preprocessing import shakespeare_special_tokens
 from fedtff.data.preprocessing import stackoverflow_special_tokens
 from fedtff.data.preprocessing import stackoverflow_tag_preprocess
 from fedtff.data.preprocessing import stackoverflow_word_preprocess
+from fedtff.data.rounds import RoundClientData
+from fedtff.data.rounds import client_seed
+from fedtff.data.rounds import round_client_id
+from fedtff.data.rounds import round_client_ids
 from fedtff.data.sources import load_digits
 from fedtff.data.splits import Split
 from fedtff.data.splits import holdout_client_examples

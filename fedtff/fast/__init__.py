@@ -11,6 +11,7 @@ and from the TFF process's state. `run_experiment` uses it with
 
 from fedtff.fast.batches import ClientBatches
 from fedtff.fast.batches import PaddedClientData
+from fedtff.fast.batches import RoundBatches
 from fedtff.fast.batches import from_datasets
 from fedtff.fast.batches import select
 from fedtff.fast.process import FastLearningProcess

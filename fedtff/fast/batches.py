@@ -10,7 +10,9 @@ datasets (Ro et al. 2021, arXiv 2108.02117).
 `ClientBatches` holds the batches of several clients stacked along one axis,
 `PaddedClientData` builds them from a `tff.simulation.datasets.ClientData`
 (its preprocessed, batched datasets), reading each client's dataset once and
-caching it, and `from_datasets` builds them from a list of batched datasets.
+caching it, `RoundBatches` from a `fedtff.data.RoundClientData`, whose
+datasets differ by round, reading the round's clients anew each round, and
+`from_datasets` builds them from a list of batched datasets.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 import tensorflow_federated as tff
+
+from fedtff.data import rounds
 
 ClientData = tff.simulation.datasets.ClientData
 _BATCHES_PER_READ = 1 << 20  # Batches of one client per element of the reading pipeline.
@@ -251,10 +255,17 @@ class PaddedClientData:
     batch_size: The padded batch size; defaults to the largest batch read so
       far (give it to keep one shape from the first round on).
     resident: Whether to read and pad all clients up front.
+
+  Raises:
+    ValueError: If `client_data` is a `fedtff.data.RoundClientData` (use
+      `RoundBatches`).
   """
 
   def __init__(self, client_data: ClientData, *, batch_size: Optional[int] = None,
                resident: bool = True):
+    if isinstance(client_data, rounds.RoundClientData):
+      raise ValueError('PaddedClientData reads each client once, but a RoundClientData\'s '
+                       'datasets differ by round; use fedtff.fast.RoundBatches.')
     self._client_data = client_data
     self._element_spec = client_data.element_type_structure
     self._batch_size = batch_size
@@ -299,3 +310,50 @@ class PaddedClientData:
       return select(self._resident, [self._positions[c] for c in client_ids])
     total = sum(len(c.batch_sizes) for c in self._clients(client_ids))
     return self._stack(client_ids, _power_of_two_at_least(total))
+
+
+class RoundBatches:
+  """The `ClientBatches` of a round's clients of a `fedtff.data.RoundClientData`.
+
+  Each call reads the given clients' datasets anew, through the same
+  `tf.data` pipeline TFF runs (`serializable_dataset_fn` of the round-tagged
+  ids, with TFF's shuffle seeds, `_as_tff_seeds`), and pads them: the
+  batches are those the TFF backend trains on in that round. Nothing is
+  cached, since a client's batches differ from round to round. The number of
+  batches is rounded up to a power of two so that rounds share a few shapes.
+
+  Args:
+    client_data: The training clients.
+    batch_size: The padded batch size (give the preprocessing's, to keep one
+      shape); defaults to the largest batch read so far.
+  """
+
+  def __init__(self, client_data: rounds.RoundClientData, *,
+               batch_size: Optional[int] = None):
+    self._client_data = client_data
+    self._element_spec = client_data.element_type_structure
+    self._batch_size = batch_size
+    self._known = frozenset(client_data.client_ids)
+
+  @property
+  def client_ids(self) -> List[str]:
+    return self._client_data.client_ids
+
+  @property
+  def element_spec(self) -> Any:
+    return self._element_spec
+
+  def batches(self, round_num: int, client_ids: Sequence[str]) -> ClientBatches:
+    """The padded batches of `client_ids` (plain ids) in round `round_num`, in that order."""
+    unknown = [c for c in client_ids if c not in self._known]
+    if unknown:
+      raise ValueError(f'Unknown client ids {unknown!r:.200}.')
+    return self.tagged_batches(rounds.round_client_ids(round_num, client_ids))
+
+  def tagged_batches(self, tagged_ids: Sequence[str]) -> ClientBatches:
+    """The padded batches of round-tagged ids (`fedtff.data.round_client_id`)."""
+    clients = _read_clients(self._client_data.serializable_dataset_fn, self._element_spec,
+                            tagged_ids)
+    self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
+    total = sum(len(c.batch_sizes) for c in clients)
+    return _stack(clients, self._element_spec, self._batch_size, _power_of_two_at_least(total))
