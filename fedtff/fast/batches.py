@@ -136,22 +136,81 @@ def _read_clients(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_sp
   batches are those TFF trains on, whatever the global seed.
   """
 
-  def client_rows(k, client_id):
-    def split(batches):
-      rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
-      return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
-    return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
-
+  client_rows = _client_rows_fn(dataset_fn)
   with _as_tff_seeds():
     pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
     pipeline = pipeline.enumerate().flat_map(client_rows)
   parts = [[] for _ in client_ids]
   for k, sizes, rows in _read_once(pipeline):
     parts[k].append(_ClientArrays(rows, sizes.astype(np.int32)))
-  return [_ClientArrays(
+  return [_joined(part, element_spec) for part in parts]
+
+
+def _joined(part: Sequence[_ClientArrays], element_spec: Any) -> _ClientArrays:
+  """One client's pieces (one per `_BATCHES_PER_READ` batches) as one `_ClientArrays`."""
+  if not part:
+    return _client_arrays([], element_spec)
+  if len(part) == 1:
+    return part[0]
+  return _ClientArrays(
       tf.nest.map_structure(lambda *leaves: np.concatenate(leaves), *[p.examples for p in part]),
-      np.concatenate([p.batch_sizes for p in part])) if part else _client_arrays([], element_spec)
-          for part in parts]
+      np.concatenate([p.batch_sizes for p in part]))
+
+
+def _client_rows_fn(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset]):
+  """`(k, client_id) -> dataset of one element (k, batch sizes, rows)` (none if no batches)."""
+
+  def client_rows(k, client_id):
+    def split(batches):
+      rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
+      return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
+    return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
+
+  return client_rows
+
+
+def _split_ragged(ragged: tf.RaggedTensor) -> List[np.ndarray]:
+  """A `[n, (rows), ...]` ragged tensor as n numpy arrays."""
+  return np.split(ragged.flat_values.numpy(), np.cumsum(ragged.row_lengths().numpy())[:-1])
+
+
+class _RoundReader:
+  """`_read_clients` as one `tf.function` of the ids, traced once.
+
+  Building a fresh `tf.data` pipeline in Python every round retraces its
+  functions (the dataset function, its preprocessing) each time; here the
+  whole pipeline is traced once, with TFF's seeds (`_as_tff_seeds`), and each
+  call only runs it. The pipeline and so the batches are `_read_clients`'s.
+  """
+
+  def __init__(self, dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_spec: Any):
+    self._element_spec = element_spec
+    client_rows = _client_rows_fn(dataset_fn)
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    def read(client_ids):
+      pipeline = tf.data.Dataset.from_tensor_slices(client_ids).enumerate().flat_map(client_rows)
+      pipeline = pipeline.ragged_batch(tf.size(client_ids, out_type=tf.int64))
+      return pipeline.with_options(options).get_single_element()
+
+    self._read = read
+
+  def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
+    with _as_tff_seeds():
+      try:
+        positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))
+      except tf.errors.InvalidArgumentError:  # No client has a batch: no element at all.
+        return [_client_arrays([], self._element_spec) for _ in client_ids]
+    parts = [[] for _ in client_ids]
+    batch_sizes = _split_ragged(sizes)
+    leaves = [_split_ragged(leaf) for leaf in tf.nest.flatten(rows)]
+    for j, k in enumerate(positions.numpy()):
+      examples = tf.nest.pack_sequence_as(self._element_spec, [leaf[j] for leaf in leaves])
+      parts[k].append(_ClientArrays(examples, batch_sizes[j].astype(np.int32)))
+    return [_joined(part, self._element_spec) for part in parts]
 
 
 def _padded_rows(batch_sizes: np.ndarray, batch_size: int) -> np.ndarray:
@@ -334,6 +393,7 @@ class RoundBatches:
     self._element_spec = client_data.element_type_structure
     self._batch_size = batch_size
     self._known = frozenset(client_data.client_ids)
+    self._read = _RoundReader(client_data.serializable_dataset_fn, self._element_spec)
 
   @property
   def client_ids(self) -> List[str]:
@@ -352,8 +412,7 @@ class RoundBatches:
 
   def tagged_batches(self, tagged_ids: Sequence[str]) -> ClientBatches:
     """The padded batches of round-tagged ids (`fedtff.data.round_client_id`)."""
-    clients = _read_clients(self._client_data.serializable_dataset_fn, self._element_spec,
-                            tagged_ids)
+    clients = self._read(tagged_ids)
     self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
     total = sum(len(c.batch_sizes) for c in clients)
     return _stack(clients, self._element_spec, self._batch_size, _power_of_two_at_least(total))
