@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from configs import reddi
 import fedtff
 from fedtff import data
 from fedtff import fast
+from fedtff import sweeps
 from fedtff import tasks
 from tests import conftest
 from tests import test_backend_fast
@@ -114,3 +116,17 @@ def test_tff_and_fast_backends_give_the_same_rows(tmp_path):
     fedtff.run_experiment(config, str(tmp_path / backend))
     rows[backend] = test_backend_fast.rows_of(tmp_path / backend)
   test_backend_fast.assert_same_rows(rows['tff'], rows['fast'], tolerance=1e-5)
+
+
+def test_tffs_dataset_computation_crops_cifar_by_round_as_in_python():
+  config = sweeps.point_config(reddi.get_config('cifar100_image:fedavg'), reddi.SMOKE_OVERRIDES)
+  train = tasks.build_task(config).train_data
+  client = train.client_ids[0]
+  built_by_tff = {r: [batch['x'] for batch in train.dataset_computation(
+      data.round_client_id(r, client))] for r in (1, 2)}
+  in_python = [batch['x'].numpy() for batch in train.create_tf_dataset_for_client(
+      client, round_num=1)]
+  assert len(built_by_tff[1]) == len(in_python) > 0
+  for tff_batch, python_batch in zip(built_by_tff[1], in_python):
+    np.testing.assert_array_equal(tff_batch, python_batch)
+  assert not np.allclose(built_by_tff[1][0], built_by_tff[2][0])

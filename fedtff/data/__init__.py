@@ -3,7 +3,9 @@
 Sources: arrays in memory (`from_arrays`, `FederatedArrays`), per-client
 `.npz` files (`from_npz_dir`), TFF's hosted datasets from the local cache
 (`load_tff_dataset`), FedProx's synthetic data (`synthetic_fedprox`) and
-scikit-learn's digits (`load_digits`). See docs/data.md.
+scikit-learn's digits (`load_digits`). Training clients whose shuffle and
+augmentation are seeded by `(seed, round, client)`: `RoundClientData`. See
+docs/data.md.
 """
 
 from fedtff.data.client_data import FederatedArrays

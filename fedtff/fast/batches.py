@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -30,6 +31,7 @@ from fedtff.data import rounds
 
 ClientData = tff.simulation.datasets.ClientData
 _BATCHES_PER_READ = 1 << 20  # Batches of one client per element of the reading pipeline.
+_PARALLEL_READS = max(os.cpu_count() or 1, 1)  # Clients that RoundBatches reads at once.
 
 
 class ClientBatches(NamedTuple):
@@ -192,7 +194,10 @@ class _RoundReader:
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def read(client_ids):
-      pipeline = tf.data.Dataset.from_tensor_slices(client_ids).enumerate().flat_map(client_rows)
+      # Clients are read in parallel; each client's own pipeline is unchanged.
+      pipeline = tf.data.Dataset.from_tensor_slices(client_ids).enumerate().interleave(
+          client_rows, cycle_length=_PARALLEL_READS, num_parallel_calls=_PARALLEL_READS,
+          deterministic=True)
       pipeline = pipeline.ragged_batch(tf.size(client_ids, out_type=tf.int64))
       return pipeline.with_options(options).get_single_element()
 
@@ -379,7 +384,9 @@ class RoundBatches:
   ids, with TFF's shuffle seeds, `_as_tff_seeds`), and pads them: the
   batches are those the TFF backend trains on in that round. Nothing is
   cached, since a client's batches differ from round to round. The number of
-  batches is rounded up to a power of two so that rounds share a few shapes.
+  batches is rounded up to a power of two, and never shrinks from one call to
+  the next, so that an XLA-compiled round compiles for a few shapes only (the
+  padding batches are unused).
 
   Args:
     client_data: The training clients.
@@ -393,6 +400,7 @@ class RoundBatches:
     self._element_spec = client_data.element_type_structure
     self._batch_size = batch_size
     self._known = frozenset(client_data.client_ids)
+    self._total_batches = 0
     self._read = _RoundReader(client_data.serializable_dataset_fn, self._element_spec)
 
   @property
@@ -415,4 +423,5 @@ class RoundBatches:
     clients = self._read(tagged_ids)
     self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
     total = sum(len(c.batch_sizes) for c in clients)
-    return _stack(clients, self._element_spec, self._batch_size, _power_of_two_at_least(total))
+    self._total_batches = max(self._total_batches, _power_of_two_at_least(total))
+    return _stack(clients, self._element_spec, self._batch_size, self._total_batches)
