@@ -130,3 +130,17 @@ def test_tffs_dataset_computation_crops_cifar_by_round_as_in_python():
   for tff_batch, python_batch in zip(built_by_tff[1], in_python):
     np.testing.assert_array_equal(tff_batch, python_batch)
   assert not np.allclose(built_by_tff[1][0], built_by_tff[2][0])
+
+
+def test_datasets_are_tffs_eagerly_and_traced_whatever_the_global_seed():
+  client_data, _ = _indexed_clients((17,), seed=2)
+  tagged = data.round_client_id(5, '0')
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:  # As TFF: a graph, no seed.
+    expected = session.run(client_data.serializable_dataset_fn(tagged).map(
+        lambda batch: batch['x'][:, 0]).unbatch().batch(100).get_single_element())
+  for global_seed in (3, 11):
+    tf.random.set_seed(global_seed)
+    eager = client_data.create_tf_dataset_for_client('0', round_num=5)
+    traced = data.client_dataset_fn(client_data)(tf.constant(tagged))
+    for dataset in (eager, traced):
+      np.testing.assert_array_equal(np.ravel(_rows(dataset)), expected)

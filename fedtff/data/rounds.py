@@ -29,9 +29,11 @@ contain '/' themselves.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Sequence, Tuple
+import contextlib
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import tensorflow as tf
+from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 import tensorflow_federated as tff
 
 ClientData = tff.simulation.datasets.ClientData
@@ -89,6 +91,34 @@ def element_seed(key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
       tf.random.split(key, 2, alg=_ALG)[1], tf.cast(index, tf.int64), alg=_ALG)
 
 
+@contextlib.contextmanager
+def without_global_seed() -> Iterator[None]:
+  """Random ops built in this block ignore any global (or graph-level) seed.
+
+  `Dataset.shuffle(seed=s)` draws with `(global seed, s)`, and TFF builds
+  client datasets in a graph without a seed, where that is
+  `(DEFAULT_GRAPH_SEED, s)`. Clearing the eager global seed (eagerly) or the
+  graph's seed (in a `tf.function`) while a dataset is built gives TFF's order
+  whatever `tf.random.set_seed` said; both are put back untouched afterwards.
+  """
+  if tf.executing_eagerly():
+    ctx = context.context()
+    saved = ctx._seed, getattr(ctx, '_rng', None)  # pylint: disable=protected-access
+    ctx._seed = None  # pylint: disable=protected-access
+    try:
+      yield
+    finally:
+      ctx._seed, ctx._rng = saved  # pylint: disable=protected-access
+  else:
+    graph = tf.compat.v1.get_default_graph()
+    saved_seed = graph.seed
+    graph.seed = None
+    try:
+      yield
+    finally:
+      graph.seed = saved_seed
+
+
 class RoundClientData(ClientData):
   """A `ClientData` whose datasets are seeded by `(seed, round, client id)`.
 
@@ -97,6 +127,9 @@ class RoundClientData(ClientData):
   client_id)`, builds `client_data`'s dataset of the client and applies
   `preprocess_fn(dataset, seed=client_seed(seed, round_num, client_id))`.
   `create_tf_dataset_for_client(client_id, round_num=0)` takes a plain id.
+  The datasets are built without the global seed (`without_global_seed`), so
+  they are the same eagerly, in a `tf.function` and inside TFF, whatever
+  `tf.random.set_seed` said.
 
   Args:
     client_data: The clients' raw datasets (plain ids).
@@ -111,9 +144,10 @@ class RoundClientData(ClientData):
     self._seed = int(seed)
 
     def serializable_dataset_fn(tagged_id) -> tf.data.Dataset:
-      round_num, client_id = parse_round_client_id(tagged_id)
-      key = client_seed(self._seed, round_num, client_id)
-      return preprocess_fn(client_data.serializable_dataset_fn(client_id), seed=key)
+      with without_global_seed():  # The same datasets eagerly, traced, and in TFF.
+        round_num, client_id = parse_round_client_id(tagged_id)
+        key = client_seed(self._seed, round_num, client_id)
+        return preprocess_fn(client_data.serializable_dataset_fn(client_id), seed=key)
 
     self._serializable_dataset_fn = serializable_dataset_fn
     self._element_type_structure = self.create_tf_dataset_for_client(
