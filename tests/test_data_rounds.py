@@ -107,6 +107,8 @@ def test_padded_client_data_refuses_round_client_data():
     fast.PaddedClientData(client_data)
   with pytest.raises(ValueError, match=r"Unknown client ids \['9'\]"):
     fast.RoundBatches(client_data).batches(1, ['9'])
+  with pytest.raises(ValueError, match=r"Expected round-tagged ids .* got \['0', '1/9'\]"):
+    fast.RoundBatches(client_data).tagged_batches(['0', '1/9', '2/1'])
 
 
 def test_tff_and_fast_backends_give_the_same_rows(tmp_path):

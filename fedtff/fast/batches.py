@@ -207,7 +207,10 @@ class _RoundReader:
     with _as_tff_seeds():
       try:
         positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))
-      except tf.errors.InvalidArgumentError:  # No client has a batch: no element at all.
+      except tf.errors.InvalidArgumentError as e:
+        if 'empty' not in str(e).lower():
+          raise
+        # No client has a batch: the pipeline has no element at all.
         return [_client_arrays([], self._element_spec) for _ in client_ids]
     parts = [[] for _ in client_ids]
     batch_sizes = _split_ragged(sizes)
@@ -376,6 +379,11 @@ class PaddedClientData:
     return self._stack(client_ids, _power_of_two_at_least(total))
 
 
+def _is_tagged(tagged_id: str, known: frozenset) -> bool:
+  round_num, separator, client_id = tagged_id.partition(rounds.SEPARATOR)
+  return bool(separator) and round_num.isdigit() and client_id in known
+
+
 class RoundBatches:
   """The `ClientBatches` of a round's clients of a `fedtff.data.RoundClientData`.
 
@@ -420,6 +428,10 @@ class RoundBatches:
 
   def tagged_batches(self, tagged_ids: Sequence[str]) -> ClientBatches:
     """The padded batches of round-tagged ids (`fedtff.data.round_client_id`)."""
+    bad = [t for t in tagged_ids if not _is_tagged(t, self._known)]
+    if bad:
+      raise ValueError("Expected round-tagged ids '<round>/<client id>' of known clients "
+                       f'(fedtff.data.round_client_id), got {bad!r:.200}.')
     clients = self._read(tagged_ids)
     self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
     total = sum(len(c.batch_sizes) for c in clients)
