@@ -26,6 +26,7 @@ from fedtff import checkpoints
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
+from fedtff import data
 from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
@@ -293,17 +294,18 @@ class _Backend(NamedTuple):
 
 
 class _FastRounds:
-  """A fast process fed client ids like TFF's composed process; each training
-  client's batches are read and padded once (`fedtff.fast.PaddedClientData`).
+  """A fast process fed round-tagged client ids like TFF's composed process;
+  each round's clients are read through TFF's pipeline and padded
+  (`fedtff.fast.RoundBatches`), since their batches differ by round.
 
   With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`; the
   round loop calls `next` once per round in order from `start(first_round)`.
   """
 
-  def __init__(self, process: fast.FastLearningProcess, client_data,
+  def __init__(self, process: fast.FastLearningProcess, client_data, batch_size: int,
                privacy: Optional[run_privacy.RunPrivacy]):
     self._process = process
-    self._client_data = fast.PaddedClientData(client_data)
+    self._client_data = fast.RoundBatches(client_data, batch_size=batch_size)
     self._privacy = privacy
     self._round_num = 1
 
@@ -313,7 +315,7 @@ class _FastRounds:
   def next(self, state, client_ids):
     noise_seed = self._privacy.round_noise_seed(self._round_num) if self._privacy else None
     self._round_num += 1
-    return self._process.next(state, self._client_data.batches(client_ids),
+    return self._process.next(state, self._client_data.tagged_batches(client_ids),
                               noise_seed=noise_seed)
 
   def get_model_weights(self, state):
@@ -328,7 +330,7 @@ def _backend(config, task, options: Dict[str, Any],
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
     return _Backend(build_process(config, task, options=options),
-                    _FastRounds(fast_process, task.train_data, privacy),
+                    _FastRounds(fast_process, task.train_data, config.data.batch_size, privacy),
                     fast_process.from_tff_state, fast_process.to_tff_state)
   process = build_process(config, task, options=options)
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
@@ -366,9 +368,9 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
   if privacy:
     columns = privacy.published_columns(columns)
   train_ids = task.train_data.client_ids
-  select = lambda round_num: training.sample_clients(
+  select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
-      sampling=config.privacy.sampling)
+      sampling=config.privacy.sampling))
 
   def save(round_num, state):
     checkpoints.save(
@@ -391,8 +393,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
           round_metrics_fn=privacy.metrics if privacy else None,
-          has_examples_fn=lambda ids: training.has_examples(
-              [task.train_data.create_tf_dataset_for_client(i) for i in ids]))
+          has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
+              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]))
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(

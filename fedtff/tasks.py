@@ -147,11 +147,18 @@ def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int,
   return _with_l2(model_fn, weight_decay) if weight_decay else model_fn
 
 
-def _preprocessing(config: ml_collections.ConfigDict, seed: int) -> data.ClientPreprocessing:
+def _preprocessing(config: ml_collections.ConfigDict) -> data.ClientPreprocessing:
+  """The training clients' iteration; `_by_round` seeds it per (seed, round, client)."""
   return data.ClientPreprocessing(
       batch_size=config.batch_size, epochs=config.client_epochs,
-      shuffle_buffer=config.shuffle_buffer, shuffle_seed=seed,
+      shuffle_buffer=config.shuffle_buffer,
       max_elements=config.max_elements or None, drop_remainder=config.drop_remainder)
+
+
+def _by_round(train: ClientData, preprocess_fn, config: ml_collections.ConfigDict
+             ) -> data.RoundClientData:
+  """Training clients whose shuffle and augmentation vary by round (`fedtff.data.rounds`)."""
+  return data.RoundClientData(train, preprocess_fn, seed=config.seed)
 
 
 class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
@@ -243,9 +250,9 @@ def _stackoverflow_tags(config: ml_collections.ConfigDict, train: ClientData) ->
 
 
 def _image_task(config, train, test, element_fns, input_shape, num_classes) -> Task:
-  spec = _preprocessing(config.data, config.seed)
+  spec = _preprocessing(config.data)
   eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
-  return Task(train_data=train.preprocess(spec.build(element_fns[0])),
+  return Task(train_data=_by_round(train, spec.build(element_fns[0]), config),
               test_data=test.preprocess(eval_spec.build(element_fns[1])),
               model_fn=_model_fn(config.model, input_shape, num_classes,
                                  config.data.weight_decay),
@@ -264,9 +271,10 @@ def _shakespeare_task(config, train, test) -> Task:
   pad, _, _, eos = data.shakespeare_special_tokens()
   vocab_size = eos + 1
   eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
-  spec = _preprocessing(config.data, config.seed)
+  spec = _preprocessing(config.data)
   return Task(
-      train_data=train.preprocess(data.shakespeare_preprocess(spec, sequence_length=length)),
+      train_data=_by_round(train, data.shakespeare_preprocess(spec, sequence_length=length),
+                           config),
       test_data=test.preprocess(data.shakespeare_preprocess(eval_spec, sequence_length=length)),
       model_fn=functools.partial(models.build, 'char_lstm', vocab_size=vocab_size,
                                  sequence_length=length),
@@ -279,11 +287,11 @@ def _stackoverflow_word_task(config, train, test) -> Task:
   length = config.data.sequence_length or data.preprocessing.STACKOVERFLOW_SEQUENCE_LENGTH
   pad, oov, _, eos = data.stackoverflow_special_tokens(len(vocab))
   eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
-  spec = _preprocessing(config.data, config.seed)
+  spec = _preprocessing(config.data)
   preprocess = functools.partial(data.stackoverflow_word_preprocess, vocab=vocab,
                                  sequence_length=length)
   return Task(
-      train_data=train.preprocess(preprocess(spec)),
+      train_data=_by_round(train, preprocess(spec), config),
       test_data=test.preprocess(preprocess(eval_spec)),
       model_fn=functools.partial(models.build, 'word_lstm', vocab_size=len(vocab),
                                  sequence_length=length),
@@ -298,9 +306,9 @@ def _emnist_autoencoder_task(config, train, test) -> Task:
   """Reddi et al.'s EMNIST autoencoder: x = y = 1 - pixels (784), MSE loss and metric."""
   _check_model(config, ('autoencoder',))
   element_fn = data.emnist_autoencoder_map()
-  spec = _preprocessing(config.data, config.seed)
+  spec = _preprocessing(config.data)
   eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
-  return Task(train_data=train.preprocess(spec.build(element_fn)),
+  return Task(train_data=_by_round(train, spec.build(element_fn), config),
               test_data=test.preprocess(eval_spec.build(element_fn)),
               model_fn=functools.partial(models.build, 'autoencoder', input_size=28 * 28),
               num_classes=0, loss_fn=tf.keras.losses.MeanSquaredError,
@@ -344,7 +352,7 @@ def _stackoverflow_tag_task(config, train, test) -> Task:
                                  tag_vocab=tags)
   eval_spec = data.ClientPreprocessing(batch_size=config.data.eval_batch_size or 100)
   return Task(
-      train_data=train.preprocess(preprocess(_preprocessing(config.data, config.seed))),
+      train_data=_by_round(train, preprocess(_preprocessing(config.data)), config),
       test_data=test.preprocess(preprocess(eval_spec)),
       model_fn=functools.partial(models.build, 'logistic_regression',
                                  input_shape=(len(words),), num_classes=len(tags)),
@@ -361,7 +369,7 @@ def _hosted_task(config: ml_collections.ConfigDict) -> Task:
                        (28, 28, 1), 10 if name == 'emnist_digits' else 62)
   if name == 'cifar100':
     _check_model(config, ('resnet18_group_norm',))
-    maps = (data.cifar_map(train=True, seed=config.seed), data.cifar_map(train=False))
+    maps = (data.cifar_map(train=True), data.cifar_map(train=False))
     return _image_task(config, train, test, maps, data.preprocessing.CIFAR_CROP_SHAPE, 100)
   if name == 'emnist_autoencoder':
     return _emnist_autoencoder_task(config, train, test)
@@ -409,8 +417,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
   eval_fn = data.ClientPreprocessing(batch_size=max(config.data.batch_size, 64)).build()
   feed_options = dict(feed=feed(config), feed_dir=config.data.feed_dir or None)
   return Task(
-      train_data=train.to_client_data(**feed_options).preprocess(
-          _preprocessing(config.data, config.seed).build()),
+      train_data=_by_round(train.to_client_data(**feed_options),
+                           _preprocessing(config.data).build(), config),
       test_data=evaluation.to_client_data(allow_empty_clients=True, **feed_options).preprocess(
           eval_fn),
       model_fn=_model_fn(config.model, input_shape, num_classes, config.data.weight_decay),

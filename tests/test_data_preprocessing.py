@@ -98,6 +98,28 @@ def test_cifar_train_crops_at_random_and_standardizes():
     data.cifar_map(train=True, crop_shape=(40, 24, 3))
 
 
+def test_cifar_train_crop_differs_between_rounds_and_repeats_within_one():
+  images = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.int32)
+  client_data = tff.simulation.datasets.ClientData.from_clients_and_tf_fn(
+      ['a'], lambda _: tf.data.Dataset.from_tensor_slices(
+          collections.OrderedDict(image=images, label=np.arange(3, dtype=np.int64))))
+  rounds = data.RoundClientData(
+      client_data, data.ClientPreprocessing(batch_size=3).build(data.cifar_map(train=True)),
+      seed=0)
+  crops = {r: _batches(rounds.create_tf_dataset_for_client('a', round_num=r))[0]['x']
+           for r in (1, 2)}
+  assert crops[1].shape == (3, 24, 24, 3)
+  assert not np.allclose(crops[1], crops[2])
+  np.testing.assert_array_equal(
+      _batches(rounds.create_tf_dataset_for_client('a', round_num=1))[0]['x'], crops[1])
+  # Each crop is a 24x24 window of its image, flipped or not, then standardized.
+  for image, crop in zip(images.astype(np.float32), crops[1]):
+    windows = [np.asarray(tf.image.per_image_standardization(w))
+               for i in range(9) for j in range(9)
+               for w in (image[i:i + 24, j:j + 24], image[i:i + 24, j:j + 24][:, ::-1])]
+    assert min(np.abs(w - crop).max() for w in windows) < 1e-4
+
+
 def test_shakespeare_matches_tff_baseline_vocabulary_and_tokens():
   assert len(data.shakespeare_special_tokens()) == 4
   assert data.shakespeare_special_tokens()[-1] + 1 == tff.simulation.baselines.shakespeare.VOCAB_LENGTH

@@ -3,7 +3,9 @@
 Sources: arrays in memory (`from_arrays`, `FederatedArrays`), per-client
 `.npz` files (`from_npz_dir`), TFF's hosted datasets from the local cache
 (`load_tff_dataset`), FedProx's synthetic data (`synthetic_fedprox`) and
-scikit-learn's digits (`load_digits`). See docs/data.md.
+scikit-learn's digits (`load_digits`). Training clients whose shuffle and
+augmentation are seeded by `(seed, round, client)`: `RoundClientData`. See
+docs/data.md.
 """
 
 from fedtff.data.client_data import FederatedArrays
@@ -36,6 +38,10 @@ from fedtff.data.preprocessing import shakespeare_special_tokens
 from fedtff.data.preprocessing import stackoverflow_special_tokens
 from fedtff.data.preprocessing import stackoverflow_tag_preprocess
 from fedtff.data.preprocessing import stackoverflow_word_preprocess
+from fedtff.data.rounds import RoundClientData
+from fedtff.data.rounds import client_seed
+from fedtff.data.rounds import round_client_id
+from fedtff.data.rounds import round_client_ids
 from fedtff.data.sources import load_digits
 from fedtff.data.splits import Split
 from fedtff.data.splits import holdout_client_examples

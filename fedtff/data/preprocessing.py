@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 from typing import Callable, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
-DatasetFn = Callable[[tf.data.Dataset], tf.data.Dataset]
+from fedtff.data import rounds
+
+DatasetFn = Callable[..., tf.data.Dataset]  # (dataset, seed=None) -> dataset
 ElementFn = Callable[..., collections.OrderedDict]
 
 # TFF's character vocabulary (baselines/shakespeare/char_prediction_preprocessing.py,
@@ -60,11 +63,17 @@ class ClientPreprocessing:
   The order is TFF's: shuffle, repeat for `epochs`, take `max_elements`,
   transform each element, batch.
 
+  The functions `build` returns take an optional stateless key, `seed` (int64
+  `[2]`, `fedtff.data.client_seed`; `fedtff.data.RoundClientData` passes the
+  key of `(run seed, round, client)`): with it the shuffle seed and each
+  element's augmentation seed come from the key, and `shuffle_seed` is unused.
+
   Attributes:
     batch_size: Examples per batch.
     epochs: Passes over the client's data.
     shuffle_buffer: Shuffle buffer size; 0 or 1 means no shuffling.
-    shuffle_seed: Seed of the shuffle; None reshuffles differently every run.
+    shuffle_seed: Seed of the shuffle when no key is given; None reshuffles
+      differently every run.
     max_elements: Cap on the examples used, counted after repeating.
     drop_remainder: Whether to drop a last, smaller batch.
   """
@@ -83,10 +92,18 @@ class ClientPreprocessing:
       raise ValueError(f'shuffle_buffer must be non-negative, got {self.shuffle_buffer}.')
     _check_optional_positive('max_elements', self.max_elements)
 
-  def select(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Shuffles, repeats and truncates `dataset` (everything but batching)."""
+  def select(self, dataset: tf.data.Dataset, *, seed: Optional[tf.Tensor] = None
+            ) -> tf.data.Dataset:
+    """Shuffles, repeats and truncates `dataset` (everything but batching).
+
+    Args:
+      dataset: The client's examples.
+      seed: A stateless key (int64 `[2]`) that seeds the shuffle
+        (`fedtff.data.rounds.shuffle_seed`); None uses `shuffle_seed`.
+    """
     if self.shuffle_buffer > 1:
-      dataset = dataset.shuffle(self.shuffle_buffer, seed=self.shuffle_seed)
+      op_seed = self.shuffle_seed if seed is None else rounds.shuffle_seed(seed)
+      dataset = dataset.shuffle(self.shuffle_buffer, seed=op_seed)
     if self.epochs > 1:
       dataset = dataset.repeat(self.epochs)
     if self.max_elements is not None:
@@ -94,15 +111,32 @@ class ClientPreprocessing:
     return dataset
 
   def build(self, element_fn: Optional[ElementFn] = None) -> DatasetFn:
-    """Returns the dataset function: select, map `element_fn`, then batch."""
+    """Returns the dataset function: select, map `element_fn`, then batch.
 
-    def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
-      dataset = self.select(dataset)
-      if element_fn is not None:
+    The function is `(dataset, seed=None) -> dataset`. An `element_fn` with a
+    `seed` keyword argument (e.g. `cifar_map(train=True)`) is called, when a
+    key is given, with element `i`'s stateless seed
+    `fedtff.data.rounds.element_seed(key, i)`, `i` counting the elements
+    after shuffling, repeating and truncating.
+    """
+
+    def preprocess(dataset: tf.data.Dataset, seed: Optional[tf.Tensor] = None
+                  ) -> tf.data.Dataset:
+      dataset = self.select(dataset, seed=seed)
+      if element_fn is not None and seed is not None and takes_seed(element_fn):
+        dataset = dataset.enumerate().map(
+            lambda i, element: element_fn(element, seed=rounds.element_seed(seed, i)),
+            num_parallel_calls=tf.data.AUTOTUNE)
+      elif element_fn is not None:
         dataset = dataset.map(element_fn, num_parallel_calls=tf.data.AUTOTUNE)
       return dataset.batch(self.batch_size, drop_remainder=self.drop_remainder)
 
     return preprocess
+
+
+def takes_seed(element_fn: ElementFn) -> bool:
+  """Whether `element_fn` takes a `seed` keyword (a stateless per-element seed)."""
+  return 'seed' in inspect.signature(element_fn).parameters
 
 
 def emnist_map(*, invert: bool = False) -> ElementFn:
@@ -139,10 +173,19 @@ def cifar_map(*, train: bool, crop_shape: Sequence[int] = CIFAR_CROP_SHAPE,
   Training crops at random and flips left-right at random (Reddi et al.'s 24x24
   crops); evaluation crops the centre. Then `tf.image.per_image_standardization`.
 
+  The training function takes an optional stateless seed, `element_fn(element,
+  seed=None)` (int64 `[2]`): with it, the crop and the flip are
+  `tf.image.stateless_random_crop` and `stateless_random_flip_left_right`
+  under two seeds split from it, so they depend on that seed only
+  (`ClientPreprocessing.build` passes one per element when it has a key, as
+  `fedtff.data.RoundClientData` gives it every round); without it, the stateful
+  ops with op seed `seed`.
+
   Args:
     train: Random crop and flip (True) or central crop (False).
     crop_shape: `(height, width, 3)`, at most `(32, 32, 3)`.
-    seed: Op-level seed of the random crop and flip.
+    seed: Op-level seed of the stateful crop and flip (used when the element
+      function gets no stateless seed).
 
   Raises:
     ValueError: If `crop_shape` is not three sizes within `(32, 32, 3)`.
@@ -152,18 +195,24 @@ def cifar_map(*, train: bool, crop_shape: Sequence[int] = CIFAR_CROP_SHAPE,
       0 < crop_shape[0] <= 32 and 0 < crop_shape[1] <= 32):
     raise ValueError(f'crop_shape must be (height, width, 3) within (32, 32, 3), got {crop_shape}.')
 
-  def crop(image):
-    if train:
+  def crop(image, element_seed):
+    if not train:
+      return tf.image.resize_with_crop_or_pad(image, crop_shape[0], crop_shape[1])
+    if element_seed is None:
       image = tf.image.random_crop(image, size=crop_shape, seed=seed)
       return tf.image.random_flip_left_right(image, seed=seed)
-    return tf.image.resize_with_crop_or_pad(image, crop_shape[0], crop_shape[1])
+    crop_seed, flip_seed = tf.unstack(tf.random.split(element_seed, 2, alg='philox'))
+    image = tf.image.stateless_random_crop(image, size=crop_shape, seed=crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
-  def element_fn(element):
-    image = crop(tf.cast(element['image'], tf.float32))
+  def transform(element, element_seed):
+    image = crop(tf.cast(element['image'], tf.float32), element_seed)
     return collections.OrderedDict(
         x=tf.image.per_image_standardization(image), y=tf.cast(element['label'], tf.int32))
 
-  return element_fn
+  if not train:
+    return lambda element: transform(element, None)
+  return lambda element, seed=None: transform(element, seed)
 
 
 def _shifted(sequences: tf.Tensor) -> collections.OrderedDict:
@@ -209,9 +258,10 @@ def shakespeare_preprocess(spec: ClientPreprocessing, *,
   if sequence_length < 1:
     raise ValueError(f'sequence_length must be positive, got {sequence_length}.')
 
-  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  def preprocess(dataset: tf.data.Dataset, seed: Optional[tf.Tensor] = None
+                ) -> tf.data.Dataset:
     tokens = _shakespeare_tokens(sequence_length + 1)
-    dataset = spec.select(dataset).map(tokens, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = spec.select(dataset, seed=seed).map(tokens, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.unbatch().batch(sequence_length + 1, drop_remainder=True)
     dataset = dataset.batch(spec.batch_size, drop_remainder=spec.drop_remainder)
     return dataset.map(_shifted, num_parallel_calls=tf.data.AUTOTUNE)
@@ -272,9 +322,10 @@ def stackoverflow_word_preprocess(spec: ClientPreprocessing, vocab: Sequence[str
         'sequence_length and num_oov_buckets must be positive, got '
         f'{sequence_length} and {num_oov_buckets}.')
 
-  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  def preprocess(dataset: tf.data.Dataset, seed: Optional[tf.Tensor] = None
+                ) -> tf.data.Dataset:
     tokens = _stackoverflow_tokens(vocab, sequence_length, num_oov_buckets)
-    dataset = spec.select(dataset).map(tokens, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = spec.select(dataset, seed=seed).map(tokens, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.padded_batch(spec.batch_size, padded_shapes=[sequence_length + 1],
                                    drop_remainder=spec.drop_remainder)
     return dataset.map(_shifted, num_parallel_calls=tf.data.AUTOTUNE)
@@ -344,9 +395,11 @@ def stackoverflow_tag_preprocess(spec: ClientPreprocessing, word_vocab: Sequence
     raise ValueError('word_vocab and tag_vocab must each hold at least one entry, got '
                      f'{len(word_vocab)} words and {len(tag_vocab)} tags.')
 
-  def preprocess(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  def preprocess(dataset: tf.data.Dataset, seed: Optional[tf.Tensor] = None
+                ) -> tf.data.Dataset:
     # The lookup tables are made here, inside the traced dataset function, so
     # that `ClientData.dataset_computation` can serialize them.
-    return spec.build(_stackoverflow_bag_of_words(word_vocab, tag_vocab, oov_in_total))(dataset)
+    element_fn = _stackoverflow_bag_of_words(word_vocab, tag_vocab, oov_in_total)
+    return spec.build(element_fn)(dataset, seed=seed)
 
   return preprocess

@@ -10,13 +10,16 @@ datasets (Ro et al. 2021, arXiv 2108.02117).
 `ClientBatches` holds the batches of several clients stacked along one axis,
 `PaddedClientData` builds them from a `tff.simulation.datasets.ClientData`
 (its preprocessed, batched datasets), reading each client's dataset once and
-caching it, and `from_datasets` builds them from a list of batched datasets.
+caching it, `RoundBatches` from a `fedtff.data.RoundClientData`, whose
+datasets differ by round, reading the round's clients anew each round, and
+`from_datasets` builds them from a list of batched datasets.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,8 +27,11 @@ import tensorflow as tf
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 import tensorflow_federated as tff
 
+from fedtff.data import rounds
+
 ClientData = tff.simulation.datasets.ClientData
 _BATCHES_PER_READ = 1 << 20  # Batches of one client per element of the reading pipeline.
+_PARALLEL_READS = max(os.cpu_count() or 1, 1)  # Clients that RoundBatches reads at once.
 
 
 class ClientBatches(NamedTuple):
@@ -132,22 +138,87 @@ def _read_clients(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_sp
   batches are those TFF trains on, whatever the global seed.
   """
 
-  def client_rows(k, client_id):
-    def split(batches):
-      rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
-      return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
-    return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
-
+  client_rows = _client_rows_fn(dataset_fn)
   with _as_tff_seeds():
     pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
     pipeline = pipeline.enumerate().flat_map(client_rows)
   parts = [[] for _ in client_ids]
   for k, sizes, rows in _read_once(pipeline):
     parts[k].append(_ClientArrays(rows, sizes.astype(np.int32)))
-  return [_ClientArrays(
+  return [_joined(part, element_spec) for part in parts]
+
+
+def _joined(part: Sequence[_ClientArrays], element_spec: Any) -> _ClientArrays:
+  """One client's pieces (one per `_BATCHES_PER_READ` batches) as one `_ClientArrays`."""
+  if not part:
+    return _client_arrays([], element_spec)
+  if len(part) == 1:
+    return part[0]
+  return _ClientArrays(
       tf.nest.map_structure(lambda *leaves: np.concatenate(leaves), *[p.examples for p in part]),
-      np.concatenate([p.batch_sizes for p in part])) if part else _client_arrays([], element_spec)
-          for part in parts]
+      np.concatenate([p.batch_sizes for p in part]))
+
+
+def _client_rows_fn(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset]):
+  """`(k, client_id) -> dataset of one element (k, batch sizes, rows)` (none if no batches)."""
+
+  def client_rows(k, client_id):
+    def split(batches):
+      rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
+      return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
+    return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
+
+  return client_rows
+
+
+def _split_ragged(ragged: tf.RaggedTensor) -> List[np.ndarray]:
+  """A `[n, (rows), ...]` ragged tensor as n numpy arrays."""
+  return np.split(ragged.flat_values.numpy(), np.cumsum(ragged.row_lengths().numpy())[:-1])
+
+
+class _RoundReader:
+  """`_read_clients` as one `tf.function` of the ids, traced once.
+
+  Building a fresh `tf.data` pipeline in Python every round retraces its
+  functions (the dataset function, its preprocessing) each time; here the
+  whole pipeline is traced once, with TFF's seeds (`_as_tff_seeds`), and each
+  call only runs it. The pipeline and so the batches are `_read_clients`'s.
+  """
+
+  def __init__(self, dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_spec: Any):
+    self._element_spec = element_spec
+    client_rows = _client_rows_fn(dataset_fn)
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
+    def read(client_ids):
+      # Clients are read in parallel; each client's own pipeline is unchanged.
+      pipeline = tf.data.Dataset.from_tensor_slices(client_ids).enumerate().interleave(
+          client_rows, cycle_length=_PARALLEL_READS, num_parallel_calls=_PARALLEL_READS,
+          deterministic=True)
+      pipeline = pipeline.ragged_batch(tf.size(client_ids, out_type=tf.int64))
+      return pipeline.with_options(options).get_single_element()
+
+    self._read = read
+
+  def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
+    with _as_tff_seeds():
+      try:
+        positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))
+      except tf.errors.InvalidArgumentError as e:
+        if 'empty' not in str(e).lower():
+          raise
+        # No client has a batch: the pipeline has no element at all.
+        return [_client_arrays([], self._element_spec) for _ in client_ids]
+    parts = [[] for _ in client_ids]
+    batch_sizes = _split_ragged(sizes)
+    leaves = [_split_ragged(leaf) for leaf in tf.nest.flatten(rows)]
+    for j, k in enumerate(positions.numpy()):
+      examples = tf.nest.pack_sequence_as(self._element_spec, [leaf[j] for leaf in leaves])
+      parts[k].append(_ClientArrays(examples, batch_sizes[j].astype(np.int32)))
+    return [_joined(part, self._element_spec) for part in parts]
 
 
 def _padded_rows(batch_sizes: np.ndarray, batch_size: int) -> np.ndarray:
@@ -251,10 +322,17 @@ class PaddedClientData:
     batch_size: The padded batch size; defaults to the largest batch read so
       far (give it to keep one shape from the first round on).
     resident: Whether to read and pad all clients up front.
+
+  Raises:
+    ValueError: If `client_data` is a `fedtff.data.RoundClientData` (use
+      `RoundBatches`).
   """
 
   def __init__(self, client_data: ClientData, *, batch_size: Optional[int] = None,
                resident: bool = True):
+    if isinstance(client_data, rounds.RoundClientData):
+      raise ValueError('PaddedClientData reads each client once, but a RoundClientData\'s '
+                       'datasets differ by round; use fedtff.fast.RoundBatches.')
     self._client_data = client_data
     self._element_spec = client_data.element_type_structure
     self._batch_size = batch_size
@@ -299,3 +377,63 @@ class PaddedClientData:
       return select(self._resident, [self._positions[c] for c in client_ids])
     total = sum(len(c.batch_sizes) for c in self._clients(client_ids))
     return self._stack(client_ids, _power_of_two_at_least(total))
+
+
+def _is_tagged(tagged_id: str, known: frozenset) -> bool:
+  round_num, separator, client_id = tagged_id.partition(rounds.SEPARATOR)
+  return bool(separator) and round_num.isdigit() and client_id in known
+
+
+class RoundBatches:
+  """The `ClientBatches` of a round's clients of a `fedtff.data.RoundClientData`.
+
+  Each call reads the given clients' datasets anew, through the same
+  `tf.data` pipeline TFF runs (`serializable_dataset_fn` of the round-tagged
+  ids, with TFF's shuffle seeds, `_as_tff_seeds`), and pads them: the
+  batches are those the TFF backend trains on in that round. Nothing is
+  cached, since a client's batches differ from round to round. The number of
+  batches is rounded up to a power of two, and never shrinks from one call to
+  the next, so that an XLA-compiled round compiles for a few shapes only (the
+  padding batches are unused).
+
+  Args:
+    client_data: The training clients.
+    batch_size: The padded batch size (give the preprocessing's, to keep one
+      shape); defaults to the largest batch read so far.
+  """
+
+  def __init__(self, client_data: rounds.RoundClientData, *,
+               batch_size: Optional[int] = None):
+    self._client_data = client_data
+    self._element_spec = client_data.element_type_structure
+    self._batch_size = batch_size
+    self._known = frozenset(client_data.client_ids)
+    self._total_batches = 0
+    self._read = _RoundReader(client_data.serializable_dataset_fn, self._element_spec)
+
+  @property
+  def client_ids(self) -> List[str]:
+    return self._client_data.client_ids
+
+  @property
+  def element_spec(self) -> Any:
+    return self._element_spec
+
+  def batches(self, round_num: int, client_ids: Sequence[str]) -> ClientBatches:
+    """The padded batches of `client_ids` (plain ids) in round `round_num`, in that order."""
+    unknown = [c for c in client_ids if c not in self._known]
+    if unknown:
+      raise ValueError(f'Unknown client ids {unknown!r:.200}.')
+    return self.tagged_batches(rounds.round_client_ids(round_num, client_ids))
+
+  def tagged_batches(self, tagged_ids: Sequence[str]) -> ClientBatches:
+    """The padded batches of round-tagged ids (`fedtff.data.round_client_id`)."""
+    bad = [t for t in tagged_ids if not _is_tagged(t, self._known)]
+    if bad:
+      raise ValueError("Expected round-tagged ids '<round>/<client id>' of known clients "
+                       f'(fedtff.data.round_client_id), got {bad!r:.200}.')
+    clients = self._read(tagged_ids)
+    self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
+    total = sum(len(c.batch_sizes) for c in clients)
+    self._total_batches = max(self._total_batches, _power_of_two_at_least(total))
+    return _stack(clients, self._element_spec, self._batch_size, self._total_batches)
