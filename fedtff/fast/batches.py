@@ -17,14 +17,12 @@ datasets differ by round, reading the round's clients anew each round, and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
 import tensorflow_federated as tff
 
 from fedtff.data import rounds
@@ -96,26 +94,6 @@ def _read_once(dataset: tf.data.Dataset) -> List[Any]:
   return list(dataset.with_options(options).as_numpy_iterator())
 
 
-@contextlib.contextmanager
-def _as_tff_seeds() -> Iterator[None]:
-  """Random ops built in this block take the seeds TFF's datasets take.
-
-  `shuffle(seed=s)` draws with the seeds `(global seed, s)`; TFF builds client
-  datasets in a graph without a graph-level seed, where that is
-  `(DEFAULT_GRAPH_SEED, s)` whatever `tf.random.set_seed` (or Keras's
-  `set_random_seed`) said. Clearing the eager global seed while the pipeline
-  is built gives the same order; the seed and its op-seed generator are put
-  back untouched afterwards (TensorFlow has no public way to read them).
-  """
-  ctx = context.context()
-  saved = ctx._seed, getattr(ctx, '_rng', None)  # pylint: disable=protected-access
-  ctx._seed = None  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    ctx._seed, ctx._rng = saved  # pylint: disable=protected-access
-
-
 def _rows_and_batch_sizes(batches: Any) -> Tuple[tf.Tensor, tf.Tensor]:
   """`[num_batches, (batch_size), ...]` (ragged, or dense when every batch is full)
   as `[num_rows, ...]` rows and the int64 `[num_batches]` batch sizes."""
@@ -134,12 +112,12 @@ def _read_clients(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_sp
   iterator per client, and `ragged_batch` gathers each client's batches into
   one element, its rows and batch sizes, which saves a Python step per batch
   (0.4 ms each here, 16 s for the 40,000 batches of FedProx's 30 clients of 20
-  epochs). The pipeline's shuffles use TFF's seeds (`_as_tff_seeds`), so the
+  epochs). The pipeline's shuffles use TFF's seeds (`fedtff.data.rounds.without_global_seed`), so the
   batches are those TFF trains on, whatever the global seed.
   """
 
   client_rows = _client_rows_fn(dataset_fn)
-  with _as_tff_seeds():
+  with rounds.without_global_seed():
     pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
     pipeline = pipeline.enumerate().flat_map(client_rows)
   parts = [[] for _ in client_ids]
@@ -181,7 +159,7 @@ class _RoundReader:
 
   Building a fresh `tf.data` pipeline in Python every round retraces its
   functions (the dataset function, its preprocessing) each time; here the
-  whole pipeline is traced once, with TFF's seeds (`_as_tff_seeds`), and each
+  whole pipeline is traced once, with TFF's seeds (`fedtff.data.rounds.without_global_seed`), and each
   call only runs it. The pipeline and so the batches are `_read_clients`'s.
   """
 
@@ -204,7 +182,7 @@ class _RoundReader:
     self._read = read
 
   def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
-    with _as_tff_seeds():
+    with rounds.without_global_seed():
       try:
         positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))
       except tf.errors.InvalidArgumentError as e:
@@ -389,7 +367,7 @@ class RoundBatches:
 
   Each call reads the given clients' datasets anew, through the same
   `tf.data` pipeline TFF runs (`serializable_dataset_fn` of the round-tagged
-  ids, with TFF's shuffle seeds, `_as_tff_seeds`), and pads them: the
+  ids, with TFF's shuffle seeds, `fedtff.data.rounds.without_global_seed`), and pads them: the
   batches are those the TFF backend trains on in that round. Nothing is
   cached, since a client's batches differ from round to round. The number of
   batches is rounded up to a power of two, and never shrinks from one call to
