@@ -105,7 +105,12 @@ def _model_weights(process, state):
 
 
 def has_examples(clients: Any) -> bool:
-  """Whether any of a round's client datasets yields an element; client ids count as data."""
+  """Whether any of a round's client datasets yields an element; client ids count as data.
+
+  A round with no clients at all (an empty Poisson cohort) has none.
+  """
+  if isinstance(clients, (list, tuple)) and not clients:
+    return False
   datasets = [c for c in clients if isinstance(c, tf.data.Dataset)] if isinstance(
       clients, (list, tuple)) else []
   if not datasets:

@@ -76,6 +76,7 @@ def test_has_examples_reads_datasets():
   assert not training.has_examples([empty, empty])
   assert training.has_examples([empty, full])
   assert training.has_examples(['client_0'])
+  assert not training.has_examples([])  # An empty Poisson cohort: nothing was dropped.
 
 
 def test_a_sweep_refuses_a_non_finite_point_before_any_run(tmp_path):

@@ -82,7 +82,8 @@ def test_the_ledger_is_written_with_each_checkpoint(dp_run):
     (segment,) = json.load(f)
   assert segment == {'first_round': 1, 'last_round': 5, 'noise_multiplier': 1.0,
                      'clients_per_round': 4, 'num_clients': 9, 'clip_norm': 1.0,
-                     'sampling': 'without_replacement'}
+                     'sampling': 'without_replacement', 'mechanism': 'dp_fedavg',
+                     'accountant': 'rdp'}
   ledger = ledger_lib.PrivacyLedger.from_json(newest_checkpoint_metadata(workdir)['privacy_ledger'])
   assert ledger.last_round == 5
 

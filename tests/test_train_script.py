@@ -58,7 +58,8 @@ def test_trains_and_writes_the_run_directory(tmp_path):
          'use --config=configs/quickstart.py'),
         (['experiments/train.py', '--config=configs/quickstart_dp.py:nope', '--workdir=/tmp/x'],
          "config file configs/quickstart_dp.py:nope: Unknown variant 'nope'; expected one of "
-         'eps1, eps8, noiseless.'),
+         'eps1, eps8, noiseless, poisson_eps1, poisson_eps8, poisson_noiseless, ftrl_eps1, '
+         'ftrl_eps8, ftrl_noiseless.'),
         (TRAIN + ['--workdir=/tmp/x', 'extra'],
          "Unexpected argument 'extra': every input is a --flag, see --help."),
         (TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
