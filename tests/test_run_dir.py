@@ -18,6 +18,7 @@ from fedtff import checkpoints
 from fedtff import outputs
 from fedtff import run_dir
 from tests import conftest
+from tests import test_experiment
 
 
 def _earlier_config():
@@ -121,15 +122,9 @@ def test_two_trainers_on_one_workdir_one_is_refused_in_one_line(tmp_path):
 
 
 def _config(**overrides):
-  config = fedtff.config.base_config()
-  config.data.num_clients = 12
-  config.data.num_test_clients = 3
-  config.clients_per_round = 4
-  config.total_rounds = 4
-  config.rounds_per_eval = 2
-  config.rounds_per_checkpoint = 2
-  config.update(overrides)
-  return config
+  """test_experiment's 12-client config, 4 rounds, checkpoints every 2."""
+  return test_experiment.small_config(**{'total_rounds': 4, 'rounds_per_checkpoint': 2,
+                                         **overrides})
 
 
 @pytest.fixture(scope='module')
