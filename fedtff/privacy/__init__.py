@@ -4,6 +4,8 @@
   multiplier for a target epsilon, a per-round tracker, configuration checks.
 * `ftrl`: DP-FTRL (tree aggregation, Kairouz et al. 2021): its aggregator and
   its accounting without sampling amplification.
+* `ledger`: the per-round record of a DP run's mechanisms that epsilon is
+  composed from; `run_privacy`: what the runner keeps and publishes of it.
 * `mechanisms`: the DP-FedAvg mean (fixed or adaptive clipping) and TFF's
   secure-sum mean.
 * `masking_simulation`: a simulation of the arithmetic of pairwise additive
@@ -14,12 +16,15 @@ docs/privacy.md states what each mechanism protects against and what it does not
 
 from fedtff.privacy import accounting
 from fedtff.privacy import ftrl
+from fedtff.privacy import ledger
 from fedtff.privacy import mechanisms
 from fedtff.privacy import masking_simulation
 from fedtff.privacy.accounting import check_guarantee
 from fedtff.privacy.accounting import epsilon
 from fedtff.privacy.accounting import noise_multiplier_for_epsilon
 from fedtff.privacy.accounting import PrivacyTracker
+from fedtff.privacy.ledger import PrivacyLedger
+from fedtff.privacy.ledger import RoundMechanism
 from fedtff.privacy.mechanisms import adaptive_noise_split
 from fedtff.privacy.mechanisms import dp_aggregator
 from fedtff.privacy.mechanisms import secure_sum_aggregator
