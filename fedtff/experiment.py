@@ -298,8 +298,8 @@ class _FastRounds:
   each round's clients are read through TFF's pipeline and padded
   (`fedtff.fast.RoundBatches`), since their batches differ by round.
 
-  With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`; the
-  round loop calls `next` once per round in order from `start(first_round)`.
+  With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`, r read
+  off the round-tagged ids.
   """
 
   def __init__(self, process: fast.FastLearningProcess, client_data, batch_size: int,
@@ -307,14 +307,12 @@ class _FastRounds:
     self._process = process
     self._client_data = fast.RoundBatches(client_data, batch_size=batch_size)
     self._privacy = privacy
-    self._round_num = 1
-
-  def start(self, first_round: int) -> None:
-    self._round_num = first_round
 
   def next(self, state, client_ids):
-    noise_seed = self._privacy.round_noise_seed(self._round_num) if self._privacy else None
-    self._round_num += 1
+    noise_seed = None
+    if self._privacy:  # Every id carries the round; the fast backend has no empty cohorts.
+      round_num = int(client_ids[0].partition(data.rounds.SEPARATOR)[0])
+      noise_seed = self._privacy.round_noise_seed(round_num)
     return self._process.next(state, self._client_data.tagged_batches(client_ids),
                               noise_seed=noise_seed)
 
@@ -358,8 +356,6 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
       config, task, backend.tff_process, checkpoint_dir)
   if privacy:
     privacy.resume(last_round, metadata)
-  if hasattr(backend.rounds, 'start'):
-    backend.rounds.start(last_round + 1)
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
