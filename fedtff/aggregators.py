@@ -32,11 +32,14 @@ from typing import Optional, Union
 
 import tensorflow_federated as tff
 
+from fedtff.privacy import masking_simulation
+from fedtff.privacy import mechanisms
+
 AggregationFactory = Union[tff.aggregators.WeightedAggregationFactory,
                            tff.aggregators.UnweightedAggregationFactory]
 KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'masking_simulation')
 RENAMED_KINDS = {'pairwise_masking': 'masking_simulation'}
-DEFAULT_MASKING_BITS = 32  # The masking simulation's modulus 2**32, as in Bonawitz et al.
+DEFAULT_MASKING_BITS = masking_simulation.DEFAULT_MASKING_BITS
 
 
 def renamed_kind_message(kind: str) -> str:
@@ -121,7 +124,6 @@ def _dp(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
                      'contribution); use it with weighted=False.')
   if spec.noise_multiplier is None or spec.clients_per_round is None:
     raise ValueError('The dp aggregator needs noise_multiplier and clients_per_round.')
-  from fedtff.privacy import mechanisms  # pylint: disable=g-import-not-at-top  # Imports this module.
   if spec.clip_norm is not None:
     if spec.clipped_count_stddev is not None:
       raise ValueError('clipped_count_stddev applies to adaptive clipping only (clip_norm None), '
@@ -138,22 +140,8 @@ def _masking_simulation(spec: AggregatorSpec, weighted: bool) -> AggregationFact
   if weighted or spec.clip_norm is None or spec.clients_per_round is None:
     raise ValueError('The masking_simulation aggregator is unweighted and needs clip_norm and '
                      'clients_per_round; use it with weighted=False.')
-  from fedtff.privacy import masking_simulation  # pylint: disable=g-import-not-at-top  # Imports this module.
   return masking_simulation.masking_simulation_aggregator(
       spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits)
-
-
-def _secure(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
-  bound = spec.clip_norm if spec.clip_norm is not None else _adaptive_norm(
-      50.0, 0.95, 1.0, multiplier=2.0, secure_estimation=True)
-  value_sum = tff.aggregators.SecureSumFactory(bound)
-  if weighted:
-    return tff.aggregators.MeanFactory(
-        value_sum_factory=value_sum,
-        weight_sum_factory=tff.aggregators.SecureSumFactory(float(2**20 - 1), 0.0))
-  return tff.aggregators.UnweightedMeanFactory(
-      value_sum_factory=value_sum,
-      count_sum_factory=tff.aggregators.SecureSumFactory(1, 0))
 
 
 def check_weighting(factory: AggregationFactory, *, weighted: bool, algorithm: str) -> None:
@@ -185,7 +173,7 @@ def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFact
     raise ValueError(f"clipped_count_stddev applies to the 'dp' aggregator only, got kind "
                      f'{spec.kind!r}.')
   if spec.kind == 'secure':
-    return _secure(spec, weighted)
+    return mechanisms.secure_mean(spec.clip_norm, weighted=weighted)
   if spec.kind == 'masking_simulation':
     return _masking_simulation(spec, weighted)
   if spec.kind == 'compression':

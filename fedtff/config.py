@@ -24,6 +24,7 @@ import ml_collections
 from fedtff import aggregators
 from fedtff import models
 from fedtff import optimizers
+from fedtff import runtime as runtime_lib
 from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import registry
@@ -265,22 +266,16 @@ def _check_test_clients(data: Mapping[str, Any]) -> None:
   (fedtff.tasks), with the same sentence.
   """
   if data['dataset'] == 'digits':
-    check_num_test_clients(data['num_test_clients'], data['num_clients'])
-
-
-def check_num_test_clients(num_test_clients: int, num_clients: int) -> None:
-  """Raises `ConfigError` unless 0 <= num_test_clients < num_clients."""
-  if not 0 <= num_test_clients < num_clients:
-    raise ConfigError(f'Config key data.num_test_clients must be less than the {num_clients} '
-                      f'clients (at most {num_clients - 1}), got {num_test_clients}.')
+    try:
+      tasks.check_num_test_clients(data['num_test_clients'], data['num_clients'])
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:
-  # Imported here: fedtff.distributed imports fedtff.run_dir, which imports this module.
-  from fedtff import distributed  # pylint: disable=g-import-not-at-top
   if runtime['workers']:
     try:
-      distributed.check_workers(runtime['workers'])
+      runtime_lib.check_workers(runtime['workers'])
     except ValueError as e:
       raise ConfigError(f'Config key runtime.workers: {e}') from None
   if not runtime['connect_timeout_s'] > 0:

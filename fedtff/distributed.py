@@ -66,7 +66,7 @@ from tensorflow_federated.proto.v0 import executor_pb2_grpc
 from fedtff import checkpoints
 from fedtff import run_dir
 from fedtff import runtime
-from fedtff.runtime import parse_address
+from fedtff.runtime import check_workers
 
 _PROBE_INTERVAL_S = 1.0
 _ERROR_POLL_S = 0.05
@@ -83,23 +83,6 @@ class WorkerError(RuntimeError):
 
 class WorkerUnavailableError(WorkerError):
   """A TFF worker could not be reached, or stopped answering."""
-
-
-def check_workers(workers: Sequence[str]) -> List[str]:
-  """Returns `workers` as a list if they are distinct 'host:port' strings.
-
-  Raises:
-    ValueError: Naming the first bad or repeated address.
-  """
-  if isinstance(workers, str) or not workers:
-    raise ValueError(f"workers must be a non-empty list of 'host:port' strings, got {workers!r}.")
-  for address in workers:
-    parse_address(address)
-  repeated = sorted({a for a in workers if list(workers).count(a) > 1})
-  if repeated:
-    raise ValueError(f'Each worker must be listed once; listed more than once: '
-                     f'{", ".join(repeated)}.')
-  return list(workers)
 
 
 def _describe(error) -> str:

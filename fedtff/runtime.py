@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 import portpicker
@@ -298,3 +298,20 @@ def parse_address(address: str) -> Tuple[str, int]:
     raise ValueError(f"A worker address must be 'host:port' with a port in [1, 65535], "
                      f'got {address!r}.')
   return host, int(port)
+
+
+def check_workers(workers: Sequence[str]) -> List[str]:
+  """Returns `workers` as a list if they are distinct 'host:port' strings.
+
+  Raises:
+    ValueError: Naming the first bad or repeated address.
+  """
+  if isinstance(workers, str) or not workers:
+    raise ValueError(f"workers must be a non-empty list of 'host:port' strings, got {workers!r}.")
+  for address in workers:
+    parse_address(address)
+  repeated = sorted({a for a in workers if list(workers).count(a) > 1})
+  if repeated:
+    raise ValueError(f'Each worker must be listed once; listed more than once: '
+                     f'{", ".join(repeated)}.')
+  return list(workers)

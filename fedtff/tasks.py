@@ -92,14 +92,23 @@ def _centralized(features, labels, config, seed) -> data.FederatedArrays:
                               [f'{k:05d}' for k in range(len(partition))])
 
 
+def check_num_test_clients(num_test_clients: int, num_clients: int) -> None:
+  """Raises `ValueError` unless 0 <= num_test_clients < num_clients.
+
+  `fedtff.config` applies it when the config fixes the client count (digits);
+  `arrays` when the data does.
+  """
+  if not 0 <= num_test_clients < num_clients:
+    raise ValueError(f'Config key data.num_test_clients must be less than the {num_clients} '
+                     f'clients (at most {num_clients - 1}), got {num_test_clients}.')
+
+
 def _split(arrays: data.FederatedArrays, config, seed) -> Tuple[Any, Any]:
   """(train, eval) arrays: held-out clients, or each client's held-out share."""
   if config.num_test_clients == 0 and config.test_fraction == 0:
     raise ValueError('Set data.num_test_clients or data.test_fraction: the run needs '
                      'evaluation data.')
-  # Imported here: fedtff.config imports this module.
-  from fedtff import config as config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.check_num_test_clients(config.num_test_clients, len(arrays.client_ids))
+  check_num_test_clients(config.num_test_clients, len(arrays.client_ids))
   parts = data.split(arrays, seed=seed, num_heldout_clients=config.num_test_clients,
                      test_fraction=config.test_fraction or None)
   return parts.train, parts.heldout if parts.heldout is not None else parts.test

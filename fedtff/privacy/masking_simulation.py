@@ -63,13 +63,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedtff import aggregators
-
 PRIME = 2**31 - 1
 GENERATOR = 7  # A primitive root modulo 2**31 - 1.
 EMPTY_SLOT = np.iinfo(np.int64).max
 NORMS = ('l2', 'linf')
 _MAX_BITS = 62
+DEFAULT_MASKING_BITS = 32  # The modulus 2**32, as in Bonawitz et al.
 MAX_RELATIVE_ERROR = 0.1  # Largest worst-case quantization error of the mean, over the largest norm.
 _PRG_STREAM = 0x6d61736b  # Separates mask streams from any other use of a seed.
 
@@ -217,7 +216,7 @@ class MaskingSimulationSumFactory(tff.aggregators.UnweightedAggregationFactory):
   """
 
   def __init__(self, clip_bound: float, max_clients: int, *,
-               bits: int = aggregators.DEFAULT_MASKING_BITS, norm: str = 'l2'):
+               bits: int = DEFAULT_MASKING_BITS, norm: str = 'l2'):
     """Initializes the factory.
 
     Args:
@@ -257,7 +256,7 @@ class MaskingSimulationSumFactory(tff.aggregators.UnweightedAggregationFactory):
           f'{self._levels} levels per clip norm: on {size} coordinates the mean may be off by '
           f'{error:.3g} times the largest update norm (the limit is {MAX_RELATIVE_ERROR}), and '
           f'an evenly spread update rounds mostly to 0; raise the bits (default '
-          f'{aggregators.DEFAULT_MASKING_BITS}).')
+          f'{DEFAULT_MASKING_BITS}).')
 
   def create(self, value_type: tff.types.Type) -> tff.templates.AggregationProcess:
     _check_value_type(value_type)
@@ -313,7 +312,7 @@ class MaskingSimulationSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
 
 def masking_simulation_aggregator(clip_bound: float, clients_per_round: int, *,
-                                  bits: int = aggregators.DEFAULT_MASKING_BITS,
+                                  bits: int = DEFAULT_MASKING_BITS,
                                   norm: str = 'l2') -> tff.aggregators.UnweightedAggregationFactory:
   """An unweighted mean whose sum is `MaskingSimulationSumFactory`, for unweighted FedAvg.
 

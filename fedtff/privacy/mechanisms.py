@@ -22,11 +22,9 @@ threat model.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import tensorflow_federated as tff
-
-from fedtff import aggregators
 
 CLIPPINGS = ('fixed', 'adaptive')
 DEFAULT_INITIAL_CLIP = 0.1
@@ -154,11 +152,41 @@ def _default(value, default):
   return default if value is None else value
 
 
+def secure_mean(bound: Optional[float], *, weighted: bool
+               ) -> Union[tff.aggregators.WeightedAggregationFactory,
+                          tff.aggregators.UnweightedAggregationFactory]:
+  """fedtff's 'secure' aggregator: a mean whose sums go through TFF's secure-sum intrinsics.
+
+  Every coordinate is clipped to `[-bound, bound]` and quantized to 32 bits by
+  `tff.aggregators.SecureSumFactory`; `bound=None` estimates the range
+  adaptively (as `tff.learning.secure_aggregator` does: twice a quantile
+  estimate of the 95th percentile, starting at 50). A weighted mean sums the client
+  weights securely too, in `[0, 2**20 - 1]`; an unweighted one counts clients.
+
+  Args:
+    bound: The per-coordinate bound, or `None` to adapt it.
+    weighted: Whether to return a weighted (`MeanFactory`) or unweighted
+      (`UnweightedMeanFactory`) mean.
+  """
+  if bound is None:
+    bound = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, multiplier=2.0,
+        secure_estimation=True)
+  value_sum = tff.aggregators.SecureSumFactory(bound)
+  if weighted:
+    return tff.aggregators.MeanFactory(
+        value_sum_factory=value_sum,
+        weight_sum_factory=tff.aggregators.SecureSumFactory(float(2**20 - 1), 0.0))
+  return tff.aggregators.UnweightedMeanFactory(
+      value_sum_factory=value_sum,
+      count_sum_factory=tff.aggregators.SecureSumFactory(1, 0))
+
+
 def secure_sum_aggregator(bound: Optional[float] = None, *, bits: Optional[int] = None
                          ) -> tff.aggregators.UnweightedAggregationFactory:
   """An unweighted mean whose sums go through TFF's secure-sum intrinsics.
 
-  * Without `bits`: fedtff's 'secure' aggregator (`fedtff.aggregators`): every
+  * Without `bits`: fedtff's 'secure' aggregator (`secure_mean`): every
     coordinate is clipped to `[-bound, bound]` and quantized to 32 bits by
     `tff.aggregators.SecureSumFactory`; `bound=None` estimates the range
     adaptively, as `tff.learning.secure_aggregator` does.
@@ -180,8 +208,7 @@ def secure_sum_aggregator(bound: Optional[float] = None, *, bits: Optional[int] 
     A `tff.aggregators.UnweightedAggregationFactory` computing a mean.
   """
   if bits is None:
-    return aggregators.build_aggregator(
-        aggregators.AggregatorSpec(kind='secure', clip_norm=bound), weighted=False)
+    return secure_mean(bound, weighted=False)
   if bound is None or not bound > 0:
     raise ValueError(f'bits needs a fixed, positive bound: pass bound=..., got {bound}.')
   if not (isinstance(bits, int) and 2 <= bits <= _MAX_DISCRETE_BITS):
