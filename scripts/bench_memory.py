@@ -20,28 +20,16 @@ from experiments import quiet_tf  # pylint: disable=g-import-not-at-top  # Befor
 
 from absl import flags
 from ml_collections import config_flags
-import psutil
 
 from experiments import cli
 import fedtff
+from fedtff import bench_tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO_ROOT, 'configs', 'quickstart.py'), 'Experiment config file.')
 _ROUNDS = flags.DEFINE_integer('rounds', 100, 'Rounds to run; RSS is compared at round 10 and this.')
 _REFERENCE_ROUND = 10
-_MIB = 2**20
-
-
-def rss_bytes() -> tuple:
-  """`(trainer, workers)`: RSS of this process and of its worker_binary children."""
-  trainer = psutil.Process()
-  workers = 0
-  for child in trainer.children(recursive=True):
-    try:
-      workers += child.memory_info().rss if child.name() == 'worker_binary' else 0
-    except psutil.NoSuchProcess:
-      pass
-  return trainer.memory_info().rss, workers
+_MIB = bench_tools.MIB
 
 
 def main(argv):
@@ -52,7 +40,8 @@ def main(argv):
   round_times = []
 
   def record(row):
-    samples[int(row['round'])] = rss_bytes()
+    samples[int(row['round'])] = (bench_tools.rss_bytes(children=False),
+                                  bench_tools.worker_rss_bytes())
     round_times.append(row['round_time_s'])
 
   with tempfile.TemporaryDirectory() as workdir:

@@ -15,46 +15,15 @@ with the proximal term's sign corrected) against TFF 0.87's
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np
-import tensorflow as tf
-import tensorflow_federated as tff
-
 import fedtff
-
-
-def keras_model():
-  return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(784,)),
-                              tf.keras.layers.Dense(10)])
-
-
-def client_datasets(num_clients, num_examples):
-  rng = np.random.default_rng(0)
-  return [tf.data.Dataset.from_tensor_slices((
-      rng.uniform(size=(num_examples, 784)).astype(np.float32),
-      rng.integers(0, 10, num_examples).astype(np.int32))).batch(20)
-          for _ in range(num_clients)]
-
+from fedtff import bench_tools as bt
 
 MU = 1.0
-
-
-def raw_tff_process(element_spec, algorithm):
-  def model_fn():
-    return tff.learning.models.from_keras_model(
-        keras_model(), input_spec=element_spec,
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
-  client, server = tff.learning.optimizers.build_sgdm(0.02), tff.learning.optimizers.build_sgdm(1.0)
-  if algorithm == 'fedprox':
-    return tff.learning.algorithms.build_weighted_fed_prox(model_fn, MU, client, server)
-  return tff.learning.algorithms.build_weighted_fed_avg(model_fn, client, server)
 
 
 def main(argv):
@@ -64,26 +33,19 @@ def main(argv):
   parser.add_argument('--rounds', type=int, default=30)
   parser.add_argument('--algorithm', choices=('fedavg', 'fedprox'), default='fedavg')
   args = parser.parse_args(argv)
-  datasets = client_datasets(args.clients, args.examples)
+  datasets = bt.random_datasets(args.clients, args.examples)
   options = dict(proximal_strength=MU) if args.algorithm == 'fedprox' else {}
   processes = {
-      'raw TFF': raw_tff_process(datasets[0].element_spec, args.algorithm),
+      'raw TFF': bt.raw_tff_process(datasets[0].element_spec, algorithm=args.algorithm,
+                                    proximal_strength=MU),
       'fedtff': fedtff.build_learning_process(
-          keras_model, datasets[0], algorithm=args.algorithm,
-          client_optimizer=fedtff.optimizer('sgd', 0.02), **options),
+          bt.tutorial_model, datasets[0], algorithm=args.algorithm,
+          client_optimizer=fedtff.optimizer('sgd', bt.TUTORIAL_LEARNING_RATE), **options),
   }
-  states = {name: p.initialize() for name, p in processes.items()}
-  times = {name: [] for name in processes}
-  for round_num in range(args.rounds + 2):
-    order = list(processes.items())
-    if round_num % 2:  # ABBA order: neither process always runs right after the other.
-      order.reverse()
-    for name, process in order:
-      start = time.perf_counter()
-      states[name] = process.next(states[name], datasets).state
-      if round_num >= 2:  # The first rounds include tracing and compilation.
-        times[name].append(time.perf_counter() - start)
-  medians = {name: statistics.median(t) for name, t in times.items()}
+  rounds = {name: bt.Stateful(p.initialize(), lambda s, p=p: p.next(s, datasets).state)
+            for name, p in processes.items()}
+  # The first rounds include tracing and compilation.
+  medians = bt.medians(bt.alternate(rounds, args.rounds, warmup=2, order='abba'))
   print(f'workload: {args.algorithm}, {args.clients} clients x {args.examples} examples, Dense 784->10, '
         f'batch 20; {args.rounds} alternating rounds each')
   for name, median in medians.items():
