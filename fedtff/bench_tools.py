@@ -496,9 +496,9 @@ def scale_run(backend: str, clients_per_round: int, rounds: int, data_dir: str) 
               peak_mb=rss.peak_bytes / MIB, wall_s=wall_s)
 
 
-SCALE_HEADER = ('clients/round', 'backend', 'rounds', 'first round s', 'median s/round', 'ms/client',
-                'RSS MB round 2', 'RSS MB last round', 'RSS late / early', 'peak RSS MB',
-                'run wall s')
+SCALE_HEADER = ('clients/round', 'backend', 'rounds', 'first round s', 'median s/round',
+                'ms/client', 'RSS MB round 2', 'RSS MB last round', 'RSS late / early',
+                'peak RSS MB', 'run wall s')
 
 
 def scale_rounds(backend: str, clients_per_round: int, rounds: int) -> int:
@@ -582,6 +582,7 @@ def max_abs_difference(a: Any, b: Any) -> float:
 def window_ratio_line(name: str, values: Sequence[float], window: int, scale: float,
                       unit: str) -> str:
   """The medians of the first and last `window` values (times `scale`) and their ratio."""
-  first, last = float(np.median(values[:window])) * scale, float(np.median(values[-window:])) * scale
+  first = float(np.median(values[:window])) * scale
+  last = float(np.median(values[-window:])) * scale
   return (f'  {name:<22} first {window}: {first:8.1f} {unit}   last {window}: {last:8.1f} {unit}'
           f'   ratio {last / first:.3f}')

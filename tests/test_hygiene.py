@@ -148,5 +148,6 @@ def test_the_import_graph_finds_a_cycle_hidden_in_a_function():
 def test_the_package_has_no_import_cycles():
   cycles = import_cycles(import_graph())
   assert not cycles, 'import cycles in fedtff:\n' + '\n'.join(
-      f'{" -> ".join(cycle)} (modules that import each other, directly or not: {", ".join(component)})'
+      f'{" -> ".join(cycle)} (modules that import each other, directly or not: '
+      f'{", ".join(component)})'
       for cycle, component in cycles)
