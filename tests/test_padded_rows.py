@@ -7,6 +7,7 @@ unpadded batches. The references are NumPy computations on the real rows.
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 import fedtff
 from fedtff import fast
@@ -149,3 +150,28 @@ def test_one_round_on_a_sequence_task_gives_the_tff_weights():
   assert fast_train['num_examples'] == tff_train['num_examples'] == 22
   for name in ('loss', 'accuracy'):
     assert fast_train[name] == pytest.approx(tff_train[name], abs=1e-5)
+
+
+def test_fedtff_tff_model_trains_as_tffs_keras_model():
+  """The shared forward pass on TFF gives `tff.learning.models.from_keras_model`'s round,
+  Keras masks (`Embedding(mask_zero=True)`) included."""
+  datasets = shakespeare_shaped_clients()
+  optimizer = fedtff.optimizer('sgd', 0.5)
+  fedtff_process = fedtff.build_learning_process(small_char_lstm, datasets[0],
+                                                 algorithm='fedavg', client_optimizer=optimizer,
+                                                 **sequence_options())
+  tff_process = tff.learning.algorithms.build_weighted_fed_avg(
+      lambda: tff.learning.models.from_keras_model(
+          small_char_lstm(), loss=tasks.MaskedSparseCrossEntropy(),
+          input_spec=datasets[0].element_spec,
+          metrics=[tasks.MaskedAccuracy(masked_ids=MASKED_IDS)]),
+      optimizer, fedtff.optimizer('sgd', 1.0))
+  weights = fedtff.algorithms.tff_model.initial_weights(small_char_lstm, seed=1)
+  outputs = [process.next(process.set_model_weights(process.initialize(), weights), datasets)
+             for process in (fedtff_process, tff_process)]
+  for a, b in zip(*[p.get_model_weights(o.state).trainable
+                    for p, o in zip((fedtff_process, tff_process), outputs)]):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  fedtff_train, tff_train = [o.metrics['client_work']['train'] for o in outputs]
+  for name in ('loss', 'accuracy', 'num_examples', 'num_batches'):
+    assert fedtff_train[name] == pytest.approx(tff_train[name], abs=1e-6)
