@@ -173,7 +173,11 @@ def _by_round(train: ClientData, preprocess_fn, config: ml_collections.ConfigDic
 class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
   """Sparse categorical cross-entropy on logits, averaged over non-pad targets.
 
-  Targets equal to `pad_id` add nothing, as in TFF's sequence baselines.
+  Targets equal to `pad_id` add nothing, as in TFF's sequence baselines: the
+  value on a batch is the sum of the non-pad targets' cross-entropies divided
+  by their number. It is not a mean over rows, so a padded batch must lose its
+  padding rows before the loss sees it (both engines do this with
+  `fedtff.algorithms.batch_loss.real_rows`).
   """
 
   def __init__(self, pad_id: int = 0, name: str = 'masked_sparse_cross_entropy'):
@@ -198,6 +202,8 @@ class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
 
   Reddi et al. (2021) report next-token accuracy without padding and
   end-of-sentence tokens (and, for Stack Overflow, out-of-vocabulary words).
+  A `sample_weight` multiplies the kept targets' weights, so rows (or tokens)
+  weighted 0 count nowhere.
   """
 
   def __init__(self, masked_ids: Sequence[int] = (0,), name: str = 'accuracy', dtype=None):
@@ -206,9 +212,15 @@ class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
 
   def update_state(self, y_true, y_pred, sample_weight=None):
     y_true = tf.cast(y_true, tf.int32)
-    keep = tf.reduce_all(
-        tf.not_equal(y_true[..., tf.newaxis], tf.constant(self.masked_ids, tf.int32)), axis=-1)
-    return super().update_state(y_true, y_pred, sample_weight=tf.cast(keep, tf.float32))
+    keep = tf.cast(tf.reduce_all(
+        tf.not_equal(y_true[..., tf.newaxis], tf.constant(self.masked_ids, tf.int32)), axis=-1),
+                   tf.float32)
+    if sample_weight is not None:
+      sample_weight = tf.cast(sample_weight, tf.float32)
+      # A weight per row ([batch]) applies to every target of the row.
+      rank = len(keep.shape) - len(sample_weight.shape)
+      keep *= tf.reshape(sample_weight, tf.concat([tf.shape(sample_weight), [1] * rank], 0))
+    return super().update_state(y_true, y_pred, sample_weight=keep)
 
   def get_config(self):
     return {**super().get_config(), 'masked_ids': self.masked_ids}

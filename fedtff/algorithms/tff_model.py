@@ -3,6 +3,12 @@
 This is where fedtff checks what it is handed before TFF starts tracing: a
 factory rather than a model, an uncompiled model, inputs and labels that fit
 the client data's element spec.
+
+The model is TFF's Keras model (`tff.learning.models.from_keras_model`: its
+variables, metrics and metric finalizers) with one change: its forward pass
+is `fedtff.algorithms.batch_loss.forward`, the function the compiled engine's
+client work (`fedtff/fast/client_work.py`) runs too, so that the loss over a
+batch is written once for both engines.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import tensorflow as tf
 import tensorflow_federated as tff
+
+from fedtff.algorithms import batch_loss
 
 KerasModelFn = Callable[[], tf.keras.Model]
 ElementSpecLike = Union[tf.data.Dataset, Any]
@@ -119,11 +127,75 @@ def tff_model_fn(keras_model_fn: KerasModelFn,
     _check_model_fits(check_model_factory(keras_model_fn), element_spec, loss)
 
   def model_fn() -> tff.learning.models.VariableModel:
-    return tff.learning.models.from_keras_model(
-        keras_model_fn(), loss=loss, input_spec=element_spec,
-        metrics=[fn() for fn in metric_fns])
+    return KerasModel(keras_model_fn(), loss=loss, input_spec=element_spec,
+                      metrics=[fn() for fn in metric_fns])
 
   return model_fn
+
+
+class KerasModel(tff.learning.models.VariableModel):
+  """TFF's Keras model whose forward pass is `fedtff.algorithms.batch_loss.forward`.
+
+  Variables, metrics (with TFF's `loss`, `num_examples` and `num_batches`),
+  their finalizers and `predict_on_batch` are those of
+  `tff.learning.models.from_keras_model(keras_model, ...)`; the forward pass
+  computes the same values with the function both engines share.
+
+  Args:
+    keras_model: An uncompiled Keras model.
+    loss: The Keras loss.
+    input_spec: The batched element spec, `(x, y)` or `{'x': ..., 'y': ...}`.
+    metrics: Keras metric objects.
+  """
+
+  def __init__(self, keras_model: tf.keras.Model, *, loss: tf.keras.losses.Loss,
+               input_spec: Any, metrics: Sequence[tf.keras.metrics.Metric]):
+    self._keras_model = keras_model
+    self._loss = loss
+    self._tff_model = tff.learning.models.from_keras_model(
+        keras_model, loss=loss, input_spec=input_spec, metrics=list(metrics))
+
+  @property
+  def trainable_variables(self):
+    return self._tff_model.trainable_variables
+
+  @property
+  def non_trainable_variables(self):
+    return self._tff_model.non_trainable_variables
+
+  @property
+  def local_variables(self):
+    return self._tff_model.local_variables
+
+  @property
+  def input_spec(self):
+    return self._tff_model.input_spec
+
+  @tf.function
+  def forward_pass(self, batch_input, training=True):
+    _, labels = batch_loss.inputs_and_labels(batch_input)
+    if labels is None:  # Predictions only, as TFF's Keras model gives them.
+      predictions = batch_loss.predict(self._keras_model,
+                                       batch_loss.inputs_and_labels(batch_input)[0],
+                                       training=training)
+      return tff.learning.models.BatchOutput(loss=None, predictions=predictions,
+                                             num_examples=batch_loss.num_rows(predictions))
+    output = batch_loss.forward(self._keras_model, self._loss, self._tff_model.get_metrics(),
+                                batch_input, training=training)
+    return tff.learning.models.BatchOutput(loss=output.loss, predictions=output.predictions,
+                                           num_examples=output.num_examples)
+
+  def predict_on_batch(self, batch_input, training=True):
+    return self._tff_model.predict_on_batch(batch_input, training=training)
+
+  def report_local_unfinalized_metrics(self):
+    return self._tff_model.report_local_unfinalized_metrics()
+
+  def metric_finalizers(self):
+    return self._tff_model.metric_finalizers()
+
+  def reset_metrics(self):
+    return self._tff_model.reset_metrics()
 
 
 def initial_weights(keras_model_fn: KerasModelFn, seed: int) -> tff.learning.models.ModelWeights:

@@ -16,18 +16,19 @@ backend's arithmetic is TFF's:
   over batches of `num_examples(batch) * grad(batch mean loss)`, divided by the
   client's examples.
 
-A batch's loss is the mean of the per-example losses over its real rows (the
-mask), which is what Keras computes on the unpadded batch.
+A batch's forward pass, loss and metric updates are
+`fedtff.algorithms.batch_loss.forward` on the batch's real rows (the mask):
+the function fedtff's TFF model runs, and Keras's values on the unpadded batch.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedtff.algorithms import batch_loss
 from fedtff.fast import batches as batches_lib
 
 Weights = tff.learning.models.ModelWeights
@@ -62,24 +63,13 @@ class TrainStats(NamedTuple):
     return TrainStats(*[a + b for a, b in zip(tuple(self), tuple(other))])
 
 
-def _inputs_and_labels(batch: Any) -> Tuple[Any, Any]:
-  if isinstance(batch, dict):
-    return batch['x'], batch['y']
-  return batch[0], batch[1]
-
-
-def _per_example(loss: tf.keras.losses.Loss) -> Tuple[tf.keras.losses.Loss, bool]:
-  """A copy of `loss` that returns per-example values, and whether `loss` is a mean."""
-  if loss.reduction == tf.keras.losses.Reduction.NONE:
-    raise ValueError("A loss with reduction='none' gives no scalar batch loss; pass a loss that "
-                     "averages or sums, or use backend='tff'.")
-  per_example = copy.copy(loss)
-  per_example.reduction = tf.keras.losses.Reduction.NONE
-  return per_example, loss.reduction != tf.keras.losses.Reduction.SUM
-
-
 class PaddedModel:
   """A Keras model, loss and metrics applied to masked, padded batches.
+
+  The forward pass is `fedtff.algorithms.batch_loss.forward`, the one fedtff's
+  TFF model runs: the padding rows are dropped before the model runs, so the
+  loss, the metrics and layers that see the whole batch (BatchNormalization)
+  get the values they have on the unpadded batch.
 
   Args:
     keras_model: The model; its variables are the client's working weights.
@@ -89,9 +79,10 @@ class PaddedModel:
 
   def __init__(self, keras_model: tf.keras.Model, loss: tf.keras.losses.Loss,
                metrics: Sequence[tf.keras.metrics.Metric]):
+    batch_loss.check_loss(loss)
     self.keras_model = keras_model
     self.metrics = list(metrics)
-    self._loss, self._is_mean = _per_example(loss)
+    self._loss = loss
 
   @property
   def trainable(self) -> List[tf.Variable]:
@@ -108,25 +99,11 @@ class PaddedModel:
     for variable, value in zip(self.keras_model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
 
-  def _masked_loss(self, labels, predictions, mask: tf.Tensor) -> tf.Tensor:
-    per_example = self._loss(labels, predictions)
-    rank = len(per_example.shape)
-    real = tf.broadcast_to(tf.reshape(mask, [-1] + [1] * (rank - 1)), tf.shape(per_example))
-    total = tf.reduce_sum(tf.where(real, per_example, tf.zeros_like(per_example)))
-    if not self._is_mean:
-      return total
-    return total / tf.reduce_sum(tf.cast(real, total.dtype))
-
   def forward(self, batch: Any, mask: tf.Tensor) -> BatchOutput:
     """The training-mode forward pass on the real rows; updates the metrics."""
-    inputs, labels = _inputs_and_labels(batch)
-    predictions = self.keras_model(inputs, training=True)
-    data_loss = self._masked_loss(labels, predictions, mask)
-    weights = tf.cast(mask, tf.float32)
-    for metric in self.metrics:
-      metric.update_state(labels, predictions, sample_weight=weights)
-    return BatchOutput(loss=tf.add_n([data_loss] + self.keras_model.losses), data_loss=data_loss,
-                       num_examples=tf.reduce_sum(tf.cast(mask, tf.int32)))
+    output = batch_loss.forward(self.keras_model, self._loss, self.metrics, batch, mask=mask)
+    return BatchOutput(loss=output.loss, data_loss=output.data_loss,
+                       num_examples=output.num_examples)
 
 
 def _batch(batches: batches_lib.ClientBatches, index: tf.Tensor) -> Tuple[Any, tf.Tensor]:

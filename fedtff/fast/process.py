@@ -97,14 +97,6 @@ def _check_supported(algorithm: str, client_learning_rate_schedule, proximal_str
                      f'{_USE_TFF}.')
 
 
-def _check_model(keras_model: tf.keras.Model) -> None:
-  for layer in keras_model.submodules:
-    if isinstance(layer, tf.keras.layers.BatchNormalization):
-      raise ValueError(
-          'The model has a BatchNormalization layer, whose batch statistics would include the '
-          f"padding rows of partial batches; {_USE_TFF}, or use group or layer normalization.")
-
-
 def _check_element_spec(element_spec: Any) -> None:
   for spec in tf.nest.flatten(element_spec):
     if not spec.shape[1:].is_fully_defined():
@@ -346,8 +338,13 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
   rounding). What it does not implement it refuses, naming the TFF backend.
 
   Args:
-    model_fn: A no-argument function returning a new, uncompiled Keras model
-      (without BatchNormalization: padding would enter its batch statistics).
+    model_fn: A no-argument function returning a new, uncompiled Keras model.
+      Its non-trainable variables (BatchNormalization's moving statistics) are
+      treated as TFF 0.87's FedAvg treats them: each client starts from the
+      server's values and updates them while it trains, and the server keeps
+      its own values (`apply_optimizer_finalizer` updates the trainable
+      weights only). Padding rows never reach the model, so batch statistics
+      are those of the real rows.
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
       fedadam, fedyogi, fedprox, fedsgd.
@@ -356,9 +353,10 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
       (`fedtff.algorithms.registry.REGISTRY`, as for the TFF builders).
     client_learning_rate_schedule: Must be None (refused otherwise).
     proximal_strength: FedProx's mu; required by, and only by, fedprox.
-    loss: A Keras loss that averages or sums over examples; defaults to sparse
-      categorical cross-entropy on logits.
-    metrics: Keras metrics that honour `sample_weight`; defaults to accuracy.
+    loss: A Keras loss that gives a scalar (any reduction but 'none'); it sees
+      the real rows of each batch (`fedtff.algorithms.batch_loss`); defaults to
+      sparse categorical cross-entropy on logits.
+    metrics: Keras metrics; defaults to accuracy.
     weighted: Whether client updates are weighted by their number of examples.
     aggregator: None (mean) or a `fedtff.AggregatorSpec`: 'mean', 'robust'
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
@@ -369,8 +367,8 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
       `fedtff.build_learning_process`), or that the fast backend does not
-      implement (Mime Lite, schedules, other aggregators, BatchNormalization,
-      examples of varying shape).
+      implement (Mime Lite, schedules, other aggregators, examples of varying
+      shape, losses with reduction 'none').
   """
   _check_supported(algorithm, client_learning_rate_schedule, proximal_strength)
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
@@ -380,7 +378,6 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
   element_spec = tff_model.element_spec_of(element_spec)
   _check_element_spec(element_spec)
   tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)  # Checks the model.
-  _check_model(model_fn())
   if registry.get(algorithm).client is not None:  # The defaults: fedtff.algorithms.registry.
     client_optimizer = optimizers.check(
         client_optimizer or registry.default_client_optimizer(algorithm), 'client')
