@@ -183,17 +183,26 @@ def _check_callable(where: str, key: str, obj: Any) -> None:
     raise _wrong_kind(where, f'is {_kind(obj)}', key)
 
 
+def _call(where: str, fn: Callable[[], Any]) -> Any:
+  """`fn()`, with what it raises as a TypeError naming `where`."""
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except  # The user's code raised.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise TypeError(f'{where} raised {type(e).__name__}: {first.rstrip(".")}.') from None
+
+
 def _check_model(where: str, model_fn: Any) -> None:
   _check_callable(where, 'model.factory', model_fn)
   with tf.Graph().as_default():
-    model = model_fn()
+    model = _call(where, model_fn)
   if not isinstance(model, tf.keras.Model):
     raise _wrong_kind(where, f'returned {_kind(model)}', 'model.factory')
 
 
 def _check_loss(where: str, loss_fn: Any) -> None:
   _check_callable(where, 'model.loss', loss_fn)
-  loss = loss_fn()
+  loss = _call(where, loss_fn)
   if not isinstance(loss, tf.keras.losses.Loss):
     raise _wrong_kind(where, f'returned {_kind(loss)}', 'model.loss')
 
@@ -201,7 +210,7 @@ def _check_loss(where: str, loss_fn: Any) -> None:
 def _check_metrics(where: str, metrics_fn: Any) -> None:
   _check_callable(where, 'model.metrics', metrics_fn)
   with tf.Graph().as_default():
-    metrics = metrics_fn()
+    metrics = _call(where, metrics_fn)
   if not isinstance(metrics, (list, tuple)) or not all(
       isinstance(m, tf.keras.metrics.Metric) for m in metrics):
     raise _wrong_kind(where, f'returned {_kind(metrics)}', 'model.metrics')
@@ -241,7 +250,7 @@ def _from_config(config) -> Dict[str, Any]:
     try:
       if key == 'data.source':
         _check_callable(where, key, obj)
-        obj = _check_data(where, obj())
+        obj = _check_data(where, _call(where, obj))
       else:
         _check(key, where, obj)
     except TypeError as e:
