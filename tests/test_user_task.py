@@ -183,3 +183,24 @@ def test_train_script_runs_import_paths_and_names_a_bad_one(tmp_path):
   assert bad.stderr.strip().splitlines()[-1] == (
       "train.py: error: Config key model.factory names 'tests.research_fixtures:nothing', "
       "which cannot be imported: tests.research_fixtures has no attribute 'nothing'.")
+
+
+def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
+  config = small_config(1, **{'data.source': f'{FIXTURES}:load'})
+  grid = fedtff.sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
+  lines = []
+  rows = fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  assert [r['status'] for r in rows] == ['complete', 'complete']
+  assert [line.rpartition(': ')[2] for line in lines] == ['running', 'running']
+  wide = tmp_path / f'model.factory={FIXTURES}:wide_model_fn'
+  with open(wide / 'config.json') as f:
+    assert json.load(f)['model']['factory'] == f'{FIXTURES}:wide_model_fn'
+  assert [w.shape for w in final_weights(wide, 1)[:4]] == [(4, 8), (8,), (8, 3), (3,)]
+  lines.clear()
+  fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  assert [line.rpartition(': ')[2] for line in lines] == ['skipped, already complete'] * 2
+  with pytest.raises(fedtff.config.ConfigError, match='names .tests.research_fixtures:WIDTH., '
+                     'which is an int'):
+    fedtff.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.sweeps.parse_grid(
+        [f'model.factory={FIXTURES}:model_fn,{FIXTURES}:WIDTH']))
+  assert not os.path.exists(tmp_path / 'bad')
