@@ -148,6 +148,10 @@ def import_object(key: str, path: str) -> Any:
     fedtff.config.ConfigError: If `path` is not such a path or cannot be
       imported (naming `key` and `path`).
   """
+  if path.startswith('<'):
+    raise config_lib.ConfigError(
+        f'Config key {key} is {path!r}, an object the run was given in Python; give it again '
+        '(run_experiment or evaluate_checkpoint with task= or process=).')
   module_name, sep, attr = path.partition(':')
   if not sep or not module_name or not attr:
     raise config_lib.ConfigError(
@@ -238,12 +242,12 @@ def _check(key: str, where: str, obj: Any) -> None:
   _CHECKS[key](where, obj)
 
 
-def _from_config(config) -> Dict[str, Any]:
-  """The objects the config's import paths name, checked."""
+def _from_config(config, skip=()) -> Dict[str, Any]:
+  """The objects the config's import paths name (but the keys in `skip`), checked."""
   objects = {}
   for key in KEYS:
     path = _get(config, key)
-    if not path:
+    if not path or key in skip:
       continue
     obj = import_object(key, path)
     where = f'Config key {key} names {path!r}, which'
@@ -329,9 +333,10 @@ def resolve(config: ml_collections.ConfigDict, *, task: Optional[UserTask] = Non
       combination is not supported.
     TypeError: If an object given in Python is of the wrong kind.
   """
-  objects = _from_config(config)
+  given = _from_python(task, process)
+  objects = _from_config(config, skip=given)
   config = config.copy_and_resolve_references()
-  for key, obj in _from_python(task, process).items():
+  for key, obj in given.items():
     recorded = _recorded(key, obj)
     if _get(config, key) and _get(config, key) != recorded:
       raise config_lib.ConfigError(

@@ -91,6 +91,15 @@ def test_the_user_algorithm_is_what_ran(straight_run):
   assert 0.05 < moved <= 0.15 + 1e-6
 
 
+def test_evaluate_checkpoint_rebuilds_the_user_task_and_process(straight_run):
+  evaluated = fedtff.evaluate_checkpoint(straight_run, task=user_task(),
+                                         process=lab.fed_avg_clipped)
+  last = outputs.read_metrics_csv(os.path.join(straight_run, 'metrics.csv'))[-1]
+  assert evaluated['round'] == 3
+  assert evaluated['eval/loss'] == pytest.approx(last['eval/loss'], abs=1e-6)
+  assert evaluated['eval/accuracy'] == last['eval/accuracy']
+
+
 def test_a_changed_import_path_is_refused_on_resume(straight_run):
   config = small_config(3, **{'data.preprocess': ''})
   train, test = lab.load()
