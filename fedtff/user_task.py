@@ -378,8 +378,15 @@ def build_task(config: ml_collections.ConfigDict, user: Optional[UserTask]) -> t
   model_fn = user.model_fn
   if config.data.weight_decay:
     model_fn = tasks._with_l2(model_fn, config.data.weight_decay)  # pylint: disable=protected-access
+  try:  # Builds the first client's dataset: the preprocessing runs here first.
+    train_data = data.RoundClientData(user.train_data, train_fn, seed=config.seed)
+  except Exception as e:  # pylint: disable=broad-except  # The user's data or preprocessing.
+    # A traced function's error ends with its cause (after TF's "in user code:" trace).
+    last = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+    raise ValueError(f'The training clients (data.source {config.data.source!r}, data.preprocess '
+                     f'{config.data.preprocess!r}) cannot be iterated: {last}') from None
   return tasks.Task(
-      train_data=data.RoundClientData(user.train_data, train_fn, seed=config.seed),
+      train_data=train_data,
       test_data=user.test_data.preprocess(eval_fn), model_fn=model_fn, num_classes=0,
       loss_fn=user.loss_fn, metrics_fn=user.metrics_fn)
 

@@ -83,3 +83,7 @@ def fed_avg_clipped(tff_model_fn):
       tff.aggregators.MeanFactory().create(weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(
           tff.learning.optimizers.build_sgdm(learning_rate=1.0), weights_type))
+
+
+def needs_z(element):
+  return collections.OrderedDict(x=element['z'], y=element['y'])

@@ -213,3 +213,15 @@ def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
     fedtff.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.sweeps.parse_grid(
         [f'model.factory={FIXTURES}:model_fn,{FIXTURES}:WIDTH']))
   assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_preprocessing_that_fails_on_the_data_gets_one_line(tmp_path):
+  config = small_config(1, **{'model.factory': f'{FIXTURES}:model_fn',
+                              'data.source': f'{FIXTURES}:load',
+                              'data.preprocess': f'{FIXTURES}:needs_z'})
+  with pytest.raises(ValueError) as raised:
+    fedtff.run_experiment(config, str(tmp_path / 'run'))
+  assert str(raised.value) == (
+      f"The training clients (data.source '{FIXTURES}:load', data.preprocess "
+      f"'{FIXTURES}:needs_z') cannot be iterated: KeyError: 'z'")
+  assert not os.path.exists(tmp_path / 'run')
