@@ -226,7 +226,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
 
   Raises:
     fedtff.config.ConfigError: If the config does not fit the schema, or
-      differs from the one `workdir` was run with (beyond `total_rounds`).
+      differs from the one `workdir` was run with (beyond `total_rounds`), or
+      names an import path that cannot be imported or is of the wrong kind.
+    TypeError: If `task` or `process` holds an object of the wrong kind.
     OSError: If `workdir` cannot be written.
     fedtff.run_dir.RunDirectoryError: If another process is writing
       `workdir`, `total_rounds` is below its completed rounds, or its metric
