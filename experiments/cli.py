@@ -11,6 +11,7 @@ from absl import logging
 from experiments import stopping
 from fedtff import config as config_lib
 from fedtff import distributed
+from fedtff import progress
 from fedtff import training
 
 # Errors a user can fix or must know of: shown as one line, no traceback. A
@@ -162,27 +163,5 @@ def run(main, *, verbose: bool) -> None:
     stopping.exit_now(e.code)
 
 
-class RoundPrinter:
-  """Prints one line per round: round, loss, accuracy, seconds per round, ETA."""
-
-  def __init__(self, total_rounds: int, stream=sys.stdout):
-    self._total_rounds = total_rounds
-    self._stream = stream
-    self._round_times = []
-
-  def __call__(self, row) -> None:
-    line = f"round {row['round']:>{len(str(self._total_rounds))}}/{self._total_rounds}"
-    if 'train/loss' in row:  # A DP run withholds the client-derived columns by default.
-      line += (f"  loss {row['train/loss']:.4f}"
-               f"  accuracy {row.get('train/accuracy', float('nan')):.4f}")
-    if 'eval/accuracy' in row:
-      line += f"  test accuracy {row['eval/accuracy']:.4f}"
-    if 'privacy/epsilon' in row:
-      line += f"  epsilon {row['privacy/epsilon']:.3f}"
-    if 'round_time_s' in row:
-      self._round_times.append(row['round_time_s'])
-      recent = self._round_times[-10:]
-      seconds_per_round = sum(recent) / len(recent)
-      eta_s = seconds_per_round * (self._total_rounds - row['round'])
-      line += f'  {seconds_per_round:.2f} s/round  ETA {eta_s:.0f} s'
-    print(line, file=self._stream, flush=True)
+# The progress line, one per round; fedtff.ProgressLine, so research code prints the same.
+RoundPrinter = progress.ProgressLine

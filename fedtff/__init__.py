@@ -1,17 +1,26 @@
 """fedtff: a thin federated-learning research toolkit over TensorFlow Federated.
 
 The public API: builders that turn Keras model factories into TFF learning
-processes, federated data helpers, the round loop, the experiment runner, and
-`fedtff.fast`, the compiled-round backend of the FedAvg family.
+processes, federated data helpers, the round loop, the experiment runner (with
+your own task, `UserTask`, and your own learning process), the run-directory
+pieces a round loop of your own can write with (`run_dir`, `checkpoints`,
+`ProgressLine`, `privacy.RunPrivacy`; docs/research.md), and `fedtff.fast`,
+the compiled-round backend of the FedAvg family.
 """
 
+from fedtff import checkpoints
 from fedtff import config
 from fedtff import data
 from fedtff import fast
 from fedtff import models
+from fedtff import outputs
 from fedtff import privacy
+from fedtff import progress
+from fedtff import run_dir
 from fedtff import runtime
 from fedtff import sweeps
+from fedtff import training
+from fedtff import user_task
 from fedtff import aggregators
 from fedtff.aggregators import AggregatorSpec
 from fedtff.algorithms import ALGORITHMS
@@ -26,11 +35,13 @@ from fedtff.evaluate import evaluate_checkpoint
 from fedtff.experiment import run_experiment
 from fedtff.optimizers import build as optimizer
 from fedtff.optimizers import build_fn as optimizer_fn
+from fedtff.progress import ProgressLine
 from fedtff.runtime import local_runtime
 from fedtff.tasks import batch_fn
 from fedtff.training import run_training
 from fedtff.training import TrainingDivergedError
 from fedtff.training import sample_clients
+from fedtff.user_task import UserTask
 
 __version__ = '0.1.0'
 

@@ -101,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.backend = 'tff'
   # TFF workers ('host:port', see fedtff.distributed); empty runs on this machine.
   config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0))
+  # Your own model, data and algorithm by import path 'module:name' ('' = built in;
+  # fedtff.user_task): they replace model.name, data.dataset and algorithm.name.
+  config.model.update(dict(factory='', loss='', metrics=''))
+  config.data.update(dict(source='', preprocess=''))
+  config.algorithm.process = ''
   return config
 
 

@@ -10,7 +10,7 @@ metrics equal the `eval/<name>` columns the run logged for that round.
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import ml_collections
 
@@ -20,7 +20,7 @@ from fedtff import experiment
 from fedtff import outputs
 from fedtff import run_dir
 from fedtff import runtime
-from fedtff import tasks
+from fedtff import user_task
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -45,11 +45,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def evaluate_checkpoint(workdir: str) -> Dict[str, float]:
+def evaluate_checkpoint(workdir: str, *, task: Optional[user_task.UserTask] = None,
+                        process: Optional[user_task.ProcessLike] = None) -> Dict[str, float]:
   """Evaluates the newest checkpoint in `workdir` on all of the run's test clients.
 
   Args:
     workdir: A run directory written by `fedtff.run_experiment`.
+    task: The run's own task, if it was given in Python (`run_experiment`'s
+      `task`); a task named by import paths in config.json is imported.
+    process: The run's own learning process, likewise.
 
   Returns:
     `{'round': N, 'eval/accuracy': ..., 'eval/loss': ..., ...}`: the
@@ -69,8 +73,10 @@ def evaluate_checkpoint(workdir: str) -> Dict[str, float]:
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   if not checkpoints.rounds(checkpoint_dir):
     raise FileNotFoundError(f'No checkpoint in {checkpoint_dir}; train the run first.')
-  task = tasks.build_task(config)
-  process = experiment.build_process(config, task)
+  config, user, user_process = user_task.resolve(config, task=task, process=process)
+  task = user_task.build_task(config, user)
+  process = (user_task.build_process(user_process, task) if user_process is not None
+             else experiment.build_process(config, task))
   with runtime.local_runtime():
     restored = checkpoints.restore_latest(checkpoint_dir, process.initialize())
     metrics = experiment.evaluation_fn(task, process)(restored.state, restored.round_num)

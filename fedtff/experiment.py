@@ -37,6 +37,7 @@ from fedtff.privacy import run_privacy
 from fedtff import run_dir
 from fedtff import tasks
 from fedtff import training
+from fedtff import user_task
 
 ProgressFn = Callable[[Mapping[str, Any]], None]
 
@@ -200,6 +201,8 @@ def evaluation_fn(task: tasks.Task, training_process) -> Callable[[Any, int], tr
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
+                   task: Optional[user_task.UserTask] = None,
+                   process: Optional[user_task.ProcessLike] = None,
                    progress_fn: Optional[ProgressFn] = None,
                    overwrite: bool = False) -> Dict[str, Any]:
   """Runs `config` into `workdir`, resuming it if it holds a checkpoint.
@@ -207,6 +210,14 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   Args:
     config: An experiment config (see `fedtff.config.base_config`).
     workdir: The run directory (layout in `fedtff.run_dir`); created if needed.
+    task: Your own model and data (`fedtff.UserTask`) instead of the config's
+      built-in ones; config.json records where its objects were defined.
+      A config names them by import path instead (`model.factory`,
+      `data.source`, ...; `fedtff.user_task`).
+    process: Your own algorithm instead of `config.algorithm`: a
+      `tff.learning.templates.LearningProcess`, or a function of TFF's model
+      function returning one (or the config's `algorithm.process`). It runs on
+      backend='tff', without DP accounting (docs/research.md).
     progress_fn: Called with each round's metrics row, e.g. to print progress.
     overwrite: Start over even if `workdir` holds a run of another config.
 
@@ -215,7 +226,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
 
   Raises:
     fedtff.config.ConfigError: If the config does not fit the schema, or
-      differs from the one `workdir` was run with (beyond `total_rounds`).
+      differs from the one `workdir` was run with (beyond `total_rounds`), or
+      names an import path that cannot be imported or is of the wrong kind.
+    TypeError: If `task` or `process` holds an object of the wrong kind.
     OSError: If `workdir` cannot be written.
     fedtff.run_dir.RunDirectoryError: If another process is writing
       `workdir`, `total_rounds` is below its completed rounds, or its metric
@@ -230,12 +243,14 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   """
   config_lib.validate(config)
   config = config_lib.resolve(config)  # config.json holds the defaults the run used.
+  config, user, user_process = user_task.resolve(config, task=task, process=process)
   run_dir.check_config(workdir, config, overwrite=overwrite)  # Cheap refusals first.
-  task = tasks.build_task(config)
+  task = user_task.build_task(config, user)
   check_task(config, task)
   z = noise_multiplier(config, task)
   privacy = _run_privacy(config, task, z)
-  backend = _backend(config, task, _process_options(config, task, z), privacy)
+  backend = _backend(config, task, _process_options(config, task, z), privacy,
+                     user_process=user_process)
   with run_dir.lock(workdir):  # Everything above is validation: nothing was written.
     finished = None if overwrite else run_dir.completed_summary(workdir, config)
     if finished is not None:
@@ -321,16 +336,18 @@ class _FastRounds:
 
 
 def _backend(config, task, options: Dict[str, Any],
-             privacy: Optional[run_privacy.RunPrivacy] = None) -> _Backend:
-  """The processes of `config.backend` built from the builder `options`: the one
-  place where the backends differ."""
+             privacy: Optional[run_privacy.RunPrivacy] = None, *,
+             user_process: Optional[user_task.ProcessLike] = None) -> _Backend:
+  """The processes of `config.backend` built from the builder `options` (or the
+  user's process, on 'tff'): the one place where the backends differ."""
   if config.backend == 'fast':
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
     return _Backend(build_process(config, task, options=options),
                     _FastRounds(fast_process, task.train_data, config.data.batch_size, privacy),
                     fast_process.from_tff_state, fast_process.to_tff_state)
-  process = build_process(config, task, options=options)
+  process = (user_task.build_process(user_process, task) if user_process is not None
+             else build_process(config, task, options=options))
   composed = tff.simulation.compose_dataset_computation_with_learning_process(
       task.train_data.dataset_computation, process)
   return _Backend(process, composed, lambda state: state, lambda state, _: state)

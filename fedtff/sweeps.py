@@ -32,6 +32,7 @@ from fedtff import experiment
 from fedtff import outputs
 from fedtff import run_dir
 from fedtff import training
+from fedtff import user_task
 
 Grid = List[Tuple[str, List[Any]]]
 Point = Dict[str, Any]
@@ -212,14 +213,16 @@ def write_table(root: str, rows: Sequence[Dict[str, Any]]) -> None:
   outputs.atomic_write_text(os.path.join(root, SWEEP_MD), '\n'.join(lines) + '\n')
 
 
-def _run_point(config, workdir: str, progress_fn, log) -> str:
-  """Runs one point unless complete; returns 'complete' or 'diverged'."""
-  if is_complete(workdir, config):
+def _run_point(config, workdir: str, progress_fn, log, user: Dict[str, Any],
+               recorded: ml_collections.ConfigDict) -> str:
+  """Runs one point unless complete (`recorded`: its config as config.json has it);
+  returns 'complete' or 'diverged'."""
+  if is_complete(workdir, recorded):
     log('skipped, already complete')
     return 'complete'
   log('running')
   try:
-    experiment.run_experiment(config, workdir, progress_fn=progress_fn)
+    experiment.run_experiment(config, workdir, progress_fn=progress_fn, **user)
   except training.TrainingDivergedError as e:
     log(str(e))
     return 'diverged'
@@ -227,6 +230,8 @@ def _run_point(config, workdir: str, progress_fn, log) -> str:
 
 
 def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
+              task: Optional[user_task.UserTask] = None,
+              process: Optional[user_task.ProcessLike] = None,
               make_progress_fn: Optional[Callable[[ml_collections.ConfigDict],
                                                   Optional[experiment.ProgressFn]]] = None,
               log_fn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
@@ -236,6 +241,8 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
     config: The base experiment config; each point overrides some fields.
     root: The sweep directory; created if needed.
     grid: Keys and values, as `parse_grid` returns them.
+    task: Your own task for every point (`fedtff.run_experiment`'s `task`).
+    process: Your own learning process for every point (`process` there).
     make_progress_fn: Maps a point's config to the `progress_fn` of its run.
     log_fn: Called with one line per point: run, skipped or diverged.
 
@@ -244,19 +251,25 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
 
   Raises:
     fedtff.config.ConfigError: If a point's config does not fit the schema
-      (checked for all points before any runs), or a point's directory holds
-      a run of another config.
+      or names an import path that cannot be imported or is of the wrong
+      kind (checked for all points before any runs), or a point's directory
+      holds a run of another config.
     OSError: If `root` cannot be written.
   """
   points = expand(grid)
   configs = [point_config(config, point) for point in points]
+  user = dict(task=task, process=process)
+  # Every point's import paths are checked before any point runs.
+  recorded = [user_task.resolve(config_lib.resolve(c), **user).config for c in configs]
   outputs.ensure_writable_dir(root)
   rows = []
-  for index, (point, point_cfg) in enumerate(zip(points, configs), start=1):
+  for index, (point, point_cfg, recorded_cfg) in enumerate(zip(points, configs, recorded),
+                                                           start=1):
     name = point_name(point)
     log = _prefixed(log_fn, f'[{index}/{len(points)}] {name}: ')
     progress_fn = make_progress_fn(point_cfg) if make_progress_fn else None
-    status = _run_point(point_cfg, os.path.join(root, name), progress_fn, log)
+    status = _run_point(point_cfg, os.path.join(root, name), progress_fn, log, user,
+                        recorded_cfg)
     rows.append(table_row(point, run_results(os.path.join(root, name), status), status))
     write_table(root, rows)
   return rows

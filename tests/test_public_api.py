@@ -9,7 +9,18 @@ def test_exports_the_documented_api():
       'optimizer', 'run_experiment', 'run_training', 'runtime', 'sample_clients', 'batch_fn',
       'privacy', 'build_learning_process', 'build_fed_prox', 'build_fed_sgd', 'build_mime_lite',
       'AggregatorSpec', 'Schedule', 'evaluate_checkpoint', 'sweeps', 'optimizer_fn', 'ALGORITHMS', 'TrainingDivergedError',
+      # Your own task and algorithm, and the run-directory pieces of your own round loop.
+      'UserTask', 'user_task', 'run_dir', 'checkpoints', 'outputs', 'training', 'ProgressLine',
   }
   exported = {name for name in dir(fedtff) if not name.startswith('_')}
   assert expected <= exported
   assert fedtff.__version__ == '0.1.0'
+
+
+def test_exports_the_round_loop_managers():
+  """What a round loop of your own writes the runner's files with (docs/research.md)."""
+  assert callable(fedtff.run_dir.lock) and callable(fedtff.run_dir.metric_writers)
+  assert callable(fedtff.run_dir.resumed_rows) and callable(fedtff.run_dir.write_summary)
+  assert callable(fedtff.checkpoints.save) and callable(fedtff.checkpoints.restore_latest)
+  assert fedtff.privacy.RunPrivacy is fedtff.privacy.run_privacy.RunPrivacy
+  assert fedtff.ProgressLine is fedtff.progress.ProgressLine

@@ -5,7 +5,8 @@
 * `ftrl`: DP-FTRL (tree aggregation, Kairouz et al. 2021): its aggregator and
   its accounting without sampling amplification.
 * `ledger`: the per-round record of a DP run's mechanisms that epsilon is
-  composed from; `run_privacy`: what the runner keeps and publishes of it.
+  composed from; `run_privacy`: what the runner keeps and publishes of it
+  (`RunPrivacy`, the privacy tracker a round loop of your own can use).
 * `mechanisms`: the DP-FedAvg mean (fixed or adaptive clipping) and TFF's
   secure-sum mean.
 * `masking_simulation`: a simulation of the arithmetic of pairwise additive
@@ -25,6 +26,7 @@ from fedtff.privacy.accounting import noise_multiplier_for_epsilon
 from fedtff.privacy.accounting import PrivacyTracker
 from fedtff.privacy.ledger import PrivacyLedger
 from fedtff.privacy.ledger import RoundMechanism
+from fedtff.privacy.run_privacy import RunPrivacy
 from fedtff.privacy.mechanisms import adaptive_noise_split
 from fedtff.privacy.mechanisms import dp_aggregator
 from fedtff.privacy.mechanisms import secure_sum_aggregator

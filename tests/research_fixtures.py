@@ -1,0 +1,89 @@
+"""A research task and algorithm of a user's own, for tests/test_user_task.py.
+
+Named by import path in tests (e.g. 'tests.research_fixtures:model_fn'), as a
+user's lab module would be.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import fedtff
+
+NUM_FEATURES = 4
+WIDTH = 3  # Not a model factory: model.factory naming it is refused.
+
+
+def model_fn():
+  return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(NUM_FEATURES,)),
+                              tf.keras.layers.Dense(3)])
+
+
+def wide_model_fn():
+  return tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(NUM_FEATURES,)),
+                              tf.keras.layers.Dense(8), tf.keras.layers.Dense(3)])
+
+
+def returns_a_string():
+  return 'not a model'
+
+
+def _client_data(num_clients, seed):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(12 * num_clients, NUM_FEATURES)).astype(np.float32)
+  y = np.argmax(x[:, :3], axis=1).astype(np.int32)
+  # Raw examples as a lab might store them: features under another name.
+  return fedtff.data.from_arrays(x, y, np.array_split(np.arange(len(y)), num_clients))
+
+
+def load():
+  """(train, held-out) ClientData: 5 training clients, 2 held out."""
+  return _client_data(5, seed=0), _client_data(2, seed=1)
+
+
+def load_list():
+  return [1, 2]
+
+
+def scale(element):
+  return collections.OrderedDict(x=element['x'] * 2.0, y=element['y'])
+
+
+class ClippedSGD(tff.learning.optimizers.Optimizer):
+  """SGD that clips every local step's gradient to global L2 norm `clip`."""
+
+  def __init__(self, learning_rate, clip):
+    self.learning_rate, self.clip = learning_rate, clip
+
+  def initialize(self, specs):
+    del specs
+    return ()
+
+  def next(self, state, weights, gradients):
+    clipped, _ = tf.clip_by_global_norm(gradients, self.clip)
+    return state, tuple(w - self.learning_rate * g for w, g in zip(weights, clipped))
+
+
+def fed_avg_clipped(tff_model_fn):
+  """FedAvg whose clients clip every step's gradient, composed from TFF's pieces."""
+
+  @tff.tensorflow.computation
+  def initial_weights():
+    return tff.learning.models.ModelWeights.from_model(tff_model_fn())
+
+  weights_type = initial_weights.type_signature.result
+  return tff.learning.templates.compose_learning_process(
+      initial_weights,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      tff.learning.templates.build_model_delta_client_work(
+          tff_model_fn, ClippedSGD(learning_rate=0.5, clip=0.1),
+          client_weighting=tff.learning.ClientWeighting.NUM_EXAMPLES),
+      tff.aggregators.MeanFactory().create(weights_type.trainable, tff.TensorType(np.float32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          tff.learning.optimizers.build_sgdm(learning_rate=1.0), weights_type))
+
+
+def needs_z(element):
+  return collections.OrderedDict(x=element['z'], y=element['y'])

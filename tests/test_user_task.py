@@ -1,0 +1,227 @@
+"""Your own model, data and algorithm under the runner (fedtff.user_task).
+
+The user's objects live in tests/research_fixtures.py and are named by import
+path, as a lab's own module would be.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedtff
+from fedtff import checkpoints
+from fedtff import outputs
+from tests import conftest
+from tests import research_fixtures as lab
+
+FIXTURES = 'tests.research_fixtures'
+
+
+def small_config(total_rounds, **overrides):
+  config = fedtff.config.base_config()
+  config.total_rounds = total_rounds
+  config.clients_per_round = 3
+  config.rounds_per_checkpoint = 1
+  config.data.batch_size = 5
+  config.output.checkpoints_to_keep = 0  # Keep every round's weights.
+  for key, value in overrides.items():
+    group, _, field = key.rpartition('.')
+    (config[group] if group else config)[field] = value
+  return config
+
+
+def user_task():
+  train, test = lab.load()
+  return fedtff.UserTask(lab.model_fn, train, test, preprocess_fn=lab.scale)
+
+
+def comparable_rows(workdir):
+  rows = outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
+  return [{k: v for k, v in r.items() if k not in ('round_time_s', 'examples_per_s')}
+          for r in rows]
+
+
+def final_weights(workdir, round_num):
+  with np.load(os.path.join(workdir, 'checkpoints', f'round-{round_num:06d}.npz')) as saved:
+    return [saved[k] for k in sorted(saved.files) if k.startswith('leaf_')]
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('straight'))
+  fedtff.run_experiment(small_config(3), workdir, task=user_task(), process=lab.fed_avg_clipped)
+  return workdir
+
+
+def test_user_process_resumes_to_the_rows_and_weights_of_a_straight_run(straight_run, tmp_path):
+  fedtff.run_experiment(small_config(2), str(tmp_path), task=user_task(),
+                        process=lab.fed_avg_clipped)
+  assert checkpoints.rounds(tmp_path / 'checkpoints') == [1, 2]
+  summary = fedtff.run_experiment(small_config(3), str(tmp_path), task=user_task(),
+                                  process=lab.fed_avg_clipped)
+  assert summary['rounds_completed'] == 3
+  resumed, straight = comparable_rows(tmp_path), comparable_rows(straight_run)
+  assert [r['round'] for r in resumed] == [1, 2, 3]
+  for a, b in zip(resumed, straight):
+    assert a == pytest.approx(b, abs=1e-6)
+  for a, b in zip(final_weights(tmp_path, 3), final_weights(straight_run, 3)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_config_records_where_the_user_objects_are_defined(straight_run):
+  with open(os.path.join(straight_run, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['model']['factory'] == f'{FIXTURES}:model_fn'
+  assert saved['data']['preprocess'] == f'{FIXTURES}:scale'
+  assert saved['algorithm']['process'] == f'{FIXTURES}:fed_avg_clipped'
+  assert saved['data']['source'] == '<in-memory ClientData: 5 training, 2 held-out clients>'
+
+
+def test_the_user_algorithm_is_what_ran(straight_run):
+  """Each client's step is clipped to norm 0.1 at learning rate 0.5: with 12
+  examples in batches of 5 (3 steps) a client moves at most 0.15, and so does
+  the example-weighted mean the server applies (learning rate 1)."""
+  tf.keras.utils.set_random_seed(0)  # The runner's seeded initial weights.
+  initial = lab.model_fn().get_weights()
+  after = final_weights(straight_run, 1)[:2]  # Trainable weights lead the state.
+  moved = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(after, initial)))
+  assert 0.05 < moved <= 0.15 + 1e-6
+
+
+def test_evaluate_checkpoint_rebuilds_the_user_task_and_process(straight_run):
+  evaluated = fedtff.evaluate_checkpoint(straight_run, task=user_task(),
+                                         process=lab.fed_avg_clipped)
+  last = outputs.read_metrics_csv(os.path.join(straight_run, 'metrics.csv'))[-1]
+  assert evaluated['round'] == 3
+  assert evaluated['eval/loss'] == pytest.approx(last['eval/loss'], abs=1e-6)
+  assert evaluated['eval/accuracy'] == last['eval/accuracy']
+
+
+def test_a_changed_import_path_is_refused_on_resume(straight_run):
+  config = small_config(3, **{'data.preprocess': ''})
+  train, test = lab.load()
+  with pytest.raises(fedtff.config.ConfigError, match=(
+      r"holds a run with another config \(data.preprocess: 'tests.research_fixtures:scale' "
+      r"-> ''\)")):
+    fedtff.run_experiment(config, straight_run, task=fedtff.UserTask(lab.model_fn, train, test),
+                          process=lab.fed_avg_clipped)
+
+
+@pytest.mark.parametrize('key, path, message', [
+    ('model.factory', 'no_such_lab.models:net',
+     "Config key model.factory names 'no_such_lab.models:net', which cannot be imported: "
+     "No module named 'no_such_lab'."),
+    ('model.factory', f'{FIXTURES}:resnet',
+     f"Config key model.factory names '{FIXTURES}:resnet', which cannot be imported: "
+     f"{FIXTURES} has no attribute 'resnet'."),
+    ('model.factory', 'tests.research_fixtures.model_fn',
+     "Config key model.factory must be an import path 'module:name' such as "
+     "'my_lab.models:resnet_gn', got 'tests.research_fixtures.model_fn'."),
+    ('model.factory', f'{FIXTURES}:WIDTH',
+     f"Config key model.factory names '{FIXTURES}:WIDTH', which is an int; expected a "
+     'no-argument function returning a new, uncompiled tf.keras.Model.'),
+    ('model.factory', f'{FIXTURES}:returns_a_string',
+     f"Config key model.factory names '{FIXTURES}:returns_a_string', which returned a str; "
+     'expected a no-argument function returning a new, uncompiled tf.keras.Model.'),
+    ('data.source', f'{FIXTURES}:load_list',
+     f"Config key data.source names '{FIXTURES}:load_list', which returned a list; expected a "
+     'no-argument function returning a (train, held-out) pair of '
+     'tff.simulation.datasets.ClientData.'),
+    ('model.metrics', f'{FIXTURES}:model_fn',
+     f"Config key model.metrics names '{FIXTURES}:model_fn', which returned a Sequential; "
+     'expected a no-argument function returning a list of tf.keras metrics.'),
+    ('data.source', f'{FIXTURES}:load',
+     'Config key data.source needs model.factory: the built-in models (model.name) are sized '
+     "for the built-in datasets; name your model, e.g. 'my_lab.models:resnet_gn'."),
+    ('model.factory', 'fedtff.models:mlp',
+     "Config key model.factory names 'fedtff.models:mlp', which raised TypeError: mlp() "
+     "missing 2 required positional arguments: 'input_shape' and 'num_classes'."),
+], ids=['no_module', 'no_attribute', 'not_a_path', 'not_callable', 'not_a_model', 'not_a_pair',
+        'not_metrics', 'data_without_model', 'needs_arguments'])
+def test_a_bad_import_path_gets_one_line_naming_key_and_path(tmp_path, key, path, message):
+  config = small_config(1, **{key: path})
+  with pytest.raises(fedtff.config.ConfigError) as raised:
+    fedtff.run_experiment(config, str(tmp_path / 'run'))
+  assert str(raised.value) == message
+  assert not os.path.exists(tmp_path / 'run')  # Refused before the run directory.
+
+
+def test_fast_backend_refuses_a_user_process(tmp_path):
+  config = small_config(1, backend='fast', **{'model.factory': f'{FIXTURES}:model_fn',
+                                              'data.source': f'{FIXTURES}:load'})
+  with pytest.raises(fedtff.config.ConfigError) as raised:
+    fedtff.run_experiment(config, str(tmp_path / 'run'), process=lab.fed_avg_clipped)
+  assert str(raised.value) == (
+      "backend='fast' compiles fedtff's own algorithms only; run a user's learning process "
+      "(algorithm.process) with backend='tff'.")
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_python_objects_of_the_wrong_kind_are_named(tmp_path):
+  train, test = lab.load()
+  with pytest.raises(TypeError) as raised:
+    fedtff.run_experiment(small_config(1), str(tmp_path / 'run'),
+                          task=fedtff.UserTask(lab.model_fn, train, test, loss_fn=lab.model_fn))
+  assert str(raised.value) == (
+      f'UserTask.loss_fn ({FIXTURES}:model_fn) returned a Sequential; expected a no-argument '
+      'function returning a tf.keras loss.')
+  with pytest.raises(fedtff.config.ConfigError, match=(
+      r"Config key model.factory is 'tests.research_fixtures:wide_model_fn' but "
+      r"run_experiment was also given 'tests.research_fixtures:model_fn'; name it in one place.")):
+    fedtff.run_experiment(small_config(1, **{'model.factory': f'{FIXTURES}:wide_model_fn'}),
+                          str(tmp_path / 'run'), task=fedtff.UserTask(lab.model_fn, train, test))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_train_script_runs_import_paths_and_names_a_bad_one(tmp_path):
+  paths = [f'--config.model.factory={FIXTURES}:model_fn', f'--config.data.source={FIXTURES}:load',
+           f'--config.data.preprocess={FIXTURES}:scale']
+  common = ['--config=configs/quickstart.py', f'--workdir={tmp_path}', '--quiet',
+            '--config.total_rounds=1', '--config.clients_per_round=2']
+  result = conftest.run_script(['experiments/train.py'] + common + paths)
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['data']['source'] == f'{FIXTURES}:load'
+  assert outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))[-1]['round'] == 1
+  bad = conftest.run_script(['experiments/train.py'] + common + paths[1:] + [
+      '--config.model.factory=tests.research_fixtures:nothing'])
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      "train.py: error: Config key model.factory names 'tests.research_fixtures:nothing', "
+      "which cannot be imported: tests.research_fixtures has no attribute 'nothing'.")
+
+
+def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
+  config = small_config(1, **{'data.source': f'{FIXTURES}:load'})
+  grid = fedtff.sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
+  lines = []
+  rows = fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  assert [r['status'] for r in rows] == ['complete', 'complete']
+  assert [line.rpartition(': ')[2] for line in lines] == ['running', 'running']
+  wide = tmp_path / f'model.factory={FIXTURES}:wide_model_fn'
+  with open(wide / 'config.json') as f:
+    assert json.load(f)['model']['factory'] == f'{FIXTURES}:wide_model_fn'
+  assert [w.shape for w in final_weights(wide, 1)[:4]] == [(4, 8), (8,), (8, 3), (3,)]
+  lines.clear()
+  fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  assert [line.rpartition(': ')[2] for line in lines] == ['skipped, already complete'] * 2
+  with pytest.raises(fedtff.config.ConfigError, match='names .tests.research_fixtures:WIDTH., '
+                     'which is an int'):
+    fedtff.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.sweeps.parse_grid(
+        [f'model.factory={FIXTURES}:model_fn,{FIXTURES}:WIDTH']))
+  assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_preprocessing_that_fails_on_the_data_gets_one_line(tmp_path):
+  config = small_config(1, **{'model.factory': f'{FIXTURES}:model_fn',
+                              'data.source': f'{FIXTURES}:load',
+                              'data.preprocess': f'{FIXTURES}:needs_z'})
+  with pytest.raises(ValueError) as raised:
+    fedtff.run_experiment(config, str(tmp_path / 'run'))
+  assert str(raised.value) == (
+      f"The training clients (data.source '{FIXTURES}:load', data.preprocess "
+      f"'{FIXTURES}:needs_z') cannot be iterated: KeyError: 'z'")
+  assert not os.path.exists(tmp_path / 'run')
