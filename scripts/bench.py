@@ -80,7 +80,7 @@ def fedtff_tff_round(batched):
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       batched.dataset_computation,
       fedtff.build_fed_avg(dense_model, batched.element_type_structure,
-                           client_optimizer=fedtff.optimizer('sgd', LEARNING_RATE)))
+                           client_optimizer=fedtff.build_optimizer('sgd', LEARNING_RATE)))
   return _stateful(process.initialize(), lambda s: process.next(s, batched.client_ids).state)
 
 
@@ -101,7 +101,7 @@ def raw_tff_round(batched):
 
 def fast_round(batched, jit_compile):
   process = fast.build_fast_process(dense_model, batched.element_type_structure,
-                                    client_optimizer=fedtff.optimizer('sgd', LEARNING_RATE),
+                                    client_optimizer=fedtff.build_optimizer('sgd', LEARNING_RATE),
                                     jit_compile=jit_compile)
   padded = fast.PaddedClientData(batched, resident=True)
   ids = batched.client_ids

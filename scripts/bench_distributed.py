@@ -60,7 +60,7 @@ def composed_process():
   element_spec = collections.OrderedDict(x=tf.TensorSpec((None, 784), tf.float32),
                                          y=tf.TensorSpec((None,), tf.int32))
   process = fedtff.build_fed_avg(keras_model, element_spec,
-                                 client_optimizer=fedtff.optimizer('sgd', 0.02))
+                                 client_optimizer=fedtff.build_optimizer('sgd', 0.02))
   return tff.simulation.compose_dataset_computation_with_learning_process(
       synthetic_client, process)
 

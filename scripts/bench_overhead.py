@@ -70,7 +70,7 @@ def main(argv):
       'raw TFF': raw_tff_process(datasets[0].element_spec, args.algorithm),
       'fedtff': fedtff.build_learning_process(
           keras_model, datasets[0], algorithm=args.algorithm,
-          client_optimizer=fedtff.optimizer('sgd', 0.02), **options),
+          client_optimizer=fedtff.build_optimizer('sgd', 0.02), **options),
   }
   states = {name: p.initialize() for name, p in processes.items()}
   times = {name: [] for name in processes}
