@@ -5,7 +5,6 @@ import psutil
 from tests import conftest
 
 SCRIPT = r'''
-import os
 import psutil
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -40,7 +39,8 @@ print('pids', started[0], again[0])
 
 def test_restore_gives_tffs_context_back_and_leaks_no_worker(tmp_path):
   script = tmp_path / 'restore.py'
-  script.write_text(SCRIPT)
+  # This checkout's fedtff, whatever the interpreter has installed.
+  script.write_text(f'import sys\nsys.path.insert(0, {conftest.REPO_ROOT!r})\n' + SCRIPT)
   result = conftest.run_script([str(script)], timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   pids = [int(p) for p in result.stdout.split('pids')[1].split()]
