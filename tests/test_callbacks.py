@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -73,10 +74,25 @@ def test_rerunning_a_stopped_run_runs_nothing(target_run):
   assert os.stat(os.path.join(workdir, 'metrics.csv')).st_mtime_ns == mtime
 
 
+def test_the_stop_checkpoint_ends_a_run_whose_summary_was_lost(target_run, tmp_path):
+  # As if killed between the stop round's checkpoint and summary.json.
+  workdir, target, summary = target_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, 'summary.json'))
+  rounds = []
+  again = fedtff.run_experiment(config(5, metric='eval/accuracy', target=target), copy,
+                                progress_fn=rounds.append)
+  assert rounds == []
+  assert again['stopped'] == summary['stopped']
+  assert again['rounds_to_target'] == summary['rounds_to_target']
+  assert again['rounds_completed'] == summary['rounds_completed']
+
+
 def test_extending_a_stopped_run_continues_past_the_stop(straight, target_run, tmp_path):
   workdir, target, summary = target_run
   extended = str(tmp_path / 'extended')
-  os.system(f'cp -r {workdir} {extended}')
+  shutil.copytree(workdir, extended)
   result = fedtff.run_experiment(config(6, metric='eval/accuracy', target=target), extended)
   # The target was reached already: the run goes on to total_rounds, and equals a run
   # that never stopped.
