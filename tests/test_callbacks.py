@@ -12,6 +12,7 @@ from fedtff import callbacks
 from fedtff import checkpoints
 from fedtff import experiment
 from fedtff import tasks
+from tests import conftest
 from tests import test_resume
 
 
@@ -252,3 +253,19 @@ def test_built_in_stops_on_hand_made_histories():
   assert [bool(fires(plateau, r)) for r in range(1, 6)] == [False, False, False, True, False]
   target = callbacks.TargetStop('eval/loss', 2.0)
   assert [bool(fires(target, r)) for r in range(1, 6)] == [False, False, True, False, False]
+
+
+def test_train_script_stops_from_flags_and_says_why(tmp_path):
+  # Any loss is at most 100: the target is reached at round 1 of 3.
+  config_file = tmp_path / 'small.py'
+  config_file.write_text('from tests import test_resume\n\n\n'
+                         'def get_config():\n  return test_resume.small_config(3)\n')
+  result = conftest.run_script([
+      'experiments/train.py', f'--config={config_file}', f'--workdir={tmp_path / "run"}',
+      '--quiet', '--config.stop.metric=train/loss', '--config.stop.target=100'])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith('stopped early after round 1: train/loss reached the target: ')
+  assert lines[0].endswith(' <= 100')
+  summary = read_json(tmp_path / 'run' / 'summary.json')
+  assert summary['rounds_to_target'] == {'metric': 'train/loss', 'target': 100.0, 'round': 1}
