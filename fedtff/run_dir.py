@@ -42,7 +42,7 @@ LOCK = '.lock'
 _EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.connect_timeout_s',
                     'data.feed', 'data.feed_dir')
 # Early stopping (fedtff.callbacks) may change too: a stopped run is extended past its stop.
-_EXTENDABLE_KEYS += ('stop.metric', 'stop.target', 'stop.patience', 'stop.min_delta', 'stop.mode')
+_EXTENDABLE_KEYS += tuple(k for k in config_lib.schema_defaults() if k.startswith('stop.'))
 # Best value of an evaluation metric: the larger or the smaller.
 _BEST = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
 
