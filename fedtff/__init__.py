@@ -22,6 +22,7 @@ from fedtff import sweeps
 from fedtff import training
 from fedtff import user_task
 from fedtff import aggregators
+from fedtff import callbacks
 from fedtff.aggregators import AggregatorSpec
 from fedtff.algorithms import ALGORITHMS
 from fedtff.algorithms import build_evaluation
@@ -33,11 +34,13 @@ from fedtff.algorithms import build_mime_lite
 from fedtff.algorithms import Schedule
 from fedtff.evaluate import evaluate_checkpoint
 from fedtff.experiment import run_experiment
-from fedtff.optimizers import build as optimizer
-from fedtff.optimizers import build_fn as optimizer_fn
+from fedtff.optimizers import build as build_optimizer
+from fedtff.optimizers import build_fn as build_optimizer_fn
 from fedtff.progress import ProgressLine
 from fedtff.runtime import local_runtime
+from fedtff.runtime import restore_tff_context
 from fedtff.tasks import batch_fn
+from fedtff.training import RoundEnd
 from fedtff.training import run_training
 from fedtff.training import TrainingDivergedError
 from fedtff.training import sample_clients
@@ -47,4 +50,5 @@ __version__ = '0.1.0'
 
 # TFF's own default runtime can leave its worker process running after Python
 # exits; run computations on a worker that fedtff stops (see fedtff.runtime).
+# `fedtff.restore_tff_context()` puts TFF's own default back.
 runtime.install_default_context()

@@ -161,7 +161,7 @@ def fedtff_tff_round(batched) -> Callable[[], None]:
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       batched.dataset_computation,
       fedtff.build_fed_avg(tutorial_model, batched.element_type_structure,
-                           client_optimizer=fedtff.optimizer('sgd', TUTORIAL_LEARNING_RATE)))
+                           client_optimizer=fedtff.build_optimizer('sgd', TUTORIAL_LEARNING_RATE)))
   return Stateful(process.initialize(), lambda s: process.next(s, batched.client_ids).state)
 
 
@@ -176,7 +176,7 @@ def fast_round(batched, *, jit_compile: bool) -> Callable[[], None]:
   """The fast backend's FedAvg over all of `batched`'s clients, padded once."""
   process = fast.build_fast_process(
       tutorial_model, batched.element_type_structure,
-      client_optimizer=fedtff.optimizer('sgd', TUTORIAL_LEARNING_RATE), jit_compile=jit_compile)
+      client_optimizer=fedtff.build_optimizer('sgd', TUTORIAL_LEARNING_RATE), jit_compile=jit_compile)
   padded = fast.PaddedClientData(batched, resident=True)
   ids = batched.client_ids
   return Stateful(process.initialize(), lambda s: process.next(s, padded.batches(ids)).state)
@@ -535,8 +535,8 @@ def population_run(num_clients: int, clients_per_round: int, rounds: int,
                                         spec.build(), seed=seed)
     process = fast.build_fast_process(
         mlp_model, train.element_type_structure, algorithm='fedavgm',
-        client_optimizer=fedtff.optimizer('sgd', 0.1),
-        server_optimizer=fedtff.optimizer('sgd', 1.0, momentum=0.9))
+        client_optimizer=fedtff.build_optimizer('sgd', 0.1),
+        server_optimizer=fedtff.build_optimizer('sgd', 1.0, momentum=0.9))
     batches = fast.RoundBatches(train, batch_size=10)
     state, ids = process.initialize(), train.client_ids
     setup_s, times = time.perf_counter() - start, []

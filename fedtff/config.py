@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.rounds_per_checkpoint = 10
   config.seed = 0
   config.output = ml_collections.ConfigDict(dict(tensorboard=True, checkpoints_to_keep=2))
+  # Early stopping on one metric (fedtff.callbacks): at a target, or on a plateau.
+  config.stop = ml_collections.ConfigDict(dict(
+      metric='', target=_optional_float(), patience=0, min_delta=0.0, mode='auto'))
   config.backend = 'tff'
   # TFF workers ('host:port', see fedtff.distributed); empty runs on this machine.
   config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0))
@@ -240,6 +243,7 @@ def validate(config: Any) -> None:
   _check_algorithm(config['algorithm'], registry.resolve_group(
       config['algorithm']['name'], 'server', config['server']))
   _check_privacy(config)
+  _check_stop(config)
   if config['backend'] == 'fast' and config['runtime']['workers']:
     raise ConfigError("runtime.workers needs backend='tff': the fast backend runs on this "
                       'machine only.')
@@ -275,6 +279,37 @@ def _check_test_clients(data: Mapping[str, Any]) -> None:
       tasks.check_num_test_clients(data['num_test_clients'], data['num_clients'])
     except ValueError as e:
       raise ConfigError(str(e)) from None
+
+
+def _check_stop(config: Mapping[str, Any]) -> None:
+  """`stop.*` (fedtff.callbacks): a metric with a known direction, and a target or a patience."""
+  from fedtff import callbacks  # pylint: disable=g-import-not-at-top  # It imports run_dir.
+  stop = config['stop']
+  metric, used = stop['metric'], stop['target'] is not None or stop['patience'] != 0
+  if stop['patience'] < 0 or stop['min_delta'] < 0:
+    key = 'stop.patience' if stop['patience'] < 0 else 'stop.min_delta'
+    raise ConfigError(f'Config key {key} must be at least 0, got {stop[key.partition(".")[2]]}.')
+  if stop['mode'] not in callbacks.MODES:
+    raise ConfigError(f"Config key stop.mode is {stop['mode']!r}; expected one of: "
+                      f'{", ".join(callbacks.MODES)}.')
+  if used and not metric:
+    raise ConfigError("stop.target and stop.patience need stop.metric, e.g. "
+                      "stop.metric='eval/accuracy'.")
+  if not metric:
+    return
+  if not used:
+    raise ConfigError(f'stop.metric={metric!r} needs stop.target (stop when it is reached) or '
+                      'stop.patience (stop on a plateau).')
+  if metric.partition('/')[0] not in ('train', 'eval') or not metric.partition('/')[2]:
+    raise ConfigError(f"Config key stop.metric must be a metrics column 'train/<name>' or "
+                      f"'eval/<name>', e.g. 'eval/accuracy', got {metric!r}.")
+  if callbacks.direction(metric, stop['mode']) is None:
+    raise ConfigError(f'Config key stop.metric is {metric!r}, whose better direction fedtff '
+                      "does not know; set stop.mode='max' or 'min'.")
+  if (metric.startswith('train/') and config['aggregator']['kind'] == 'dp'
+      and not config['privacy']['publish_client_metrics']):
+    raise ConfigError(f'stop.metric={metric!r} would stop a DP run on the client metrics it '
+                      'withholds (privacy.publish_client_metrics=False); stop on an eval/ metric.')
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:

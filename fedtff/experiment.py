@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import ml_collections
 import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import algorithms
+from fedtff import callbacks as callbacks_lib
 from fedtff import checkpoints
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -204,7 +205,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
                    task: Optional[user_task.UserTask] = None,
                    process: Optional[user_task.ProcessLike] = None,
                    progress_fn: Optional[ProgressFn] = None,
-                   overwrite: bool = False) -> Dict[str, Any]:
+                   overwrite: bool = False,
+                   callbacks: Sequence[training.Callback] = ()) -> Dict[str, Any]:
   """Runs `config` into `workdir`, resuming it if it holds a checkpoint.
 
   Args:
@@ -220,6 +222,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       backend='tff', without DP accounting (docs/research.md).
     progress_fn: Called with each round's metrics row, e.g. to print progress.
     overwrite: Start over even if `workdir` holds a run of another config.
+    callbacks: Called after every round with a `fedtff.training.RoundEnd`
+      (round, metrics row, model weights, the rows so far); one returning a
+      reason stops the run after that round (`fedtff.callbacks`, which also
+      has the built-in ones `config.stop` selects).
 
   Returns:
     The summary also written to `<workdir>/summary.json`.
@@ -251,14 +257,17 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   privacy = _run_privacy(config, task, z)
   backend = _backend(config, task, _process_options(config, task, z), privacy,
                      user_process=user_process)
+  stopping = callbacks_lib.Stopping(config, callbacks, training.metric_names(
+      backend.tff_process, training.train_metrics))
   with run_dir.lock(workdir):  # Everything above is validation: nothing was written.
     finished = None if overwrite else run_dir.completed_summary(workdir, config)
     if finished is not None:
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
     with distributed.runtime_for(config.runtime, workdir):
-      total_time_s = _train(config, task, backend, workdir, progress_fn, privacy)
+      total_time_s = _train(config, task, backend, workdir, progress_fn, privacy, stopping)
     extra = {'privacy': privacy.summary(config.backend)} if privacy else {}
+    extra.update(stopping.summary(workdir))
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
 
@@ -364,7 +373,8 @@ def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Re
 
 
 def _train(config, task, backend: _Backend, workdir: str, progress_fn,
-           privacy: Optional[run_privacy.RunPrivacy]) -> float:
+           privacy: Optional[run_privacy.RunPrivacy],
+           stopping: callbacks_lib.Stopping) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
   evaluate = evaluation_fn(task, backend.rounds)
@@ -373,6 +383,7 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
       config, task, backend.tff_process, checkpoint_dir)
   if privacy:
     privacy.resume(last_round, metadata)
+  total_rounds = last_round if stopping.resume(last_round, metadata) else config.total_rounds
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
@@ -380,6 +391,7 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)
+  stopping.publish_only(columns)
   train_ids = task.train_data.client_ids
   select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
@@ -389,7 +401,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
     checkpoints.save(
         checkpoint_dir, round_num, backend.to_tff_state(state, tff_state),
         elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep,
-        metadata=privacy.checkpoint_metadata() if privacy else None)
+        metadata={**(privacy.checkpoint_metadata() if privacy else {}),
+                  **stopping.checkpoint_metadata(round_num)})
     if privacy:
       privacy.write_ledger(workdir)
 
@@ -400,14 +413,15 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
                for write in writers + [progress_fn or _skip]]
     try:
       training.run_training(
-          backend.rounds, select, total_rounds=config.total_rounds,
+          backend.rounds, select, total_rounds=total_rounds,
           state=backend.from_tff_state(tff_state),
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
           round_metrics_fn=privacy.metrics if privacy else None,
           has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
-              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]))
+              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
+          callbacks=stopping.callbacks, history=rows)
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
       raise training.TrainingDivergedError(

@@ -89,8 +89,8 @@ def check(optimizer: Any, role: str) -> TffOptimizer:
       callable(optimizer) and 'keras' in getattr(optimizer, '__module__', '')):
     raise TypeError(
         f'The {role} optimizer is a Keras optimizer; fedtff needs a TFF optimizer: '
-        f"pass fedtff.optimizer('sgd', learning_rate=...) or "
+        f"pass fedtff.build_optimizer('sgd', learning_rate=...) or "
         f'tff.learning.optimizers.build_sgdm(...) instead.')
   raise TypeError(
       f'Expected a tff.learning.optimizers.Optimizer for the {role} optimizer, '
-      f"got {optimizer!r}; build one with fedtff.optimizer('sgd', learning_rate=...).")
+      f"got {optimizer!r}; build one with fedtff.build_optimizer('sgd', learning_rate=...).")

@@ -41,8 +41,15 @@ LOCK = '.lock'
 # on, or how their workers get the data; none of them changes the results.
 _EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.connect_timeout_s',
                     'data.feed', 'data.feed_dir')
+# Early stopping (fedtff.callbacks) may change too: a stopped run is extended past its stop.
+_EXTENDABLE_KEYS += tuple(k for k in config_lib.schema_defaults() if k.startswith('stop.'))
 # Best value of an evaluation metric: the larger or the smaller.
 _BEST = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
+
+
+def better(metric: str):
+  """`max` or `min`: which of two values of `metric` (e.g. 'eval/loss') is better; None if unknown."""
+  return _BEST.get(metric.rpartition('/')[2])
 
 
 class RunDirectoryError(ValueError):
@@ -151,14 +158,17 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, *, overwrite: bool 
 
 
 def completed_summary(workdir: str, config: ml_collections.ConfigDict) -> Optional[Dict[str, Any]]:
-  """The summary of a run of `config` in `workdir` that finished all its rounds, or None."""
+  """The summary of a run of `config` in `workdir` that finished all its rounds, or
+  stopped early (`fedtff.callbacks`) at its newest checkpoint; else None."""
   saved, summary_path = _saved_config(workdir), os.path.join(workdir, SUMMARY)
   if saved is None or not os.path.isfile(summary_path):
     return None
   if config_lib.differences(_with_defaults(saved), json.loads(config_lib.to_json(config))):
     return None
   summary = outputs.read_json_object(summary_path)
-  done = summary.get('rounds_completed') == config.total_rounds == completed_rounds(workdir)
+  done = summary.get('rounds_completed') == completed_rounds(workdir) and (
+      summary.get('rounds_completed') == config.total_rounds
+      or summary.get('stopped', {}).get('round') == summary.get('rounds_completed'))
   return summary if done else None
 
 

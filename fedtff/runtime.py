@@ -16,6 +16,10 @@ on first use; `local_runtime()` scopes a worker to a `with` block:
 
   with fedtff.local_runtime():
     state = process.initialize()
+
+`restore_tff_context()` puts back the default context TFF had before
+`import fedtff` (for code that mixes `tff.backends` contexts) and stops
+fedtff's default worker; `install_default_context()` installs fedtff's again.
 """
 
 from __future__ import annotations
@@ -274,16 +278,54 @@ def local_runtime(*, max_concurrent_computation_calls: int = -1,
     connection.close()
 
 
+# The default context TFF had before fedtff replaced it, and fedtff's connection.
+_tff_default_context = None
+_default_connection: Optional[LocalWorkerConnection] = None
+
+
+def _context_stack():
+  # TFF's thread-local stack of contexts; its bottom entry is the default one.
+  from tensorflow_federated.python.core.impl.context_stack import context_stack_impl  # pylint: disable=g-import-not-at-top
+  return context_stack_impl.context_stack
+
+
 def install_default_context() -> LocalWorkerConnection:
   """Makes a fedtff-owned, lazily started worker TFF's default runtime.
 
   `import fedtff` calls this, so computations run outside `local_runtime()`
   also use a worker whose output is detached and that is stopped at exit.
+  Calling it again replaces the previous fedtff default (stopping its worker).
   """
+  global _tff_default_context, _default_connection
+  if _default_connection is None:
+    _tff_default_context = _context_stack()._stack[0]  # pylint: disable=protected-access
+  else:
+    _default_connection.close()
   connection = LocalWorkerConnection()
   tff.framework.set_default_context(sync_context(connection))
   atexit.register(connection.close)
+  _default_connection = connection
   return connection
+
+
+def restore_tff_context() -> None:
+  """Restores the default execution context TFF had before `import fedtff`.
+
+  For code that mixes `tff.backends` contexts (e.g. calls
+  `tff.backends.native.set_sync_local_cpp_execution_context(...)` itself, or
+  expects TFF's own default): fedtff's default worker, if it was started, is
+  stopped now, and later computations outside `local_runtime()` run on TFF's
+  context, whose worker TFF itself starts and may leave running after Python
+  exits (docs/install.md). `local_runtime()` blocks and fedtff's runner
+  (`run_experiment`) still use workers fedtff owns.
+  `install_default_context()` undoes this. Calling it twice is harmless.
+  """
+  global _default_connection
+  if _default_connection is None:
+    return
+  _default_connection.close()
+  _default_connection = None
+  tff.framework.set_default_context(_tff_default_context)
 
 
 def parse_address(address: str) -> Tuple[str, int]:

@@ -13,23 +13,34 @@ the sweep goes on. After every point `<root>/sweep.csv` and `<root>/sweep.md`
 list one row per point so far: the override values, the status, the final
 evaluation accuracy and loss, the best evaluation accuracy and its round, and
 the training time.
+
+The sweep also opens in TensorBoard's HParams dashboard
+(`tensorboard --logdir <root>/hparams`): `<root>/hparams` holds the grid's
+keys and values, and `<root>/hparams/<point name>` each point's overrides
+with its final and best evaluation metrics, its rounds and time, rewritten
+after every point. At the end `<root>/sweep.png` draws one metric (by default
+`eval/accuracy`) against round for every point that has rows.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import copy
 import csv
 import io
 import itertools
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import ml_collections
 
 from fedtff import config as config_lib
 from fedtff import experiment
 from fedtff import outputs
+from fedtff import plots
 from fedtff import run_dir
 from fedtff import training
 from fedtff import user_task
@@ -38,6 +49,9 @@ Grid = List[Tuple[str, List[Any]]]
 Point = Dict[str, Any]
 SWEEP_CSV = 'sweep.csv'
 SWEEP_MD = 'sweep.md'
+HPARAMS = 'hparams'
+SWEEP_PNG = 'sweep.png'
+DEFAULT_METRIC = 'eval/accuracy'
 RESULT_COLUMNS = ('status', 'final_eval_accuracy', 'final_eval_loss', 'best_eval_accuracy',
                   'best_eval_accuracy_round', 'total_time_s')
 
@@ -213,6 +227,98 @@ def write_table(root: str, rows: Sequence[Dict[str, Any]]) -> None:
   outputs.atomic_write_text(os.path.join(root, SWEEP_MD), '\n'.join(lines) + '\n')
 
 
+def _hparam_values(values: Sequence[Any]) -> List[Any]:
+  """A grid key's values as HParams values: numbers, strings or booleans of one type."""
+  kinds = {bool if isinstance(v, bool) else float if isinstance(v, (int, float)) else None
+           for v in values}
+  if kinds == {bool}:
+    return list(values)
+  if kinds == {float}:
+    return [float(v) for v in values]
+  return [format_value(v) for v in values]
+
+
+def hparams_metrics(summary: Dict[str, Any]) -> Dict[str, float]:
+  """The numbers of a run's summary the HParams dashboard shows: `final/eval/<name>`,
+  `best/eval/<name>`, `rounds_completed`, `total_time_s` (those present)."""
+  metrics = {f'final/{k}': v for k, v in summary['final'].items() if k.startswith('eval/')}
+  metrics.update({f'best/{k}': v['value'] for k, v in summary['best'].items()})
+  metrics['rounds_completed'] = summary.get('rounds_completed', summary['final'].get('round'))
+  metrics['total_time_s'] = summary['total_time_s']
+  return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def write_hparams(root: str, grid: Grid, points: Sequence[Point],
+                  summaries: Sequence[Dict[str, Any]]) -> None:
+  """Writes `<root>/hparams` for TensorBoard's HParams dashboard, replacing it.
+
+  Args:
+    root: The sweep directory.
+    grid: The grid (its keys and values become the dashboard's hyperparameters).
+    points: The points run so far.
+    summaries: Their summaries (`run_results`), in the same order.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+  values = {key: dict(zip(map(format_value, vs), _hparam_values(vs))) for key, vs in grid}
+  hparams = {key: hp.HParam(key, hp.Discrete(list(values[key].values()))) for key, _ in grid}
+  metric_names = sorted({name for s in summaries for name in hparams_metrics(s)})
+  fresh = tempfile.mkdtemp(dir=root, prefix='.tmp-hparams-')
+  with _summary_writer(tf, fresh):
+    hp.hparams_config(hparams=list(hparams.values()),
+                      metrics=[hp.Metric(name) for name in metric_names])
+  for point, summary in zip(points, summaries):
+    with _summary_writer(tf, os.path.join(fresh, point_name(point))):
+      hp.hparams({hparams[k]: values[k][format_value(v)] for k, v in point.items()},
+                 trial_id=point_name(point))
+      for name, value in hparams_metrics(summary).items():
+        tf.summary.scalar(name, value, step=0)
+  shutil.rmtree(os.path.join(root, HPARAMS), ignore_errors=True)
+  os.rename(fresh, os.path.join(root, HPARAMS))
+
+
+@contextlib.contextmanager
+def _summary_writer(tf, directory: str) -> Iterator[None]:
+  """A TensorFlow summary writer for `directory` as the default, closed on exit."""
+  writer = tf.summary.create_file_writer(directory)
+  try:
+    with writer.as_default():
+      yield
+  finally:
+    writer.close()
+
+
+def check_metric(metric: str) -> None:
+  """Raises `ConfigError` unless `metric` looks like a metrics column ('eval/<name>')."""
+  prefix, _, name = metric.partition('/')
+  if prefix not in ('train', 'eval') or not name:
+    raise config_lib.ConfigError(f"The sweep's metric must be a metrics column 'train/<name>' or "
+                                 f"'eval/<name>', e.g. 'eval/accuracy', got {metric!r}.")
+
+
+def write_plot(root: str, run_dirs: Sequence[str], metric: str) -> Optional[str]:
+  """Draws `metric` against round for every run with rows into `<root>/sweep.png`.
+
+  Returns:
+    The PNG's path, or None if no run has rows yet.
+
+  Raises:
+    ValueError: If a run has no column `metric` (naming its columns).
+  """
+  with_rows = [d for d in run_dirs if os.path.isfile(os.path.join(d, run_dir.METRICS_CSV))
+               and outputs.read_metrics_csv(os.path.join(d, run_dir.METRICS_CSV))]
+  if not with_rows:
+    return None
+  figure = plots.plot_runs(with_rows, metrics=[metric])
+  figure.suptitle(f'{metric} of {len(with_rows)} sweep points')
+  path = os.path.join(root, SWEEP_PNG)
+  fd, tmp_path = tempfile.mkstemp(dir=root, prefix='.tmp-', suffix='.png')
+  os.close(fd)
+  figure.savefig(tmp_path, dpi=100)
+  os.replace(tmp_path, path)
+  return path
+
+
 def _run_point(config, workdir: str, progress_fn, log, user: Dict[str, Any],
                recorded: ml_collections.ConfigDict) -> str:
   """Runs one point unless complete (`recorded`: its config as config.json has it);
@@ -234,7 +340,8 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
               process: Optional[user_task.ProcessLike] = None,
               make_progress_fn: Optional[Callable[[ml_collections.ConfigDict],
                                                   Optional[experiment.ProgressFn]]] = None,
-              log_fn: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+              log_fn: Optional[Callable[[str], None]] = None,
+              metric: str = DEFAULT_METRIC) -> List[Dict[str, Any]]:
   """Runs every point of `grid` over `config`, each into `<root>/<point name>`.
 
   Args:
@@ -245,9 +352,12 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
     process: Your own learning process for every point (`process` there).
     make_progress_fn: Maps a point's config to the `progress_fn` of its run.
     log_fn: Called with one line per point: run, skipped or diverged.
+    metric: The metrics column `<root>/sweep.png` compares the points on.
 
   Returns:
-    The table rows, also written to `<root>/sweep.csv` and `<root>/sweep.md`.
+    The table rows, also written to `<root>/sweep.csv` and `<root>/sweep.md`;
+    `<root>/hparams` (TensorBoard's HParams dashboard) and `<root>/sweep.png`
+    are written too.
 
   Raises:
     fedtff.config.ConfigError: If a point's config does not fit the schema
@@ -255,14 +365,16 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
       kind (checked for all points before any runs), or a point's directory
       holds a run of another config.
     OSError: If `root` cannot be written.
+    ValueError: If the runs have no column `metric` (after they ran).
   """
+  check_metric(metric)
   points = expand(grid)
   configs = [point_config(config, point) for point in points]
   user = dict(task=task, process=process)
   # Every point's import paths are checked before any point runs.
   recorded = [user_task.resolve(config_lib.resolve(c), **user).config for c in configs]
   outputs.ensure_writable_dir(root)
-  rows = []
+  rows, summaries = [], []
   for index, (point, point_cfg, recorded_cfg) in enumerate(zip(points, configs, recorded),
                                                            start=1):
     name = point_name(point)
@@ -270,8 +382,11 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
     progress_fn = make_progress_fn(point_cfg) if make_progress_fn else None
     status = _run_point(point_cfg, os.path.join(root, name), progress_fn, log, user,
                         recorded_cfg)
-    rows.append(table_row(point, run_results(os.path.join(root, name), status), status))
+    summaries.append(run_results(os.path.join(root, name), status))
+    rows.append(table_row(point, summaries[-1], status))
     write_table(root, rows)
+    write_hparams(root, grid, points[:index], summaries)
+  write_plot(root, [os.path.join(root, point_name(p)) for p in points], metric)
   return rows
 
 

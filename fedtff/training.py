@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +17,28 @@ import tensorflow_federated as tff
 
 Metrics = Dict[str, float]
 MetricsWriter = Callable[[Mapping[str, Any]], None]
+
+
+class RoundEnd(NamedTuple):
+  """What a per-round callback sees after round `round_num` (`run_training`).
+
+  Attributes:
+    round_num: The round that just ended.
+    metrics: Its metrics row, as the metric writers got it.
+    model_weights: The server model after the round, a
+      `tff.learning.models.ModelWeights` of NumPy arrays.
+    history: Every metrics row of the run so far, this one last (rows of
+      rounds before a resume included), so a callback need keep no state.
+  """
+  round_num: int
+  metrics: Mapping[str, Any]
+  model_weights: Any
+  history: Sequence[Mapping[str, Any]]
+
+
+# Called after every round; returns None to go on, or a reason (a sentence) to
+# stop the run after this round (`run_training`).
+Callback = Callable[[RoundEnd], Optional[str]]
 
 
 SAMPLINGS = ('fixed', 'poisson', 'cyclic')
@@ -171,7 +193,9 @@ def run_training(process: tff.learning.templates.LearningProcess,
                  checkpoint_fn: Optional[Callable[[int, Any], None]] = None,
                  rounds_per_checkpoint: int = 1,
                  round_metrics_fn: Optional[Callable[[int], Metrics]] = None,
-                 has_examples_fn: Callable[[Any], bool] = has_examples) -> Any:
+                 has_examples_fn: Callable[[Any], bool] = has_examples,
+                 callbacks: Sequence[Callback] = (),
+                 history: Sequence[Mapping[str, Any]] = ()) -> Any:
   """Runs rounds `start_round..total_rounds` and returns the final state.
 
   Args:
@@ -193,6 +217,12 @@ def run_training(process: tff.learning.templates.LearningProcess,
     has_examples_fn: Whether a round's clients (what `client_selection_fn`
       returns) hold any examples; asked only of a round that counted none.
       The default reads datasets, and takes client ids to hold data.
+    callbacks: Each is called after every round (after its row is written)
+      with a `RoundEnd`; one that returns a reason (a non-empty string) stops
+      the loop after that round, which is then checkpointed whether or not
+      a checkpoint was due. Callbacks after the one that stopped are not called.
+    history: The metrics rows of the rounds before `start_round` (after a
+      resume), passed on to callbacks in `RoundEnd.history`.
 
   Raises:
     TrainingDivergedError: At the first round that diverged (`divergence`): a
@@ -202,6 +232,7 @@ def run_training(process: tff.learning.templates.LearningProcess,
   """
   if state is None:
     state = process.initialize()
+  history = list(history)
   for round_num in range(start_round, total_rounds + 1):
     clients = client_selection_fn(round_num)
     state, row, update_non_finite = _run_round(process, state, clients, round_num)
@@ -215,9 +246,29 @@ def run_training(process: tff.learning.templates.LearningProcess,
       row.update(round_metrics_fn(round_num))
     for write in metrics_writers:
       write(row)
-    if checkpoint_fn and _due(round_num, rounds_per_checkpoint, total_rounds):
+    history.append(row)
+    stop = _stop_reason(callbacks, process, state, history) if callbacks else None
+    if checkpoint_fn and (stop or _due(round_num, rounds_per_checkpoint, total_rounds)):
       checkpoint_fn(round_num, state)
+    if stop:
+      break
   return state
+
+
+def _stop_reason(callbacks: Sequence[Callback], process, state,
+                 history: Sequence[Mapping[str, Any]]) -> Optional[str]:
+  """The first reason a callback gives to stop after the newest round of `history`."""
+  weights = tf.nest.map_structure(np.asarray, _model_weights(process, state))
+  end = RoundEnd(int(history[-1]['round']), history[-1], weights, tuple(history))
+  for callback in callbacks:
+    reason = callback(end)
+    if reason:
+      return reason if isinstance(reason, str) else f'{_name(callback)} asked to stop'
+  return None
+
+
+def _name(callback: Callback) -> str:
+  return getattr(callback, '__name__', type(callback).__name__)
 
 
 def _due(round_num: int, every: int, total_rounds: int) -> bool:

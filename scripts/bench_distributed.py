@@ -41,7 +41,7 @@ def synthetic_client(client_id):
 def composed_process():
   spec = bt.generated_examples(tf.constant('0'), NUM_EXAMPLES, 784).batch(BATCH_SIZE).element_spec
   return tff.simulation.compose_dataset_computation_with_learning_process(synthetic_client, (
-      fedtff.build_fed_avg(bt.tutorial_model, spec, client_optimizer=fedtff.optimizer('sgd', 0.02))))
+      fedtff.build_fed_avg(bt.tutorial_model, spec, client_optimizer=fedtff.build_optimizer('sgd', 0.02))))
 
 
 def runtime_round(context, process, client_ids) -> bt.Stateful:

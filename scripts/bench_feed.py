@@ -36,7 +36,7 @@ def build_paths(num_clients, num_examples):
   """{path: (round_fn, build_s, dataset computation bytes, process)}; round_fn(state) -> state."""
   process = fedtff.build_fed_avg(
       bt.tutorial_model, client_data(num_clients, 1, 'file').element_type_structure,
-      client_optimizer=fedtff.optimizer('sgd', bt.TUTORIAL_LEARNING_RATE))
+      client_optimizer=fedtff.build_optimizer('sgd', bt.TUTORIAL_LEARNING_RATE))
   paths = {}
   start = time.perf_counter()
   python_data = client_data(num_clients, num_examples, 'file')

@@ -40,7 +40,7 @@ def main(argv):
                                     proximal_strength=MU),
       'fedtff': fedtff.build_learning_process(
           bt.tutorial_model, datasets[0], algorithm=args.algorithm,
-          client_optimizer=fedtff.optimizer('sgd', bt.TUTORIAL_LEARNING_RATE), **options),
+          client_optimizer=fedtff.build_optimizer('sgd', bt.TUTORIAL_LEARNING_RATE), **options),
   }
   rounds = {name: bt.Stateful(p.initialize(), lambda s, p=p: p.next(s, datasets).state)
             for name, p in processes.items()}

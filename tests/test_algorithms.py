@@ -56,7 +56,7 @@ CASES = {
     'fedprox': (dict(algorithm='fedprox', proximal_strength=0.0),
                 lambda mf: tff.learning.algorithms.build_weighted_fed_prox(
                     mf, 0.0, opt.build_sgdm(0.1), opt.build_sgdm(1.0))),
-    'fedsgd': (dict(algorithm='fedsgd', server_optimizer=fedtff.optimizer('sgd', 0.5)),
+    'fedsgd': (dict(algorithm='fedsgd', server_optimizer=fedtff.build_optimizer('sgd', 0.5)),
                lambda mf: tff.learning.algorithms.build_fed_sgd(mf, opt.build_sgdm(0.5))),
     'mimelite': (dict(algorithm='mimelite'),
                  lambda mf: tff.learning.algorithms.build_weighted_mime_lite(
@@ -114,7 +114,7 @@ AGGREGATORS = {
 def test_aggregators_train_with_weighted_fed_avg(name, client_datasets):
   process = fedtff.build_learning_process(
       keras_model, client_datasets[0], algorithm='fedavg', aggregator=AGGREGATORS[name],
-      client_optimizer=fedtff.optimizer('sgd', 0.3))
+      client_optimizer=fedtff.build_optimizer('sgd', 0.3))
   _, losses = run(process, process.get_model_weights(process.initialize()), client_datasets, 4)
   assert losses[-1] < losses[0], losses
 
@@ -123,7 +123,7 @@ def test_robust_fixed_clipping_bounds_the_update(client_datasets):
   clip = 1e-3
   process = fedtff.build_learning_process(
       keras_model, client_datasets[0], aggregator=fedtff.AggregatorSpec('robust', clip_norm=clip),
-      client_optimizer=fedtff.optimizer('sgd', 1.0))
+      client_optimizer=fedtff.build_optimizer('sgd', 1.0))
   initial = process.get_model_weights(process.initialize())
   weights, _ = run(process, initial, client_datasets, 1)
   delta = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(weights[0].trainable, initial.trainable)))
@@ -161,9 +161,9 @@ def test_dp_aggregator_with_unweighted_fed_avg(client_datasets):
         (dict(algorithm='fedsgdd'), ValueError, "Unknown algorithm 'fedsgdd'; expected one of fedavg"),
         (dict(algorithm='fedavg', proximal_strength=0.1), ValueError, 'proximal_strength'),
         (dict(algorithm='fedprox'), ValueError, 'required by fedprox'),
-        (dict(algorithm='fedsgd', client_optimizer=fedtff.optimizer('sgd', 0.1)), ValueError,
+        (dict(algorithm='fedsgd', client_optimizer=fedtff.build_optimizer('sgd', 0.1)), ValueError,
          'fedsgd has no client optimizer'),
-        (dict(algorithm='fedadam', server_optimizer=fedtff.optimizer('sgd', 1.0)), ValueError,
+        (dict(algorithm='fedadam', server_optimizer=fedtff.build_optimizer('sgd', 1.0)), ValueError,
          'fedadam uses a adam server optimizer, got sgd'),
         (dict(algorithm='mimelite', client_learning_rate_schedule=SCHEDULE), ValueError,
          'schedules combine with the FedAvg family'),
@@ -172,7 +172,7 @@ def test_dp_aggregator_with_unweighted_fed_avg(client_datasets):
          ValueError, 'dp aggregator is unweighted'),
         (dict(weighted=False, aggregator=tff.aggregators.MeanFactory()), TypeError,
          'weighted=False needs a tff.aggregators.UnweightedAggregationFactory'),
-        (dict(client_learning_rate_schedule=SCHEDULE, client_optimizer=fedtff.optimizer('sgd', 0.1)),
+        (dict(client_learning_rate_schedule=SCHEDULE, client_optimizer=fedtff.build_optimizer('sgd', 0.1)),
          TypeError, 'as a function of the learning rate'),
         (dict(client_optimizer=tf.keras.optimizers.Adam()), TypeError,
          'client optimizer is a Keras optimizer'),
@@ -222,4 +222,4 @@ def test_adaptive_optimizers_use_reddi_defaults():
   assert fedtff.optimizers.ADAPTIVE_DEFAULTS['yogi'] == {
       'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-3, 'initial_accumulator': 0.0}
   with pytest.raises(ValueError, match="'adam' starts its accumulators at 0"):
-    fedtff.optimizer('adam', 0.1, initial_accumulator=0.5)
+    fedtff.build_optimizer('adam', 0.1, initial_accumulator=0.5)

@@ -97,7 +97,7 @@ def test_fed_avg_rounds_give_the_same_weights_from_the_file_and_from_constants(t
                                   feed_dir=str(tmp_path)).preprocess(spec.build())
            for feed in data.client_data.FEEDS}
   process = fedtff.build_fed_avg(_model_fn, feeds['file'].element_type_structure,
-                                 client_optimizer=fedtff.optimizer('sgd', 0.1))
+                                 client_optimizer=fedtff.build_optimizer('sgd', 0.1))
   weights = {feed: _rounds(tff.simulation.compose_dataset_computation_with_learning_process(
       client_data.dataset_computation, process), client_data.client_ids)
              for feed, client_data in feeds.items()}

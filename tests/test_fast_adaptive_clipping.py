@@ -12,7 +12,7 @@ from fedtff.privacy import mechanisms
 from tests import test_fast_backend as base
 
 ADAPTIVE_NO_NOISE = dict(
-    algorithm='fedavg', weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.3),
+    algorithm='fedavg', weighted=False, client_optimizer=fedtff.build_optimizer('sgd', 0.3),
     aggregator=fedtff.AggregatorSpec('dp', noise_multiplier=0.0, clients_per_round=3))
 
 

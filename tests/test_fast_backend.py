@@ -40,12 +40,12 @@ CASES = {
     'fedavgm': dict(algorithm='fedavgm'),
     'fedadagrad': dict(algorithm='fedadagrad'),
     'fedadam': dict(algorithm='fedadam',
-                    client_optimizer=fedtff.optimizer('sgd', 0.1, momentum=0.5)),
+                    client_optimizer=fedtff.build_optimizer('sgd', 0.1, momentum=0.5)),
     'fedyogi': dict(algorithm='fedyogi'),
     'fedprox': dict(algorithm='fedprox', proximal_strength=0.5),
-    'fedsgd': dict(algorithm='fedsgd', server_optimizer=fedtff.optimizer('sgd', 0.5)),
+    'fedsgd': dict(algorithm='fedsgd', server_optimizer=fedtff.build_optimizer('sgd', 0.5)),
     'robust_fixed_clip': dict(
-        algorithm='fedavg', client_optimizer=fedtff.optimizer('sgd', 0.3),
+        algorithm='fedavg', client_optimizer=fedtff.build_optimizer('sgd', 0.3),
         aggregator=fedtff.AggregatorSpec('robust', clip_norm=0.05, zeroing=True,
                                          zeroing_norm=100.0)),
     'dp_fixed_no_noise': dict(

@@ -55,8 +55,8 @@ def test_matches_raw_tff_fed_avg_after_two_rounds(client_datasets, weighted):
   raw = raw_tff_process(element_spec, weighted)
   ours = fedtff.build_fed_avg(
       keras_model, client_datasets[0],
-      client_optimizer=fedtff.optimizer('sgd', 0.1),
-      server_optimizer=fedtff.optimizer('sgd', 1.0, momentum=0.9), weighted=weighted)
+      client_optimizer=fedtff.build_optimizer('sgd', 0.1),
+      server_optimizer=fedtff.build_optimizer('sgd', 1.0, momentum=0.9), weighted=weighted)
   assert ours.next.type_signature == raw.next.type_signature
   initial = raw.get_model_weights(raw.initialize())
   raw_weights, raw_metrics = run_rounds(raw, initial, client_datasets)
@@ -70,7 +70,7 @@ def test_matches_raw_tff_fed_avg_after_two_rounds(client_datasets, weighted):
 
 def test_loss_falls_over_rounds(client_datasets):
   process = fedtff.build_fed_avg(keras_model, client_datasets[0].element_spec,
-                                 client_optimizer=fedtff.optimizer('sgd', 0.2))
+                                 client_optimizer=fedtff.build_optimizer('sgd', 0.2))
   state = process.initialize()
   losses = []
   for _ in range(5):
@@ -128,7 +128,7 @@ def test_rejects_elements_that_are_not_pairs():
 
 def test_unknown_optimizer_name_lists_the_valid_ones():
   with pytest.raises(ValueError, match="Unknown optimizer 'sgdd'; expected one of adagrad, adam"):
-    fedtff.optimizer('sgdd', 0.1)
+    fedtff.build_optimizer('sgdd', 0.1)
 
 
 def test_evaluation_builder_reports_accuracy(client_datasets):

@@ -70,7 +70,7 @@ def initial_weights():
 def test_matches_the_reference_update(weighted, client_datasets, initial_weights):
   process = fedtff.build_learning_process(
       keras_model, client_datasets[0], algorithm='fedprox', proximal_strength=MU,
-      weighted=weighted, client_optimizer=fedtff.optimizer('sgd', LEARNING_RATE))
+      weighted=weighted, client_optimizer=fedtff.build_optimizer('sgd', LEARNING_RATE))
   ours = train(process, initial_weights, client_datasets, rounds=2)
   expected = reference_fed_prox(initial_weights.trainable, client_datasets, mu=MU, rounds=2,
                                 weighted=weighted)
@@ -113,7 +113,7 @@ def test_a_client_with_a_non_finite_update_is_weighted_zero(client_datasets, ini
   poisoned = client_datasets[0].map(lambda b: dict(b, x=b['x'] * np.float32(np.inf)))
   process = fedtff.build_learning_process(
       keras_model, client_datasets[0], algorithm='fedprox', proximal_strength=MU,
-      client_optimizer=fedtff.optimizer('sgd', LEARNING_RATE))
+      client_optimizer=fedtff.build_optimizer('sgd', LEARNING_RATE))
   ours = train(process, initial_weights, [poisoned] + client_datasets[1:], rounds=1)
   expected = reference_fed_prox(initial_weights.trainable, client_datasets[1:], mu=MU, rounds=1)
   for a, b in zip(ours, expected):

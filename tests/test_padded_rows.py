@@ -129,7 +129,7 @@ def small_char_lstm():
 
 def test_one_round_on_a_sequence_task_gives_the_tff_weights():
   datasets = shakespeare_shaped_clients()
-  options = dict(algorithm='fedavg', client_optimizer=fedtff.optimizer('sgd', 0.5),
+  options = dict(algorithm='fedavg', client_optimizer=fedtff.build_optimizer('sgd', 0.5),
                  **sequence_options())
   tff_process = fedtff.build_learning_process(small_char_lstm, datasets[0], **options)
   fast_process = fast.build_fast_process(small_char_lstm, datasets[0], **options)
@@ -156,7 +156,7 @@ def test_fedtff_tff_model_trains_as_tffs_keras_model():
   """The shared forward pass on TFF gives `tff.learning.models.from_keras_model`'s round,
   Keras masks (`Embedding(mask_zero=True)`) included."""
   datasets = shakespeare_shaped_clients()
-  optimizer = fedtff.optimizer('sgd', 0.5)
+  optimizer = fedtff.build_optimizer('sgd', 0.5)
   fedtff_process = fedtff.build_learning_process(small_char_lstm, datasets[0],
                                                  algorithm='fedavg', client_optimizer=optimizer,
                                                  **sequence_options())
@@ -165,7 +165,7 @@ def test_fedtff_tff_model_trains_as_tffs_keras_model():
           small_char_lstm(), loss=tasks.MaskedSparseCrossEntropy(),
           input_spec=datasets[0].element_spec,
           metrics=[tasks.MaskedAccuracy(masked_ids=MASKED_IDS)]),
-      optimizer, fedtff.optimizer('sgd', 1.0))
+      optimizer, fedtff.build_optimizer('sgd', 1.0))
   weights = fedtff.algorithms.tff_model.initial_weights(small_char_lstm, seed=1)
   outputs = [process.next(process.set_model_weights(process.initialize(), weights), datasets)
              for process in (fedtff_process, tff_process)]

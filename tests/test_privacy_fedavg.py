@@ -39,7 +39,7 @@ def private_process(client_datasets, model_aggregator):
   """The process raw TFF builds for unweighted FedAvg with `model_aggregator`."""
   return tff.learning.algorithms.build_unweighted_fed_avg(
       tff_model.tff_model_fn(keras_model, client_datasets[0]),
-      fedtff.optimizer('sgd', 0.1), fedtff.optimizer('sgd', 1.0),
+      fedtff.build_optimizer('sgd', 0.1), fedtff.build_optimizer('sgd', 1.0),
       model_aggregator=model_aggregator)
 
 

@@ -80,8 +80,8 @@ def test_noiseless_dp_ftrl_is_server_sgd_on_the_clipped_mean_each_round():
   for aggregator in (ftrl.ftrl_aggregator(0.0, 3, 0.05, keras_model),
                      privacy.dp_aggregator(0.0, 3, clip=0.05)):
     process = tff.learning.algorithms.build_unweighted_fed_avg(
-        tff_model.tff_model_fn(keras_model, datasets[0]), fedtff.optimizer('sgd', 0.1),
-        fedtff.optimizer('sgd', 1.0), model_aggregator=aggregator)
+        tff_model.tff_model_fn(keras_model, datasets[0]), fedtff.build_optimizer('sgd', 0.1),
+        fedtff.build_optimizer('sgd', 1.0), model_aggregator=aggregator)
     state = process.set_model_weights(process.initialize(),
                                       tff_model.initial_weights(keras_model, 0))
     for _ in range(3):

@@ -1,10 +1,14 @@
 """fedtff.sweeps and experiments/sweep.py: a grid of runs and its table."""
 
 import csv
+import glob
 import json
 import os
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 import fedtff
 from fedtff import sweeps
@@ -36,7 +40,7 @@ def _read_json(path):
 
 def test_sweep_runs_every_point_into_its_own_directory(swept):
   root, result = swept
-  assert sorted(os.listdir(root)) == NAMES + ['sweep.csv', 'sweep.md']
+  assert sorted(os.listdir(root)) == ['hparams'] + NAMES + ['sweep.csv', 'sweep.md', 'sweep.png']
   for name in NAMES:
     assert _read_json(root / name / 'summary.json')['rounds_completed'] == 2
   assert _read_json(root / NAMES[0] / 'config.json')['server']['learning_rate'] == 0.5
@@ -61,6 +65,67 @@ def test_table_rows_match_each_runs_summary(swept):
     assert float(row['total_time_s']) == summary['total_time_s']
   markdown = (root / 'sweep.md').read_text().splitlines()
   assert len(markdown) == 4 and markdown[2].startswith(f'| {NAMES[0]} | 0 | 0.5 | complete | ')
+
+
+def _events(directory):
+  """(tag, plugin name, value) of every summary value in `directory`'s own event files."""
+  found = []
+  for path in glob.glob(os.path.join(directory, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        found.append((value.tag, value.metadata.plugin_data.plugin_name, value))
+  return found
+
+
+def _hparams_data(value):
+  return plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+
+
+def test_hparams_dashboard_files_read_back(swept):
+  root, result = swept
+  experiment = [_hparams_data(v).experiment for tag, plugin, v in _events(root / 'hparams')
+                if plugin == 'hparams']
+  assert len(experiment) == 1
+  domains = {info.name: [v.number_value for v in info.domain_discrete.values]
+             for info in experiment[0].hparam_infos}
+  assert domains == {'server.learning_rate': [0.5, 1.0], 'seed': [0.0]}
+  metric_tags = {info.name.tag for info in experiment[0].metric_infos}
+  assert {'final/eval/accuracy', 'final/eval/loss', 'best/eval/accuracy', 'best/eval/loss',
+          'rounds_completed', 'total_time_s'} <= metric_tags
+  assert sorted(p.name for p in (root / 'hparams').iterdir() if p.is_dir()) == NAMES
+  for name, learning_rate in zip(NAMES, [0.5, 1.0]):
+    events = _events(root / 'hparams' / name)
+    starts = [_hparams_data(v).session_start_info for _, plugin, v in events
+              if plugin == 'hparams' and _hparams_data(v).HasField('session_start_info')]
+    assert len(starts) == 1 and starts[0].group_name == name
+    assert {k: v.number_value for k, v in starts[0].hparams.items()} == {
+        'server.learning_rate': learning_rate, 'seed': 0.0}
+    scalars = {tag: float(tf.make_ndarray(v.tensor)) for tag, plugin, v in events
+               if plugin == 'scalars'}
+    summary = _read_json(root / name / 'summary.json')
+    assert scalars['final/eval/accuracy'] == pytest.approx(summary['final']['eval/accuracy'])
+    assert scalars['best/eval/loss'] == pytest.approx(summary['best']['eval/loss']['value'])
+    assert scalars['rounds_completed'] == 2
+    assert set(scalars) == metric_tags
+  assert 'HParams dashboard: tensorboard --logdir ' in result.stdout
+
+
+def test_sweep_png_compares_the_points(swept):
+  root, _ = swept
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  image = matplotlib.image.imread(root / 'sweep.png')
+  assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+  assert np.unique(image.reshape(-1, image.shape[2]), axis=0).shape[0] > 10  # Not blank.
+
+
+def test_bad_metric_gets_one_line_before_any_run(tmp_path):
+  result = conftest.run_script(['experiments/sweep.py', '--config=configs/quickstart.py',
+                                f'--workdir={tmp_path}', '--grid', 'seed=0', '--metric=accuracy'])
+  assert result.returncode == 2
+  assert result.stderr == ("sweep.py: error: The sweep's metric must be a metrics column "
+                           "'train/<name>' or 'eval/<name>', e.g. 'eval/accuracy', got "
+                           "'accuracy'.\n")
+  assert os.listdir(tmp_path) == []
 
 
 def test_rerun_skips_complete_points(swept):
@@ -141,7 +206,7 @@ def test_none_override_and_none_grid_value_reach_the_points(tmp_path):
   assert result.returncode == 0, result.stderr
   deltas = {}
   for name in os.listdir(tmp_path):
-    if os.path.isdir(tmp_path / name):
+    if os.path.isdir(tmp_path / name) and name != sweeps.HPARAMS:
       config = _read_json(tmp_path / name / 'config.json')
       assert config['aggregator']['noise_multiplier'] is None
       deltas[name] = config['privacy']['delta']

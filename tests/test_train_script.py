@@ -64,10 +64,13 @@ def test_trains_and_writes_the_run_directory(tmp_path):
          "Unexpected argument 'extra': every input is a --flag, see --help."),
         (TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
          "Config key seed must be an integer, got 'None'."),
+        (TRAIN + ['--workdir=/tmp/x', '--config.stop.metric=eval/auc', '--config.stop.target=0.9'],
+         "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
+         "set stop.mode='max' or 'min'."),
     ],
     ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
          'negative_seed', 'too_many_test_clients', 'variant_of_a_plain_config',
-         'unknown_variant', 'extra_argument', 'none_for_an_integer'])
+         'unknown_variant', 'extra_argument', 'none_for_an_integer', 'stop_metric_direction'])
 def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
   result = conftest.run_script(args)
   assert result.returncode == 2

@@ -82,8 +82,8 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
       fedyogi, fedprox, fedsgd, mimelite.
-    client_optimizer: A TFF optimizer (`fedtff.optimizer(...)`); for mimelite
-      the base optimizer. With a schedule, `fedtff.optimizer_fn(...)`.
+    client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
+      the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
       (`fedtff.algorithms.registry.REGISTRY`). fedavgm requires sgd, and
       fedadagrad/fedadam/fedyogi the matching optimizer family.

@@ -47,7 +47,7 @@ def _scheduled_optimizer_fn(client_optimizer) -> Callable[[float], optimizers.Tf
   if isinstance(client_optimizer, optimizers.TffOptimizer):
     raise TypeError(
         'With a client learning-rate schedule, pass the client optimizer as a function of '
-        "the learning rate, e.g. fedtff.optimizer_fn('sgd', momentum=0.9), not an optimizer.")
+        "the learning rate, e.g. fedtff.build_optimizer_fn('sgd', momentum=0.9), not an optimizer.")
   return client_optimizer
 
 
@@ -74,7 +74,7 @@ def build_fed_avg(model_fn: tff_model.KerasModelFn,
     element_spec: The batched client datasets' element spec, or one such dataset.
     client_optimizer: A TFF optimizer; defaults to SGD with learning rate 0.1.
       With a schedule, a function from learning rate to optimizer instead
-      (`fedtff.optimizer_fn`).
+      (`fedtff.build_optimizer_fn`).
     server_optimizer: A TFF optimizer; defaults to SGD with learning rate 1.0,
       which is plain averaging. SGD with momentum gives FedAvgM; Adagrad, Adam
       and Yogi give FedAdagrad, FedAdam and FedYogi.

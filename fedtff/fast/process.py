@@ -348,7 +348,7 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
       fedadam, fedyogi, fedprox, fedsgd.
-    client_optimizer: A TFF optimizer (`fedtff.optimizer(...)`); none for fedsgd.
+    client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); none for fedsgd.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
       (`fedtff.algorithms.registry.REGISTRY`, as for the TFF builders).
     client_learning_rate_schedule: Must be None (refused otherwise).
