@@ -18,11 +18,14 @@ import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 import ml_collections
+import numpy as np
 import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import algorithms
 from fedtff import checkpoints
+from fedtff import client_metrics
+from fedtff.algorithms import evaluation as evaluation_lib
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
@@ -181,21 +184,82 @@ def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:
   return training.scalar_metrics(current, 'eval')
 
 
-def evaluation_fn(task: tasks.Task, training_process) -> Callable[[Any, int], training.Metrics]:
-  """Returns `(state, round_num) -> eval/<name>` over all test clients."""
+def evaluation_fn(task: tasks.Task, training_process, *, engine: str = 'tff',
+                  per_client: bool = False) -> Callable[[Any, int], training.Metrics]:
+  """Returns `(state, round_num) -> eval/<name>` over all test clients.
+
+  Args:
+    task: The task; its `test_data` are the held-out clients.
+    training_process: What gives the model weights of a state
+      (`get_model_weights`).
+    engine: 'tff' runs TFF's federated evaluation
+      (`fedtff.algorithms.build_evaluation`); 'fast' the compiled
+      `fedtff.fast.FastEvaluation`, whose metrics equal TFF's (to float32
+      rounding) and which builds nothing of TFF.
+    per_client: Also return each metric's distribution over the test clients,
+      `eval/<name>/<statistic>` (`fedtff.client_metrics`). On the TFF engine
+      this runs a second federated computation that returns every client's
+      metrics (`fedtff.algorithms.evaluation.build_per_client_evaluation`).
+  """
+  if engine == 'fast':
+    return _fast_evaluation_fn(task, training_process, per_client)
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       task.test_data.dataset_computation,
       algorithms.build_evaluation(task.model_fn, task.element_spec, **task.learning_kwargs()))
   eval_state = process.initialize()
   test_ids = task.test_data.client_ids
+  clients_fn = _tff_per_client_fn(task) if per_client else None
 
   def evaluate(state, round_num: int) -> training.Metrics:
     del round_num
     weights = training_process.get_model_weights(state)
     output = process.next(process.set_model_weights(eval_state, weights), test_ids)
-    return _eval_metrics(output.metrics)
+    metrics = _eval_metrics(output.metrics)
+    if clients_fn:
+      metrics.update(clients_fn(weights))
+    return metrics
 
   evaluate.metric_names = training.metric_names(process, _eval_metrics)
+  if per_client:
+    evaluate.metric_names += client_metrics.column_names(
+        [name.partition('/')[2] for name in evaluate.metric_names])
+  return evaluate
+
+
+def _tff_per_client_fn(task: tasks.Task) -> Callable[[Any], training.Metrics]:
+  """`weights -> eval/<name>/<statistic>` from TFF's per-client evaluation."""
+  computation = tff.simulation.compose_dataset_computation_with_computation(
+      task.test_data.dataset_computation,
+      evaluation_lib.build_per_client_evaluation(task.model_fn, task.element_spec,
+                                                 **task.learning_kwargs()))
+  test_ids = task.test_data.client_ids
+
+  def per_client(weights) -> training.Metrics:
+    outputs = computation(weights, test_ids)
+    values = {name: np.asarray([o['metrics'][name] for o in outputs])
+              for name in outputs[0]['metrics']}
+    return client_metrics.distribution(values, [o['num_examples'] for o in outputs])
+
+  return per_client
+
+
+def _fast_evaluation_fn(task: tasks.Task, training_process,
+                        per_client: bool) -> Callable[[Any, int], training.Metrics]:
+  """`evaluation_fn` on the compiled engine."""
+  evaluation = fast.FastEvaluation(task.model_fn, task.test_data, **task.learning_kwargs())
+
+  def evaluate(state, round_num: int) -> training.Metrics:
+    del round_num
+    result = evaluation(training_process.get_model_weights(state))
+    metrics = {f'eval/{name}': value for name, value in result.pooled.items()}
+    if per_client:
+      metrics.update(client_metrics.distribution(
+          result.per_client, result.per_client[fast.evaluation.NUM_EXAMPLES]))
+    return metrics
+
+  evaluate.metric_names = [f'eval/{name}' for name in evaluation.metric_names]
+  if per_client:
+    evaluate.metric_names += client_metrics.column_names(evaluation.metric_names)
   return evaluate
 
 
@@ -350,7 +414,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
            privacy: Optional[run_privacy.RunPrivacy]) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
-  evaluate = evaluation_fn(task, backend.rounds)
+  evaluate = evaluation_fn(task, backend.rounds, engine=config.backend,
+                           per_client=config.per_client_eval)
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, backend.tff_process, checkpoint_dir)
