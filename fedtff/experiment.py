@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff import aggregators
@@ -384,6 +385,49 @@ class _FastRounds:
     return self._process.get_model_weights(state)
 
 
+def _aggregator_state_is_empty(config) -> bool:
+  """Whether TFF's aggregator state for `config` holds no tensors (its mean's)."""
+  return config.aggregator.kind == 'mean'
+
+
+class _FastStateLayout:
+  """The TFF process's state layout, built from the fast process without TFF.
+
+  Building the TFF process costs seconds (tracing its client work); the fast
+  backend needs of it only the layout of its state, the checkpoint format, and
+  the names of its training metrics. Where TFF's aggregator state holds no
+  tensors (the mean; `_aggregator_state_is_empty`) the other fields of
+  `tff.learning.templates.LearningAlgorithmState` are the fast state's, leaf
+  for leaf (`fedtff.fast.FastLearningProcess.from_tff_state`), so its
+  checkpoints are those of the TFF process: either backend resumes them.
+  """
+
+  def __init__(self, fast_process: fast.FastLearningProcess):
+    self._fast = fast_process
+
+  def initialize(self):
+    state = self._fast.initialize()
+    as_numpy = lambda s: tf.nest.map_structure(lambda t: t.numpy(), s)
+    return tff.learning.templates.LearningAlgorithmState(
+        global_model_weights=self._fast.get_model_weights(state), distributor=(),
+        client_work=as_numpy(state.client_work), aggregator=(),
+        finalizer=as_numpy(state.finalizer))
+
+  def set_model_weights(self, state, weights):
+    return state._replace(global_model_weights=tff.learning.models.ModelWeights(
+        list(weights.trainable), list(weights.non_trainable)))
+
+  def train_metric_names(self) -> list:
+    """The fast rounds' `train/<name>` columns, TFF's (the same metrics structure)."""
+    return self._fast.train_metric_names()
+
+
+def _train_metric_names(tff_process) -> list:
+  if isinstance(tff_process, _FastStateLayout):
+    return tff_process.train_metric_names()
+  return training.metric_names(tff_process, training.train_metrics)
+
+
 def _backend(config, task, options: Dict[str, Any],
              privacy: Optional[run_privacy.RunPrivacy] = None) -> _Backend:
   """The processes of `config.backend` built from the builder `options`: the one
@@ -391,7 +435,9 @@ def _backend(config, task, options: Dict[str, Any],
   if config.backend == 'fast':
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
-    return _Backend(build_process(config, task, options=options),
+    tff_process = (_FastStateLayout(fast_process) if _aggregator_state_is_empty(config)
+                   else build_process(config, task, options=options))
+    return _Backend(tff_process,
                     _FastRounds(fast_process, task.train_data, config.data.batch_size, privacy),
                     fast_process.from_tff_state, fast_process.to_tff_state)
   process = build_process(config, task, options=options)
@@ -424,7 +470,7 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + training.metric_names(backend.tff_process, training.train_metrics)
+             + _train_metric_names(backend.tff_process)
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)
