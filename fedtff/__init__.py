@@ -6,6 +6,7 @@ processes, federated data helpers, the round loop, the experiment runner, and
 """
 
 from fedtff import config
+from fedtff import client_metrics
 from fedtff import data
 from fedtff import fast
 from fedtff import models
@@ -21,6 +22,7 @@ from fedtff.algorithms import build_fed_prox
 from fedtff.algorithms import build_fed_sgd
 from fedtff.algorithms import build_learning_process
 from fedtff.algorithms import build_mime_lite
+from fedtff.algorithms import build_per_client_evaluation
 from fedtff.algorithms import Schedule
 from fedtff.evaluate import evaluate_checkpoint
 from fedtff.experiment import run_experiment

@@ -6,13 +6,16 @@ is one, runs the remaining rounds on a fedtff-owned TFF runtime and writes the
 run directory described in `fedtff.run_dir`.
 
 With `config.backend='fast'` the training rounds run as `fedtff.fast`'s
-compiled graphs instead (on the same sampled clients and batches); evaluation
-still runs on TFF, and checkpoints hold the TFF process's state on both
-backends, so a run can resume on either.
+compiled graphs instead (on the same sampled clients and batches), and so does
+the evaluation of the held-out clients (`fedtff.fast.FastEvaluation`).
+Checkpoints hold the TFF process's state on both backends, so a run can resume
+on either; with the mean aggregator the fast backend writes that layout
+without building the TFF process (`_FastStateLayout`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
@@ -306,10 +309,18 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     if finished is not None:
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
-    with distributed.runtime_for(config.runtime, workdir):
+    with _runtime(config, backend, workdir):
       total_time_s = _train(config, task, backend, workdir, progress_fn, privacy)
     extra = {'privacy': privacy.summary(config.backend)} if privacy else {}
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+
+
+def _runtime(config, backend, workdir: str):
+  """The TFF runtime the run needs: none (no worker is started) for a fast run that
+  makes no TFF call (`_FastStateLayout`), else `config.runtime`'s."""
+  if isinstance(backend.tff_process, _FastStateLayout):
+    return contextlib.nullcontext()
+  return distributed.runtime_for(config.runtime, workdir)
 
 
 def check_task(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
@@ -344,8 +355,9 @@ class _Backend(NamedTuple):
   """How `_train` runs rounds on `config.backend`; checkpoints hold TFF states on both.
 
   Attributes:
-    tff_process: The TFF process: its state is the checkpoint format and its
-      type signature names the metric columns, on either backend.
+    tff_process: The TFF process, or on the fast backend with the mean
+      aggregator its `_FastStateLayout`: its state is the checkpoint format
+      and it names the training metric columns, on either backend.
     rounds: What `training.run_training` drives: `next(state, client_ids)`,
       `get_model_weights(state)`.
     from_tff_state: A TFF state (initial, or a checkpoint) as a state of `rounds`.

@@ -9,8 +9,8 @@ Reads RUN_DIR/metrics.csv of each run and writes one PNG with a panel per kind
 of metric: training dashed, evaluation solid, one colour per run, the legend
 naming the runs by directory. A run with per-client evaluation
 (`--config.per_client_eval=True`) gets the 10th-90th percentile over its
-held-out clients shaded around each evaluation line. Default output: RUN_DIR/metrics.png for one run,
-./metrics_comparison.png for several.
+held-out clients shaded around each evaluation line. Default output:
+RUN_DIR/metrics.png for one run, ./metrics_comparison.png for several.
 """
 
 import os

@@ -15,6 +15,7 @@ import fedtff
 from fedtff import experiment
 from fedtff import outputs
 from fedtff import plots
+from fedtff import runtime
 from fedtff import tasks
 from tests import test_experiment
 
@@ -111,23 +112,27 @@ def test_per_client_statistics_equal_numpy_over_independent_client_metrics(setup
 
 
 def _refuse(*args, **kwargs):
-  raise AssertionError('the fast backend built a TFF evaluation')
+  raise AssertionError('the fast backend built or ran a TFF computation')
 
 
 @pytest.fixture(scope='module')
 def fast_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('fast_eval_run'))
   with pytest.MonkeyPatch.context() as patch:
-    # Any TFF evaluation build, pooled or per client, fails the run.
+    # Any TFF evaluation build, pooled or per client, fails the run; and with
+    # the mean aggregator, so does building the TFF learning process.
     patch.setattr(tff.learning.algorithms, 'build_fed_eval', _refuse)
     patch.setattr(fed_eval, '_build_local_evaluation', _refuse)
+    patch.setattr(fedtff.algorithms, 'build_learning_process', _refuse)
+    # No TFF computation runs either: a TFF call would start (stub) a worker.
+    patch.setattr(runtime.LocalWorkerConnection, 'stub', _refuse)
     summary = fedtff.run_experiment(
         test_experiment.small_config(backend='fast', total_rounds=2, rounds_per_eval=1,
                                      per_client_eval=True), workdir)
   return workdir, summary
 
 
-def test_a_fast_run_evaluates_without_building_tff_evaluation(fast_run):
+def test_a_fast_run_builds_no_tff_process_and_logs_client_percentiles(fast_run):
   workdir, summary = fast_run
   rows = outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
   assert [r['round'] for r in rows] == [1, 2]
