@@ -166,3 +166,24 @@ def test_plot_shades_the_percentile_band(fast_run):
   assert max(ys) == pytest.approx(max(r['eval/accuracy/p90'] for r in rows))
   assert not plots.plot_runs([workdir], metrics=['eval/accuracy'],
                              client_band=False).axes[0].collections
+
+
+@pytest.mark.parametrize('algorithm,weighted', [('fedavg', False), ('fedsgd', True),
+                                                ('fedprox', True), ('fedadam', True)])
+def test_fast_state_layout_is_the_tff_process_state(algorithm, weighted):
+  """The checkpoint layout a fast run writes without TFF is the TFF process's, leaf for leaf."""
+  config = test_experiment.small_config(backend='fast')
+  config.algorithm.name, config.algorithm.weighted = algorithm, weighted
+  config.algorithm.proximal_strength = 0.1 if algorithm == 'fedprox' else 0.0
+  config = fedtff.config.resolve(config)
+  task = tasks.build_task(config)
+  layout = experiment._FastStateLayout(  # pylint: disable=protected-access
+      experiment.build_fast_process(config, task)).initialize()
+  tff_state = experiment.build_process(config, task).initialize()
+  ours, theirs = tf.nest.flatten(layout), tf.nest.flatten(tff_state)
+  assert [(np.shape(a), np.asarray(a).dtype) for a in ours] == [
+      (np.shape(b), np.asarray(b).dtype) for b in theirs]
+  for field in ('client_work', 'finalizer'):  # Weights are drawn afresh by each.
+    for a, b in zip(tf.nest.flatten(getattr(layout, field)),
+                    tf.nest.flatten(getattr(tff_state, field))):
+      np.testing.assert_array_equal(a, b)
