@@ -10,6 +10,7 @@ the compiled-round backend of the FedAvg family.
 
 from fedtff import checkpoints
 from fedtff import config
+from fedtff import client_metrics
 from fedtff import data
 from fedtff import fast
 from fedtff import models
@@ -31,6 +32,7 @@ from fedtff.algorithms import build_fed_prox
 from fedtff.algorithms import build_fed_sgd
 from fedtff.algorithms import build_learning_process
 from fedtff.algorithms import build_mime_lite
+from fedtff.algorithms import build_per_client_evaluation
 from fedtff.algorithms import Schedule
 from fedtff.evaluate import evaluate_checkpoint
 from fedtff.experiment import run_experiment

@@ -95,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
+  # Log each eval metric's distribution over the test clients (fedtff.client_metrics).
+  config.per_client_eval = False
   config.rounds_per_checkpoint = 10
   config.seed = 0
   config.output = ml_collections.ConfigDict(dict(tensorboard=True, checkpoints_to_keep=2))

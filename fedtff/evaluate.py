@@ -79,5 +79,7 @@ def evaluate_checkpoint(workdir: str, *, task: Optional[user_task.UserTask] = No
              else experiment.build_process(config, task))
   with runtime.local_runtime():
     restored = checkpoints.restore_latest(checkpoint_dir, process.initialize())
-    metrics = experiment.evaluation_fn(task, process)(restored.state, restored.round_num)
+    metrics = experiment.evaluation_fn(task, process, engine=config.backend,
+                                       per_client=config.per_client_eval)(
+                                           restored.state, restored.round_num)
   return {'round': restored.round_num, **metrics}

@@ -6,24 +6,31 @@ is one, runs the remaining rounds on a fedtff-owned TFF runtime and writes the
 run directory described in `fedtff.run_dir`.
 
 With `config.backend='fast'` the training rounds run as `fedtff.fast`'s
-compiled graphs instead (on the same sampled clients and batches); evaluation
-still runs on TFF, and checkpoints hold the TFF process's state on both
-backends, so a run can resume on either.
+compiled graphs instead (on the same sampled clients and batches), and so does
+the evaluation of the held-out clients (`fedtff.fast.FastEvaluation`).
+Checkpoints hold the TFF process's state on both backends, so a run can resume
+on either; with the mean aggregator the fast backend writes that layout
+without building the TFF process (`_FastStateLayout`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import ml_collections
+import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff import aggregators
 from fedtff import algorithms
 from fedtff import callbacks as callbacks_lib
 from fedtff import checkpoints
+from fedtff import client_metrics
+from fedtff.algorithms import evaluation as evaluation_lib
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff import config as config_lib
@@ -183,21 +190,82 @@ def _eval_metrics(output_metrics: Mapping[str, Any]) -> training.Metrics:
   return training.scalar_metrics(current, 'eval')
 
 
-def evaluation_fn(task: tasks.Task, training_process) -> Callable[[Any, int], training.Metrics]:
-  """Returns `(state, round_num) -> eval/<name>` over all test clients."""
+def evaluation_fn(task: tasks.Task, training_process, *, engine: str = 'tff',
+                  per_client: bool = False) -> Callable[[Any, int], training.Metrics]:
+  """Returns `(state, round_num) -> eval/<name>` over all test clients.
+
+  Args:
+    task: The task; its `test_data` are the held-out clients.
+    training_process: What gives the model weights of a state
+      (`get_model_weights`).
+    engine: 'tff' runs TFF's federated evaluation
+      (`fedtff.algorithms.build_evaluation`); 'fast' the compiled
+      `fedtff.fast.FastEvaluation`, whose metrics equal TFF's (to float32
+      rounding) and which builds nothing of TFF.
+    per_client: Also return each metric's distribution over the test clients,
+      `eval/<name>/<statistic>` (`fedtff.client_metrics`). On the TFF engine
+      this runs a second federated computation that returns every client's
+      metrics (`fedtff.algorithms.evaluation.build_per_client_evaluation`).
+  """
+  if engine == 'fast':
+    return _fast_evaluation_fn(task, training_process, per_client)
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       task.test_data.dataset_computation,
       algorithms.build_evaluation(task.model_fn, task.element_spec, **task.learning_kwargs()))
   eval_state = process.initialize()
   test_ids = task.test_data.client_ids
+  clients_fn = _tff_per_client_fn(task) if per_client else None
 
   def evaluate(state, round_num: int) -> training.Metrics:
     del round_num
     weights = training_process.get_model_weights(state)
     output = process.next(process.set_model_weights(eval_state, weights), test_ids)
-    return _eval_metrics(output.metrics)
+    metrics = _eval_metrics(output.metrics)
+    if clients_fn:
+      metrics.update(clients_fn(weights))
+    return metrics
 
   evaluate.metric_names = training.metric_names(process, _eval_metrics)
+  if per_client:
+    evaluate.metric_names += client_metrics.column_names(
+        [name.partition('/')[2] for name in evaluate.metric_names])
+  return evaluate
+
+
+def _tff_per_client_fn(task: tasks.Task) -> Callable[[Any], training.Metrics]:
+  """`weights -> eval/<name>/<statistic>` from TFF's per-client evaluation."""
+  computation = tff.simulation.compose_dataset_computation_with_computation(
+      task.test_data.dataset_computation,
+      evaluation_lib.build_per_client_evaluation(task.model_fn, task.element_spec,
+                                                 **task.learning_kwargs()))
+  test_ids = task.test_data.client_ids
+
+  def per_client(weights) -> training.Metrics:
+    outputs = computation(weights, test_ids)
+    values = {name: np.asarray([o['metrics'][name] for o in outputs])
+              for name in outputs[0]['metrics']}
+    return client_metrics.distribution(values, [o['num_examples'] for o in outputs])
+
+  return per_client
+
+
+def _fast_evaluation_fn(task: tasks.Task, training_process,
+                        per_client: bool) -> Callable[[Any, int], training.Metrics]:
+  """`evaluation_fn` on the compiled engine."""
+  evaluation = fast.FastEvaluation(task.model_fn, task.test_data, **task.learning_kwargs())
+
+  def evaluate(state, round_num: int) -> training.Metrics:
+    del round_num
+    result = evaluation(training_process.get_model_weights(state))
+    metrics = {f'eval/{name}': value for name, value in result.pooled.items()}
+    if per_client:
+      metrics.update(client_metrics.distribution(
+          result.per_client, result.per_client[fast.evaluation.NUM_EXAMPLES]))
+    return metrics
+
+  evaluate.metric_names = [f'eval/{name}' for name in evaluation.metric_names]
+  if per_client:
+    evaluate.metric_names += client_metrics.column_names(evaluation.metric_names)
   return evaluate
 
 
@@ -257,18 +325,25 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   privacy = _run_privacy(config, task, z)
   backend = _backend(config, task, _process_options(config, task, z), privacy,
                      user_process=user_process)
-  stopping = callbacks_lib.Stopping(config, callbacks, training.metric_names(
-      backend.tff_process, training.train_metrics))
+  stopping = callbacks_lib.Stopping(config, callbacks, _train_metric_names(backend.tff_process))
   with run_dir.lock(workdir):  # Everything above is validation: nothing was written.
     finished = None if overwrite else run_dir.completed_summary(workdir, config)
     if finished is not None:
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
-    with distributed.runtime_for(config.runtime, workdir):
+    with _runtime(config, backend, workdir):
       total_time_s = _train(config, task, backend, workdir, progress_fn, privacy, stopping)
     extra = {'privacy': privacy.summary(config.backend)} if privacy else {}
     extra.update(stopping.summary(workdir))
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+
+
+def _runtime(config, backend, workdir: str):
+  """The TFF runtime the run needs: none (no worker is started) for a fast run that
+  makes no TFF call (`_FastStateLayout`), else `config.runtime`'s."""
+  if isinstance(backend.tff_process, _FastStateLayout):
+    return contextlib.nullcontext()
+  return distributed.runtime_for(config.runtime, workdir)
 
 
 def check_task(config: ml_collections.ConfigDict, task: tasks.Task) -> None:
@@ -303,8 +378,9 @@ class _Backend(NamedTuple):
   """How `_train` runs rounds on `config.backend`; checkpoints hold TFF states on both.
 
   Attributes:
-    tff_process: The TFF process: its state is the checkpoint format and its
-      type signature names the metric columns, on either backend.
+    tff_process: The TFF process, or on the fast backend with the mean
+      aggregator its `_FastStateLayout`: its state is the checkpoint format
+      and it names the training metric columns, on either backend.
     rounds: What `training.run_training` drives: `next(state, client_ids)`,
       `get_model_weights(state)`.
     from_tff_state: A TFF state (initial, or a checkpoint) as a state of `rounds`.
@@ -344,6 +420,49 @@ class _FastRounds:
     return self._process.get_model_weights(state)
 
 
+def _aggregator_state_is_empty(config) -> bool:
+  """Whether TFF's aggregator state for `config` holds no tensors (its mean's)."""
+  return config.aggregator.kind == 'mean'
+
+
+class _FastStateLayout:
+  """The TFF process's state layout, built from the fast process without TFF.
+
+  Building the TFF process costs seconds (tracing its client work); the fast
+  backend needs of it only the layout of its state, the checkpoint format, and
+  the names of its training metrics. Where TFF's aggregator state holds no
+  tensors (the mean; `_aggregator_state_is_empty`) the other fields of
+  `tff.learning.templates.LearningAlgorithmState` are the fast state's, leaf
+  for leaf (`fedtff.fast.FastLearningProcess.from_tff_state`), so its
+  checkpoints are those of the TFF process: either backend resumes them.
+  """
+
+  def __init__(self, fast_process: fast.FastLearningProcess):
+    self._fast = fast_process
+
+  def initialize(self):
+    state = self._fast.initialize()
+    as_numpy = lambda s: tf.nest.map_structure(lambda t: t.numpy(), s)
+    return tff.learning.templates.LearningAlgorithmState(
+        global_model_weights=self._fast.get_model_weights(state), distributor=(),
+        client_work=as_numpy(state.client_work), aggregator=(),
+        finalizer=as_numpy(state.finalizer))
+
+  def set_model_weights(self, state, weights):
+    return state._replace(global_model_weights=tff.learning.models.ModelWeights(
+        list(weights.trainable), list(weights.non_trainable)))
+
+  def train_metric_names(self) -> list:
+    """The fast rounds' `train/<name>` columns, TFF's (the same metrics structure)."""
+    return self._fast.train_metric_names()
+
+
+def _train_metric_names(tff_process) -> list:
+  if isinstance(tff_process, _FastStateLayout):
+    return tff_process.train_metric_names()
+  return training.metric_names(tff_process, training.train_metrics)
+
+
 def _backend(config, task, options: Dict[str, Any],
              privacy: Optional[run_privacy.RunPrivacy] = None, *,
              user_process: Optional[user_task.ProcessLike] = None) -> _Backend:
@@ -352,7 +471,9 @@ def _backend(config, task, options: Dict[str, Any],
   if config.backend == 'fast':
     # First: its refusals come before TFF builds.
     fast_process = build_fast_process(config, task, options=options)
-    return _Backend(build_process(config, task, options=options),
+    tff_process = (_FastStateLayout(fast_process) if _aggregator_state_is_empty(config)
+                   else build_process(config, task, options=options))
+    return _Backend(tff_process,
                     _FastRounds(fast_process, task.train_data, config.data.batch_size, privacy),
                     fast_process.from_tff_state, fast_process.to_tff_state)
   process = (user_task.build_process(user_process, task) if user_process is not None
@@ -377,7 +498,8 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
            stopping: callbacks_lib.Stopping) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
-  evaluate = evaluation_fn(task, backend.rounds)
+  evaluate = evaluation_fn(task, backend.rounds, engine=config.backend,
+                           per_client=config.per_client_eval)
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, backend.tff_process, checkpoint_dir)
@@ -387,7 +509,7 @@ def _train(config, task, backend: _Backend, workdir: str, progress_fn,
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + training.metric_names(backend.tff_process, training.train_metrics)
+             + _train_metric_names(backend.tff_process)
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)

@@ -90,14 +90,32 @@ def _style_legend(axes, metrics: Sequence[str]) -> None:
   axes.legend(handles, prefixes, loc='best', fontsize='small')
 
 
+def _client_band(axes, rows: Sequence[dict], metric: str, colour) -> None:
+  """Shades the 10th-90th percentile over held-out clients of an evaluation metric,
+  if the run logged them (`per_client_eval`, `fedtff.client_metrics`)."""
+  low, high = f'{metric}/p10', f'{metric}/p90'
+  if not metric.startswith('eval/') or low not in rows[0] or high not in rows[0]:
+    return
+  points = [(r['round'], r[low], r[high]) for r in rows
+            if r[low] is not None and r[high] is not None]
+  if points:
+    rounds, lows, highs = zip(*points)
+    axes.fill_between(rounds, lows, highs, color=colour, alpha=0.2, linewidth=0,
+                      label=f'{metric} p10-p90 over clients')
+
+
 def plot_runs(run_dirs: Sequence[str], *,
-              metrics: Sequence[str] = DEFAULT_METRICS) -> matplotlib.figure.Figure:
+              metrics: Sequence[str] = DEFAULT_METRICS,
+              client_band: bool = True) -> matplotlib.figure.Figure:
   """Draws `metrics` against round for each run, one panel per kind of metric.
 
   Args:
     run_dirs: Run directories holding a metrics.csv.
     metrics: Columns of metrics.csv, e.g. `eval/accuracy`; those ending in the
       same name (`accuracy`) share a panel.
+    client_band: Shade, around each evaluation metric of a run that logged
+      per-client evaluation (`eval/<name>/p10` and `/p90` columns), the band
+      from its 10th to its 90th percentile over held-out clients.
 
   Returns:
     The figure; save it with `figure.savefig(path)`.
@@ -115,6 +133,8 @@ def plot_runs(run_dirs: Sequence[str], *,
     colour = colours[index % len(colours)]
     for metric in metrics:
       axes[kinds.index(_kind(metric))].plot(*_series(rows, metric), color=colour, **_style(metric))
+      if client_band:
+        _client_band(axes[kinds.index(_kind(metric))], rows, metric, colour)
     handles.append(matplotlib.lines.Line2D([], [], color=colour, linewidth=1.8))
   for ax, kind in zip(axes, kinds):
     ax.set(xlabel='round', ylabel=kind)

@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import shutil
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import ml_collections
 
@@ -232,15 +232,29 @@ def metric_writers(workdir: str, columns: Sequence[str], *, rows: Sequence[Dict[
       board.close()
 
 
+def best_of(name: str) -> Optional[Callable]:
+  """`max` for an evaluation metric whose larger value is better, `min` for one
+  whose smaller value is better, None if its direction is unknown."""
+  return _BEST.get(name)
+
+
 def best_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-  """For each `eval/<name>` column with a direction in `_BEST`, its best value and round."""
+  """For each `eval/<name>` column with a direction in `_BEST`, its best value and round.
+
+  With per-client evaluation (`eval/<name>/<statistic>` columns,
+  `fedtff.client_metrics`), `clients` holds that round's statistics.
+  """
   best = {}
   for column in rows[0] if rows else ():
     pick = _BEST.get(column.rpartition('/')[2])
-    values = [(row[column], row['round']) for row in rows if row.get(column) is not None]
-    if column.startswith('eval/') and pick and values:
-      value, round_num = pick(values, key=lambda pair: pair[0])
+    values = [(row[column], row['round'], row) for row in rows if row.get(column) is not None]
+    if column.startswith('eval/') and column.count('/') == 1 and pick and values:
+      value, round_num, row = pick(values, key=lambda entry: entry[0])
       best[column] = {'value': value, 'round': int(round_num)}
+      clients = {k.rpartition('/')[2]: v for k, v in row.items()
+                 if k.startswith(column + '/') and v is not None}
+      if clients:
+        best[column]['clients'] = clients
   return best
 
 

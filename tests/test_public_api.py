@@ -12,6 +12,7 @@ def test_exports_the_documented_api():
       'callbacks', 'RoundEnd', 'restore_tff_context',
       # Your own task and algorithm, and the run-directory pieces of your own round loop.
       'UserTask', 'user_task', 'run_dir', 'checkpoints', 'outputs', 'training', 'ProgressLine',
+      'client_metrics', 'build_per_client_evaluation',
   }
   exported = {name for name in dir(fedtff) if not name.startswith('_')}
   assert expected <= exported

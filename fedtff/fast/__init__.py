@@ -18,3 +18,4 @@ from fedtff.fast.process import FastLearningProcess
 from fedtff.fast.process import FastState
 from fedtff.fast.process import SUPPORTED_ALGORITHMS
 from fedtff.fast.process import build_fast_process
+from fedtff.fast.evaluation import FastEvaluation

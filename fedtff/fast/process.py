@@ -163,6 +163,11 @@ class FastLearningProcess:
   def algorithm(self) -> str:
     return self._algorithm.name
 
+  def train_metric_names(self) -> List[str]:
+    """The `train/<name>` metrics of a round (`output.metrics['client_work']['train']`)."""
+    outputs = self._round.get_concrete_function().structured_outputs[1]
+    return [f'train/{name}' for name in outputs['client_work']['train']]
+
   def initialize(self) -> FastState:
     """A new state: fresh Keras initial weights, optimizers' initial states."""
     model = self._model_fn()
