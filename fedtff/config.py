@@ -383,6 +383,10 @@ def _check_ddp(config: Mapping[str, Any]) -> None:
   if bits is not None and not ddp.MIN_BITS <= bits <= ddp.MAX_BITS:
     raise ConfigError(f'Config key privacy.ddp_bits must be an integer from '
                       f'{ddp.MIN_BITS} to {ddp.MAX_BITS}, got {bits!r}.')
+  try:
+    ddp.check_bits(ddp.DEFAULT_BITS if bits is None else bits, config['clients_per_round'])
+  except ValueError as e:
+    raise ConfigError(f'Config key privacy.ddp_bits: {e}') from None
 
 
 def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:

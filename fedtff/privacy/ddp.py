@@ -2,7 +2,7 @@
 
 The mechanism is Agarwal, Kairouz and Liu, "The Skellam Mechanism for
 Differentially Private Federated Learning", NeurIPS 2021 (arXiv 2110.04995),
-Algorithm 1, as TFF 0.87's `tff.aggregators.DistributedDpSumFactory` builds it
+Algorithm 1, as TFF 0.87's `DistributedDpSumFactory` (`tensorflow_federated/python/aggregators/distributed_dp.py`) builds it
 with `mechanism='distributed_skellam'`. Each sampled client, on its own device:
 
 1. flattens its model update to a vector of `d` coordinates, zero-pads it to
@@ -141,6 +141,13 @@ def _check(noise_multiplier, clients_per_round, clip, bits, dim):
     raise ValueError(f'bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}.')
   if not (isinstance(dim, (int, np.integer)) and dim >= 1):
     raise ValueError(f'dim must be a positive integer, got {dim!r}.')
+  check_bits(bits, clients_per_round)
+
+
+def check_bits(bits: int, clients_per_round: int) -> None:
+  """Refuses a bit width whose modular sum would often wrap around (TFF's check)."""
+  if not (isinstance(bits, (int, np.integer)) and MIN_BITS <= bits <= MAX_BITS):
+    raise ValueError(f'bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}.')
   k = _modclip_stddevs()
   if 2**(2 * bits) < clients_per_round * k**2:
     raise ValueError(f'bits={bits} is too small for {clients_per_round} clients per round: the '
