@@ -30,10 +30,12 @@ standard deviation `z C` in the model's units, as DP-FedAvg's with the same
 
 fedtff builds this pipeline from TFF's own aggregators with one change: TF
 Privacy 0.9.0's `DistributedSkellamSumQuery` seeds its Poisson draws with the
-clock (`tf.timestamp() * 10**6`), which an observer who knows when a round ran
-can guess, and clients that noise within the same microsecond draw the same
-noise. fedtff's query (`OsSeededSkellamSumQuery`) draws it from TF's unseeded
-Poisson op, seeded by the OS. It also refuses TFF's `auto_l2_clip` (and
+clock (`tf.timestamp() * 10**6`): anyone who knows roughly when a client
+noised its update can enumerate the candidate seeds, and two clients that
+noise within the same microsecond would draw the same noise (not observed in
+fedtff's runtime, but nothing prevents it). fedtff's query
+(`OsSeededSkellamSumQuery`) draws the noise from TF's unseeded Poisson op,
+which TF seeds from the OS. It also refuses TFF's `auto_l2_clip` (and
 `ddp_secure_aggregator`'s adaptive zeroing, whose norm estimate is not
 noised): the clip `C` is fixed.
 
