@@ -244,3 +244,12 @@ def test_options_that_do_not_fit_are_refused_with_one_line(change, message):
     fedtff.config.validate(config)
     fedtff.experiment.noise_multiplier(config, fedtff.tasks.build_task(config))
   assert message in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_a_ledger_mixing_skellam_and_dp_fedavg_rounds_is_refused():
+  ledger = ledger_lib.PrivacyLedger()
+  ledger.record(1, ledger_lib.RoundMechanism(4.0, 10, 50, 1.0))
+  ledger.record(2, ledger_lib.RoundMechanism(4.0, 10, 50, 1.0, mechanism='ddp_skellam', bits=20,
+                                             dim=MODEL_DIM))
+  with pytest.raises(ledger_lib.LedgerError, match='or only distributed Skellam rounds, compose'):
+    ledger.epsilon(1e-4)

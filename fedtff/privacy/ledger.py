@@ -179,8 +179,8 @@ class PrivacyLedger:
     if len(relations) != 1 or any((s.mechanism.mechanism, s.mechanism.accountant) != (
         'dp_fedavg', 'rdp') for s in self._segments):
       raise LedgerError('The ledger mixes mechanisms that no single epsilon covers (only '
-                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation '
-                        'compose).')
+                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation, '
+                        'or only distributed Skellam rounds, compose).')
     total = None
     for segment in self._segments:
       orders, rdp = _round_rdp(segment.mechanism)
