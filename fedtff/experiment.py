@@ -137,6 +137,7 @@ def _ddp_noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task,
                           num_clients: int) -> float:
   """`z` of the distributed Skellam mean (`fedtff.privacy.ddp`), checked; no amplification."""
   privacy, z = config.privacy, config.aggregator.noise_multiplier
+  # Weighting, m <= N, delta < 1/N (and z >= 0 when given); z itself is checked below.
   accounting.check_guarantee(
       noise_multiplier=1.0 if z is None else z, clients_per_round=config.clients_per_round,
       num_clients=num_clients, weighted=config.algorithm.weighted, delta=privacy.delta)

@@ -12,6 +12,7 @@ import pytest
 
 import tensorflow_federated as tff
 from tensorflow_federated.python.aggregators import distributed_dp
+import tensorflow_privacy as tfp
 
 import fedtff
 from fedtff import outputs
@@ -75,6 +76,20 @@ def test_skellam_rdp_bounds_the_exact_renyi_divergence_in_one_dimension(shift, m
   bound = ddp.skellam_rdp(alpha, shift, shift, mu)
   assert exact <= bound
   assert bound < 3 * exact + 0.5  # Not vacuous.
+
+
+@pytest.mark.parametrize('shift', [(1, 2, 1, 3), (2, -2, 0, 1, 1), (4, 0, -1)])
+@pytest.mark.parametrize('alpha', [2, 8])
+def test_skellam_rdp_bounds_the_exact_renyi_divergence_of_an_integer_vector_shift(shift, alpha):
+  # Independent coordinates: the divergence is the sum of the 1-D divergences.
+  mu = 20.0
+  pmf = lambda k: mpmath.exp(-mu) * mpmath.besseli(abs(k), mu)
+  exact = 0.0
+  for v in shift:
+    total = mpmath.fsum(pmf(k - v)**alpha * pmf(k)**(1 - alpha) for k in range(-300, 301))
+    exact += float(mpmath.log(total) / (alpha - 1))
+  l2, l1 = float(np.linalg.norm(shift)), float(np.abs(shift).sum())
+  assert exact <= ddp.skellam_rdp(alpha, l2, l1, mu)
 
 
 @pytest.mark.parametrize('alpha', [2, 10, 64])
@@ -253,3 +268,24 @@ def test_a_ledger_mixing_skellam_and_dp_fedavg_rounds_is_refused():
                                              dim=MODEL_DIM))
   with pytest.raises(ledger_lib.LedgerError, match='or only distributed Skellam rounds, compose'):
     ledger.epsilon(1e-4)
+
+
+def clock_seeded_noise_search(query):
+  """Noises 50 zeros with `query` and searches the microsecond clock seeds of the call
+  for TF Privacy's draw (`stateless_poisson` seeded with `tf.timestamp() * 10**6`)."""
+  import time  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  query.add_noise_to_sample(3.0, tf.zeros(50, tf.int32))  # Warm up, so the call below is short.
+  before = time.time()
+  noise = query.add_noise_to_sample(3.0, tf.zeros(50, tf.int32)).numpy()
+  after = time.time()
+  for seed in range(int(before * 1e6) - 2, int(after * 1e6) + 3):
+    draws = tf.random.stateless_poisson([50, 2], seed=[seed, 0], lam=[4.5, 4.5], dtype=tf.int64)
+    if np.array_equal(draws[:, 0] - draws[:, 1], noise):
+      return seed
+  return None
+
+
+def test_tf_privacys_clock_seeded_noise_is_recovered_from_the_time_and_fedtffs_is_not():
+  assert clock_seeded_noise_search(tfp.DistributedSkellamSumQuery(10**4, 10**3, 3.0)) is not None
+  assert clock_seeded_noise_search(ddp.OsSeededSkellamSumQuery(10**4, 10**3, 3.0)) is None
