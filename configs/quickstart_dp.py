@@ -14,6 +14,10 @@ epsilon = infinity):
       DP-FTRL (Kairouz et al. 2021, arXiv 2103.00039): TFF's tree aggregation,
       cyclic cohorts of 10, no amplification; server SGD without momentum, as
       TFF's tree aggregation expects.
+  ddp_eps1, ddp_eps8, ddp_noiseless
+      Distributed DP (Agarwal et al. 2021, arXiv 2110.04995): each client adds
+      Skellam noise to its rotated, rounded update under (simulated) secure
+      summation, 20 bits; replace-one, Skellam RDP, no amplification claimed.
 
 Delta defaults to 0.01/N = 2e-4 for N = 50 training clients. Aggregation is
 unweighted with the update clipped to L2 norm 1.0, as DP requires; DP-FedAvg
@@ -28,9 +32,10 @@ MECHANISMS = {
     '': dict(mechanism='dp_fedavg', sampling='fixed', accountant='rdp'),
     'poisson_': dict(mechanism='dp_fedavg', sampling='poisson', accountant='pld'),
     'ftrl_': dict(mechanism='dp_ftrl', sampling='cyclic', accountant='rdp'),
+    'ddp_': dict(mechanism='ddp_skellam', sampling='fixed', accountant='rdp'),
 }
 VARIANTS = tuple(prefix + eps for prefix in MECHANISMS for eps in EPSILONS)
-SMOKE_VARIANTS = ('eps8', 'poisson_eps8', 'ftrl_eps8')  # One per mechanism (tests/test_configs_smoke.py).
+SMOKE_VARIANTS = ('eps8', 'poisson_eps8', 'ftrl_eps8', 'ddp_eps8')  # One per mechanism (tests/test_configs_smoke.py).
 
 
 def _quickstart_config():

@@ -34,7 +34,7 @@ from fedtff.algorithms import schedules
 BACKENDS = ('tff', 'fast')
 # With aggregator.kind='dp' (docs/privacy.md): the mechanism, how rounds sample
 # clients and which accountant reports epsilon.
-PRIVACY_MECHANISMS = ('dp_fedavg', 'dp_ftrl')
+PRIVACY_MECHANISMS = ('dp_fedavg', 'dp_ftrl', 'ddp_skellam')
 PRIVACY_SAMPLINGS = ('fixed', 'poisson', 'cyclic')
 PRIVACY_ACCOUNTANTS = ('rdp', 'pld')
 
@@ -91,7 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
       target_epsilon=_optional_float(), delta=_optional_float(), mechanism='dp_fedavg',
       sampling='fixed', accountant='rdp',
       noise_seed=ml_collections.FieldReference(None, field_type=int),
-      publish_client_metrics=False))
+      publish_client_metrics=False,
+      ddp_bits=ml_collections.FieldReference(None, field_type=int)))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
@@ -340,6 +341,11 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
   aggregator, privacy = config['aggregator'], config['privacy']
   _check_clipped_count_stddev(aggregator, config['clients_per_round'])
   _check_masking(aggregator, config['clients_per_round'])
+  if privacy['ddp_bits'] is not None and (aggregator['kind'], privacy['mechanism']) != (
+      'dp', 'ddp_skellam'):
+    raise ConfigError("Config key privacy.ddp_bits needs aggregator.kind='dp' with "
+                      f"privacy.mechanism='ddp_skellam', got kind={aggregator['kind']!r}, "
+                      f"mechanism={privacy['mechanism']!r}.")
   if aggregator['kind'] != 'dp':
     if any(privacy[k] is not None for k in ('target_epsilon', 'delta', 'noise_seed')):
       raise ConfigError("privacy.target_epsilon, privacy.delta and privacy.noise_seed need "
@@ -366,6 +372,7 @@ def _check_privacy(config: Mapping[str, Any]) -> None:
 def _check_privacy_mechanism(config: Mapping[str, Any]) -> None:
   privacy = config['privacy']
   mechanism, sampling = privacy['mechanism'], privacy['sampling']
+  _check_ddp(config)
   if privacy['accountant'] == 'pld' and sampling != 'poisson':
     raise ConfigError("privacy.accountant='pld' needs privacy.sampling='poisson': "
                       "dp_accounting's PLD accountant has no fixed-size or cyclic sampling.")
@@ -384,6 +391,39 @@ def _check_privacy_mechanism(config: Mapping[str, Any]) -> None:
     if config['backend'] != 'tff':
       raise ConfigError("privacy.mechanism='dp_ftrl' needs backend='tff': the fast backend has "
                         'no tree aggregation.')
+
+
+def _check_ddp(config: Mapping[str, Any]) -> None:
+  """`privacy.mechanism='ddp_skellam'`: fixed sampling, RDP, fixed clip, no zeroing, TFF."""
+  privacy, aggregator = config['privacy'], config['aggregator']
+  bits = privacy['ddp_bits']
+  if privacy['mechanism'] != 'ddp_skellam':
+    return
+  from fedtff.privacy import ddp  # pylint: disable=g-import-not-at-top
+  if privacy['sampling'] != 'fixed':
+    raise ConfigError("privacy.mechanism='ddp_skellam' needs privacy.sampling='fixed': the noise "
+                      f"shares add up to the accounted noise only with exactly clients_per_round "
+                      f"clients (got sampling={privacy['sampling']!r}).")
+  if privacy['accountant'] != 'rdp':
+    raise ConfigError("privacy.mechanism='ddp_skellam' is accounted with privacy.accountant='rdp' "
+                      "(Agarwal et al.'s Skellam RDP bound).")
+  if aggregator['clip_norm'] is None:
+    raise ConfigError("privacy.mechanism='ddp_skellam' needs a fixed aggregator.clip_norm: TFF's "
+                      'adaptive clip (auto_l2_clip) is not accounted.')
+  if aggregator['zeroing'] or aggregator['zeroing_norm'] is not None:
+    raise ConfigError("privacy.mechanism='ddp_skellam' refuses aggregator.zeroing and "
+                      "aggregator.zeroing_norm: TFF's adaptive zeroing estimates its threshold "
+                      'without noise.')
+  if config['backend'] != 'tff':
+    raise ConfigError("privacy.mechanism='ddp_skellam' needs backend='tff': the fast backend has "
+                      'no distributed DP.')
+  if bits is not None and not ddp.MIN_BITS <= bits <= ddp.MAX_BITS:
+    raise ConfigError(f'Config key privacy.ddp_bits must be an integer from '
+                      f'{ddp.MIN_BITS} to {ddp.MAX_BITS}, got {bits!r}.')
+  try:
+    ddp.check_bits(ddp.DEFAULT_BITS if bits is None else bits, config['clients_per_round'])
+  except ValueError as e:
+    raise ConfigError(f'Config key privacy.ddp_bits: {e}') from None
 
 
 def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:

@@ -16,6 +16,7 @@ without building the TFF process (`_FastStateLayout`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
@@ -39,6 +40,7 @@ from fedtff import distributed
 from fedtff import fast
 from fedtff import optimizers
 from fedtff.privacy import accounting
+from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 from fedtff.privacy import ledger
 from fedtff.privacy import run_privacy
@@ -87,7 +89,8 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
   With `privacy.target_epsilon` it is the smallest multiplier that keeps epsilon
   within the target over `total_rounds` rounds of `clients_per_round` clients
   sampled (`privacy.sampling`) from the task's training clients, by
-  `privacy.accountant` (`privacy.mechanism='dp_ftrl'`: `fedtff.privacy.ftrl`).
+  `privacy.accountant` (`privacy.mechanism='dp_ftrl'`: `fedtff.privacy.ftrl`;
+  `'ddp_skellam'`: `fedtff.privacy.ddp`).
 
   Raises:
     ValueError: If the stated guarantee would not hold (fedtff.privacy).
@@ -98,6 +101,8 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
   z = config.aggregator.noise_multiplier
   if config.privacy.mechanism == 'dp_ftrl':
     return _ftrl_noise_multiplier(config, num_clients)
+  if config.privacy.mechanism == ddp.MECHANISM:
+    return _ddp_noise_multiplier(config, task, num_clients)
   sampling = _SAMPLINGS[config.privacy.sampling]
   if z is None:
     z = accounting.noise_multiplier_for_epsilon(
@@ -132,10 +137,40 @@ def _ftrl_noise_multiplier(config: ml_collections.ConfigDict, num_clients: int) 
   return z
 
 
+def _ddp_bits(config: ml_collections.ConfigDict) -> int:
+  bits = config.privacy.ddp_bits
+  return ddp.DEFAULT_BITS if bits is None else bits
+
+
+def _ddp_noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task,
+                          num_clients: int) -> float:
+  """`z` of the distributed Skellam mean (`fedtff.privacy.ddp`), checked; no amplification."""
+  privacy, z = config.privacy, config.aggregator.noise_multiplier
+  # Weighting, m <= N, delta < 1/N (and z >= 0 when given); z itself is checked below.
+  accounting.check_guarantee(
+      noise_multiplier=1.0 if z is None else z, clients_per_round=config.clients_per_round,
+      num_clients=num_clients, weighted=config.algorithm.weighted, delta=privacy.delta)
+  delta = accounting._resolve_delta(privacy.delta, num_clients)  # pylint: disable=protected-access
+  options = dict(clip=config.aggregator.clip_norm, dim=ddp.model_dim(task.model_fn),
+                 rounds=config.total_rounds, delta=delta, bits=_ddp_bits(config))
+  if z is None:
+    z = ddp.noise_multiplier_for_epsilon(privacy.target_epsilon, config.clients_per_round,
+                                         **options)
+  spent = ddp.epsilon(z, config.clients_per_round, **options)
+  if privacy.target_epsilon is not None and spent > privacy.target_epsilon:
+    raise ValueError(f'{config.total_rounds} distributed Skellam rounds with noise_multiplier={z} '
+                     f'spend epsilon {spent:.4g}, more than target_epsilon='
+                     f'{privacy.target_epsilon}.')
+  return z
+
+
 def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional[float]):
   if config.aggregator.kind == 'dp' and config.privacy.mechanism == 'dp_ftrl':
     return ftrl.ftrl_aggregator(z, config.clients_per_round, config.aggregator.clip_norm,
                                 task.model_fn)
+  if config.aggregator.kind == 'dp' and config.privacy.mechanism == ddp.MECHANISM:
+    return ddp.ddp_aggregator(z, config.clients_per_round, clip=config.aggregator.clip_norm,
+                              dim=ddp.model_dim(task.model_fn), bits=_ddp_bits(config))
   fields = dict(config.aggregator.to_dict(), noise_multiplier=z)
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
 
@@ -370,6 +405,9 @@ def _run_privacy(config, task, z: Optional[float]) -> Optional[run_privacy.RunPr
       num_clients=len(task.train_data.client_ids), clip_norm=config.aggregator.clip_norm,
       sampling=_SAMPLINGS.get(privacy.sampling, privacy.sampling), mechanism=privacy.mechanism,
       accountant=privacy.accountant)
+  if privacy.mechanism == ddp.MECHANISM:
+    mechanism = dataclasses.replace(mechanism, bits=_ddp_bits(config),
+                                    dim=ddp.model_dim(task.model_fn))
   return run_privacy.RunPrivacy(mechanism, delta=privacy.delta, noise_seed=privacy.noise_seed,
                                 publish_client_metrics=privacy.publish_client_metrics)
 

@@ -27,7 +27,7 @@ import fedtff
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (('plain', 'quickstart.py', None),) + tuple(
     (variant, 'quickstart_dp.py', variant)
-    for prefix in ('', 'poisson_', 'ftrl_') for variant in (
+    for prefix in ('', 'poisson_', 'ftrl_', 'ddp_') for variant in (
         prefix + 'noiseless', prefix + 'eps8', prefix + 'eps1'))
 QUICKSTART_CLIENTS, QUICKSTART_PER_ROUND = 50, 10
 
@@ -55,8 +55,9 @@ def table_row(name, workdir, summary):
 
 def noise_table(rounds):
   """Markdown rows: the noise multiplier for epsilon 1 and 8, per mechanism and accountant."""
-  from fedtff.privacy import accounting, ftrl  # pylint: disable=g-import-not-at-top
+  from fedtff.privacy import accounting, ddp, ftrl  # pylint: disable=g-import-not-at-top
   n, m = QUICKSTART_CLIENTS, QUICKSTART_PER_ROUND
+  dim = ddp.model_dim(fedtff.tasks.build_task(load_config('quickstart.py', None)).model_fn)
   settings = [
       ('DP-FedAvg, fixed-size sampling, replace-one', 'RDP',
        lambda eps: accounting.noise_multiplier_for_epsilon(eps, m, n, rounds)),
@@ -67,6 +68,9 @@ def noise_table(rounds):
                                                            accountant='pld')),
       ('DP-FTRL, cyclic cohorts, replace-with-empty', 'RDP (single tree)',
        lambda eps: ftrl.noise_multiplier_for_epsilon(eps, m, n, rounds)),
+      ('Distributed Skellam (20 bits), replace-one, no amplification', 'RDP (Skellam)',
+       lambda eps: ddp.noise_multiplier_for_epsilon(eps, m, clip=1.0, dim=dim, rounds=rounds,
+                                                    delta=accounting.default_delta(n))),
   ]
   lines = ['| mechanism | accountant | z for epsilon = 1 | z for epsilon = 8 |',
            '|---|---|---|---|']

@@ -59,7 +59,7 @@ def test_trains_and_writes_the_run_directory(tmp_path):
         (['experiments/train.py', '--config=configs/quickstart_dp.py:nope', '--workdir=/tmp/x'],
          "config file configs/quickstart_dp.py:nope: Unknown variant 'nope'; expected one of "
          'eps1, eps8, noiseless, poisson_eps1, poisson_eps8, poisson_noiseless, ftrl_eps1, '
-         'ftrl_eps8, ftrl_noiseless.'),
+         'ftrl_eps8, ftrl_noiseless, ddp_eps1, ddp_eps8, ddp_noiseless.'),
         (TRAIN + ['--workdir=/tmp/x', 'extra'],
          "Unexpected argument 'extra': every input is a --flag, see --help."),
         (TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
@@ -67,10 +67,15 @@ def test_trains_and_writes_the_run_directory(tmp_path):
         (TRAIN + ['--workdir=/tmp/x', '--config.stop.metric=eval/auc', '--config.stop.target=0.9'],
          "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
          "set stop.mode='max' or 'min'."),
+        (['experiments/train.py', '--config=configs/quickstart_dp.py:ddp_eps8',
+          '--workdir=/tmp/x', '--config.backend=fast'],
+         "privacy.mechanism='ddp_skellam' needs backend='tff': the fast backend has no "
+         'distributed DP.'),
     ],
     ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
          'negative_seed', 'too_many_test_clients', 'variant_of_a_plain_config',
-         'unknown_variant', 'extra_argument', 'none_for_an_integer', 'stop_metric_direction'])
+         'unknown_variant', 'extra_argument', 'none_for_an_integer', 'stop_metric_direction',
+         'ddp_on_fast'])
 def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
   result = conftest.run_script(args)
   assert result.returncode == 2

@@ -2,6 +2,8 @@
 
 * `accounting`: epsilon of DP-FedAvg for fedtff's client sampling, the noise
   multiplier for a target epsilon, a per-round tracker, configuration checks.
+* `ddp`: distributed DP: the distributed Skellam mean (Agarwal et al. 2021)
+  under secure summation, and its accounting without sampling amplification.
 * `ftrl`: DP-FTRL (tree aggregation, Kairouz et al. 2021): its aggregator and
   its accounting without sampling amplification.
 * `ledger`: the per-round record of a DP run's mechanisms that epsilon is
@@ -16,6 +18,7 @@ docs/privacy.md states what each mechanism protects against and what it does not
 """
 
 from fedtff.privacy import accounting
+from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 from fedtff.privacy import ledger
 from fedtff.privacy import mechanisms
@@ -24,6 +27,7 @@ from fedtff.privacy.accounting import check_guarantee
 from fedtff.privacy.accounting import epsilon
 from fedtff.privacy.accounting import noise_multiplier_for_epsilon
 from fedtff.privacy.accounting import PrivacyTracker
+from fedtff.privacy.ddp import ddp_aggregator
 from fedtff.privacy.ledger import PrivacyLedger
 from fedtff.privacy.ledger import RoundMechanism
 from fedtff.privacy.run_privacy import RunPrivacy

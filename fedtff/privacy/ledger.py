@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import dp_accounting
 
 from fedtff.privacy import accounting
+from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 
 
@@ -39,9 +40,13 @@ class RoundMechanism:
       scales with it, and `z` is what the accountant needs).
     sampling: How clients were sampled (`fedtff.privacy.accounting.SAMPLINGS`,
       or 'cyclic' for DP-FTRL).
-    mechanism: 'dp_fedavg' (the Gaussian mechanism on each round's sum) or
-      'dp_ftrl' (tree aggregation, `fedtff.privacy.ftrl`).
+    mechanism: 'dp_fedavg' (the Gaussian mechanism on each round's sum),
+      'dp_ftrl' (tree aggregation, `fedtff.privacy.ftrl`) or 'ddp_skellam'
+      (distributed Skellam noise, `fedtff.privacy.ddp`).
     accountant: 'rdp' or 'pld' (Poisson sampling only).
+    bits: 'ddp_skellam' only: the secure sum's bit width.
+    dim: 'ddp_skellam' only: the model update's coordinates (the integer
+      norm bounds, hence the accounting, depend on it).
   """
   noise_multiplier: float
   clients_per_round: int
@@ -50,9 +55,15 @@ class RoundMechanism:
   sampling: str = accounting.WITHOUT_REPLACEMENT
   mechanism: str = 'dp_fedavg'
   accountant: str = 'rdp'
+  bits: Optional[int] = None
+  dim: Optional[int] = None
 
   def tracker(self, delta: float):
     """The accountant of rounds of this mechanism: `.epsilon(rounds)`."""
+    if self.mechanism == ddp.MECHANISM:
+      return ddp.SkellamPrivacyTracker(self.noise_multiplier, self.clients_per_round,
+                                               delta, clip=self.clip_norm, bits=self.bits,
+                                               dim=self.dim)
     if self.mechanism == 'dp_ftrl':
       return ftrl.FtrlPrivacyTracker(self.noise_multiplier, self.clients_per_round,
                                      self.num_clients, delta)
@@ -86,6 +97,12 @@ def _round_rdp(mechanism: RoundMechanism) -> Tuple[Tuple[float, ...], Tuple[floa
       neighboring_relation=accounting.neighboring_relation(mechanism.sampling))
   accountant.compose(event)
   return tuple(accountant.orders), tuple(accountant.rdp)
+
+
+def _fields(mechanism: RoundMechanism) -> dict:
+  """The mechanism's fields, without the distributed-DP ones other mechanisms leave None."""
+  fields = dataclasses.asdict(mechanism)
+  return {k: v for k, v in fields.items() if not (k in ('bits', 'dim') and v is None)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -135,9 +152,10 @@ class PrivacyLedger:
     """Epsilon at `delta` of every round in the ledger.
 
     One mechanism throughout: its own accountant over all the rounds (RDP or
-    PLD for DP-FedAvg, the tree's RDP for DP-FTRL). Several: their rounds
-    composed in Rényi DP, for DP-FedAvg accounted by RDP under one
-    neighbouring relation; any other mix is refused.
+    PLD for DP-FedAvg, the tree's RDP for DP-FTRL, Agarwal et al.'s RDP for
+    distributed Skellam). Several: their rounds composed in Rényi DP, for
+    DP-FedAvg accounted by RDP under one neighbouring relation, or all
+    distributed Skellam; any other mix is refused.
 
     Returns:
       0 for an empty ledger; `math.inf` if any round had no noise.
@@ -151,13 +169,18 @@ class PrivacyLedger:
       return math.inf
     if len(self._segments) == 1:
       return _tracker(self._segments[0].mechanism, delta).epsilon(self.last_round)
+    if all(s.mechanism.mechanism == ddp.MECHANISM for s in self._segments):
+      total = sum(s.rounds * ddp.round_rdp(
+          s.mechanism.noise_multiplier, s.mechanism.clients_per_round, clip=s.mechanism.clip_norm,
+          bits=s.mechanism.bits, dim=s.mechanism.dim) for s in self._segments)
+      return float(dp_accounting.rdp.compute_epsilon(ddp.ORDERS, total, delta)[0])
     relations = {accounting.neighboring_relation(s.mechanism.sampling)
                  for s in self._segments if s.mechanism.sampling in accounting.SAMPLINGS}
     if len(relations) != 1 or any((s.mechanism.mechanism, s.mechanism.accountant) != (
         'dp_fedavg', 'rdp') for s in self._segments):
       raise LedgerError('The ledger mixes mechanisms that no single epsilon covers (only '
-                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation '
-                        'compose).')
+                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation, '
+                        'or only distributed Skellam rounds, compose).')
     total = None
     for segment in self._segments:
       orders, rdp = _round_rdp(segment.mechanism)
@@ -167,7 +190,7 @@ class PrivacyLedger:
 
   def to_json(self) -> str:
     return json.dumps([dict(first_round=s.first_round, last_round=s.last_round,
-                            **dataclasses.asdict(s.mechanism)) for s in self._segments],
+                            **_fields(s.mechanism)) for s in self._segments],
                       indent=1, sort_keys=True)
 
   @classmethod

@@ -119,6 +119,12 @@ class RunPrivacy:
         'noise_seed': seed,
         'client_metrics': 'withheld',
     }
+    if self.mechanism.mechanism == 'ddp_skellam':
+      summary.update(
+          sampling=summary['sampling'] + ' (no amplification by sampling claimed)',
+          ddp_bits=self.mechanism.bits, dim=self.mechanism.dim,
+          secure_sum=("simulated: fedtff's runtime computes TFF's secure sums in the clear; "
+                      'epsilon is what real secure aggregation would give'))
     if self.publish_client_metrics:
       summary['client_metrics'] = ('published (privacy.publish_client_metrics): train/*, '
                                    'examples_per_s and round_time_s are outside the guarantee')
