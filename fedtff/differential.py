@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import tensorflow_federated as tff
 
+from fedtff import aggregators
 from fedtff import config as config_lib
 from fedtff import data
 from fedtff import experiment
@@ -50,6 +51,7 @@ from fedtff import fast
 from fedtff import sweeps
 from fedtff import tasks
 from fedtff import training
+from fedtff.algorithms import builder
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -153,7 +155,8 @@ def grid_combinations() -> Iterator[Combination]:
       config.algorithm.proximal_strength = 0.5
     config.client.lr_schedule, config.client.lr_decay_steps = schedule, 2
     config.aggregator.kind = kind
-    config = sweeps.point_config(config, GRID_AGGREGATORS[kind])
+    for key, value in GRID_AGGREGATORS[kind].items():  # Unvalidated: check() sorts out invalid.
+      config.aggregator[key.partition('.')[2]] = value
     config.clients_per_round = 3
     yield Combination(f'grid:{algorithm}/{kind}/{"weighted" if weighted else "unweighted"}/'
                       f'{schedule}/{model_kind}', config)
@@ -183,11 +186,19 @@ def _validate(config: ml_collections.ConfigDict) -> Optional[Outcome]:
   return None
 
 
+def client_ids(config, task, round_num: int) -> List[str]:
+  """Round `round_num`'s sampled clients, round-tagged, as the runner draws them."""
+  return data.round_client_ids(round_num, training.sample_clients(
+      task.train_data.client_ids, config.clients_per_round, round_num=round_num,
+      seed=config.seed, sampling=config.privacy.sampling))
+
+
 class _Engines:
   """Both engines of one config, on one task, built as the runner builds them."""
 
   def __init__(self, config, task, z: Optional[float], *, fast_options=None):
     options = experiment._process_options(config, task, z)  # pylint: disable=protected-access
+    _check_options(options)
     self.config, self.task = config, task
     self.fast = experiment.build_fast_process(config, task, options=dict(options,
                                                                          **(fast_options or {})))
@@ -201,17 +212,22 @@ class _Engines:
     tff_state = self.tff.set_model_weights(self.tff.initialize(), weights)
     return tff_state, self.fast.from_tff_state(tff_state)
 
-  def client_ids(self, round_num: int) -> List[str]:
-    return data.round_client_ids(round_num, training.sample_clients(
-        self.task.train_data.client_ids, self.config.clients_per_round, round_num=round_num,
-        seed=self.config.seed, sampling=self.config.privacy.sampling))
-
   def next(self, round_num: int, tff_state, fast_state):
     """Round `round_num` on both engines: `(tff_output, fast_output)`."""
-    ids = self.client_ids(round_num)
+    ids = client_ids(self.config, self.task, round_num)
     return (self.composed.next(tff_state, ids),
             self.fast.next(fast_state, self.batches.tagged_batches(ids),
                            noise_seed=[round_num, 20260]))
+
+
+def _check_options(options: Dict[str, Any]) -> None:
+  """The TFF builder's own checks (ValueError: invalid), before the compiled engine's refusals."""
+  builder._check_options(  # pylint: disable=protected-access
+      options['algorithm'], **{k: options[k] for k in (
+          'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
+          'proximal_strength', 'weighted')})
+  if isinstance(options['aggregator'], aggregators.AggregatorSpec):
+    aggregators.build_aggregator(options['aggregator'], weighted=options['weighted'])
 
 
 def _leaves(structure: Any, prefix: str = '') -> Dict[str, Any]:
@@ -299,22 +315,25 @@ def _sgd_server(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def check_noise(config, task, z: float) -> Tuple[bool, str]:
-  """Each engine's round-1 noise (noised minus noiseless weights) against its std."""
-  config = _sgd_server(config)
-  noised, clean = _Engines(config, task, z), _Engines(config, task, 0.0)
-  scale = config.server.learning_rate * expected_noise_std(config, z)
-  results = []
-  for engine in ('tff', 'fast'):
-    outputs = []
-    for engines in (noised, clean):
-      tff_state, fast_state = engines.initial_states()
-      tff_output, fast_output = engines.next(1, tff_state, fast_state)
-      process = getattr(engines, engine)
-      state = tff_output.state if engine == 'tff' else fast_output.state
-      outputs.append(np.concatenate(
-          [np.ravel(w) for w in process.get_model_weights(state).trainable]))
-    results.append((engine,) + noise_statistics(outputs[0] - outputs[1], scale))
+def check_noise(config, task, z: float, clean: Optional[_Engines] = None) -> Tuple[bool, str]:
+  """Each engine's round-1 noise (noised minus noiseless weights) against its std.
+
+  `clean`: the noiseless engines of `config`, reused if its server step is SGD.
+  """
+  sgd_config = _sgd_server(config)
+  if clean is None or config_lib.resolve(config).server.optimizer != 'sgd':
+    clean = _Engines(sgd_config, task, 0.0)
+  noised = _Engines(sgd_config, task, z)
+  scale = sgd_config.server.learning_rate * expected_noise_std(sgd_config, z)
+  weights = {}
+  for key, engines in (('noised', noised), ('clean', clean)):
+    tff_state, fast_state = engines.initial_states()
+    tff_output, fast_output = engines.next(1, tff_state, fast_state)
+    for engine, state in (('tff', tff_output.state), ('fast', fast_output.state)):
+      trainable = getattr(engines, engine).get_model_weights(state).trainable
+      weights[key, engine] = np.concatenate([np.ravel(w) for w in trainable])
+  results = [(engine,) + noise_statistics(weights['noised', engine] - weights['clean', engine],
+                                          scale) for engine in ('tff', 'fast')]
   return all(ok for _, ok, _ in results), '; '.join(f'{e} noise {m}' for e, _, m in results)
 
 
@@ -346,12 +365,12 @@ def check(combination: Combination, *, rounds: int = ROUNDS,
                        0.0 if noised else z, fast_options=fast_options)
   except config_lib.ConfigError as e:  # The compiled engine's refusals: "...; use backend='tff'."
     return Outcome(combination.name, REFUSED, message=str(e))
-  except ValueError as e:
+  except (ValueError, TypeError) as e:  # The builders' checks, before the compiled engine's.
     return Outcome(combination.name, INVALID, message=str(e))
   worst, where = compare_rounds(engines, rounds)
   ok, message = worst <= tolerance, ''
   if noised:
-    noise_ok, message = check_noise(config, task, z)
+    noise_ok, message = check_noise(config, task, z, clean=engines)
     ok = ok and noise_ok
   return Outcome(combination.name, PASSED if ok else FAILED, worst, where, message)
 
