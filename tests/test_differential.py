@@ -20,9 +20,9 @@ from tests import conftest
 
 
 def tiny_config(**fields):
-  """FedAvg on 20 digits clients, a 8-unit MLP, 3 clients per round."""
+  """FedAvg on 60 digits clients of unequal size, a 8-unit MLP, 3 clients per round."""
   config = config_lib.base_config()
-  config.data.num_clients, config.data.num_test_clients = 20, 2
+  config.data.num_clients, config.data.num_test_clients = 60, 2
   config.model.hidden_units = (8,)
   config.clients_per_round = 3
   config.server.optimizer, config.server.learning_rate, config.server.momentum = 'sgd', 1.0, 0.0
