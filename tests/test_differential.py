@@ -1,0 +1,131 @@
+"""The differential harness (fedtff.differential): a quick subset of the option space,
+and the harness itself detecting a difference. scripts/differential.py runs it all."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow_federated as tff
+
+from fedtff import AggregatorSpec
+from fedtff import config as config_lib
+from fedtff import differential
+from fedtff import experiment
+from fedtff import tasks
+from fedtff.algorithms import registry
+from fedtff.algorithms import schedules
+from fedtff.algorithms import tff_model
+from tests import conftest
+
+
+def tiny_config(**fields):
+  """FedAvg on 60 digits clients of unequal size, a 8-unit MLP, 3 clients per round."""
+  config = config_lib.base_config()
+  config.data.num_clients, config.data.num_test_clients = 60, 2
+  config.model.hidden_units = (8,)
+  config.clients_per_round = 3
+  config.server.optimizer, config.server.learning_rate, config.server.momentum = 'sgd', 1.0, 0.0
+  for key, value in fields.items():
+    group, _, field = key.rpartition('__')
+    (config[group] if group else config)[field] = value
+  return config
+
+
+def check(name, config, **kwargs):
+  return differential.check(differential.Combination(name, config), **kwargs)
+
+
+@pytest.mark.parametrize('fields', [
+    dict(algorithm__name='fedadam', algorithm__weighted=False, server__optimizer='adam',
+         server__learning_rate=0.01),
+    dict(algorithm__name='fedprox', algorithm__proximal_strength=0.5, aggregator__kind='robust',
+         aggregator__clip_norm=0.3),
+], ids=['fedadam_unweighted', 'fedprox_robust'])
+def test_representative_combinations_pass(fields):
+  outcome = check('tiny', tiny_config(**fields))
+  assert outcome.status == differential.PASSED, outcome.line()
+  assert outcome.max_difference <= differential.TOLERANCE
+  assert outcome.where.startswith('round ')
+
+
+def test_dp_noise_is_checked_statistically():
+  config = tiny_config(algorithm__weighted=False, aggregator__kind='dp', aggregator__clip_norm=0.5,
+                       aggregator__noise_multiplier=1.0)
+  outcome = check('dp', config)
+  assert outcome.status == differential.PASSED, outcome.line()
+  assert 'tff noise std' in outcome.message and 'fast noise std' in outcome.message
+  # z C / m = 1.0 * 0.5 / 3, under server SGD with learning rate 1.
+  assert differential.expected_noise_std(differential.shrink(config), 1.0) == pytest.approx(0.5 / 3)
+
+
+def test_noise_statistics_accept_the_right_std_and_reject_a_wrong_one():
+  noise = np.random.default_rng(0).normal(0.0, 0.2, size=5000)
+  assert differential.noise_statistics(noise, 0.2)[0]
+  assert not differential.noise_statistics(noise, 0.2 / 1.2)[0]  # 20% more noise than claimed.
+  assert not differential.noise_statistics(noise + 0.05, 0.2)[0]  # Biased noise.
+
+
+def test_the_harness_reports_a_difference_with_its_size():
+  """The compiled engine perturbed (its updates clipped to norm 0.01): the harness must report
+  `failed` with the largest difference, computed here from two TFF runs directly."""
+  config = tiny_config()
+  clipped = AggregatorSpec('robust', clip_norm=0.01)
+  outcome = check('perturbed', config, rounds=1, fast_options={'aggregator': clipped})
+  assert outcome.status == differential.FAILED
+  shrunk = differential.shrink(config, rounds=1)
+  task = tasks.build_task(shrunk)
+  options = experiment._process_options(shrunk, task, None)  # pylint: disable=protected-access
+  weights = []
+  for aggregator in (options['aggregator'], clipped):
+    process = experiment.build_process(shrunk, task, options=dict(options, aggregator=aggregator))
+    state = process.set_model_weights(process.initialize(), tff_model.initial_weights(
+        task.model_fn, shrunk.seed))
+    composed = tff.simulation.compose_dataset_computation_with_learning_process(
+        task.train_data.dataset_computation, process)
+    state = composed.next(state, differential.client_ids(shrunk, task, 1)).state
+    weights.append(process.get_model_weights(state).trainable)
+  expected = max(float(np.max(np.abs(a - b))) for a, b in zip(*weights))
+  assert expected > 1e-3
+  assert outcome.max_difference == pytest.approx(expected, abs=1e-6)
+  assert outcome.where.startswith('round 1 state global_model_weights/trainable/')
+
+
+def test_refused_and_invalid_combinations_are_counted_apart():
+  refused = check('mimelite', tiny_config(algorithm__name='mimelite'))
+  assert refused.status == differential.REFUSED
+  assert refused.message == "The fast backend does not implement Mime Lite; use backend='tff'."
+  invalid = check('dp_weighted', tiny_config(aggregator__kind='dp', aggregator__clip_norm=1.0,
+                                             aggregator__noise_multiplier=1.0))
+  assert invalid.status == differential.INVALID
+  assert invalid.message.startswith("aggregator.kind='dp' needs algorithm.weighted=False")
+  counts = differential.tally([refused, invalid, refused])
+  assert counts == dict(checked=3, passed=0, failed=0, refused=2, invalid=1)
+
+
+def test_enumeration_covers_every_shipped_variant_and_the_whole_grid():
+  shipped = list(differential.shipped_combinations(os.path.join(conftest.REPO_ROOT, 'configs')))
+  expected = 0
+  for path in glob.glob(os.path.join(conftest.REPO_ROOT, 'configs', '*.py')):
+    module = differential._load(path)  # pylint: disable=protected-access
+    expected += len(getattr(module, 'VARIANTS', (None,)))
+  assert len(shipped) == expected
+  assert any(c.name.startswith('reddi.py:shakespeare_character') for c in shipped)
+  grid = list(differential.grid_combinations())
+  assert len(grid) == (len(registry.ALGORITHMS) * len(differential.GRID_AGGREGATORS) * 2
+                       * len(schedules.SCHEDULES) * len(differential.MODEL_KINDS))
+  assert len({c.name for c in shipped + grid}) == len(shipped) + len(grid)
+
+
+def test_script_prints_each_outcome_and_the_tally():
+  result = conftest.run_script(['scripts/differential.py', '--set', 'shipped',
+                                '--filter', r'quickstart_dp\.py:ftrl_eps8$'])
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith("refused  quickstart_dp.py:ftrl_eps8: privacy.mechanism='dp_ftrl' "
+                             "needs backend='tff'")
+  assert lines[-1] == 'checked 1, passed 0, failed 0, refused 1, invalid 0'
+  bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines()[-1] == (
+      'differential.py: error: --rounds must be at least 3, got 2')
