@@ -99,9 +99,12 @@ class PaddedModel:
     for variable, value in zip(self.keras_model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
 
-  def forward(self, batch: Any, mask: tf.Tensor) -> BatchOutput:
-    """The training-mode forward pass on the real rows; updates the metrics."""
-    output = batch_loss.forward(self.keras_model, self._loss, self.metrics, batch, mask=mask)
+  def forward(self, batch: Any, mask: tf.Tensor, *, training: bool = True,
+              metrics: Optional[Sequence[tf.keras.metrics.Metric]] = None) -> BatchOutput:
+    """The forward pass on the real rows; updates `metrics` (default: all the model's)."""
+    output = batch_loss.forward(self.keras_model, self._loss,
+                                self.metrics if metrics is None else metrics, batch, mask=mask,
+                                training=training)
     return BatchOutput(loss=output.loss, data_loss=output.data_loss,
                        num_examples=output.num_examples)
 

@@ -120,16 +120,12 @@ class FastEvaluation:
     def body(k, examples):
       batch = tf.nest.map_structure(lambda t: tf.gather(t, first + k), batches.data)
       mask = tf.gather(batches.mask, first + k)
-      inputs, labels = client_work._inputs_and_labels(batch)  # pylint: disable=protected-access
-      predictions = model.keras_model(inputs, training=False)
-      # The batch loss without regularization, as TFF's loss metric records it.
-      data_loss = model._masked_loss(labels, predictions, mask)  # pylint: disable=protected-access
-      real = tf.cast(mask, tf.float32)
-      num_examples = tf.reduce_sum(real)
-      for metric in model.metrics[:-1]:
-        metric.update_state(labels, predictions, sample_weight=real)
-      model.metrics[-1].update_state(data_loss, sample_weight=num_examples)
-      return k + 1, examples + tf.cast(num_examples, tf.int64)
+      # The shared forward pass (the real rows only), in inference mode; the loss
+      # metric records the batch loss without regularization, as TFF's does.
+      output = model.forward(batch, mask, training=False, metrics=model.metrics[:-1])
+      num_examples = tf.cast(output.num_examples, tf.float32)
+      model.metrics[-1].update_state(output.data_loss, sample_weight=num_examples)
+      return k + 1, examples + tf.cast(output.num_examples, tf.int64)
 
     _, examples = tf.while_loop(lambda k, _: k < count, body,
                                 (tf.constant(0, tf.int32), tf.constant(0, tf.int64)))
