@@ -50,17 +50,8 @@ RoundEnd = training.RoundEnd
 Callback = training.Callback
 # The checkpoint metadata key of the stop record (fedtff.checkpoints).
 STOP_METADATA = 'stop'
-# stop.mode: which way the metric improves; 'auto' reads it off the metric's
-# name (`run_dir.better`).
-MODES = ('auto', 'max', 'min')
-
-
-def direction(metric: str, mode: str = 'auto') -> Optional[str]:
-  """'max' or 'min': which way `metric` improves under `mode`; None if unknown."""
-  if mode != 'auto':
-    return mode
-  pick = run_dir.better(metric)
-  return None if pick is None else pick.__name__
+MODES = outputs.DIRECTION_MODES
+direction = outputs.direction
 
 
 def _reaches(value: float, target: float, way: str) -> bool:

@@ -13,7 +13,7 @@ metric but the counters `num_examples` and `num_batches`. A client without
 examples has no metric value and is left out. The standard deviation is the
 population one (NumPy's `ddof=0`); percentiles interpolate linearly (NumPy's
 default). `worst` is the minimum of a metric whose larger value is better and
-the maximum of one whose smaller value is better (`fedtff.run_dir.best_of`);
+the maximum of one whose smaller value is better (`fedtff.outputs.better`);
 a metric without a known direction has no `worst` column.
 """
 
@@ -24,7 +24,7 @@ from typing import Dict, Mapping, Sequence
 
 import numpy as np
 
-from fedtff import run_dir
+from fedtff import outputs
 
 STATISTICS = ('mean', 'std', 'p10', 'p50', 'p90', 'worst')
 COUNTERS = ('num_examples', 'num_batches')
@@ -32,7 +32,7 @@ _PERCENTILES = {'p10': 10, 'p50': 50, 'p90': 90}
 
 
 def _statistics(name: str) -> Sequence[str]:
-  return STATISTICS if run_dir.best_of(name) else STATISTICS[:-1]
+  return STATISTICS if outputs.better(name) else STATISTICS[:-1]
 
 
 def column_names(metric_names: Sequence[str], prefix: str = 'eval') -> list:
@@ -64,7 +64,7 @@ def distribution(per_client: Mapping[str, np.ndarray], num_examples: np.ndarray,
       continue
     stats = dict(mean=np.mean(values), std=np.std(values),
                  **{k: np.percentile(values, q) for k, q in _PERCENTILES.items()})
-    best = run_dir.best_of(name)
+    best = outputs.better(name)
     if best:
       stats['worst'] = np.min(values) if best is max else np.max(values)
     for stat in _statistics(name):

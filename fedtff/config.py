@@ -24,6 +24,7 @@ import ml_collections
 from fedtff import aggregators
 from fedtff import models
 from fedtff import optimizers
+from fedtff import outputs
 from fedtff import runtime as runtime_lib
 from fedtff import tasks
 from fedtff.algorithms import builder
@@ -286,15 +287,14 @@ def _check_test_clients(data: Mapping[str, Any]) -> None:
 
 def _check_stop(config: Mapping[str, Any]) -> None:
   """`stop.*` (fedtff.callbacks): a metric with a known direction, and a target or a patience."""
-  from fedtff import callbacks  # pylint: disable=g-import-not-at-top  # It imports run_dir.
   stop = config['stop']
   metric, used = stop['metric'], stop['target'] is not None or stop['patience'] != 0
   if stop['patience'] < 0 or stop['min_delta'] < 0:
     key = 'stop.patience' if stop['patience'] < 0 else 'stop.min_delta'
     raise ConfigError(f'Config key {key} must be at least 0, got {stop[key.partition(".")[2]]}.')
-  if stop['mode'] not in callbacks.MODES:
+  if stop['mode'] not in outputs.DIRECTION_MODES:
     raise ConfigError(f"Config key stop.mode is {stop['mode']!r}; expected one of: "
-                      f'{", ".join(callbacks.MODES)}.')
+                      f'{", ".join(outputs.DIRECTION_MODES)}.')
   if used and not metric:
     raise ConfigError("stop.target and stop.patience need stop.metric, e.g. "
                       "stop.metric='eval/accuracy'.")
@@ -306,7 +306,7 @@ def _check_stop(config: Mapping[str, Any]) -> None:
   if metric.partition('/')[0] not in ('train', 'eval') or not metric.partition('/')[2]:
     raise ConfigError(f"Config key stop.metric must be a metrics column 'train/<name>' or "
                       f"'eval/<name>', e.g. 'eval/accuracy', got {metric!r}.")
-  if callbacks.direction(metric, stop['mode']) is None:
+  if outputs.direction(metric, stop['mode']) is None:
     raise ConfigError(f'Config key stop.metric is {metric!r}, whose better direction fedtff '
                       "does not know; set stop.mode='max' or 'min'.")
   if (metric.startswith('train/') and config['aggregator']['kind'] == 'dp'

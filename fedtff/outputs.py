@@ -18,6 +18,26 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Sequence
 
+# Which way each metric improves, by its last name part ('eval/loss' -> 'loss'):
+# the best rounds in summary.json, the worst client, and early stopping read it.
+_BETTER = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
+# stop.mode (fedtff.callbacks): which way the metric improves; 'auto' reads it off the name.
+DIRECTION_MODES = ('auto', 'max', 'min')
+
+
+def better(metric: str):
+  """`max` or `min`: which of two values of `metric` (e.g. 'eval/loss') is better; None if unknown."""
+  return _BETTER.get(metric.rpartition('/')[2])
+
+
+def direction(metric: str, mode: str = 'auto'):
+  """'max' or 'min': which way `metric` improves under `mode` (`DIRECTION_MODES`); None if unknown."""
+  if mode != 'auto':
+    return mode
+  pick = better(metric)
+  return None if pick is None else pick.__name__
+
+
 
 def _umask() -> int:
   mask = os.umask(0)

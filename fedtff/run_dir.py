@@ -22,7 +22,7 @@ import fcntl
 import json
 import os
 import shutil
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import ml_collections
 
@@ -44,12 +44,7 @@ _EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.conne
 # Early stopping (fedtff.callbacks) may change too: a stopped run is extended past its stop.
 _EXTENDABLE_KEYS += tuple(k for k in config_lib.schema_defaults() if k.startswith('stop.'))
 # Best value of an evaluation metric: the larger or the smaller.
-_BEST = {'accuracy': max, 'loss': min, 'mse': min, 'recall_at_5': max, 'precision_at_5': max}
-
-
-def better(metric: str):
-  """`max` or `min`: which of two values of `metric` (e.g. 'eval/loss') is better; None if unknown."""
-  return _BEST.get(metric.rpartition('/')[2])
+better = outputs.better  # Which way a metric improves (one table, in fedtff.outputs).
 
 
 class RunDirectoryError(ValueError):
@@ -232,21 +227,15 @@ def metric_writers(workdir: str, columns: Sequence[str], *, rows: Sequence[Dict[
       board.close()
 
 
-def best_of(name: str) -> Optional[Callable]:
-  """`max` for an evaluation metric whose larger value is better, `min` for one
-  whose smaller value is better, None if its direction is unknown."""
-  return _BEST.get(name)
-
-
 def best_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-  """For each `eval/<name>` column with a direction in `_BEST`, its best value and round.
+  """For each `eval/<name>` column with a known direction (`fedtff.outputs.better`), its best value and round.
 
   With per-client evaluation (`eval/<name>/<statistic>` columns,
   `fedtff.client_metrics`), `clients` holds that round's statistics.
   """
   best = {}
   for column in rows[0] if rows else ():
-    pick = _BEST.get(column.rpartition('/')[2])
+    pick = outputs.better(column)
     values = [(row[column], row['round'], row) for row in rows if row.get(column) is not None]
     if column.startswith('eval/') and column.count('/') == 1 and pick and values:
       value, round_num, row = pick(values, key=lambda entry: entry[0])
