@@ -63,8 +63,8 @@ class FastState(NamedTuple):
     client_work: As TFF's client work state: the client optimizer's
       hyperparameters (FedAvg family); with a client learning-rate schedule,
       the 0-based round number (int32) the schedule reads; for Mime Lite,
-      `(base optimizer state, ())` (the second item is the full-gradient
-      mean's empty state); otherwise ().
+      `(base optimizer state, full-gradient mean state)` (the second item
+      holds no tensors); otherwise ().
     finalizer: The server optimizer's state.
     aggregator: The aggregator's state: with adaptive DP clipping the clip
       norm (a float32 scalar), otherwise ().
@@ -194,6 +194,13 @@ class FastLearningProcess:
                               self._server_optimizer.initialize(specs),
                               self._aggregation.initial_state()))
 
+  def _gradient_mean_state(self) -> Any:
+    """The (empty) state of Mime Lite's full-gradient mean, in TFF's nesting:
+    `MeanFactory`'s, or `UnweightedMeanFactory`'s as a weighted aggregator."""
+    if self._aggregation.weighted:
+      return collections.OrderedDict(value_sum_process=(), weight_sum_process=())
+    return ((), ())
+
   def _initial_client_work(self, specs: List[tf.TensorSpec]) -> Any:
     """TFF's initial client work state (see `FastState.client_work`)."""
     if self._algorithm.schedule is not None:  # build_scheduled_client_work: the round number.
@@ -201,8 +208,8 @@ class FastLearningProcess:
     if self._algorithm.is_fed_avg:  # As TFF's model_delta_client_work: a whimsy spec.
       whimsy = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
       return self._client_optimizer.get_hparams(whimsy)
-    if self._algorithm.is_mime_lite:  # The base optimizer's state; the gradient mean's ().
-      return (self._client_optimizer.initialize(specs), ())
+    if self._algorithm.is_mime_lite:  # The base optimizer's state; the gradient mean's.
+      return (self._client_optimizer.initialize(specs), self._gradient_mean_state())
     return ()
 
   def get_model_weights(self, state: FastState) -> Weights:
