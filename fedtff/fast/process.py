@@ -1,4 +1,4 @@
-"""The fast backend: a whole FedAvg-family round as one compiled TensorFlow graph.
+"""The fast backend: a whole round as one compiled TensorFlow graph.
 
 TFF executes a round as a federated computation: its runtime serializes the
 client datasets and model, runs one TensorFlow session per client and
@@ -427,6 +427,11 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
       fedadam, fedyogi, fedprox, fedsgd, mimelite.
+      Mime Lite runs both its passes (the full gradient, then the training
+      steps) over the same batches; TFF iterates a client's dataset twice, so
+      the two match when the dataset gives one order on every iteration (the
+      runner's round-seeded client data do; a `shuffle` that reshuffles on
+      each iteration does not).
     client_optimizer: A TFF optimizer (`fedtff.optimizer(...)`); for mimelite
       the base optimizer; none for fedsgd. With a schedule, a function from
       learning rate to optimizer (`fedtff.optimizer_fn(...)`), or None for SGD.
