@@ -144,12 +144,27 @@ def test_dp_accounting_and_divergence_detection(tmp_path):
   assert checkpoints.rounds(tmp_path / 'checkpoints') == [1]
 
 
+@pytest.mark.parametrize('overrides', [
+    {'algorithm.name': 'mimelite'},
+    {'client.lr_schedule': 'inv_sqrt_decay', 'client.lr_decay_steps': 1,
+     'client.lr_warmup_rounds': 1},
+], ids=['mimelite', 'schedule'])
+def test_mime_lite_and_schedules_give_the_tff_backends_rows(overrides, tmp_path):
+  """Mime Lite and a client learning-rate schedule through the runner: the same
+  rows (training and evaluation metrics, the schedule's learning rate) on both
+  backends."""
+  rows = {}
+  for backend in ('tff', 'fast'):
+    config = fedtff.sweeps.point_config(small_fast_config(backend=backend), overrides)
+    fedtff.run_experiment(config, str(tmp_path / backend))
+    rows[backend] = rows_of(tmp_path / backend)
+  assert_same_rows(rows['tff'], rows['fast'], tolerance=1e-5)
+  assert len(rows['fast']) == 2
+
+
 REFUSED = {
-    'mimelite': ({'algorithm.name': 'mimelite'}, 'does not implement Mime Lite'),
     'secure': ({'aggregator.kind': 'secure', 'aggregator.clip_norm': 1.0},
                "does not implement the 'secure' aggregator"),
-    'schedule': ({'client.lr_schedule': 'exp_decay'},
-                 'does not implement client learning-rate schedules'),
     'adaptive_clipping': ({'aggregator.kind': 'robust'}, 'does not implement adaptive clipping'),
 }
 
@@ -167,7 +182,8 @@ def test_unsupported_options_are_refused(name, tmp_path):
 def test_unsupported_option_on_the_command_line_is_one_line(tmp_path):
   result = conftest.run_script(['experiments/train.py', '--config=configs/quickstart.py',
                                 f'--workdir={tmp_path}', '--config.backend=fast',
-                                '--config.algorithm.name=mimelite'])
+                                '--config.aggregator.kind=secure',
+                                '--config.aggregator.clip_norm=1.0'])
   assert result.returncode != 0
-  assert result.stderr == ("train.py: error: The fast backend does not implement Mime Lite; "
-                           "use backend='tff'.\n")
+  assert result.stderr == ("train.py: error: The fast backend does not implement the 'secure' "
+                           "aggregator; use backend='tff'.\n")

@@ -238,9 +238,6 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
 @pytest.mark.parametrize(
     'options, message',
     [
-        (dict(algorithm='mimelite'), 'does not implement Mime Lite'),
-        (dict(client_learning_rate_schedule=fedtff.Schedule('constant', learning_rate=0.1)),
-         'does not implement client learning-rate schedules'),
         (dict(aggregator=fedtff.AggregatorSpec('compression')), "the 'compression' aggregator"),
         (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
          "the 'secure' aggregator"),
@@ -257,7 +254,7 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation', 'adaptive_clip',
+    ids=['compression', 'secure', 'masking_simulation', 'adaptive_clip',
          'adaptive_zeroing', 'tff_factory', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):

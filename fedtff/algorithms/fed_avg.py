@@ -41,7 +41,24 @@ def default_server_optimizer() -> optimizers.TffOptimizer:
   return registry.default_server_optimizer('fedavg')
 
 
-def _scheduled_optimizer_fn(client_optimizer) -> Callable[[float], optimizers.TffOptimizer]:
+def scheduled_optimizer_fn(client_optimizer: Optional[ClientOptimizer], *, weighted: bool
+                          ) -> Callable[[float], optimizers.TffOptimizer]:
+  """The client optimizer of a scheduled FedAvg as a function of the learning rate.
+
+  Both engines call it (`build_fed_avg` and `fedtff.fast.build_fast_process`).
+
+  Args:
+    client_optimizer: A function from learning rate to TFF optimizer
+      (`fedtff.build_optimizer_fn`), or None for SGD.
+    weighted: Must be True: TFF builds scheduled FedAvg only with example weighting.
+
+  Raises:
+    ValueError: If `weighted` is False.
+    TypeError: If `client_optimizer` is an optimizer, not a function.
+  """
+  if not weighted:
+    raise ValueError('Client learning-rate schedules need weighted=True (TFF builds '
+                     'scheduled FedAvg only with example weighting).')
   if client_optimizer is None:
     return optimizers.build_fn('sgd')
   if isinstance(client_optimizer, optimizers.TffOptimizer):
@@ -98,12 +115,9 @@ def build_fed_avg(model_fn: tff_model.KerasModelFn,
     aggregators.check_weighting(model_aggregator, weighted=weighted, algorithm='FedAvg')
   learning_model_fn = tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)
   if client_learning_rate_schedule is not None:
-    if not weighted:
-      raise ValueError('Client learning-rate schedules need weighted=True (TFF builds '
-                       'scheduled FedAvg only with example weighting).')
+    optimizer_fn = scheduled_optimizer_fn(client_optimizer, weighted=weighted)
     return tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
-        learning_model_fn, client_learning_rate_schedule,
-        _scheduled_optimizer_fn(client_optimizer), server_optimizer,
+        learning_model_fn, client_learning_rate_schedule, optimizer_fn, server_optimizer,
         model_aggregator=model_aggregator)
   client_optimizer = optimizers.check(client_optimizer or default_client_optimizer(), 'client')
   build = (tff.learning.algorithms.build_weighted_fed_avg if weighted

@@ -1,4 +1,4 @@
-"""A fast simulation backend: a whole FedAvg-family round as one TensorFlow graph.
+"""A fast simulation backend: a whole round of any fedtff algorithm as one TensorFlow graph.
 
 `build_fast_process` takes the arguments of `fedtff.build_learning_process`
 and returns a process whose `next(state, client_batches)` runs every client's

@@ -1,4 +1,4 @@
-"""Client training of the FedAvg family, in graph, over padded batches.
+"""Client work of the FedAvg family, FedSGD and Mime Lite, in graph, over padded batches.
 
 Each function mirrors TFF 0.87's client work step for step, so that the fast
 backend's arithmetic is TFF's:
@@ -6,15 +6,22 @@ backend's arithmetic is TFF's:
 * `train_delta` is `model_delta_client_work` (FedAvg, McMahan et al.,
   AISTATS 2017, arXiv 1602.05629; with any server optimizer, Reddi et al.,
   ICLR 2021, arXiv 2003.00295): from the server weights, one client-optimizer
-  step per batch on the batch's mean loss, a fresh optimizer state per client;
-  the update is `initial - trained`.
+  step per batch on the batch's mean loss, starting from `initial_state`
+  (`fresh_optimizer_state`: a fresh state per client, with the server's
+  hyperparameters or, with a client learning-rate schedule, the optimizer
+  built for the round's learning rate); the update is `initial - trained`.
 * with `proximal_strength`, fedtff's FedProx client work
   (`fedtff.algorithms.fed_prox`; Li et al., MLSys 2020, arXiv 1812.06127):
   each step's gradient gets the proximal term `mu * (w - w_initial)` added
   (TFF 0.87's own `proximal_client_work` has the opposite sign).
+* with `frozen_state=True`, Mime Lite's local training (TFF's `mime.py`;
+  Karimireddy et al., NeurIPS 2021, arXiv 2008.03606): every step applies the
+  server's base-optimizer state and discards the state the step returns.
 * `sum_gradients` is `fed_sgd`'s client update: at the server weights, the sum
-  over batches of `num_examples(batch) * grad(batch mean loss)`, divided by the
-  client's examples.
+  over batches of `num_examples(batch) * grad(batch loss)`, divided by the
+  client's examples. Mime Lite's full-batch gradient is the same sum, divided
+  with `divide_no_nan` and without metric updates (TFF resets the metrics
+  after that pass).
 
 A batch's forward pass, loss and metric updates are
 `fedtff.algorithms.batch_loss.forward` on the batch's real rows (the mask):
@@ -126,28 +133,45 @@ def _as_tensors(structure: Any) -> Any:
   return tf.nest.map_structure(tf.convert_to_tensor, structure)
 
 
+def fresh_optimizer_state(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer,
+                          hparams: Any = None) -> Any:
+  """A client's initial optimizer state, as `model_delta_client_work` makes it.
+
+  Args:
+    model: The model whose trainable variables the optimizer updates.
+    optimizer: The client's TFF optimizer.
+    hparams: The optimizer hyperparameters held in the server state (FedAvg's
+      client work), or None to keep the optimizer's own (FedProx, and FedAvg
+      with a client learning-rate schedule, whose optimizer is built per round).
+  """
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in model.trainable)
+  state = optimizer.initialize(specs)
+  if hparams is not None:
+    state = optimizer.set_hparams(state, hparams)
+  return state
+
+
 def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer,
-                hparams: Any, weights: Weights, batches: batches_lib.ClientBatches,
-                first: tf.Tensor, count: tf.Tensor,
-                proximal_strength: Optional[float]) -> Tuple[List[tf.Tensor], TrainStats]:
-  """One client's FedAvg (or FedProx) training; returns `(initial - trained, stats)`.
+                initial_state: Any, weights: Weights, batches: batches_lib.ClientBatches,
+                first: tf.Tensor, count: tf.Tensor, *,
+                proximal_strength: Optional[float] = None,
+                frozen_state: bool = False) -> Tuple[List[tf.Tensor], TrainStats]:
+  """One client's FedAvg, FedProx or Mime Lite training; returns `(initial - trained, stats)`.
 
   Args:
     model: The model; its variables are overwritten.
-    optimizer: The client's TFF optimizer.
-    hparams: The optimizer hyperparameters held in the server state (FedAvg's
-      client work), or None to keep the optimizer's own (FedProx).
+    optimizer: The client's TFF optimizer (Mime Lite: the base optimizer).
+    initial_state: The optimizer state of the first step (`fresh_optimizer_state`,
+      or Mime Lite's server optimizer state).
     weights: The server model weights the client starts from.
     batches: The round's batches; the client's are `first .. first + count - 1`.
     first: The client's first batch.
     count: The client's number of batches.
     proximal_strength: FedProx's mu, or None for FedAvg.
+    frozen_state: Mime Lite: every step uses `initial_state`, and the state
+      each step returns is discarded.
   """
   model.assign(weights)
-  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in model.trainable)
-  optimizer_state = optimizer.initialize(specs)
-  if hparams is not None:
-    optimizer_state = optimizer.set_hparams(optimizer_state, hparams)
 
   def step(index, loop_vars):
     optimizer_state, stats = loop_vars
@@ -158,29 +182,36 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
       gradients = [g + proximal_strength * (w - w0)
                    for g, w, w0 in zip(gradients, model.trainable, weights.trainable)]
-    optimizer_state, updated = optimizer.next(optimizer_state, tuple(model.trainable),
-                                              tuple(gradients))
+    # TFF's structures: model_delta_client_work flattens to tuples, Mime Lite keeps lists.
+    as_structure = list if frozen_state else tuple
+    next_state, updated = optimizer.next(optimizer_state, as_structure(model.trainable),
+                                         as_structure(gradients))
     for variable, value in zip(model.trainable, updated):
       variable.assign(value)
-    return optimizer_state, stats.add_batch(output)
+    return (optimizer_state if frozen_state else next_state), stats.add_batch(output)
 
   _, stats = _loop_over_batches(first, count, step,
-                                (_as_tensors(optimizer_state), TrainStats.zeros()))
+                                (_as_tensors(initial_state), TrainStats.zeros()))
   delta = [w0 - w for w0, w in zip(weights.trainable, model.trainable)]
   return delta, stats
 
 
 def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.ClientBatches,
-                  first: tf.Tensor, count: tf.Tensor
+                  first: tf.Tensor, count: tf.Tensor, *, no_nan_division: bool = False,
+                  update_metrics: bool = True
                  ) -> Tuple[List[tf.Tensor], tf.Tensor, TrainStats]:
-  """One client's FedSGD work: `(mean gradient, num_examples as float32, stats)`."""
+  """One client's mean gradient at `weights`: `(mean gradient, num_examples as float32, stats)`.
+
+  FedSGD's client work as it is; Mime Lite's full-batch gradient with
+  `no_nan_division=True, update_metrics=False`.
+  """
   model.assign(weights)
 
   def step(index, loop_vars):
     sums, examples, stats = loop_vars
     batch, mask = _batch(batches, index)
     with tf.GradientTape() as tape:
-      output = model.forward(batch, mask)
+      output = model.forward(batch, mask, metrics=None if update_metrics else [])
     gradients = tape.gradient(output.loss, model.trainable,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
     num_examples = tf.cast(output.num_examples, tf.float32)
@@ -189,4 +220,5 @@ def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.Cli
 
   initial = ([tf.zeros_like(w) for w in weights.trainable], tf.constant(0.0), TrainStats.zeros())
   sums, examples, stats = _loop_over_batches(first, count, step, initial)
-  return [s / examples for s in sums], examples, stats
+  divide = tf.math.divide_no_nan if no_nan_division else tf.math.divide
+  return [divide(s, examples) for s in sums], examples, stats

@@ -1,4 +1,4 @@
-"""The fast backend: a whole FedAvg-family round as one compiled TensorFlow graph.
+"""The fast backend: a whole round as one compiled TensorFlow graph.
 
 TFF executes a round as a federated computation: its runtime serializes the
 client datasets and model, runs one TensorFlow session per client and
@@ -10,10 +10,13 @@ every client's training, the aggregation and the server step in one
 `tf.function`, using TFF's own optimizer objects for the client and server
 steps, so that the weights match the TFF process's.
 
-Algorithms: FedAvg (McMahan et al., AISTATS 2017, arXiv 1602.05629),
-FedAvgM / FedAdagrad / FedAdam / FedYogi (the FedAvg family with a server
-optimizer, Reddi et al., ICLR 2021, arXiv 2003.00295), FedProx (Li et al.,
-MLSys 2020, arXiv 1812.06127) and FedSGD.
+Algorithms: all of `fedtff.algorithms.registry.ALGORITHMS`: FedAvg (McMahan
+et al., AISTATS 2017, arXiv 1602.05629), FedAvgM / FedAdagrad / FedAdam /
+FedYogi (the FedAvg family with a server optimizer, Reddi et al., ICLR 2021,
+arXiv 2003.00295), each with or without a client learning-rate schedule
+(`fedtff.Schedule`, Reddi et al.), FedProx (Li et al., MLSys 2020, arXiv
+1812.06127), FedSGD, and Mime Lite (Karimireddy et al., NeurIPS 2021, arXiv
+2008.03606).
 
     process = fedtff.fast.build_fast_process(model_fn, element_spec, algorithm='fedadam')
     data = fedtff.fast.PaddedClientData(client_data)
@@ -30,7 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import secrets
-from typing import Any, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +42,7 @@ from tensorflow_federated.python.learning import tensor_utils
 
 from fedtff import optimizers
 from fedtff.algorithms import builder
+from fedtff.algorithms import fed_avg
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -47,7 +51,7 @@ from fedtff.fast import batches as batches_lib
 from fedtff.fast import client_work
 
 Weights = tff.learning.models.ModelWeights
-SUPPORTED_ALGORITHMS = tuple(name for name in registry.ALGORITHMS if name != 'mimelite')
+SUPPORTED_ALGORITHMS = registry.ALGORITHMS
 _USE_TFF = "use backend='tff'"
 
 
@@ -56,7 +60,11 @@ class FastState(NamedTuple):
 
   Attributes:
     global_model_weights: The server model, a `tff.learning.models.ModelWeights`.
-    client_work: The client optimizer's hyperparameters (FedAvg family), or ().
+    client_work: As TFF's client work state: the client optimizer's
+      hyperparameters (FedAvg family); with a client learning-rate schedule,
+      the 0-based round number (int32) the schedule reads; for Mime Lite,
+      `(base optimizer state, full-gradient mean state)` (the second item
+      holds no tensors); otherwise ().
     finalizer: The server optimizer's state.
     aggregator: The aggregator's state: with adaptive DP clipping the clip
       norm (a float32 scalar), otherwise ().
@@ -77,6 +85,7 @@ class _Algorithm:
   """How an algorithm's clients work, as TFF 0.87 builds it."""
   name: str
   proximal_strength: Optional[float]
+  schedule: Optional[schedules.Schedule] = None  # FedAvg family: the client learning rate.
 
   @property
   def sends_gradients(self) -> bool:  # FedSGD: the update is a gradient, not a model delta.
@@ -86,15 +95,14 @@ class _Algorithm:
   def is_fed_avg(self) -> bool:  # model_delta_client_work: hparams in the state, metric reset.
     return registry.get(self.name).fed_avg_family
 
+  @property
+  def is_mime_lite(self) -> bool:  # The server's base-optimizer state, frozen on the clients.
+    return self.name == 'mimelite'
 
-def _check_supported(algorithm: str, client_learning_rate_schedule, proximal_strength) -> None:
+
+def _check_proximal_strength(proximal_strength) -> None:
   if proximal_strength is not None and proximal_strength < 0:
     raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
-  if algorithm == 'mimelite':
-    raise ValueError(f'The fast backend does not implement Mime Lite; {_USE_TFF}.')
-  if client_learning_rate_schedule is not None:
-    raise ValueError(f'The fast backend does not implement client learning-rate schedules; '
-                     f'{_USE_TFF}.')
 
 
 def _check_element_spec(element_spec: Any) -> None:
@@ -130,8 +138,17 @@ def _check_tff_state(value: Any, expected: str) -> None:
     raise TypeError(f'Expected {expected}, got {type(value).__name__}.')
 
 
+class _ClientOutput(NamedTuple):
+  """One client's contribution to the round."""
+  update: List[tf.Tensor]  # The model delta (FedSGD: the gradient), zeroed if non-finite.
+  weight: tf.Tensor        # Its weight: 0 if non-finite.
+  stats: client_work.TrainStats
+  non_finite: tf.Tensor    # bool: whether the update was non-finite.
+  gradient: Any            # Mime Lite: the full-batch gradient at the server model; else ().
+
+
 class FastLearningProcess:
-  """A FedAvg-family learning process whose `next` is one compiled graph.
+  """A learning process whose `next` is one compiled graph.
 
   Built by `build_fast_process`; the methods mirror
   `tff.learning.templates.LearningProcess`'s.
@@ -140,11 +157,15 @@ class FastLearningProcess:
   def __init__(self, model_fn, element_spec, *, algorithm: _Algorithm,
                client_optimizer: Optional[optimizers.TffOptimizer],
                server_optimizer: optimizers.TffOptimizer,
-               aggregation: aggregation_lib.Aggregation, loss, metrics, jit_compile: bool):
+               aggregation: aggregation_lib.Aggregation, loss, metrics, jit_compile: bool,
+               client_optimizer_fn: Optional[Callable[[Any], optimizers.TffOptimizer]] = None):
     self._model_fn = model_fn
     self._element_spec = element_spec
     self._algorithm = algorithm
     self._client_optimizer = client_optimizer
+    self._client_optimizer_fn = client_optimizer_fn  # With a schedule: learning rate -> optimizer.
+    # Mime Lite's full gradients: TFF's default (unweighted) mean, whatever the model aggregator.
+    self._gradient_mean = aggregation_lib.Aggregation(aggregation.weighted)
     self._server_optimizer = server_optimizer
     self._aggregation = aggregation
     self._model = client_work.PaddedModel(model_fn(), loss, metrics)
@@ -174,12 +195,27 @@ class FastLearningProcess:
     weights = Weights(trainable=[v.numpy() for v in model.trainable_variables],
                       non_trainable=[v.numpy() for v in model.non_trainable_variables])
     specs = [tf.TensorSpec(w.shape, w.dtype) for w in weights.trainable]
-    client_hparams = ()
+    return _tensors(FastState(weights, self._initial_client_work(specs),
+                              self._server_optimizer.initialize(specs),
+                              self._aggregation.initial_state()))
+
+  def _gradient_mean_state(self) -> Any:
+    """The (empty) state of Mime Lite's full-gradient mean, in TFF's nesting:
+    `MeanFactory`'s, or `UnweightedMeanFactory`'s as a weighted aggregator."""
+    if self._aggregation.weighted:
+      return collections.OrderedDict(value_sum_process=(), weight_sum_process=())
+    return ((), ())
+
+  def _initial_client_work(self, specs: List[tf.TensorSpec]) -> Any:
+    """TFF's initial client work state (see `FastState.client_work`)."""
+    if self._algorithm.schedule is not None:  # build_scheduled_client_work: the round number.
+      return np.int32(0)
     if self._algorithm.is_fed_avg:  # As TFF's model_delta_client_work: a whimsy spec.
       whimsy = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
-      client_hparams = self._client_optimizer.get_hparams(whimsy)
-    return _tensors(FastState(weights, client_hparams, self._server_optimizer.initialize(specs),
-                              self._aggregation.initial_state()))
+      return self._client_optimizer.get_hparams(whimsy)
+    if self._algorithm.is_mime_lite:  # The base optimizer's state; the gradient mean's.
+      return (self._client_optimizer.initialize(specs), self._gradient_mean_state())
+    return ()
 
   def get_model_weights(self, state: FastState) -> Weights:
     """The server model weights, as numpy arrays."""
@@ -252,35 +288,71 @@ class FastLearningProcess:
 
   # The round graph.
 
-  def _client(self, state: FastState, batches, index):
-    """One client's `(update, weight, stats, non_finite)`; a non-finite update is
-    zeroed and weighted 0, as TFF's client work does."""
+  def _client(self, state: FastState, client_optimizer, batches, index) -> '_ClientOutput':
+    """One client's work; a non-finite update is zeroed and weighted 0, as TFF's
+    client work does."""
     first, count = batches.first_batch[index], batches.num_batches[index]
     weights = state.global_model_weights
+    gradient = ()
     if self._algorithm.sends_gradients:
       update, weight, stats = client_work.sum_gradients(self._model, weights, batches, first, count)
     else:
-      hparams = state.client_work if self._algorithm.is_fed_avg else None
+      if self._algorithm.is_mime_lite:  # The full-batch gradient at the server model first.
+        gradient, _, _ = client_work.sum_gradients(
+            self._model, weights, batches, first, count, no_nan_division=True,
+            update_metrics=False)
+        initial_state = state.client_work[0]
+      else:
+        holds_hparams = self._algorithm.is_fed_avg and self._algorithm.schedule is None
+        hparams = state.client_work if holds_hparams else None
+        initial_state = client_work.fresh_optimizer_state(self._model, client_optimizer, hparams)
       update, stats = client_work.train_delta(
-          self._model, self._client_optimizer, hparams, weights, batches, first, count,
-          self._algorithm.proximal_strength)
+          self._model, client_optimizer, initial_state, weights, batches, first, count,
+          proximal_strength=self._algorithm.proximal_strength,
+          frozen_state=self._algorithm.is_mime_lite)
       weight = (tf.cast(stats.num_examples, tf.float32) if self._aggregation.weighted
                 else tf.constant(1.0))
     update, non_finite = tensor_utils.zero_all_if_any_non_finite(update)
     weight = tf.cond(non_finite > 0, lambda: tf.constant(0.0), lambda: weight)
-    return update, weight, stats, non_finite > 0
+    return _ClientOutput(update, weight, stats, non_finite > 0, gradient)
 
-  def _client_step(self, state: FastState, batches, index, acc, totals):
+  def _client_step(self, state: FastState, client_optimizer, batches, index, acc, totals,
+                   gradient_acc):
     """Runs client `index` and adds it to the round's sums."""
     resets_metrics = self._algorithm.is_fed_avg  # TFF resets a non-finite client's metrics.
     snapshot = [v.read_value() for v in self._model.metric_variables] if resets_metrics else []
-    update, weight, stats, non_finite = self._client(state, batches, index)
+    output = self._client(state, client_optimizer, batches, index)
+    stats = output.stats
     if resets_metrics:
-      stats = tf.cond(non_finite, client_work.TrainStats.zeros, lambda: stats)
+      stats = tf.cond(output.non_finite, client_work.TrainStats.zeros, lambda: stats)
       for variable, value in zip(self._model.metric_variables, snapshot):
-        variable.assign(tf.where(non_finite, value, variable.read_value()))
-    return (aggregation_lib.accumulate(self._aggregation, acc, update, weight, state.aggregator),
-            totals + stats)
+        variable.assign(tf.where(output.non_finite, value, variable.read_value()))
+    if self._algorithm.is_mime_lite:  # TFF's full_gradient_aggregator: the model delta's weight.
+      gradient_acc = aggregation_lib.accumulate(self._gradient_mean, gradient_acc,
+                                                output.gradient, output.weight)
+    return (aggregation_lib.accumulate(self._aggregation, acc, output.update, output.weight,
+                                       state.aggregator),
+            totals + stats, gradient_acc)
+
+  def _round_client_optimizer(self, state: FastState):
+    """The client optimizer of the round: with a schedule, TFF's
+    `optimizer_fn(learning_rate_fn(round_num))`; and the learning rate, or None."""
+    if self._algorithm.schedule is None:
+      return self._client_optimizer, None
+    learning_rate = self._algorithm.schedule(state.client_work)
+    return self._client_optimizer_fn(learning_rate), learning_rate
+
+  def _next_client_work(self, state: FastState, gradient_acc, noise_seed) -> Any:
+    """The client work state after the round (TFF's client work `next`)."""
+    if self._algorithm.schedule is not None:
+      return state.client_work + 1
+    if self._algorithm.is_mime_lite:  # TFF's update_optimizer_state, at whimsy zero weights.
+      gradient, _ = aggregation_lib.result(self._gradient_mean, gradient_acc, noise_seed)
+      optimizer_state, aggregator_state = state.client_work
+      optimizer_state, _ = self._client_optimizer.next(
+          optimizer_state, [tf.zeros_like(g) for g in gradient], gradient)
+      return (optimizer_state, aggregator_state)
+    return state.client_work
 
   def _apply_server_update(self, state: FastState, update: List[tf.Tensor]):
     """TFF's apply-optimizer finalizer: skip the step if the update is not finite."""
@@ -305,18 +377,25 @@ class FastLearningProcess:
                    noise_seed: tf.Tensor):
     for variable in self._model.metric_variables:
       variable.assign(tf.zeros_like(variable))
-    loop_vars = (aggregation_lib.initial(state.global_model_weights.trainable),
-                 client_work.TrainStats.zeros())
-    _, (acc, totals) = tf.while_loop(
+    client_optimizer, learning_rate = self._round_client_optimizer(state)
+    trainable = state.global_model_weights.trainable
+    loop_vars = (aggregation_lib.initial(trainable), client_work.TrainStats.zeros(),
+                 aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
+    _, (acc, totals, gradient_acc) = tf.while_loop(
         lambda c, _: c < tf.shape(batches.num_batches)[0],
-        lambda c, v: (c + 1, self._client_step(state, batches, c, *v)),
+        lambda c, v: (c + 1, self._client_step(state, client_optimizer, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
     update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
                                                 state.aggregator)
     new_state, non_finite = self._apply_server_update(state, update)
-    new_state = new_state._replace(aggregator=clip_state)
+    new_state = new_state._replace(
+        aggregator=clip_state,
+        client_work=self._next_client_work(state, gradient_acc, noise_seed))
+    client_metrics = collections.OrderedDict(train=self._train_metrics(totals))
+    if learning_rate is not None:  # build_scheduled_client_work reports the round's rate.
+      client_metrics['client_learning_rate'] = learning_rate
     metrics = collections.OrderedDict(
-        distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
+        distributor=(), client_work=client_metrics,
         aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
@@ -326,7 +405,7 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
                        element_spec: tff_model.ElementSpecLike,
                        *,
                        algorithm: str = 'fedavg',
-                       client_optimizer: Optional[optimizers.TffOptimizer] = None,
+                       client_optimizer: Optional[fed_avg.ClientOptimizer] = None,
                        server_optimizer: Optional[optimizers.TffOptimizer] = None,
                        client_learning_rate_schedule: Optional[schedules.Schedule] = None,
                        proximal_strength: Optional[float] = None,
@@ -352,11 +431,22 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
       are those of the real rows.
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
-      fedadam, fedyogi, fedprox, fedsgd.
-    client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); none for fedsgd.
+      fedadam, fedyogi, fedprox, fedsgd, mimelite.
+      Mime Lite runs both its passes (the full gradient, then the training
+      steps) over the same batches; TFF iterates a client's dataset twice, so
+      the two match when the dataset gives one order on every iteration (the
+      runner's round-seeded client data do; a `shuffle` that reshuffles on
+      each iteration does not).
+    client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
+      the base optimizer; none for fedsgd. With a schedule, a function from
+      learning rate to optimizer (`fedtff.build_optimizer_fn(...)`), or None for SGD.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
       (`fedtff.algorithms.registry.REGISTRY`, as for the TFF builders).
-    client_learning_rate_schedule: Must be None (refused otherwise).
+    client_learning_rate_schedule: A `fedtff.Schedule` (weighted FedAvg family
+      only, as on TFF). As in TFF's `build_weighted_fed_avg_with_optimizer_schedule`,
+      the state's `client_work` is the 0-based round number, each round's
+      clients use `client_optimizer(schedule(round))`, and the metrics report
+      it as `client_work/client_learning_rate`.
     proximal_strength: FedProx's mu; required by, and only by, fedprox.
     loss: A Keras loss that gives a scalar (any reduction but 'none'); it sees
       the real rows of each batch (`fedtff.algorithms.batch_loss`); defaults to
@@ -372,13 +462,18 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
       `fedtff.build_learning_process`), or that the fast backend does not
-      implement (Mime Lite, schedules, other aggregators, examples of varying
-      shape, losses with reduction 'none').
+      implement (the aggregators `fedtff.fast.aggregation` refuses, examples
+      of varying shape, losses with reduction 'none').
   """
-  _check_supported(algorithm, client_learning_rate_schedule, proximal_strength)
+  _check_proximal_strength(proximal_strength)
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
-      client_learning_rate_schedule=None, proximal_strength=proximal_strength, weighted=weighted)
+      client_learning_rate_schedule=client_learning_rate_schedule,
+      proximal_strength=proximal_strength, weighted=weighted)
+  client_optimizer_fn = None
+  if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
+    client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
+    client_optimizer = client_optimizer_fn(1.0)
   aggregation = aggregation_lib.from_spec(aggregator, weighted=weighted)
   element_spec = tff_model.element_spec_of(element_spec)
   _check_element_spec(element_spec)
@@ -392,7 +487,9 @@ def build_fast_process(model_fn: tff_model.KerasModelFn,
                 for m in (tff_model.default_metrics() if metrics is None else metrics)]
   return FastLearningProcess(
       model_fn, element_spec,
-      algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None),
-      client_optimizer=client_optimizer, server_optimizer=server_optimizer,
+      algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,
+                           client_learning_rate_schedule),
+      client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
+      server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
       metrics=[fn() for fn in metric_fns], jit_compile=jit_compile)
