@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # Sets up .venv if needed, then runs the test suite; arguments go to pytest.
+#
+# The suite runs on FEDTFF_TEST_WORKERS pytest-xdist workers (default 2, one per
+# core of the machines it targets; 0 runs it in this process). Each test file
+# runs whole on one worker (--dist loadfile), so its module-scoped fixtures,
+# the TFF processes the tests share, are built once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m pytest "$@"
+WORKERS="${FEDTFF_TEST_WORKERS:-2}"
+if [[ ! "$WORKERS" =~ ^[0-9]+$ ]]; then
+  echo "scripts/test.sh: error: FEDTFF_TEST_WORKERS must be a whole number of workers, got '$WORKERS'" >&2
+  exit 2
+fi
+if [[ "$WORKERS" == 0 ]]; then
+  exec "$ROOT/.venv/bin/python" -m pytest "$@"
+fi
+exec "$ROOT/.venv/bin/python" -m pytest -n "$WORKERS" --dist loadfile "$@"
