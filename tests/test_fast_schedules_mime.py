@@ -105,17 +105,27 @@ def test_schedules_match_tff(name, datasets, processes):
   np.testing.assert_allclose(rates, EXPECTED_RATES[name], rtol=1e-6)
 
 
-def test_a_scheduled_state_converts_to_and_from_tff(datasets, processes):
-  """The round number the schedule reads survives a round trip through TFF's state."""
-  tff_process, fast_process = processes('exp_decay_staircase_warmup')
+def _two_fast_rounds_then_one_on_each(processes, name, datasets, check_tff_state):
+  """Runs 2 fast rounds, converts the state to TFF's (checked by `check_tff_state`),
+  then one more round on each engine; returns both rounds' states and metrics."""
+  tff_process, fast_process = processes(name)
   batches = fast.from_datasets(datasets)
   fast_state = fast_process.initialize()
   for _ in range(2):
     fast_state, _ = fast_process.next(fast_state, batches)
   tff_state = fast_process.to_tff_state(fast_state, tff_process)
-  assert int(tff_state.client_work) == 2
-  tff_state, tff_metrics = tff_process.next(tff_state, datasets)
-  fast_state, fast_metrics = fast_process.next(fast_state, batches)
+  check_tff_state(tff_state)
+  return (*tff_process.next(tff_state, datasets), *fast_process.next(fast_state, batches),
+          fast_process)
+
+
+def test_a_scheduled_state_converts_to_and_from_tff(datasets, processes):
+  """The round number the schedule reads survives a round trip through TFF's state."""
+  def round_two(tff_state):
+    assert int(tff_state.client_work) == 2
+  tff_state, tff_metrics, fast_state, fast_metrics, fast_process = (
+      _two_fast_rounds_then_one_on_each(processes, 'exp_decay_staircase_warmup', datasets,
+                                        round_two))
   assert fast_metrics['client_work']['client_learning_rate'] == pytest.approx(0.3 * 0.5)
   assert_round_matches(tff_state, tff_metrics, fast_state, fast_metrics)
   assert_close(fast_process.from_tff_state(tff_state), fast_state, 'state')
@@ -211,15 +221,11 @@ def test_mime_lite_round_by_hand(datasets, processes):
 
 
 def test_a_mime_lite_state_converts_to_and_from_tff(datasets, processes):
-  tff_process, fast_process = processes('unweighted_adam_server_adam')
-  batches = fast.from_datasets(datasets)
-  fast_state = fast_process.initialize()
-  for _ in range(2):
-    fast_state, _ = fast_process.next(fast_state, batches)
-  tff_state = fast_process.to_tff_state(fast_state, tff_process)
-  assert int(tff_state.client_work[0]['step']) == 2
-  tff_state, tff_metrics = tff_process.next(tff_state, datasets)
-  fast_state, fast_metrics = fast_process.next(fast_state, batches)
+  def step_two(tff_state):
+    assert int(tff_state.client_work[0]['step']) == 2
+  tff_state, tff_metrics, fast_state, fast_metrics, fast_process = (
+      _two_fast_rounds_then_one_on_each(processes, 'unweighted_adam_server_adam', datasets,
+                                        step_two))
   assert_round_matches(tff_state, tff_metrics, fast_state, fast_metrics)
   assert_close(fast_process.from_tff_state(tff_state), fast_state, 'state')
 
