@@ -247,9 +247,6 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
         (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
             'masking_simulation', clip_norm=1.0, clients_per_round=3)),
          "the 'masking_simulation' aggregator"),
-        (dict(aggregator=fedtff.AggregatorSpec('robust')), 'adaptive clipping'),
-        (dict(aggregator=fedtff.AggregatorSpec('robust', clip_norm=1.0, zeroing=True)),
-         'adaptive zeroing'),
         (dict(aggregator=tff.aggregators.MeanFactory()), 'custom tff.aggregators factories'),
         (dict(element_spec=(tf.TensorSpec([None, None], tf.float32),
                             tf.TensorSpec([None], tf.int32))), 'fixed per-example shapes'),
@@ -257,8 +254,8 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation', 'adaptive_clip',
-         'adaptive_zeroing', 'tff_factory', 'varying_shapes',
+    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation',
+         'tff_factory', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):
   options = dict(options)

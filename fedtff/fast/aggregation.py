@@ -6,9 +6,20 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
 * `mean`: `MeanFactory` (sum of `update * weight`, divided by the sum of the
   weights) or, unweighted, `UnweightedMeanFactory` (divided by the number of
   clients);
-* `robust` with a fixed `clip_norm` (and optionally a fixed `zeroing_norm`):
-  `zeroing_factory` then `clipping_factory` around the mean; an update whose
-  global L2 norm exceeds the bound is zeroed, or scaled down to it;
+* `robust`: `zeroing_factory` then `clipping_factory` around the mean. An
+  update whose global L-infinity norm (the largest absolute coordinate, TFF's
+  `zeroing_factory` default) exceeds the zeroing norm is zeroed; one whose
+  global L2 norm exceeds the clipping norm is scaled down to it. Each norm is
+  fixed (`clip_norm`, `zeroing_norm`) or adaptive: TFF's
+  `PrivateQuantileEstimationProcess.no_noise` with geometric updates (Andrew
+  et al. 2021, arXiv 1905.03871, without noise). The round uses the reported
+  norm `multiplier * C + increment`; then `C <- C * exp(-lr * (fraction -
+  target))`, `fraction` the share of this round's clients whose (pre-zeroing,
+  pre-clipping) norm is at most `C`. Clipping adapts `C` from 1.0 towards the
+  `target_unclipped_quantile` (lr 0.2); zeroing from 10.0 towards the 0.98
+  quantile (lr ln 10, reported as `2 C + 1`), as `fedtff.aggregators` sets
+  them. The clipping estimator sees the norms after zeroing, as in TFF. There
+  is no randomness: the results equal TFF's.
 * `dp` with a fixed `clip_norm`: `DifferentiallyPrivateFactory.gaussian_fixed`
   (McMahan et al., "Learning Differentially Private Recurrent Language
   Models", ICLR 2018): clip each update in L2, sum, add Gaussian noise of
@@ -28,8 +39,8 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   `fedtff.privacy.mechanisms.adaptive_noise_split`'s. `C` is the state's
   `aggregator` field. Its noise comes from the same round seed.
 
-Anything else (adaptive robust norms, compression, secure sums, the masking
-simulation, custom factories) is refused with a `ValueError`: those run on the
+Anything else (compression, secure sums, the masking simulation, custom
+factories) is refused with a `ValueError`: those run on the
 TFF backend.
 """
 
@@ -60,6 +71,37 @@ class AdaptiveClip:
 
 
 @dataclasses.dataclass(frozen=True)
+class Quantile:
+  """An adaptive robust norm: `PrivateQuantileEstimationProcess.no_noise`'s
+  parameters (see the module docstring)."""
+  initial: float
+  target: float
+  learning_rate: float
+  multiplier: float = 1.0
+  increment: float = 0.0
+
+  def report(self, estimate: tf.Tensor) -> tf.Tensor:
+    """The norm used in a round, from the estimate `C` (TFF's affine map)."""
+    if self.multiplier == 1.0 and self.increment == 0.0:
+      return estimate
+    return self.multiplier * estimate + self.increment
+
+  def next(self, estimate: tf.Tensor, below_sum: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """`NoPrivacyQuantileEstimatorQuery.get_noised_result` with geometric updates."""
+    below = below_sum / count + 0.5
+    below = tf.minimum(1.0, tf.maximum(0.0, below))
+    update = tf.constant(self.learning_rate, tf.float32) * (
+        below - tf.constant(self.target, tf.float32))
+    return estimate * tf.math.exp(-update)
+
+
+# fedtff.aggregators' adaptive robust norms (`_clip` and `_zero` there).
+_ADAPTIVE_CLIP = dict(initial=1.0, learning_rate=0.2)
+_ADAPTIVE_ZERO = Quantile(initial=10.0, target=0.98, learning_rate=2.302585, multiplier=2.0,
+                          increment=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class Aggregation:
   """What the round graph does with client updates; see the module docstring.
 
@@ -71,6 +113,8 @@ class Aggregation:
     denominator: For DP: what the noised sum is divided by.
     adaptive: For DP with adaptive clipping: its parameters (then `clip_norm`
       and `noise_stddev` are None: they follow the state's clip norm).
+    clip_quantile: For `robust` with adaptive clipping: its estimator.
+    zero_quantile: For adaptive zeroing: its estimator.
   """
   weighted: bool
   clip_norm: Optional[float] = None
@@ -78,16 +122,34 @@ class Aggregation:
   noise_stddev: Optional[float] = None
   denominator: Optional[float] = None
   adaptive: Optional[AdaptiveClip] = None
+  clip_quantile: Optional[Quantile] = None
+  zero_quantile: Optional[Quantile] = None
+
+  @property
+  def clips(self) -> bool:
+    """Whether `robust` clipping (fixed or adaptive) applies."""
+    return self.clip_norm is not None or self.clip_quantile is not None
+
+  @property
+  def zeroes(self) -> bool:
+    """Whether zeroing (fixed or adaptive) applies."""
+    return self.zeroing_norm is not None or self.zero_quantile is not None
 
   @property
   def is_dp(self) -> bool:
     return self.noise_stddev is not None or self.adaptive is not None
 
   def initial_state(self) -> Any:
-    """The aggregator's part of the fast state: the clip norm, or ()."""
-    if self.adaptive is None:
-      return ()
-    return tf.constant(self.adaptive.initial_clip, tf.float32)
+    """The aggregator's part of the fast state: the DP clip norm; or for
+    adaptive robust norms, a dict of their estimates `C` ('clipping_norm',
+    'zeroing_norm'); or ()."""
+    if self.adaptive is not None:
+      return tf.constant(self.adaptive.initial_clip, tf.float32)
+    estimates = collections.OrderedDict(
+        (name, tf.constant(quantile.initial, tf.float32))
+        for name, quantile in (('zeroing_norm', self.zero_quantile),
+                               ('clipping_norm', self.clip_quantile)) if quantile is not None)
+    return estimates or ()
 
 
 def _refuse(what: str) -> ValueError:
@@ -120,15 +182,15 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
     return Aggregation(weighted, denominator=float(spec.clients_per_round), adaptive=AdaptiveClip(
         mechanisms.DEFAULT_INITIAL_CLIP, spec.target_unclipped_quantile,
         mechanisms.DEFAULT_CLIP_LEARNING_RATE, value_multiplier, count_stddev))
-  if spec.clip_norm is None:
-    raise _refuse(f'adaptive clipping (the {spec.kind!r} aggregator without clip_norm)')
   if spec.kind == 'dp':
     return Aggregation(weighted, noise_stddev=spec.noise_multiplier * spec.clip_norm,
                        denominator=float(spec.clients_per_round), clip_norm=spec.clip_norm)
-  if spec.zeroing and spec.zeroing_norm is None:
-    raise _refuse('adaptive zeroing (zeroing=True without zeroing_norm)')
+  clip_quantile = (Quantile(target=spec.target_unclipped_quantile, **_ADAPTIVE_CLIP)
+                   if spec.clip_norm is None else None)
+  zero_quantile = _ADAPTIVE_ZERO if spec.zeroing and spec.zeroing_norm is None else None
   return Aggregation(weighted, clip_norm=spec.clip_norm,
-                     zeroing_norm=spec.zeroing_norm if spec.zeroing else None)
+                     zeroing_norm=spec.zeroing_norm if spec.zeroing else None,
+                     clip_quantile=clip_quantile, zero_quantile=zero_quantile)
 
 
 def _global_l2_norm(values: List[tf.Tensor]) -> tf.Tensor:
@@ -137,18 +199,41 @@ def _global_l2_norm(values: List[tf.Tensor]) -> tf.Tensor:
   return tf.math.sqrt(tf.reduce_sum(tf.stack(squares)))
 
 
-def _zero(values: List[tf.Tensor], norm: float) -> Tuple[List[tf.Tensor], tf.Tensor]:
-  should_zero = _global_l2_norm(values) > norm
+def _global_inf_norm(values: List[tf.Tensor]) -> tf.Tensor:
+  """TFF's `robust._global_inf_norm` (`zeroing_factory`'s default norm)."""
+  norms = [tf.cast(tf.norm(v, ord=np.inf), tf.float32) for v in values]
+  return tf.reduce_max(tf.stack(norms))
+
+
+def _zero(values: List[tf.Tensor], norm) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+  """`zeroing_factory`'s zero_fn: (values, global L-inf norm, whether zeroed)."""
+  global_norm = _global_inf_norm(values)
+  should_zero = global_norm > norm
   zeroed = tf.cond(should_zero, lambda: [tf.zeros_like(v) for v in values], lambda: values)
-  return zeroed, tf.cast(should_zero, tf.int32)
+  return zeroed, global_norm, tf.cast(should_zero, tf.int32)
 
 
-def _clip(values: List[tf.Tensor], norm: float) -> Tuple[List[tf.Tensor], tf.Tensor]:
+def _clip(values: List[tf.Tensor], norm) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+  """`clipping_factory`'s clip_fn: (values, global L2 norm, whether clipped)."""
   global_norm = _global_l2_norm(values)
   divisor = global_norm / norm
   clipped = tf.cond(global_norm > norm,
                     lambda: [v / tf.cast(divisor, v.dtype) for v in values], lambda: values)
-  return clipped, tf.cast(global_norm > norm, tf.int32)
+  return clipped, global_norm, tf.cast(global_norm > norm, tf.int32)
+
+
+def _below(norm: tf.Tensor, estimate: tf.Tensor) -> tf.Tensor:
+  """`QuantileEstimatorQuery.preprocess_record`: [norm <= C] - 1/2."""
+  return tf.cast(norm <= estimate, tf.float32) - 0.5
+
+
+def robust_norms(aggregation: Aggregation, state: Any) -> Tuple[Any, Any]:
+  """The (zeroing, clipping) norms a round uses: fixed, or reported from `state`."""
+  zero = (aggregation.zero_quantile.report(state['zeroing_norm'])
+          if aggregation.zero_quantile is not None else aggregation.zeroing_norm)
+  clip = (aggregation.clip_quantile.report(state['clipping_norm'])
+          if aggregation.clip_quantile is not None else aggregation.clip_norm)
+  return zero, clip
 
 
 class Accumulator(NamedTuple):
@@ -158,12 +243,14 @@ class Accumulator(NamedTuple):
   zeroed: tf.Tensor
   clipped: tf.Tensor
   below_sum: tf.Tensor  # Adaptive clipping: the sum of [norm <= C] - 1/2.
+  zero_below_sum: tf.Tensor  # Adaptive zeroing: the same for the zeroing estimate.
+  count: tf.Tensor  # The number of clients (the quantile estimators' denominator).
 
 
 def initial(trainable: List[tf.Tensor]) -> Accumulator:
   zero = tf.constant(0, tf.int32)
   return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero,
-                     tf.constant(0.0))
+                     tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
 
 
 def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tensor],
@@ -173,22 +260,29 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
   `clip_state` is the state's clip norm with adaptive clipping.
   """
   zeroed = clipped = tf.constant(0, tf.int32)
-  below = tf.constant(0.0)
-  if aggregation.zeroing_norm is not None:
-    update, zeroed = _zero(update, aggregation.zeroing_norm)
+  below = zero_below = tf.constant(0.0)
+  zero_norm, clip_norm = robust_norms(aggregation, clip_state) if not aggregation.is_dp else (
+      None, None)
+  if zero_norm is not None:
+    update, norm, zeroed = _zero(update, zero_norm)
+    if aggregation.zero_quantile is not None:
+      zero_below = _below(norm, clip_state['zeroing_norm'])
   if aggregation.adaptive is not None:  # TF Privacy's GaussianSumQuery and QuantileEstimatorQuery.
     update, norm = tf.clip_by_global_norm(update, clip_state)
     below = tf.cast(norm <= clip_state, tf.float32) - 0.5
   elif aggregation.is_dp:
     update, _ = tf.clip_by_global_norm(update, aggregation.clip_norm)
-  elif aggregation.clip_norm is not None:
-    update, clipped = _clip(update, aggregation.clip_norm)
+  elif clip_norm is not None:
+    update, norm, clipped = _clip(update, clip_norm)
+    if aggregation.clip_quantile is not None:
+      below = _below(norm, clip_state['clipping_norm'])
   if aggregation.weighted and not aggregation.is_dp:
     update = [v * tf.cast(weight, v.dtype) for v in update]
   else:
     weight = tf.constant(1.0)
   return Accumulator([s + v for s, v in zip(acc.value_sum, update)], acc.weight_sum + weight,
-                     acc.zeroed + zeroed, acc.clipped + clipped, acc.below_sum + below)
+                     acc.zeroed + zeroed, acc.clipped + clipped, acc.below_sum + below,
+                     acc.zero_below_sum + zero_below, acc.count + 1.0)
 
 
 def _noised(value: tf.Tensor, stddev, noise_seed: tf.Tensor, index: int) -> tf.Tensor:
@@ -209,7 +303,21 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
               for i, s in enumerate(acc.value_sum)]
     return [tf.truediv(s, tf.cast(aggregation.denominator, s.dtype)) for s in noised], clip_state
   return ([tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum],
-          clip_state)
+          _next_estimates(aggregation, acc, clip_state))
+
+
+def _next_estimates(aggregation: Aggregation, acc: Accumulator, state: Any) -> Any:
+  """The adaptive robust norms' estimates after the round (or `state`, ())."""
+  if not state:
+    return state
+  new = collections.OrderedDict()
+  if aggregation.zero_quantile is not None:
+    new['zeroing_norm'] = aggregation.zero_quantile.next(
+        state['zeroing_norm'], acc.zero_below_sum, acc.count)
+  if aggregation.clip_quantile is not None:
+    new['clipping_norm'] = aggregation.clip_quantile.next(
+        state['clipping_norm'], acc.below_sum, acc.count)
+  return new
 
 
 def _adaptive_result(aggregation: Aggregation, acc: Accumulator, clip: tf.Tensor,
@@ -227,10 +335,12 @@ def _adaptive_result(aggregation: Aggregation, acc: Accumulator, clip: tf.Tensor
 
 
 def measurements(aggregation: Aggregation, acc: Accumulator,
-                 clip_state: Any = ()) -> collections.OrderedDict:
+                 clip_state: Any = (), *, round_state: Any = ()) -> collections.OrderedDict:
   """The aggregator measurements, in the nesting TFF's factories report them.
 
-  `clip_state` is the clip norm after the round, as TFF reports it.
+  `clip_state` is the DP clip norm after the round, as TFF reports it;
+  `round_state` the state the round started from (adaptive robust norms are
+  reported as used in the round).
   """
   if aggregation.adaptive is not None:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=clip_state),
@@ -239,13 +349,14 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
   inner = (collections.OrderedDict(mean_value=(), mean_weight=()) if aggregation.weighted
            else collections.OrderedDict(mean_value=(), mean_count=()))
-  if aggregation.clip_norm is not None:
+  zero_norm, clip_norm = robust_norms(aggregation, round_state)
+  if clip_norm is not None:
     inner = collections.OrderedDict(clipping=inner,
-                                    clipping_norm=tf.constant(aggregation.clip_norm),
+                                    clipping_norm=tf.convert_to_tensor(clip_norm, tf.float32),
                                     clipped_count=acc.clipped)
-  if aggregation.zeroing_norm is not None:
+  if zero_norm is not None:
     inner = collections.OrderedDict(zeroing=inner,
-                                    zeroing_norm=tf.constant(aggregation.zeroing_norm),
+                                    zeroing_norm=tf.convert_to_tensor(zero_norm, tf.float32),
                                     zeroed_count=acc.zeroed)
   return inner
 
@@ -259,6 +370,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   and the quantile estimator's `current_estimate`. Otherwise the state is
   constant and `template` is returned.
   """
+  if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
+    return _to_tff_robust_state(aggregation, clip_state, template)
   if aggregation.adaptive is None:
     return template
   clip = np.float32(clip_state)
@@ -271,8 +384,47 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   return template._replace(query_state=query._replace(numerator_state=numerator))
 
 
+def _robust_paths(aggregation: Aggregation) -> List[Tuple[str, Tuple[str, ...]]]:
+  """Where each adaptive robust estimate sits in TFF's aggregator state.
+
+  `zeroing_factory` wraps `clipping_factory`; each wrapper's state holds its
+  norm process's state (`(QuantileEstimatorQuery state, ())`) under
+  'zeroing_norm' or 'clipping_norm' and the inner state under 'inner_agg'.
+  """
+  paths = []
+  outer = ('inner_agg',) if aggregation.zeroes else ()
+  if aggregation.zero_quantile is not None:
+    paths.append(('zeroing_norm', ('zeroing_norm',)))
+  if aggregation.clip_quantile is not None:
+    paths.append(('clipping_norm', outer + ('clipping_norm',)))
+  return paths
+
+
+def _to_tff_robust_state(aggregation: Aggregation, state: Any, template: Any) -> Any:
+  def replace(node, path, estimate):
+    if len(path) == 1:
+      query_state, agg_state = node[path[0]]
+      new = collections.OrderedDict(node)
+      new[path[0]] = (query_state._replace(current_estimate=estimate), agg_state)
+      return new
+    new = collections.OrderedDict(node)
+    new[path[0]] = replace(node[path[0]], path[1:], estimate)
+    return new
+  for name, path in _robust_paths(aggregation):
+    template = replace(template, path, np.float32(state[name]))
+  return template
+
+
 def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
   """The fast state's clip norm from TFF's aggregator state (see `to_tff_state`)."""
+  if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
+    estimates = collections.OrderedDict()
+    for name, path in _robust_paths(aggregation):
+      node = tff_state
+      for key in path:
+        node = node[key]
+      estimates[name] = tf.constant(node[0].current_estimate, tf.float32)
+    return estimates
   if aggregation.adaptive is None:
     return ()
   return tf.constant(tff_state.query_state.numerator_state.sum_state.l2_norm_clip, tf.float32)

@@ -312,7 +312,8 @@ class FastLearningProcess:
     new_state = new_state._replace(aggregator=clip_state)
     metrics = collections.OrderedDict(
         distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
-        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state),
+        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state,
+                                                round_state=state.aggregator),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
 

@@ -1,0 +1,136 @@
+"""The fast backend's aggregators: the same weights and measurements as TFF's factories.
+
+Each case runs 3 rounds of the TFF process and of the fast process from the
+same weights and compares the weights and every aggregator measurement (the
+metrics the runner logs) within 1e-5. The robust norms here involve no
+randomness, so the comparison is exact up to float rounding.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fedtff
+from fedtff import fast
+from fedtff.fast import aggregation
+from tests import conftest
+from tests import test_fast_backend
+
+ROUNDS = 3
+TOLERANCE = 1e-5
+
+CASES = {
+    # Adaptive clipping (C from 1.0 towards the median norm), weighted.
+    'robust_adaptive_clip': dict(
+        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('robust')),
+    # Adaptive clipping towards a low quantile, so that clients are clipped.
+    'robust_adaptive_clip_low_quantile_unweighted': dict(
+        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('robust', target_unclipped_quantile=0.1)),
+    # Adaptive zeroing (reported 2 C + 1 from C = 10) around a fixed clip.
+    'robust_adaptive_zeroing': dict(
+        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('robust', clip_norm=0.3, zeroing=True)),
+    # Both adaptive, unweighted, with FedAdam on the server.
+    'robust_adaptive_both_unweighted': dict(
+        algorithm='fedadam', weighted=False,
+        aggregator=fedtff.AggregatorSpec('robust', zeroing=True,
+                                         target_unclipped_quantile=0.3)),
+}
+
+
+@pytest.fixture(scope='module')
+def datasets():
+  return test_fast_backend.client_datasets(
+      *conftest.tiny_classification_arrays(num_features=test_fast_backend.NUM_FEATURES))
+
+
+def assert_measurements_close(tff_measurements, fast_measurements):
+  assert tf.nest.map_structure(np.shape, fast_measurements) == tf.nest.map_structure(
+      np.shape, tff_measurements)
+  for expected, actual in zip(tf.nest.flatten(tff_measurements),
+                              tf.nest.flatten(fast_measurements)):
+    assert actual == pytest.approx(expected, abs=TOLERANCE)
+
+
+def run_and_compare(options, datasets):
+  """Runs both engines `ROUNDS` rounds; returns the last round's TFF measurements."""
+  for tff_weights, tff_metrics, fast_weights, fast_metrics in test_fast_backend.run_both(
+      options, datasets, rounds=ROUNDS):
+    test_fast_backend.assert_weights_close(tff_weights, fast_weights, atol=TOLERANCE)
+    assert_measurements_close(tff_metrics['aggregator'], fast_metrics['aggregator'])
+    assert fast_metrics['client_work']['train']['loss'] == pytest.approx(  # The outlier's
+        tff_metrics['client_work']['train']['loss'], abs=TOLERANCE, rel=1e-6)  # loss is ~1e9.
+  return tff_metrics['aggregator']
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_matches_the_tff_aggregator(name, datasets):
+  run_and_compare(CASES[name], datasets)
+
+
+def test_zeroes_by_the_largest_coordinate_as_tff(datasets):
+  # TFF's zeroing_factory compares the L-infinity norm (the largest |coordinate|)
+  # with zeroing_norm. The updates here have L2 norms of about 0.66 to 1.18 and
+  # L-infinity norms of about 0.21 to 0.35: with 0.55 TFF zeroes none, where an
+  # L2 comparison would zero them all (and the weights would not move).
+  tf.keras.utils.set_random_seed(1)
+  measurements = run_and_compare(dict(
+      client_optimizer=fedtff.optimizer('sgd', 0.5),
+      aggregator=fedtff.AggregatorSpec('robust', clip_norm=0.8, zeroing=True,
+                                       zeroing_norm=0.55)), datasets)
+  assert measurements['zeroed_count'] == 0
+  assert measurements['zeroing']['clipped_count'] > 0
+
+
+@pytest.fixture(scope='module')
+def outlier_datasets():
+  features, labels = conftest.tiny_classification_arrays(
+      num_features=test_fast_backend.NUM_FEATURES)
+  features[50:] *= 300.0  # The third client's update is an outlier.
+  return test_fast_backend.client_datasets(features, labels)
+
+
+def test_adaptive_zeroing_zeroes_an_outlier_as_tff(outlier_datasets):
+  measurements = run_and_compare(CASES['robust_adaptive_both_unweighted'], outlier_datasets)
+  assert measurements['zeroed_count'] == 1
+
+
+def test_adaptive_norms_convert_to_and_from_the_tff_state(outlier_datasets):
+  options = CASES['robust_adaptive_both_unweighted']
+  model_fn = test_fast_backend.keras_model
+  tff_process = fedtff.build_learning_process(model_fn, outlier_datasets[0], **options)
+  fast_process = fast.build_fast_process(model_fn, outlier_datasets[0], **options)
+  batches = fast.from_datasets(outlier_datasets)
+  state = fast_process.initialize()
+  for _ in range(2):
+    state = fast_process.next(state, batches).state
+  estimates = {name: float(value) for name, value in state.aggregator.items()}
+  assert estimates['clipping_norm'] != 1.0 and estimates['zeroing_norm'] != 10.0
+  tff_state = fast_process.to_tff_state(state, tff_process)
+  assert float(tff_state.aggregator['zeroing_norm'][0].current_estimate) == estimates[
+      'zeroing_norm']
+  assert float(tff_state.aggregator['inner_agg']['clipping_norm'][0].current_estimate) == (
+      estimates['clipping_norm'])
+  back = fast_process.from_tff_state(tff_state)
+  assert {name: float(value) for name, value in back.aggregator.items()} == estimates
+  tff_output = tff_process.next(tff_state, outlier_datasets)
+  fast_state, fast_metrics = fast_process.next(state, batches)
+  test_fast_backend.assert_weights_close(tff_process.get_model_weights(tff_output.state),
+                                         fast_process.get_model_weights(fast_state),
+                                         atol=TOLERANCE)
+  assert_measurements_close(tff_output.metrics['aggregator'], fast_metrics['aggregator'])
+  assert float(fast_state.aggregator['zeroing_norm']) == pytest.approx(
+      float(tff_output.state.aggregator['zeroing_norm'][0].current_estimate), abs=TOLERANCE)
+
+
+def test_fast_state_holds_the_estimates_of_adaptive_norms_only():
+  spec = fedtff.AggregatorSpec('robust', zeroing=True, zeroing_norm=5.0)
+  state = aggregation.from_spec(spec, weighted=True).initial_state()
+  assert list(state) == ['clipping_norm'] and float(state['clipping_norm']) == 1.0
+  spec = fedtff.AggregatorSpec('robust', clip_norm=2.0, zeroing=True)
+  state = aggregation.from_spec(spec, weighted=True).initial_state()
+  assert list(state) == ['zeroing_norm'] and float(state['zeroing_norm']) == 10.0
+  assert aggregation.from_spec(fedtff.AggregatorSpec('robust', clip_norm=2.0),
+                               weighted=True).initial_state() == ()
