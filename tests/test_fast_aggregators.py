@@ -37,6 +37,26 @@ CASES = {
         algorithm='fedadam', weighted=False,
         aggregator=fedtff.AggregatorSpec('robust', zeroing=True,
                                          target_unclipped_quantile=0.3)),
+    # Secure sum: each coordinate of update * weight clipped to [-1, 1] and
+    # quantized to 32 bits; the weights summed securely in [0, 2**20 - 1].
+    'secure_weighted': dict(
+        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
+    # Unweighted, with a bound that clips coordinates of the updates.
+    'secure_unweighted': dict(
+        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('secure', clip_norm=0.05)),
+    # The masking simulation: the masks cancel; the clipped (L2 0.3), quantized
+    # updates are summed mod 2**32 and decoded.
+    'masking_simulation': dict(
+        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3,
+                                         clients_per_round=3)),
+    # Few bits: levels -170..170 (3 sums fit 2**10), a coarse grid.
+    'masking_simulation_10_bits': dict(
+        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3,
+                                         clients_per_round=3, masking_bits=10)),
 }
 
 
@@ -134,3 +154,23 @@ def test_fast_state_holds_the_estimates_of_adaptive_norms_only():
   assert list(state) == ['zeroing_norm'] and float(state['zeroing_norm']) == 10.0
   assert aggregation.from_spec(fedtff.AggregatorSpec('robust', clip_norm=2.0),
                                weighted=True).initial_state() == ()
+
+
+@pytest.mark.parametrize('name', ['secure_weighted', 'secure_unweighted'])
+def test_secure_clips_coordinates_as_tff(name, datasets):
+  # Both bounds are below the largest coordinates of (update * weight), so
+  # clipping and quantization both shape the mean compared above.
+  measurements = run_and_compare(CASES[name], datasets)
+  value = measurements['mean_value']
+  assert value['secure_upper_clipped_count'] + value['secure_lower_clipped_count'] > 0
+  bound = CASES[name]['aggregator'].clip_norm
+  assert (value['secure_lower_threshold'], value['secure_upper_threshold']) == (
+      np.float32(-bound), np.float32(bound))
+
+
+def test_refuses_adaptive_secure_bounds(datasets):
+  with pytest.raises(ValueError, match=(
+      r"^The fast backend does not implement adaptive secure bounds \(the 'secure' aggregator "
+      r"without clip_norm\); use backend='tff'\.$")):
+    fast.build_fast_process(test_fast_backend.keras_model, datasets[0],
+                            aggregator=fedtff.AggregatorSpec('secure'))

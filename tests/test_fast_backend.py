@@ -242,11 +242,7 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
         (dict(client_learning_rate_schedule=fedtff.Schedule('constant', learning_rate=0.1)),
          'does not implement client learning-rate schedules'),
         (dict(aggregator=fedtff.AggregatorSpec('compression')), "the 'compression' aggregator"),
-        (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
-         "the 'secure' aggregator"),
-        (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
-            'masking_simulation', clip_norm=1.0, clients_per_round=3)),
-         "the 'masking_simulation' aggregator"),
+        (dict(aggregator=fedtff.AggregatorSpec('secure')), 'adaptive secure bounds'),
         (dict(aggregator=tff.aggregators.MeanFactory()), 'custom tff.aggregators factories'),
         (dict(element_spec=(tf.TensorSpec([None, None], tf.float32),
                             tf.TensorSpec([None], tf.int32))), 'fixed per-example shapes'),
@@ -254,7 +250,7 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['mimelite', 'schedule', 'compression', 'secure', 'masking_simulation',
+    ids=['mimelite', 'schedule', 'compression', 'secure',
          'tff_factory', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):

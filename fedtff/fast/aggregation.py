@@ -39,8 +39,18 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   `fedtff.privacy.mechanisms.adaptive_noise_split`'s. `C` is the state's
   `aggregator` field. Its noise comes from the same round seed.
 
-Anything else (compression, secure sums, the masking simulation, custom
-factories) is refused with a `ValueError`: those run on the
+* `secure` with a fixed bound (`clip_norm`): `fedtff.privacy.mechanisms.secure_mean`,
+  TFF's `SecureSumFactory` in the mean: each coordinate of the (weighted)
+  update is clipped to `[-bound, bound]` and quantized to 32 bits with
+  deterministic rounding, by TFF's own client and server shift functions
+  (`tensorflow_federated...aggregators.primitives`); the integers are summed,
+  dequantized and divided by the weights' secure sum (quantized in
+  `[0, 2**20 - 1]`) or the number of clients. TFF's local runtime sums the
+  integers in the clear (int64, no wrap-around), as here. No randomness: the
+  results equal TFF's. As `build_aggregator`, it applies no zeroing.
+
+Anything else (adaptive secure bounds, compression, the masking simulation,
+custom factories) is refused with a `ValueError`: those run on the
 TFF backend.
 """
 
@@ -53,11 +63,14 @@ from typing import Any, List, NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tensorflow_federated.python.aggregators import primitives
+
 from fedtff import aggregators
+from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
 _USE_TFF = "use backend='tff'"
-_KINDS = ('mean', 'robust', 'dp')  # The AggregatorSpec kinds computed here.
+_KINDS = ('mean', 'robust', 'dp', 'secure', 'masking_simulation')  # The AggregatorSpec kinds computed here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +128,8 @@ class Aggregation:
       and `noise_stddev` are None: they follow the state's clip norm).
     clip_quantile: For `robust` with adaptive clipping: its estimator.
     zero_quantile: For adaptive zeroing: its estimator.
+    secure_bound: For `secure`: the fixed per-coordinate bound.
+    masking: For `masking_simulation`: its factory (clip bound, bits, levels).
   """
   weighted: bool
   clip_norm: Optional[float] = None
@@ -124,6 +139,8 @@ class Aggregation:
   adaptive: Optional[AdaptiveClip] = None
   clip_quantile: Optional[Quantile] = None
   zero_quantile: Optional[Quantile] = None
+  secure_bound: Optional[float] = None
+  masking: Optional[masking_simulation.MaskingSimulationSumFactory] = None
 
   @property
   def clips(self) -> bool:
@@ -172,10 +189,18 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
         f'fixed norms), or {_USE_TFF}.')
   aggregators.build_aggregator(aggregator, weighted=weighted)  # fedtff's checks of the options.
   spec = aggregator
-  if spec.kind not in _KINDS:  # compression, secure, masking_simulation, and any added later.
+  if spec.kind not in _KINDS:  # compression, masking_simulation, and any added later.
     raise _refuse(f'the {spec.kind!r} aggregator')
   if spec.kind == 'mean':
     return Aggregation(weighted)
+  if spec.kind == 'masking_simulation':
+    return Aggregation(weighted, masking=masking_simulation.MaskingSimulationSumFactory(
+        spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits))
+  if spec.kind == 'secure':
+    if spec.clip_norm is None:
+      raise _refuse("adaptive secure bounds (the 'secure' aggregator without clip_norm)")
+    # As fedtff.aggregators.build_aggregator: `secure_mean` alone (it applies no zeroing).
+    return Aggregation(weighted, secure_bound=float(spec.clip_norm))
   if spec.kind == 'dp' and spec.clip_norm is None:
     value_multiplier, count_stddev = mechanisms.adaptive_noise_split(
         spec.noise_multiplier, spec.clients_per_round, spec.clipped_count_stddev)
@@ -245,12 +270,135 @@ class Accumulator(NamedTuple):
   below_sum: tf.Tensor  # Adaptive clipping: the sum of [norm <= C] - 1/2.
   zero_below_sum: tf.Tensor  # Adaptive zeroing: the same for the zeroing estimate.
   count: tf.Tensor  # The number of clients (the quantile estimators' denominator).
+  secure: Any = ()  # For `secure`: a `SecureSums`.
 
 
-def initial(trainable: List[tf.Tensor]) -> Accumulator:
+class SecureSums(NamedTuple):
+  """`secure`'s integer sums and clipped counts (`SecureSumFactory`'s measurements)."""
+  values: List[tf.Tensor]  # The quantized (int64) sums of the (weighted) updates.
+  weight: tf.Tensor  # The quantized sum of the weights (weighted means only).
+  upper_clipped: tf.Tensor
+  lower_clipped: tf.Tensor
+  weight_upper_clipped: tf.Tensor
+  weight_lower_clipped: tf.Tensor
+
+
+# fedtff.privacy.mechanisms.secure_mean's bounds of the weights' secure sum.
+_WEIGHT_BOUNDS = (0.0, float(2**20 - 1))
+
+
+def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None
+           ) -> Accumulator:
+  """The round's empty sums (`aggregation` adds `secure`'s integer sums)."""
   zero = tf.constant(0, tf.int32)
+  secure = ()
+  if aggregation is not None and aggregation.masking is not None:
+    size = sum(int(np.prod(v.shape)) for v in trainable)
+    aggregation.masking.check_quantization(size)  # TFF's refusal, with its message.
+    secure = tf.zeros([size], tf.int64)  # The residues' sum mod 2**bits.
+  if aggregation is not None and aggregation.secure_bound is not None:
+    secure = SecureSums([tf.zeros(v.shape, tf.int64) for v in trainable],
+                        tf.constant(0, tf.int64), zero, zero, zero, zero)
   return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero,
-                     tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+                     tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), secure)
+
+
+def _secure_bounds(aggregation: Aggregation) -> Tuple[tf.Tensor, tf.Tensor]:
+  return (tf.constant(-aggregation.secure_bound, tf.float32),
+          tf.constant(aggregation.secure_bound, tf.float32))
+
+
+def _quantize(values: List[tf.Tensor], lower: tf.Tensor, upper: tf.Tensor):
+  """`SecureSumFactory`'s client side: (int64 values, [upper < max], [lower > min]).
+
+  The quantization is TFF's own (`primitives._client_tensor_shift_for_secure_sum`:
+  clip to [lower, upper], scale to [0, 2**32 - 1], round to nearest).
+  """
+  value_max = tf.reduce_max(tf.stack([tf.reduce_max(v) for v in values]))
+  value_min = tf.reduce_min(tf.stack([tf.reduce_min(v) for v in values]))
+  quantized = [primitives._client_tensor_shift_for_secure_sum(v, lower, upper)  # pylint: disable=protected-access
+               for v in values]
+  return (quantized, tf.cast(upper < value_max, tf.int32),
+          tf.cast(lower > value_min, tf.int32))
+
+
+def _accumulate_secure(aggregation: Aggregation, sums: SecureSums, update: List[tf.Tensor],
+                       weight: tf.Tensor) -> SecureSums:
+  """Adds one client to `secure`'s sums (weighted: `update * weight` and the weight)."""
+  if aggregation.weighted:
+    update = [v * tf.cast(weight, v.dtype) for v in update]
+  quantized, upper, lower = _quantize(update, *_secure_bounds(aggregation))
+  weight_sum, weight_upper, weight_lower = sums.weight, sums.weight_upper_clipped, (
+      sums.weight_lower_clipped)
+  if aggregation.weighted:
+    low, high = _WEIGHT_BOUNDS
+    (quantized_weight,), w_upper, w_lower = _quantize(
+        [weight], tf.constant(low, tf.float32), tf.constant(high, tf.float32))
+    weight_sum, weight_upper, weight_lower = (
+        weight_sum + quantized_weight, weight_upper + w_upper, weight_lower + w_lower)
+  return SecureSums([s + q for s, q in zip(sums.values, quantized)], weight_sum,
+                    sums.upper_clipped + upper, sums.lower_clipped + lower,
+                    weight_upper, weight_lower)
+
+
+def _secure_result(aggregation: Aggregation, acc: Accumulator) -> List[tf.Tensor]:
+  """`SecureSumFactory`'s server side (TFF's dequantization), then the mean."""
+  summands = tf.cast(acc.count, tf.int32)
+  lower, upper = _secure_bounds(aggregation)
+  sums = [primitives._server_tensor_shift_for_secure_sum(  # pylint: disable=protected-access
+      summands, s, lower, upper, tf.float32) for s in acc.secure.values]
+  if aggregation.weighted:
+    low, high = _WEIGHT_BOUNDS
+    denominator = primitives._server_tensor_shift_for_secure_sum(  # pylint: disable=protected-access
+        summands, acc.secure.weight, tf.constant(low, tf.float32),
+        tf.constant(high, tf.float32), tf.float32)
+  else:
+    denominator = summands  # SecureSumFactory(1, 0) sums the clients' ones exactly.
+  return [tf.math.divide(s, tf.cast(denominator, s.dtype)) for s in sums]
+
+
+def _accumulate_masked(factory: masking_simulation.MaskingSimulationSumFactory,
+                       residue_sum: tf.Tensor, update: List[tf.Tensor]) -> tf.Tensor:
+  """Adds one client's residues mod `2**bits`: the masking simulation without its
+  masks, which cancel in the sum (fedtff.privacy.masking_simulation's own
+  clip, quantize and encode)."""
+  ms = masking_simulation
+  clipped = ms.clip(ms.flatten(update), factory._clip_bound, factory._norm)  # pylint: disable=protected-access
+  residues = ms.encode(ms.quantize(clipped, factory._clip_bound, factory._levels),  # pylint: disable=protected-access
+                       factory._bits)  # pylint: disable=protected-access
+  return ms.encode(residue_sum + residues, factory._bits)  # pylint: disable=protected-access
+
+
+def _masked_result(factory: masking_simulation.MaskingSimulationSumFactory, acc: Accumulator,
+                   trainable_sum: List[tf.Tensor]) -> List[tf.Tensor]:
+  """Decodes the residues' sum (wrapping mod `2**bits`) and divides by the clients."""
+  ms = masking_simulation
+  total = ms.dequantize(ms.decode(acc.secure, factory._bits),  # pylint: disable=protected-access
+                        factory._clip_bound, factory._levels)  # pylint: disable=protected-access
+  sums = ms.unflatten(total, [tf.TensorSpec(s.shape, s.dtype) for s in trainable_sum])
+  count = tf.cast(acc.count, tf.int32)
+  return [tf.math.divide(s, tf.cast(count, s.dtype)) for s in sums]
+
+
+def _secure_measurements(aggregation: Aggregation, sums: SecureSums) -> collections.OrderedDict:
+  lower, upper = _secure_bounds(aggregation)
+  value = collections.OrderedDict(
+      secure_upper_clipped_count=sums.upper_clipped,
+      secure_lower_clipped_count=sums.lower_clipped,
+      secure_upper_threshold=upper, secure_lower_threshold=lower)
+  if aggregation.weighted:
+    low, high = _WEIGHT_BOUNDS
+    weight = collections.OrderedDict(
+        secure_upper_clipped_count=sums.weight_upper_clipped,
+        secure_lower_clipped_count=sums.weight_lower_clipped,
+        secure_upper_threshold=tf.constant(high, tf.float32),
+        secure_lower_threshold=tf.constant(low, tf.float32))
+    return collections.OrderedDict(mean_value=value, mean_weight=weight)
+  zero = tf.constant(0, tf.int32)
+  count = collections.OrderedDict(  # SecureSumFactory(1, 0) over the clients' ones.
+      secure_upper_clipped_count=zero, secure_lower_clipped_count=zero,
+      secure_upper_threshold=tf.constant(1, tf.int32), secure_lower_threshold=zero)
+  return collections.OrderedDict(mean_value=value, mean_count=count)
 
 
 def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tensor],
@@ -276,13 +424,18 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
     update, norm, clipped = _clip(update, clip_norm)
     if aggregation.clip_quantile is not None:
       below = _below(norm, clip_state['clipping_norm'])
+  secure = acc.secure
+  if aggregation.masking is not None:
+    secure = _accumulate_masked(aggregation.masking, secure, update)
+  if aggregation.secure_bound is not None:
+    secure = _accumulate_secure(aggregation, secure, update, weight)
   if aggregation.weighted and not aggregation.is_dp:
     update = [v * tf.cast(weight, v.dtype) for v in update]
   else:
     weight = tf.constant(1.0)
   return Accumulator([s + v for s, v in zip(acc.value_sum, update)], acc.weight_sum + weight,
                      acc.zeroed + zeroed, acc.clipped + clipped, acc.below_sum + below,
-                     acc.zero_below_sum + zero_below, acc.count + 1.0)
+                     acc.zero_below_sum + zero_below, acc.count + 1.0, secure)
 
 
 def _noised(value: tf.Tensor, stddev, noise_seed: tf.Tensor, index: int) -> tf.Tensor:
@@ -302,6 +455,10 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
     noised = [_noised(s, aggregation.noise_stddev, noise_seed, i)
               for i, s in enumerate(acc.value_sum)]
     return [tf.truediv(s, tf.cast(aggregation.denominator, s.dtype)) for s in noised], clip_state
+  if aggregation.secure_bound is not None:
+    return _secure_result(aggregation, acc), _next_estimates(aggregation, acc, clip_state)
+  if aggregation.masking is not None:
+    return _masked_result(aggregation.masking, acc, acc.value_sum), clip_state
   return ([tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum],
           _next_estimates(aggregation, acc, clip_state))
 
@@ -347,8 +504,15 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
                                    dp=())
   if aggregation.is_dp:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
-  inner = (collections.OrderedDict(mean_value=(), mean_weight=()) if aggregation.weighted
-           else collections.OrderedDict(mean_value=(), mean_count=()))
+  if aggregation.secure_bound is not None:
+    inner = _secure_measurements(aggregation, acc.secure)
+  elif aggregation.masking is not None:
+    inner = collections.OrderedDict(
+        mean_value=collections.OrderedDict(masked_clients=tf.cast(acc.count, tf.int32)),
+        mean_count=())
+  else:
+    inner = (collections.OrderedDict(mean_value=(), mean_weight=()) if aggregation.weighted
+             else collections.OrderedDict(mean_value=(), mean_count=()))
   zero_norm, clip_norm = robust_norms(aggregation, round_state)
   if clip_norm is not None:
     inner = collections.OrderedDict(clipping=inner,

@@ -300,7 +300,7 @@ class FastLearningProcess:
                    noise_seed: tf.Tensor):
     for variable in self._model.metric_variables:
       variable.assign(tf.zeros_like(variable))
-    loop_vars = (aggregation_lib.initial(state.global_model_weights.trainable),
+    loop_vars = (aggregation_lib.initial(state.global_model_weights.trainable, self._aggregation),
                  client_work.TrainStats.zeros())
     _, (acc, totals) = tf.while_loop(
         lambda c, _: c < tf.shape(batches.num_batches)[0],
