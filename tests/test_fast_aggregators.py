@@ -174,3 +174,23 @@ def test_refuses_adaptive_secure_bounds(datasets):
       r"without clip_norm\); use backend='tff'\.$")):
     fast.build_fast_process(test_fast_backend.keras_model, datasets[0],
                             aggregator=fedtff.AggregatorSpec('secure'))
+
+
+def test_masking_refuses_what_tff_refuses(datasets):
+  model_fn = test_fast_backend.keras_model
+  # More clients than clients_per_round: TFF's server check fails the round.
+  spec = fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3, clients_per_round=2)
+  process = fast.build_fast_process(model_fn, datasets[0], weighted=False, aggregator=spec)
+  with pytest.raises(ValueError, match=(
+      r'^The masking_simulation aggregator takes at most clients_per_round=2 clients per '
+      r'round, got 3\.$')):
+    process.next(process.initialize(), fast.from_datasets(datasets))
+  tff_process = fedtff.build_learning_process(model_fn, datasets[0], weighted=False,
+                                              aggregator=spec)
+  with pytest.raises(Exception):
+    tff_process.next(tff_process.initialize(), datasets)
+  # Too few bits for the model's 75 coordinates: the factory's own refusal.
+  spec = fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3, clients_per_round=3,
+                               masking_bits=8)
+  with pytest.raises(ValueError, match=r'^Masking with bits=8 for 3 clients quantizes to 42 '):
+    fast.build_fast_process(model_fn, datasets[0], weighted=False, aggregator=spec)

@@ -49,8 +49,16 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   integers in the clear (int64, no wrap-around), as here. No randomness: the
   results equal TFF's. As `build_aggregator`, it applies no zeroing.
 
-Anything else (adaptive secure bounds, compression, the masking simulation,
-custom factories) is refused with a `ValueError`: those run on the
+* `masking_simulation`: `fedtff.privacy.masking_simulation`'s arithmetic with
+  the masks left out, because they cancel in the sum: each update is clipped
+  to L2 norm `clip_norm`, quantized to the levels `-L..L`, encoded mod
+  `2**masking_bits` and summed mod `2**masking_bits` (wrapping around); the sum
+  is decoded, dequantized and divided by the number of clients. The functions
+  are the module's own; the result equals TFF's bit for bit before the
+  division. As there, more clients than `clients_per_round` are refused
+  (`check_round`), and a model too large for the bits is refused at build.
+
+Anything else (adaptive secure bounds, compression, custom factories) is refused with a `ValueError`: those run on the
 TFF backend.
 """
 
@@ -373,11 +381,26 @@ def _masked_result(factory: masking_simulation.MaskingSimulationSumFactory, acc:
                    trainable_sum: List[tf.Tensor]) -> List[tf.Tensor]:
   """Decodes the residues' sum (wrapping mod `2**bits`) and divides by the clients."""
   ms = masking_simulation
+  count = tf.cast(acc.count, tf.int32)
   total = ms.dequantize(ms.decode(acc.secure, factory._bits),  # pylint: disable=protected-access
                         factory._clip_bound, factory._levels)  # pylint: disable=protected-access
   sums = ms.unflatten(total, [tf.TensorSpec(s.shape, s.dtype) for s in trainable_sum])
-  count = tf.cast(acc.count, tf.int32)
   return [tf.math.divide(s, tf.cast(count, s.dtype)) for s in sums]
+
+
+def check_round(aggregation: Aggregation, num_clients: int) -> None:
+  """Refuses a round the aggregator cannot take, as TFF's process fails it.
+
+  Raises:
+    ValueError: For the masking simulation, more clients than its
+      `clients_per_round` (TFF's key table holds that many keys; its server
+      check fails the round).
+  """
+  masking = aggregation.masking
+  if masking is not None and num_clients > masking._max_clients:  # pylint: disable=protected-access
+    raise ValueError(
+        f'The masking_simulation aggregator takes at most clients_per_round='
+        f'{masking._max_clients} clients per round, got {num_clients}.')  # pylint: disable=protected-access
 
 
 def _secure_measurements(aggregation: Aggregation, sums: SecureSums) -> collections.OrderedDict:

@@ -204,6 +204,7 @@ class FastLearningProcess:
     """
     if not isinstance(client_batches, batches_lib.ClientBatches):
       client_batches = batches_lib.from_datasets(list(client_batches))
+    aggregation_lib.check_round(self._aggregation, int(client_batches.num_batches.shape[0]))
     if noise_seed is None:
       noise_seed = [secrets.randbits(63), secrets.randbits(63)]
     new_state, metrics = self._round(self._check_state(state), client_batches,
