@@ -57,6 +57,11 @@ CASES = {
         weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3,
                                          clients_per_round=3, masking_bits=10)),
+    # Compression with every tensor below quantization_threshold: TFF sends
+    # them unquantized; here behind fixed clipping and adaptive zeroing.
+    'compression_below_threshold': dict(
+        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('compression', clip_norm=0.5, zeroing=True)),
 }
 
 
@@ -194,3 +199,14 @@ def test_masking_refuses_what_tff_refuses(datasets):
                                masking_bits=8)
   with pytest.raises(ValueError, match=r'^Masking with bits=8 for 3 clients quantizes to 42 '):
     fast.build_fast_process(model_fn, datasets[0], weighted=False, aggregator=spec)
+
+
+def test_refuses_compression_that_quantizes(datasets):
+  # The hidden layer's 8 x 6 kernel has 48 elements, above the threshold 40.
+  with pytest.raises(ValueError, match=(
+      r"^The fast backend does not implement compression's stochastic quantization \(a weight "
+      r'tensor has 48 elements, above quantization_threshold=40; TFF draws its rounding from '
+      r"its own seeds\); use backend='tff'\.$")):
+    fast.build_fast_process(test_fast_backend.keras_model, datasets[0],
+                            aggregator=fedtff.AggregatorSpec('compression',
+                                                             quantization_threshold=40))

@@ -58,7 +58,15 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   division. As there, more clients than `clients_per_round` are refused
   (`check_round`), and a model too large for the bits is refused at build.
 
-Anything else (adaptive secure bounds, compression, custom factories) is refused with a `ValueError`: those run on the
+* `compression` when every weight tensor has at most `quantization_threshold`
+  elements: TFF's `EncodedSumFactory.quantize_above_threshold` then sends each
+  tensor unquantized, so the aggregate is the mean (with clipping if
+  `clip_norm` is set and zeroing if `zeroing`, as `build_aggregator` wraps
+  it). A larger tensor would be quantized with stochastic rounding drawn from
+  TFF's own seeds, which this engine cannot repeat: refused.
+
+Anything else (adaptive secure bounds, compression that quantizes, custom
+factories) is refused with a `ValueError`: those run on the
 TFF backend.
 """
 
@@ -78,7 +86,7 @@ from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
 _USE_TFF = "use backend='tff'"
-_KINDS = ('mean', 'robust', 'dp', 'secure', 'masking_simulation')  # The AggregatorSpec kinds computed here.
+_KINDS = ('mean', 'robust', 'dp', 'secure', 'masking_simulation', 'compression')  # The AggregatorSpec kinds computed here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +146,8 @@ class Aggregation:
     zero_quantile: For adaptive zeroing: its estimator.
     secure_bound: For `secure`: the fixed per-coordinate bound.
     masking: For `masking_simulation`: its factory (clip bound, bits, levels).
+    compression_threshold: For `compression`: tensors with more elements than
+      this would be quantized (refused); smaller ones are summed as they are.
   """
   weighted: bool
   clip_norm: Optional[float] = None
@@ -149,6 +159,7 @@ class Aggregation:
   zero_quantile: Optional[Quantile] = None
   secure_bound: Optional[float] = None
   masking: Optional[masking_simulation.MaskingSimulationSumFactory] = None
+  compression_threshold: Optional[int] = None
 
   @property
   def clips(self) -> bool:
@@ -201,6 +212,12 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
     raise _refuse(f'the {spec.kind!r} aggregator')
   if spec.kind == 'mean':
     return Aggregation(weighted)
+  if spec.kind == 'compression':  # Clipping only with a clip_norm, as build_aggregator.
+    return Aggregation(weighted, clip_norm=spec.clip_norm,
+                       zeroing_norm=spec.zeroing_norm if spec.zeroing else None,
+                       zero_quantile=(_ADAPTIVE_ZERO if spec.zeroing and spec.zeroing_norm is None
+                                      else None),
+                       compression_threshold=spec.quantization_threshold)
   if spec.kind == 'masking_simulation':
     return Aggregation(weighted, masking=masking_simulation.MaskingSimulationSumFactory(
         spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits))
@@ -300,6 +317,13 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
   """The round's empty sums (`aggregation` adds `secure`'s integer sums)."""
   zero = tf.constant(0, tf.int32)
   secure = ()
+  threshold = aggregation.compression_threshold if aggregation is not None else None
+  if threshold is not None:
+    largest = max(int(np.prod(v.shape)) for v in trainable)
+    if largest > threshold:
+      raise _refuse(
+          f"compression's stochastic quantization (a weight tensor has {largest} elements, above "
+          f'quantization_threshold={threshold}; TFF draws its rounding from its own seeds)')
   if aggregation is not None and aggregation.masking is not None:
     size = sum(int(np.prod(v.shape)) for v in trainable)
     aggregation.masking.check_quantization(size)  # TFF's refusal, with its message.
