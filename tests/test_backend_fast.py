@@ -146,12 +146,23 @@ def test_dp_accounting_and_divergence_detection(tmp_path):
 
 REFUSED = {
     'mimelite': ({'algorithm.name': 'mimelite'}, 'does not implement Mime Lite'),
-    'secure': ({'aggregator.kind': 'secure', 'aggregator.clip_norm': 1.0},
-               "does not implement the 'secure' aggregator"),
+    'secure': ({'aggregator.kind': 'secure'}, 'does not implement adaptive secure bounds'),
     'schedule': ({'client.lr_schedule': 'exp_decay'},
                  'does not implement client learning-rate schedules'),
-    'adaptive_clipping': ({'aggregator.kind': 'robust'}, 'does not implement adaptive clipping'),
 }
+
+
+def test_adaptive_robust_norms_run_and_resume(tmp_path):
+  """Adaptive clipping and zeroing run through the runner; their estimates are
+  checkpointed in TFF's state and the run resumes from it."""
+  config = small_fast_config(total_rounds=2, rounds_per_checkpoint=1)
+  config.aggregator.kind = 'robust'
+  config.aggregator.zeroing = True
+  fedtff.run_experiment(config, str(tmp_path))
+  assert [int(row['round']) for row in rows_of(tmp_path)] == [1, 2]
+  config.total_rounds = 3
+  fedtff.run_experiment(config, str(tmp_path))
+  assert [int(row['round']) for row in rows_of(tmp_path)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize('name', sorted(REFUSED))
