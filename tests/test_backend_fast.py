@@ -146,7 +146,6 @@ def test_dp_accounting_and_divergence_detection(tmp_path):
 
 REFUSED = {
     'mimelite': ({'algorithm.name': 'mimelite'}, 'does not implement Mime Lite'),
-    'secure': ({'aggregator.kind': 'secure'}, 'does not implement adaptive secure bounds'),
     'schedule': ({'client.lr_schedule': 'exp_decay'},
                  'does not implement client learning-rate schedules'),
 }

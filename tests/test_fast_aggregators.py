@@ -46,6 +46,11 @@ CASES = {
     'secure_unweighted': dict(
         weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('secure', clip_norm=0.05)),
+    # Secure sum with the adaptive bound (2 C, C from 50 towards the 0.95
+    # quantile of the largest |coordinate|, its records summed securely).
+    'secure_adaptive_bound': dict(
+        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        aggregator=fedtff.AggregatorSpec('secure')),
     # The masking simulation: the masks cancel; the clipped (L2 0.3), quantized
     # updates are summed mod 2**32 and decoded.
     'masking_simulation': dict(
@@ -173,12 +178,24 @@ def test_secure_clips_coordinates_as_tff(name, datasets):
       np.float32(-bound), np.float32(bound))
 
 
-def test_refuses_adaptive_secure_bounds(datasets):
-  with pytest.raises(ValueError, match=(
-      r"^The fast backend does not implement adaptive secure bounds \(the 'secure' aggregator "
-      r"without clip_norm\); use backend='tff'\.$")):
-    fast.build_fast_process(test_fast_backend.keras_model, datasets[0],
-                            aggregator=fedtff.AggregatorSpec('secure'))
+@pytest.mark.parametrize('weighted', [True, False])
+def test_adaptive_secure_bound_converts_to_and_from_the_tff_state(weighted, datasets):
+  options = dict(CASES['secure_adaptive_bound'], weighted=weighted)
+  model_fn = test_fast_backend.keras_model
+  tff_process = fedtff.build_learning_process(model_fn, datasets[0], **options)
+  fast_process = fast.build_fast_process(model_fn, datasets[0], **options)
+  batches = fast.from_datasets(datasets)
+  state = fast_process.next(fast_process.initialize(), batches).state
+  estimate = float(state.aggregator['secure_bound'])
+  assert estimate != 50.0
+  tff_state = fast_process.to_tff_state(state, tff_process)
+  assert float(fast_process.from_tff_state(tff_state).aggregator['secure_bound']) == estimate
+  tff_output = tff_process.next(tff_state, datasets)
+  fast_state, fast_metrics = fast_process.next(state, batches)
+  test_fast_backend.assert_weights_close(tff_process.get_model_weights(tff_output.state),
+                                         fast_process.get_model_weights(fast_state),
+                                         atol=TOLERANCE)
+  assert_measurements_close(tff_output.metrics['aggregator'], fast_metrics['aggregator'])
 
 
 def test_masking_refuses_what_tff_refuses(datasets):

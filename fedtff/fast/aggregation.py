@@ -39,15 +39,19 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   `fedtff.privacy.mechanisms.adaptive_noise_split`'s. `C` is the state's
   `aggregator` field. Its noise comes from the same round seed.
 
-* `secure` with a fixed bound (`clip_norm`): `fedtff.privacy.mechanisms.secure_mean`,
+* `secure`: `fedtff.privacy.mechanisms.secure_mean`,
   TFF's `SecureSumFactory` in the mean: each coordinate of the (weighted)
   update is clipped to `[-bound, bound]` and quantized to 32 bits with
   deterministic rounding, by TFF's own client and server shift functions
   (`tensorflow_federated...aggregators.primitives`); the integers are summed,
   dequantized and divided by the weights' secure sum (quantized in
   `[0, 2**20 - 1]`) or the number of clients. TFF's local runtime sums the
-  integers in the clear (int64, no wrap-around), as here. No randomness: the
-  results equal TFF's. As `build_aggregator`, it applies no zeroing.
+  integers in the clear (int64, no wrap-around), as here. The bound is
+  `clip_norm`, or (None) adaptive: `2 C`, with `C` TFF's no-noise quantile
+  estimate (from 50, towards the 0.95 quantile of each client's largest
+  |coordinate|, lr 1.0), whose records `[max <= C] - 1/2` and `1.0` are
+  themselves summed securely in `[-1, 1]`. No randomness: the results equal
+  TFF's. As `build_aggregator`, it applies no zeroing.
 
 * `masking_simulation`: `fedtff.privacy.masking_simulation`'s arithmetic with
   the masks left out, because they cancel in the sum: each update is clipped
@@ -65,8 +69,7 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   it). A larger tensor would be quantized with stochastic rounding drawn from
   TFF's own seeds, which this engine cannot repeat: refused.
 
-Anything else (adaptive secure bounds, compression that quantizes, custom
-factories) is refused with a `ValueError`: those run on the
+Anything else (compression that quantizes, custom factories) is refused with a `ValueError`: those run on the
 TFF backend.
 """
 
@@ -130,6 +133,10 @@ _ADAPTIVE_ZERO = Quantile(initial=10.0, target=0.98, learning_rate=2.302585, mul
                           increment=1.0)
 
 
+# fedtff.privacy.mechanisms.secure_mean's adaptive bound (secure_estimation=True).
+_SECURE_BOUND = Quantile(initial=50.0, target=0.95, learning_rate=1.0, multiplier=2.0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Aggregation:
   """What the round graph does with client updates; see the module docstring.
@@ -160,6 +167,7 @@ class Aggregation:
   secure_bound: Optional[float] = None
   masking: Optional[masking_simulation.MaskingSimulationSumFactory] = None
   compression_threshold: Optional[int] = None
+  secure_quantile: Optional[Quantile] = None
 
   @property
   def clips(self) -> bool:
@@ -184,7 +192,8 @@ class Aggregation:
     estimates = collections.OrderedDict(
         (name, tf.constant(quantile.initial, tf.float32))
         for name, quantile in (('zeroing_norm', self.zero_quantile),
-                               ('clipping_norm', self.clip_quantile)) if quantile is not None)
+                               ('clipping_norm', self.clip_quantile),
+                               ('secure_bound', self.secure_quantile)) if quantile is not None)
     return estimates or ()
 
 
@@ -222,9 +231,9 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
     return Aggregation(weighted, masking=masking_simulation.MaskingSimulationSumFactory(
         spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits))
   if spec.kind == 'secure':
-    if spec.clip_norm is None:
-      raise _refuse("adaptive secure bounds (the 'secure' aggregator without clip_norm)")
     # As fedtff.aggregators.build_aggregator: `secure_mean` alone (it applies no zeroing).
+    if spec.clip_norm is None:  # mechanisms.secure_mean's estimator, summed securely.
+      return Aggregation(weighted, secure_bound=0.0, secure_quantile=_SECURE_BOUND)
     return Aggregation(weighted, secure_bound=float(spec.clip_norm))
   if spec.kind == 'dp' and spec.clip_norm is None:
     value_multiplier, count_stddev = mechanisms.adaptive_noise_split(
@@ -306,6 +315,8 @@ class SecureSums(NamedTuple):
   lower_clipped: tf.Tensor
   weight_upper_clipped: tf.Tensor
   weight_lower_clipped: tf.Tensor
+  bound_below: tf.Tensor  # Adaptive bound: quantized sum of [|value| max <= C] - 1/2.
+  bound_ones: tf.Tensor  # Adaptive bound: quantized sum of the clients' 1.0 weights.
 
 
 # fedtff.privacy.mechanisms.secure_mean's bounds of the weights' secure sum.
@@ -330,14 +341,22 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
     secure = tf.zeros([size], tf.int64)  # The residues' sum mod 2**bits.
   if aggregation is not None and aggregation.secure_bound is not None:
     secure = SecureSums([tf.zeros(v.shape, tf.int64) for v in trainable],
-                        tf.constant(0, tf.int64), zero, zero, zero, zero)
+                        tf.constant(0, tf.int64), zero, zero, zero, zero,
+                        tf.constant(0, tf.int64), tf.constant(0, tf.int64))
   return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero,
                      tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), secure)
 
 
-def _secure_bounds(aggregation: Aggregation) -> Tuple[tf.Tensor, tf.Tensor]:
+def _secure_bounds(aggregation: Aggregation, state: Any = ()) -> Tuple[tf.Tensor, tf.Tensor]:
+  """(lower, upper): fixed, or the adaptive bound reported from `state` and its negative."""
+  if aggregation.secure_quantile is not None:
+    upper = tf.cast(aggregation.secure_quantile.report(state['secure_bound']), tf.float32)
+    return upper * -1.0, upper
   return (tf.constant(-aggregation.secure_bound, tf.float32),
           tf.constant(aggregation.secure_bound, tf.float32))
+
+
+_RECORD_BOUNDS = (-1.0, 1.0)  # SecureSumFactory(1.0) sums the quantile records.
 
 
 def _quantize(values: List[tf.Tensor], lower: tf.Tensor, upper: tf.Tensor):
@@ -355,11 +374,21 @@ def _quantize(values: List[tf.Tensor], lower: tf.Tensor, upper: tf.Tensor):
 
 
 def _accumulate_secure(aggregation: Aggregation, sums: SecureSums, update: List[tf.Tensor],
-                       weight: tf.Tensor) -> SecureSums:
+                       weight: tf.Tensor, state: Any = ()) -> SecureSums:
   """Adds one client to `secure`'s sums (weighted: `update * weight` and the weight)."""
   if aggregation.weighted:
     update = [v * tf.cast(weight, v.dtype) for v in update]
-  quantized, upper, lower = _quantize(update, *_secure_bounds(aggregation))
+  quantized, upper, lower = _quantize(update, *_secure_bounds(aggregation, state))
+  bound_below, bound_ones = sums.bound_below, sums.bound_ones
+  if aggregation.secure_quantile is not None:  # _create_update_state_single_process.
+    value_max = tf.reduce_max(tf.stack([tf.reduce_max(v) for v in update]))
+    value_min = tf.reduce_min(tf.stack([tf.reduce_min(v) for v in update]))
+    abs_max = tf.maximum(tf.abs(value_min), tf.abs(value_max))
+    record = [_below(abs_max, state['secure_bound']), tf.constant(1.0)]
+    low, high = (tf.constant(b, tf.float32) for b in _RECORD_BOUNDS)
+    below_q, ones_q = [primitives._client_tensor_shift_for_secure_sum(r, low, high)  # pylint: disable=protected-access
+                       for r in record]
+    bound_below, bound_ones = bound_below + below_q, bound_ones + ones_q
   weight_sum, weight_upper, weight_lower = sums.weight, sums.weight_upper_clipped, (
       sums.weight_lower_clipped)
   if aggregation.weighted:
@@ -370,13 +399,24 @@ def _accumulate_secure(aggregation: Aggregation, sums: SecureSums, update: List[
         weight_sum + quantized_weight, weight_upper + w_upper, weight_lower + w_lower)
   return SecureSums([s + q for s, q in zip(sums.values, quantized)], weight_sum,
                     sums.upper_clipped + upper, sums.lower_clipped + lower,
-                    weight_upper, weight_lower)
+                    weight_upper, weight_lower, bound_below, bound_ones)
 
 
-def _secure_result(aggregation: Aggregation, acc: Accumulator) -> List[tf.Tensor]:
+def _next_secure_bound(aggregation: Aggregation, acc: Accumulator, state: Any) -> Any:
+  """The adaptive bound's estimate after the round, from the securely summed records."""
+  summands = tf.cast(acc.count, tf.int32)
+  low, high = (tf.constant(b, tf.float32) for b in _RECORD_BOUNDS)
+  below, ones = [primitives._server_tensor_shift_for_secure_sum(  # pylint: disable=protected-access
+      summands, s, low, high, tf.float32) for s in (acc.secure.bound_below, acc.secure.bound_ones)]
+  return collections.OrderedDict(secure_bound=aggregation.secure_quantile.next(
+      state['secure_bound'], below, ones))
+
+
+def _secure_result(aggregation: Aggregation, acc: Accumulator, state: Any = ()
+                  ) -> List[tf.Tensor]:
   """`SecureSumFactory`'s server side (TFF's dequantization), then the mean."""
   summands = tf.cast(acc.count, tf.int32)
-  lower, upper = _secure_bounds(aggregation)
+  lower, upper = _secure_bounds(aggregation, state)
   sums = [primitives._server_tensor_shift_for_secure_sum(  # pylint: disable=protected-access
       summands, s, lower, upper, tf.float32) for s in acc.secure.values]
   if aggregation.weighted:
@@ -427,8 +467,9 @@ def check_round(aggregation: Aggregation, num_clients: int) -> None:
         f'{masking._max_clients} clients per round, got {num_clients}.')  # pylint: disable=protected-access
 
 
-def _secure_measurements(aggregation: Aggregation, sums: SecureSums) -> collections.OrderedDict:
-  lower, upper = _secure_bounds(aggregation)
+def _secure_measurements(aggregation: Aggregation, sums: SecureSums, state: Any = ()
+                        ) -> collections.OrderedDict:
+  lower, upper = _secure_bounds(aggregation, state)
   value = collections.OrderedDict(
       secure_upper_clipped_count=sums.upper_clipped,
       secure_lower_clipped_count=sums.lower_clipped,
@@ -475,7 +516,7 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
   if aggregation.masking is not None:
     secure = _accumulate_masked(aggregation.masking, secure, update)
   if aggregation.secure_bound is not None:
-    secure = _accumulate_secure(aggregation, secure, update, weight)
+    secure = _accumulate_secure(aggregation, secure, update, weight, clip_state)
   if aggregation.weighted and not aggregation.is_dp:
     update = [v * tf.cast(weight, v.dtype) for v in update]
   else:
@@ -503,7 +544,10 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
               for i, s in enumerate(acc.value_sum)]
     return [tf.truediv(s, tf.cast(aggregation.denominator, s.dtype)) for s in noised], clip_state
   if aggregation.secure_bound is not None:
-    return _secure_result(aggregation, acc), _next_estimates(aggregation, acc, clip_state)
+    if aggregation.secure_quantile is not None:
+      return (_secure_result(aggregation, acc, clip_state),
+              _next_secure_bound(aggregation, acc, clip_state))
+    return _secure_result(aggregation, acc), clip_state
   if aggregation.masking is not None:
     return _masked_result(aggregation.masking, acc, acc.value_sum), clip_state
   return ([tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum],
@@ -552,7 +596,7 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
   if aggregation.is_dp:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
   if aggregation.secure_bound is not None:
-    inner = _secure_measurements(aggregation, acc.secure)
+    inner = _secure_measurements(aggregation, acc.secure, round_state)
   elif aggregation.masking is not None:
     inner = collections.OrderedDict(
         mean_value=collections.OrderedDict(masked_clients=tf.cast(acc.count, tf.int32)),
@@ -581,6 +625,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   and the quantile estimator's `current_estimate`. Otherwise the state is
   constant and `template` is returned.
   """
+  if aggregation.secure_quantile is not None:
+    return _to_tff_secure_state(aggregation, clip_state, template)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     return _to_tff_robust_state(aggregation, clip_state, template)
   if aggregation.adaptive is None:
@@ -626,8 +672,29 @@ def _to_tff_robust_state(aggregation: Aggregation, state: Any, template: Any) ->
   return template
 
 
+def _to_tff_secure_state(aggregation: Aggregation, state: Any, template: Any) -> Any:
+  """`secure_mean`'s state: the bound's quantile state is the value sum's state,
+  under 'value_sum_process' (weighted) or first of the pair (unweighted)."""
+  estimate = np.float32(state['secure_bound'])
+  if aggregation.weighted:
+    query_state, agg_state = template['value_sum_process']
+    new = collections.OrderedDict(template)
+    new['value_sum_process'] = (query_state._replace(current_estimate=estimate), agg_state)
+    return new
+  (query_state, agg_state), count_state = template
+  return ((query_state._replace(current_estimate=estimate), agg_state), count_state)
+
+
+def _secure_estimate(aggregation: Aggregation, tff_state: Any) -> Any:
+  value_state = (tff_state['value_sum_process'] if aggregation.weighted else tff_state[0])
+  return collections.OrderedDict(
+      secure_bound=tf.constant(value_state[0].current_estimate, tf.float32))
+
+
 def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
   """The fast state's clip norm from TFF's aggregator state (see `to_tff_state`)."""
+  if aggregation.secure_quantile is not None:
+    return _secure_estimate(aggregation, tff_state)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     estimates = collections.OrderedDict()
     for name, path in _robust_paths(aggregation):
