@@ -163,10 +163,23 @@ def test_mime_lite_and_schedules_give_the_tff_backends_rows(overrides, tmp_path)
 
 
 REFUSED = {
-    'secure': ({'aggregator.kind': 'secure', 'aggregator.clip_norm': 1.0},
-               "does not implement the 'secure' aggregator"),
-    'adaptive_clipping': ({'aggregator.kind': 'robust'}, 'does not implement adaptive clipping'),
+    'quantizing_compression': ({'aggregator.kind': 'compression',
+                                'aggregator.quantization_threshold': 100},
+                               "does not implement compression's stochastic quantization"),
 }
+
+
+def test_adaptive_robust_norms_run_and_resume(tmp_path):
+  """Adaptive clipping and zeroing run through the runner; their estimates are
+  checkpointed in TFF's state and the run resumes from it."""
+  config = small_fast_config(total_rounds=2, rounds_per_checkpoint=1)
+  config.aggregator.kind = 'robust'
+  config.aggregator.zeroing = True
+  fedtff.run_experiment(config, str(tmp_path))
+  assert [int(row['round']) for row in rows_of(tmp_path)] == [1, 2]
+  config.total_rounds = 3
+  fedtff.run_experiment(config, str(tmp_path))
+  assert [int(row['round']) for row in rows_of(tmp_path)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize('name', sorted(REFUSED))
@@ -182,8 +195,10 @@ def test_unsupported_options_are_refused(name, tmp_path):
 def test_unsupported_option_on_the_command_line_is_one_line(tmp_path):
   result = conftest.run_script(['experiments/train.py', '--config=configs/quickstart.py',
                                 f'--workdir={tmp_path}', '--config.backend=fast',
-                                '--config.aggregator.kind=secure',
-                                '--config.aggregator.clip_norm=1.0'])
+                                '--config.aggregator.kind=compression',
+                                '--config.aggregator.quantization_threshold=100'])
   assert result.returncode != 0
-  assert result.stderr == ("train.py: error: The fast backend does not implement the 'secure' "
-                           "aggregator; use backend='tff'.\n")
+  assert result.stderr == (
+      "train.py: error: The fast backend does not implement compression's stochastic "
+      "quantization (a weight tensor has 4096 elements, above quantization_threshold=100; TFF "
+      "draws its rounding from its own seeds); use backend='tff'.\n")

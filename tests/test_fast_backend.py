@@ -238,15 +238,8 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
 @pytest.mark.parametrize(
     'options, message',
     [
-        (dict(aggregator=fedtff.AggregatorSpec('compression')), "the 'compression' aggregator"),
-        (dict(aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
-         "the 'secure' aggregator"),
-        (dict(weighted=False, aggregator=fedtff.AggregatorSpec(
-            'masking_simulation', clip_norm=1.0, clients_per_round=3)),
-         "the 'masking_simulation' aggregator"),
-        (dict(aggregator=fedtff.AggregatorSpec('robust')), 'adaptive clipping'),
-        (dict(aggregator=fedtff.AggregatorSpec('robust', clip_norm=1.0, zeroing=True)),
-         'adaptive zeroing'),
+        (dict(aggregator=fedtff.AggregatorSpec('compression', quantization_threshold=40)),
+         "compression's stochastic quantization"),
         (dict(aggregator=tff.aggregators.MeanFactory()), 'custom tff.aggregators factories'),
         (dict(element_spec=(tf.TensorSpec([None, None], tf.float32),
                             tf.TensorSpec([None], tf.int32))), 'fixed per-example shapes'),
@@ -254,8 +247,7 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['compression', 'secure', 'masking_simulation', 'adaptive_clip',
-         'adaptive_zeroing', 'tff_factory', 'varying_shapes',
+    ids=['compression', 'tff_factory', 'varying_shapes',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):
   options = dict(options)

@@ -245,6 +245,7 @@ class FastLearningProcess:
     """
     if not isinstance(client_batches, batches_lib.ClientBatches):
       client_batches = batches_lib.from_datasets(list(client_batches))
+    aggregation_lib.check_round(self._aggregation, int(client_batches.num_batches.shape[0]))
     if noise_seed is None:
       noise_seed = [secrets.randbits(63), secrets.randbits(63)]
     new_state, metrics = self._round(self._check_state(state), client_batches,
@@ -379,7 +380,8 @@ class FastLearningProcess:
       variable.assign(tf.zeros_like(variable))
     client_optimizer, learning_rate = self._round_client_optimizer(state)
     trainable = state.global_model_weights.trainable
-    loop_vars = (aggregation_lib.initial(trainable), client_work.TrainStats.zeros(),
+    loop_vars = (aggregation_lib.initial(trainable, self._aggregation),
+                 client_work.TrainStats.zeros(),
                  aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
         lambda c, _: c < tf.shape(batches.num_batches)[0],
@@ -396,7 +398,8 @@ class FastLearningProcess:
       client_metrics['client_learning_rate'] = learning_rate
     metrics = collections.OrderedDict(
         distributor=(), client_work=client_metrics,
-        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state),
+        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state,
+                                                round_state=state.aggregator),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
 
