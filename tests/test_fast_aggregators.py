@@ -22,15 +22,15 @@ TOLERANCE = 1e-5
 CASES = {
     # Adaptive clipping (C from 1.0 towards the median norm), weighted.
     'robust_adaptive_clip': dict(
-        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('robust')),
     # Adaptive clipping towards a low quantile, so that clients are clipped.
     'robust_adaptive_clip_low_quantile_unweighted': dict(
-        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        weighted=False, client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('robust', target_unclipped_quantile=0.1)),
     # Adaptive zeroing (reported 2 C + 1 from C = 10) around a fixed clip.
     'robust_adaptive_zeroing': dict(
-        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('robust', clip_norm=0.3, zeroing=True)),
     # Both adaptive, unweighted, with FedAdam on the server.
     'robust_adaptive_both_unweighted': dict(
@@ -40,32 +40,32 @@ CASES = {
     # Secure sum: each coordinate of update * weight clipped to [-1, 1] and
     # quantized to 32 bits; the weights summed securely in [0, 2**20 - 1].
     'secure_weighted': dict(
-        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('secure', clip_norm=1.0)),
     # Unweighted, with a bound that clips coordinates of the updates.
     'secure_unweighted': dict(
-        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        weighted=False, client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('secure', clip_norm=0.05)),
     # Secure sum with the adaptive bound (2 C, C from 50 towards the 0.95
     # quantile of the largest |coordinate|, its records summed securely).
     'secure_adaptive_bound': dict(
-        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('secure')),
     # The masking simulation: the masks cancel; the clipped (L2 0.3), quantized
     # updates are summed mod 2**32 and decoded.
     'masking_simulation': dict(
-        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        weighted=False, client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3,
                                          clients_per_round=3)),
     # Few bits: levels -170..170 (3 sums fit 2**10), a coarse grid.
     'masking_simulation_10_bits': dict(
-        weighted=False, client_optimizer=fedtff.optimizer('sgd', 0.5),
+        weighted=False, client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('masking_simulation', clip_norm=0.3,
                                          clients_per_round=3, masking_bits=10)),
     # Compression with every tensor below quantization_threshold: TFF sends
     # them unquantized; here behind fixed clipping and adaptive zeroing.
     'compression_below_threshold': dict(
-        client_optimizer=fedtff.optimizer('sgd', 0.5),
+        client_optimizer=fedtff.build_optimizer('sgd', 0.5),
         aggregator=fedtff.AggregatorSpec('compression', clip_norm=0.5, zeroing=True)),
 }
 
@@ -107,7 +107,7 @@ def test_zeroes_by_the_largest_coordinate_as_tff(datasets):
   # L2 comparison would zero them all (and the weights would not move).
   tf.keras.utils.set_random_seed(1)
   measurements = run_and_compare(dict(
-      client_optimizer=fedtff.optimizer('sgd', 0.5),
+      client_optimizer=fedtff.build_optimizer('sgd', 0.5),
       aggregator=fedtff.AggregatorSpec('robust', clip_norm=0.8, zeroing=True,
                                        zeroing_norm=0.55)), datasets)
   assert measurements['zeroed_count'] == 0
