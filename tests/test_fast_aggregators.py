@@ -127,6 +127,18 @@ def test_adaptive_zeroing_zeroes_an_outlier_as_tff(outlier_datasets):
   assert measurements['zeroed_count'] == 1
 
 
+def next_rounds_match(tff_process, tff_state, datasets, fast_process, fast_state, batches):
+  """Runs one round on each engine from equal states; asserts equal weights and
+  aggregator measurements; returns TFF's output and the fast state."""
+  tff_output = tff_process.next(tff_state, datasets)
+  fast_state, fast_metrics = fast_process.next(fast_state, batches)
+  test_fast_backend.assert_weights_close(tff_process.get_model_weights(tff_output.state),
+                                         fast_process.get_model_weights(fast_state),
+                                         atol=TOLERANCE)
+  assert_measurements_close(tff_output.metrics['aggregator'], fast_metrics['aggregator'])
+  return tff_output, fast_state
+
+
 def test_adaptive_norms_convert_to_and_from_the_tff_state(outlier_datasets):
   options = CASES['robust_adaptive_both_unweighted']
   model_fn = test_fast_backend.keras_model
@@ -145,12 +157,8 @@ def test_adaptive_norms_convert_to_and_from_the_tff_state(outlier_datasets):
       estimates['clipping_norm'])
   back = fast_process.from_tff_state(tff_state)
   assert {name: float(value) for name, value in back.aggregator.items()} == estimates
-  tff_output = tff_process.next(tff_state, outlier_datasets)
-  fast_state, fast_metrics = fast_process.next(state, batches)
-  test_fast_backend.assert_weights_close(tff_process.get_model_weights(tff_output.state),
-                                         fast_process.get_model_weights(fast_state),
-                                         atol=TOLERANCE)
-  assert_measurements_close(tff_output.metrics['aggregator'], fast_metrics['aggregator'])
+  tff_output, fast_state = next_rounds_match(tff_process, tff_state, outlier_datasets,
+                                             fast_process, state, batches)
   assert float(fast_state.aggregator['zeroing_norm']) == pytest.approx(
       float(tff_output.state.aggregator['zeroing_norm'][0].current_estimate), abs=TOLERANCE)
 
@@ -190,12 +198,7 @@ def test_adaptive_secure_bound_converts_to_and_from_the_tff_state(weighted, data
   assert estimate != 50.0
   tff_state = fast_process.to_tff_state(state, tff_process)
   assert float(fast_process.from_tff_state(tff_state).aggregator['secure_bound']) == estimate
-  tff_output = tff_process.next(tff_state, datasets)
-  fast_state, fast_metrics = fast_process.next(state, batches)
-  test_fast_backend.assert_weights_close(tff_process.get_model_weights(tff_output.state),
-                                         fast_process.get_model_weights(fast_state),
-                                         atol=TOLERANCE)
-  assert_measurements_close(tff_output.metrics['aggregator'], fast_metrics['aggregator'])
+  next_rounds_match(tff_process, tff_state, datasets, fast_process, state, batches)
 
 
 def test_masking_refuses_what_tff_refuses(datasets):
