@@ -61,6 +61,7 @@ from fedtff.privacy import mechanisms
 TOLERANCE = 1e-5
 ROUNDS = 3
 PASSED, FAILED, REFUSED, INVALID = 'passed', 'failed', 'refused', 'invalid'
+_USE_TFF = "use backend='tff'."
 STATUSES = (PASSED, FAILED, REFUSED, INVALID)
 # A statistic passes within this many standard errors.
 NOISE_SIGMAS = 6.0
@@ -368,10 +369,11 @@ def check(combination: Combination, *, rounds: int = ROUNDS,
   try:
     engines = _Engines(_noiseless(config) if noised else config, task,
                        0.0 if noised else z, fast_options=fast_options)
-  except config_lib.ConfigError as e:  # The compiled engine's refusals: "...; use backend='tff'."
-    return Outcome(combination.name, REFUSED, message=str(e))
-  except (ValueError, TypeError) as e:  # The builders' checks, before the compiled engine's.
-    return Outcome(combination.name, INVALID, message=str(e))
+  except (ValueError, TypeError) as e:
+    # The compiled engine's refusals end "...; use backend='tff'."; any other error is
+    # a check both engines share (e.g. the builders'), so the config is invalid.
+    refused = isinstance(e, config_lib.ConfigError) and str(e).endswith(_USE_TFF)
+    return Outcome(combination.name, REFUSED if refused else INVALID, message=str(e))
   worst, where = compare_rounds(engines, rounds)
   ok, message = worst <= tolerance, ''
   if noised:

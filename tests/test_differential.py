@@ -103,6 +103,11 @@ def test_refused_and_invalid_combinations_are_counted_apart():
                                              aggregator__noise_multiplier=1.0))
   assert invalid.status == differential.INVALID
   assert invalid.message.startswith("aggregator.kind='dp' needs algorithm.weighted=False")
+  # A check both engines share (the builders') makes a config invalid, not refused.
+  shared = check('unweighted_schedule', tiny_config(algorithm__weighted=False,
+                                                    client__lr_schedule='exp_decay'))
+  assert shared.status == differential.INVALID
+  assert shared.message.startswith('Client learning-rate schedules need weighted=True')
   counts = differential.tally([refused, invalid, refused])
   assert counts == dict(checked=3, passed=0, failed=0, refused=2, invalid=1)
 
