@@ -245,7 +245,7 @@ def validate(config: Any) -> None:
   _check_test_clients(config['data'])
   _check_run_directory_options(config)
   _check_algorithm(config['algorithm'], registry.resolve_group(
-      config['algorithm']['name'], 'server', config['server']))
+      config['algorithm']['name'], 'server', config['server']), config['client'])
   _check_privacy(config)
   _check_stop(config)
   if config['backend'] == 'fast' and config['runtime']['workers']:
@@ -326,8 +326,16 @@ def _check_runtime(runtime: Mapping[str, Any]) -> None:
                       f"{runtime['connect_timeout_s']!r}.")
 
 
-def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any]) -> None:
+def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
+                     client: Mapping[str, Any]) -> None:
   name = algorithm['name']
+  scheduled = client['lr_schedule'] != 'constant' or client['lr_warmup_rounds'] > 0
+  if scheduled and not registry.get(name).schedules:
+    family = ', '.join(spec.name for spec in registry.REGISTRY.values() if spec.schedules)
+    raise ConfigError(f'Config key client.lr_schedule is {client["lr_schedule"]!r} (with '
+                      f'client.lr_warmup_rounds={client["lr_warmup_rounds"]}), but {name} takes '
+                      f'no client learning-rate schedule; schedules combine with the FedAvg '
+                      f'family ({family}).')
   if name != 'fedprox' and algorithm['proximal_strength']:
     raise ConfigError(f'Config key algorithm.proximal_strength is used only by fedprox, '
                       f'but algorithm.name is {name!r}.')

@@ -359,6 +359,7 @@ def check(combination: Combination, *, rounds: int = ROUNDS,
   refusal = _validate(config)
   if refusal:
     return dataclasses.replace(refusal, name=combination.name)
+  config = config_lib.resolve(config)  # The algorithm's defaults, as run_experiment fills them.
   try:
     task = tasks.build_task(config)
     experiment.check_task(config, task)

@@ -54,6 +54,12 @@ def test_config_builds_a_process_that_runs(groups, task):
          "needs server.optimizer='sgd', got 'adam'"),
         (dict(algorithm=dict(proximal_strength=0.5)), 'proximal_strength is used only by fedprox'),
         (dict(algorithm=dict(name='fedsgdx')), "algorithm.name is 'fedsgdx'; expected one of"),
+        (dict(algorithm=dict(name='fedsgd'), client=dict(lr_schedule='exp_decay')),
+         "^Config key client.lr_schedule is 'exp_decay' \\(with client.lr_warmup_rounds=0\\), "
+         'but fedsgd takes no client learning-rate schedule; schedules combine with the FedAvg '
+         'family \\(fedavg, fedavgm, fedadagrad, fedadam, fedyogi\\).$'),
+        (dict(algorithm=dict(name='mimelite'), client=dict(lr_warmup_rounds=2)),
+         'but mimelite takes no client learning-rate schedule'),
         (dict(aggregator=dict(kind='median')), "aggregator.kind is 'median'; expected one of"),
         (dict(client=dict(learning_rate=float('nan'))),
          '^Config key client.learning_rate must be a finite number, got nan.$'),
@@ -63,8 +69,8 @@ def test_config_builds_a_process_that_runs(groups, task):
          '^Config key aggregator.clip_norm must be a finite number, got -inf.$'),
     ],
     ids=['server_optimizer_mismatch', 'fedavgm_needs_sgd', 'mu_without_fedprox',
-         'unknown_algorithm', 'unknown_aggregator', 'nan_client_lr', 'inf_server_lr',
-         'inf_clip_norm'])
+         'unknown_algorithm', 'fedsgd_schedule', 'mimelite_warmup', 'unknown_aggregator',
+         'nan_client_lr', 'inf_server_lr', 'inf_clip_norm'])
 def test_inconsistent_configs_are_refused(groups, message):
   with pytest.raises(fedtff.config.ConfigError, match=message):
     config_for(**groups)
