@@ -57,8 +57,13 @@ def load_module(suite: str):
   """The config module `configs/<suite>.py`."""
   if suite not in SUITES:
     raise ValueError(f'Unknown suite {suite!r}; expected one of: {", ".join(SUITES)}.')
-  path = os.path.join(REPO_ROOT, 'configs', f'{suite}.py')
-  spec = importlib.util.spec_from_file_location(f'configs_{suite}', path)
+  return load_config_file(os.path.join(REPO_ROOT, 'configs', f'{suite}.py'))
+
+
+def load_config_file(path: str):
+  """The config module at `path` (a `configs/*.py` file), loaded fresh."""
+  name = 'configs_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
-import importlib.util
 import itertools
 import math
 import os
@@ -45,6 +44,7 @@ import numpy as np
 import tensorflow_federated as tff
 
 from fedtff import aggregators
+from fedtff import benchmarks
 from fedtff import config as config_lib
 from fedtff import data
 from fedtff import experiment
@@ -129,17 +129,10 @@ def shrink(config: ml_collections.ConfigDict, *, rounds: int = ROUNDS,
   return config
 
 
-def _load(path: str):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def shipped_combinations(configs_dir: str) -> Iterator[Combination]:
   """Every config in `configs_dir` and each of its `VARIANTS`, with its `SMOKE_OVERRIDES`."""
   for path in sorted(glob.glob(os.path.join(configs_dir, '*.py'))):
-    module = _load(path)
+    module = benchmarks.load_config_file(path)
     base = os.path.basename(path)
     for variant in getattr(module, 'VARIANTS', (None,)):
       config = module.get_config(variant) if variant else module.get_config()

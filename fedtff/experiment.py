@@ -150,7 +150,7 @@ def _ddp_noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task,
   accounting.check_guarantee(
       noise_multiplier=1.0 if z is None else z, clients_per_round=config.clients_per_round,
       num_clients=num_clients, weighted=config.algorithm.weighted, delta=privacy.delta)
-  delta = accounting._resolve_delta(privacy.delta, num_clients)  # pylint: disable=protected-access
+  delta = accounting.resolve_delta(privacy.delta, num_clients)
   options = dict(clip=config.aggregator.clip_norm, dim=ddp.model_dim(task.model_fn),
                  rounds=config.total_rounds, delta=delta, bits=_ddp_bits(config))
   if z is None:

@@ -43,8 +43,6 @@ _EXTENDABLE_KEYS = ('total_rounds', 'backend', 'runtime.workers', 'runtime.conne
                     'data.feed', 'data.feed_dir')
 # Early stopping (fedtff.callbacks) may change too: a stopped run is extended past its stop.
 _EXTENDABLE_KEYS += tuple(k for k in config_lib.schema_defaults() if k.startswith('stop.'))
-# Best value of an evaluation metric: the larger or the smaller.
-better = outputs.better  # Which way a metric improves (one table, in fedtff.outputs).
 
 
 class RunDirectoryError(ValueError):
@@ -228,7 +226,7 @@ def metric_writers(workdir: str, columns: Sequence[str], *, rows: Sequence[Dict[
 
 
 def best_metrics(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-  """For each `eval/<name>` column with a known direction (`fedtff.outputs.better`), its best value and round.
+  """Each `eval/<name>` column of known direction (`outputs.better`): best value and round.
 
   With per-client evaluation (`eval/<name>/<statistic>` columns,
   `fedtff.client_metrics`), `clients` holds that round's statistics.

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_federated as tff
 
 from fedtff import AggregatorSpec
+from fedtff import benchmarks
 from fedtff import config as config_lib
 from fedtff import differential
 from fedtff import experiment
@@ -116,7 +117,7 @@ def test_enumeration_covers_every_shipped_variant_and_the_whole_grid():
   shipped = list(differential.shipped_combinations(os.path.join(conftest.REPO_ROOT, 'configs')))
   expected = 0
   for path in glob.glob(os.path.join(conftest.REPO_ROOT, 'configs', '*.py')):
-    module = differential._load(path)  # pylint: disable=protected-access
+    module = benchmarks.load_config_file(path)
     expected += len(getattr(module, 'VARIANTS', (None,)))
   assert len(shipped) == expected
   assert any(c.name.startswith('reddi.py:shakespeare_character') for c in shipped)

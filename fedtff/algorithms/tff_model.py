@@ -173,11 +173,9 @@ class KerasModel(tff.learning.models.VariableModel):
 
   @tf.function
   def forward_pass(self, batch_input, training=True):
-    _, labels = batch_loss.inputs_and_labels(batch_input)
+    inputs, labels = batch_loss.inputs_and_labels(batch_input)
     if labels is None:  # Predictions only, as TFF's Keras model gives them.
-      predictions = batch_loss.predict(self._keras_model,
-                                       batch_loss.inputs_and_labels(batch_input)[0],
-                                       training=training)
+      predictions = batch_loss.predict(self._keras_model, inputs, training=training)
       return tff.learning.models.BatchOutput(loss=None, predictions=predictions,
                                              num_examples=batch_loss.num_rows(predictions))
     output = batch_loss.forward(self._keras_model, self._loss, self._tff_model.get_metrics(),

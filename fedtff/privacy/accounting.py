@@ -143,7 +143,7 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
     Epsilon at `delta`; `math.inf` when `noise_multiplier` is 0.
   """
   event = dp_event(noise_multiplier, clients_per_round, num_clients, rounds, sampling=sampling)
-  delta = _resolve_delta(delta, num_clients)
+  delta = resolve_delta(delta, num_clients)
   _check_accountant(accountant, sampling)
   if noise_multiplier == 0:
     return math.inf
@@ -233,7 +233,7 @@ class PrivacyTracker:
     event = round_event(noise_multiplier, clients_per_round, num_clients, sampling=sampling)
     self.noise_multiplier = noise_multiplier
     self.num_clients = num_clients
-    self.delta = _resolve_delta(delta, num_clients)
+    self.delta = resolve_delta(delta, num_clients)
     self.sampling, self.accountant = sampling, accountant
     self._private = noise_multiplier > 0
     self._event, self._pld_epsilons, self._one_round_pld = event, {}, None
@@ -305,7 +305,7 @@ def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clie
         'example counts lets one client move the average by more than 2*clip/clients_per_round, '
         'the sensitivity the noise is calibrated to.')
   _check_accountant(accountant, sampling)
-  _check_claimed_delta(_resolve_delta(delta, num_clients), num_clients)
+  _check_claimed_delta(resolve_delta(delta, num_clients), num_clients)
   if target_epsilon is not None:
     _check_claimed_epsilon(noise_multiplier, target_epsilon, rounds)
   if rounds is None:
@@ -373,7 +373,8 @@ def _check_rounds(rounds: int) -> None:
     raise ValueError(f'rounds must be a positive integer, got {rounds!r}.')
 
 
-def _resolve_delta(delta: Optional[float], num_clients: int) -> float:
+def resolve_delta(delta: Optional[float], num_clients: int) -> float:
+  """`delta`, or the default for `num_clients` (`default_delta`) if None; checked in (0, 1)."""
   delta = default_delta(num_clients) if delta is None else delta
   if not 0 < delta < 1:
     raise ValueError(f'delta must be in (0, 1), got {delta}.')

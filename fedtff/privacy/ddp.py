@@ -379,6 +379,7 @@ def ddp_aggregator(noise_multiplier: float, clients_per_round: int, *, clip: flo
                                                          lower_bound_threshold=0))
 
 
+@functools.lru_cache(maxsize=8)  # A run asks for it three times: z, aggregator, ledger.
 def model_dim(model_fn) -> int:
   """The number of trainable coordinates of `model_fn()`'s model (what a round sums)."""
   model = model_fn()

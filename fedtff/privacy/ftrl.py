@@ -88,7 +88,7 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
   Returns:
     Epsilon at `delta`; `math.inf` when `noise_multiplier` is 0.
   """
-  delta = accounting._resolve_delta(delta, num_clients)  # pylint: disable=protected-access
+  delta = accounting.resolve_delta(delta, num_clients)
   values = rdp(noise_multiplier, clients_per_round, num_clients, rounds)
   if not np.all(np.isfinite(values)):
     return math.inf
@@ -115,7 +115,7 @@ class FtrlPrivacyTracker:
     self.noise_multiplier = noise_multiplier
     self.clients_per_round = clients_per_round
     self.num_clients = num_clients
-    self.delta = accounting._resolve_delta(delta, num_clients)  # pylint: disable=protected-access
+    self.delta = accounting.resolve_delta(delta, num_clients)
 
   def epsilon(self, round_num: int) -> float:
     """Epsilon after rounds `1..round_num`; 0 before the first round."""

@@ -56,7 +56,7 @@ class RunPrivacy:
   def __init__(self, mechanism: ledger_lib.RoundMechanism, *, delta: Optional[float] = None,
                noise_seed: Optional[int] = None, publish_client_metrics: bool = False):
     self.mechanism = mechanism
-    self.delta = accounting._resolve_delta(delta, mechanism.num_clients)  # pylint: disable=protected-access
+    self.delta = accounting.resolve_delta(delta, mechanism.num_clients)
     self.public_seed = noise_seed is not None
     self.publish_client_metrics = publish_client_metrics
     self.ledger = ledger_lib.PrivacyLedger()
