@@ -392,7 +392,11 @@ class CpuMeter:
 
 
 class PeakRss:
-  """Samples `rss_bytes()` in a thread while the block runs; `peak_bytes` is the largest."""
+  """Samples `rss_bytes()` in a thread while the block runs; `peak_bytes` is the largest.
+
+  Call `sample()` for a reading that also counts towards the peak, so that no
+  reported RSS can exceed the reported peak.
+  """
 
   def __init__(self, interval_s: float = 0.02):
     self.peak_bytes = 0
@@ -400,10 +404,15 @@ class PeakRss:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._sample, daemon=True)
 
+  def sample(self) -> int:
+    """The RSS now, counted towards `peak_bytes`."""
+    rss = rss_bytes()
+    self.peak_bytes = max(self.peak_bytes, rss)
+    return rss
+
   def _sample(self):
-    me = psutil.Process()
     while not self._stop.is_set():
-      self.peak_bytes = max(self.peak_bytes, rss_bytes(me))
+      self.sample()
       self._stop.wait(self._interval_s)
 
   def __enter__(self):
@@ -542,12 +551,12 @@ def population_run(num_clients: int, clients_per_round: int, rounds: int,
     setup_s, times = time.perf_counter() - start, []
     for round_num in range(1, warmup + rounds + 1):
       if round_num == warmup + 1:
-        rss_warm = rss_bytes()
+        rss_warm = peak.sample()
       start = time.perf_counter()
       cohort = fedtff.sample_clients(ids, clients_per_round, round_num=round_num, seed=seed)
       state = process.next(state, batches.batches(round_num, cohort)).state
       times.append(time.perf_counter() - start)
-    rss_end = rss_bytes()
+    rss_end = peak.sample()
   return dict(setup_s=setup_s, median_s=statistics.median(times[warmup:]),
               rss_warm_mb=rss_warm / MIB, rss_end_mb=rss_end / MIB, peak_mb=peak.peak_bytes / MIB)
 
