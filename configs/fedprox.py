@@ -15,7 +15,7 @@ documented shortened suite that `scripts/reproduce.py fedprox --shortened` runs.
   python scripts/reproduce.py fedprox --seeds 0,1,2
 """
 
-from fedtff import config as config_lib
+from fedtff.runner import config as config_lib
 
 DATASETS = {'synthetic_0_0': (0.0, 0.0), 'synthetic_0.5_0.5': (0.5, 0.5),
             'synthetic_1_1': (1.0, 1.0), 'synthetic_iid': None}

@@ -16,7 +16,7 @@ paper's 99% on MNIST is not comparable.
   python scripts/reproduce.py mcmahan_digits --seeds 0,1
 """
 
-from fedtff import config as config_lib
+from fedtff.runner import config as config_lib
 
 TARGET_ACCURACIES = (0.80, 0.90)
 FULL_BATCH = 10000

@@ -9,7 +9,7 @@ update with momentum 0.9 (FedAvgM, Hsu et al. 2019, arXiv 1909.06335).
   python experiments/train.py --config=configs/quickstart.py --workdir=runs/quickstart
 """
 
-from fedtff import config as config_lib
+from fedtff.runner import config as config_lib
 
 
 def get_config():

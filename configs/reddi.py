@@ -18,7 +18,7 @@ for the EMNIST autoencoder, recall at 5 for Stack Overflow tag prediction.
   python experiments/train.py --config=configs/reddi.py:emnist_character:fedadam ...
 """
 
-from fedtff import config as config_lib
+from fedtff.runner import config as config_lib
 
 ALGORITHMS = ('fedadagrad', 'fedadam', 'fedyogi', 'fedavgm', 'fedavg')
 SERVER_OPTIMIZER = {'fedadagrad': 'adagrad', 'fedadam': 'adam', 'fedyogi': 'yogi',

@@ -9,10 +9,10 @@ from absl import flags
 from absl import logging
 
 from experiments import stopping
-from fedtff import config as config_lib
-from fedtff import distributed
-from fedtff import progress
-from fedtff import training
+from fedtff.runner import config as config_lib
+from fedtff.execution import distributed
+from fedtff.runner import progress
+from fedtff.runner import training
 
 # Errors a user can fix or must know of: shown as one line, no traceback. A
 # WorkerError names the worker (and, from run_experiment, the checkpoint kept).

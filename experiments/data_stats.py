@@ -13,7 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from fedtff import data_stats
+from fedtff.research import data_stats
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, configs/NAME.py[:VARIANT].', lock_config=True)

@@ -17,8 +17,8 @@ from experiments import quiet_tf  # pylint: disable=g-import-not-at-top  # Befor
 from absl import flags
 
 from experiments import cli
-from fedtff import evaluate as evaluate_lib
-from fedtff import outputs
+from fedtff.runner import checkpoint_eval
+from fedtff.runner import outputs
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory whose newest checkpoint to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Write the metrics as JSON to this file instead.')
@@ -26,7 +26,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Write the metrics as JSON to this
 
 def main(argv):
   cli.reject_extra_args(argv)
-  metrics = evaluate_lib.evaluate_checkpoint(_WORKDIR.value)
+  metrics = checkpoint_eval.evaluate_checkpoint(_WORKDIR.value)
   if _OUTPUT.value:
     outputs.write_json(_OUTPUT.value, metrics)
     print(f"wrote the metrics of checkpoint round {metrics['round']} to {_OUTPUT.value}",

@@ -17,8 +17,8 @@ so a signal is handled the same way at any moment of a script's life:
   ignores exceptions raised in gc callbacks such as JAX's `_xla_gc_callback`)
   or a C++ call does not return, the watchdog prints the line if it has not
   been printed, kills the workers and calls `os._exit`. Run-directory files
-  are written atomically or as fsynced appends (fedtff.outputs,
-  fedtff.checkpoints), so a hard exit never leaves a torn file.
+  are written atomically or as fsynced appends (fedtff.runner.outputs,
+  fedtff.runner.checkpoints), so a hard exit never leaves a torn file.
 * A second signal while stopping ends the process at once.
 
 Exceptions that Python cannot propagate (its "Exception ignored in ..."
@@ -90,8 +90,8 @@ def _flush_streams(*, timeout_s: Optional[float]) -> None:
 
 
 def kill_workers() -> None:
-  """SIGKILLs the TFF workers that fedtff.runtime started, if it was imported."""
-  runtime = sys.modules.get('fedtff.runtime')
+  """SIGKILLs the TFF workers that fedtff.execution.runtime started, if it was imported."""
+  runtime = sys.modules.get('fedtff.execution.runtime')
   if runtime is not None:
     runtime.kill_all_workers()
 

@@ -37,12 +37,13 @@ def main(argv):
   summary = fedtff.run_experiment(config, _WORKDIR.value, progress_fn=progress,
                                   overwrite=_OVERWRITE.value)
   final = summary['final']
+  engine = f" on the {summary['engine']} engine" if 'engine' in summary else ''
   if 'stopped' in summary:
     print(f"stopped early after round {summary['stopped']['round']}: "
           f"{summary['stopped']['reason']}", flush=True)
   print(f"test accuracy {final.get('eval/accuracy', float('nan')):.4f} "
-        f"(loss {final.get('eval/loss', float('nan')):.4f}) after round {final['round']}; "
-        f'run directory: {_WORKDIR.value}', flush=True)
+        f"(loss {final.get('eval/loss', float('nan')):.4f}) after round {final['round']}"
+        f'{engine}; run directory: {_WORKDIR.value}', flush=True)
 
 
 if __name__ == '__main__':

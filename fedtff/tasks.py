@@ -33,7 +33,7 @@ import tensorflow_federated as tff
 
 from fedtff import data
 from fedtff import models
-from fedtff import runtime
+from fedtff.execution import runtime
 
 ClientData = tff.simulation.datasets.ClientData
 HOSTED_DATASETS = ('emnist_digits', 'emnist_full', 'emnist_autoencoder', 'cifar100',
@@ -95,7 +95,7 @@ def _centralized(features, labels, config, seed) -> data.FederatedArrays:
 def check_num_test_clients(num_test_clients: int, num_clients: int) -> None:
   """Raises `ValueError` unless 0 <= num_test_clients < num_clients.
 
-  `fedtff.config` applies it when the config fixes the client count (digits);
+  `fedtff.runner.config` applies it when the config fixes the client count (digits);
   `arrays` when the data does.
   """
   if not 0 <= num_test_clients < num_clients:

@@ -6,7 +6,7 @@
 EMNIST-shaped data (28x28 float pixels, 62 classes), in memory (`fedtff.data.from_arrays`) or as
 a TFF SQLite file (`fedtff.data.load_tff_dataset`), shuffled, mapped and batched. Every round
 samples --clients_per_round clients and builds their datasets eagerly, traced, or on the TFF
-worker (`fedtff.bench_tools.dataset_round_fn`), timing them and the RSS; prints medians of the
+worker (`fedtff.research.bench_tools.dataset_round_fn`), timing them and the RSS; prints medians of the
 first and last 20 rounds and their ratio (flat: near 1). A fresh process per source and mode.
 """
 
@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from experiments import cli
 import fedtff
-from fedtff import bench_tools as bt
+from fedtff.research import bench_tools as bt
 
 _SOURCES = flags.DEFINE_multi_enum('sources', ['arrays', 'sqlite'], ['arrays', 'sqlite'],
                                    'Where client data lives.')

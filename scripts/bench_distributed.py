@@ -6,7 +6,7 @@ data crosses the wire), batch 20, 1 epoch. Per number of clients per round, ever
 others in rotating order after two warm-up rounds each. Prints medians of s/round and of the CPU
 seconds the workers and the trainer spent. Without --workers it starts three TFF workers on
 loopback and stops them at the end; with --workers it uses running ones (`python -m
-fedtff.worker`) and reports no worker CPU.
+fedtff.execution.worker`) and reports no worker CPU.
 
   .venv/bin/python scripts/bench_distributed.py [--clients 50,200] [--rounds 10]
   .venv/bin/python scripts/bench_distributed.py --workers 10.231.7.11:8000,10.231.7.12:8000
@@ -25,8 +25,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import fedtff
-from fedtff import bench_tools as bt
-from fedtff import distributed
+from fedtff.research import bench_tools as bt
+from fedtff.execution import distributed
 
 WARMUP_ROUNDS = 2
 NUM_EXAMPLES, BATCH_SIZE = 100, 20

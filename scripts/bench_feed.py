@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow_federated as tff
 
 import fedtff
-from fedtff import bench_tools as bt
+from fedtff.research import bench_tools as bt
 
 PATHS = ('python', 'constants', 'file')
 

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from experiments import cli
 import fedtff
-from fedtff import bench_tools
+from fedtff.research import bench_tools
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO_ROOT, 'configs', 'quickstart.py'), 'Experiment config file.')

@@ -1,7 +1,7 @@
-"""Benchmark: does the fast backend's round cost grow with the population it samples from?
+"""Benchmark: does the compiled engine's round cost grow with the population it samples from?
 
-Runs the fast backend's training loop (`fedtff.bench_tools.population_run`: what
-`fedtff.run_experiment` does each round with backend='fast': sample the cohort, read and pad its
+Runs the compiled engine's training loop (`fedtff.research.bench_tools.population_run`: what
+`fedtff.run_experiment` does each round with engine='compiled': sample the cohort, read and pad its
 round's batches, run the compiled round; FedAvgM on the quickstart's MLP 64->64->10, batch 10)
 with --clients_per_round clients per round over generated populations of each --populations size,
 whose clients' 30 examples are drawn from their ids when read (the data source holds only the
@@ -20,7 +20,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from fedtff import bench_tools as bt
+from fedtff.research import bench_tools as bt
 
 COLUMNS = {'setup_s': 'setup s', 'median_s': 'median s/round', 'rss_warm_mb': 'RSS MB after warm-up',
            'rss_end_mb': 'RSS MB at end', 'peak_mb': 'peak RSS MB'}

@@ -1,6 +1,6 @@
 """Differential tests: both engines over every shipped config and the generated grid.
 
-For each combination (fedtff.differential: shipped configs/*.py and their
+For each combination (fedtff.compiled.differential: shipped configs/*.py and their
 variants, then algorithm x aggregator x weighting x schedule x model kind),
 runs both engines for --rounds rounds from the same state on tiny data and
 prints one line, `<status> <name>: <detail>`; then the tally: checked, passed,
@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import quiet_tf  # pylint: disable=g-import-not-at-top,unused-import  # Before TF.
-from fedtff import differential  # pylint: disable=g-import-not-at-top
+from fedtff.compiled import differential  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@
 #   sudo scripts/netns_demo.sh            # 3 workers
 #   sudo NUM_WORKERS=2 scripts/netns_demo.sh
 #
-# Each worker runs `python -m fedtff.worker --port=8000` in a network namespace
+# Each worker runs `python -m fedtff.execution.worker --port=8000` in a network namespace
 # of its own, as if on its own machine: its own interfaces, its own port 8000,
 # one address in a private /24 (10.231.7.0/24 unless SUBNET=a.b.c is given).
 # A bridge in this (root) namespace, with address .1, joins the namespaces'
@@ -72,7 +72,7 @@ add_namespace() {  # $1: worker number
 }
 
 start_worker() {  # $1: worker number
-  ip netns exec "fedtff-w$1" "$PYTHON" -m fedtff.worker --port="$PORT" \
+  ip netns exec "fedtff-w$1" "$PYTHON" -m fedtff.execution.worker --port="$PORT" \
       --host="$(worker_address "$1")" 2>"$LOG_DIR/worker$1.log" &
   worker_pids+=($!)
 }
@@ -114,7 +114,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 import fedtff
-from fedtff import distributed
+from fedtff.execution import distributed
 from fedtff.algorithms import tff_model
 
 x = np.random.default_rng(0).normal(size=(400, 8)).astype('float32')

@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-from fedtff import plots
+from fedtff.research import plots
 
 _OUTPUT = flags.DEFINE_string('output', None, 'The PNG to write; see the module docstring.')
 _METRICS = flags.DEFINE_list('metrics', list(plots.DEFAULT_METRICS),

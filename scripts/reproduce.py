@@ -2,7 +2,7 @@
 
   python scripts/reproduce.py fedprox --seeds 0,1,2 --root runs/reproduce
   python scripts/reproduce.py mcmahan_digits --shortened
-  python scripts/reproduce.py fedprox --seeds 0,1,2 --backend fast
+  python scripts/reproduce.py fedprox --seeds 0,1,2 --engine compiled
   python scripts/reproduce.py reddi --seeds 1 --variants emnist_character:fedadam
 
 Suites: reddi (Reddi et al. 2021, arXiv 2003.00295), fedprox (Li et al. 2020,
@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedtff import benchmarks  # pylint: disable=wrong-import-position
+from fedtff.research import benchmarks  # pylint: disable=wrong-import-position
 
 
 def _parse(argv):
@@ -33,8 +33,8 @@ def _parse(argv):
                       help="Apply the config module's SHORTENED overrides (fewer rounds).")
   parser.add_argument('--variants', default='', help='Comma-separated subset of VARIANTS.')
   parser.add_argument('--rounds', type=int, default=0, help='Override total_rounds (tests).')
-  parser.add_argument('--backend', choices=('tff', 'fast'), default='',
-                      help="Run on this backend instead of the config's (docs/performance.md).")
+  parser.add_argument('--engine', choices=('tff', 'compiled'), default='',
+                      help="Run on this engine instead of the config's (docs/performance.md).")
   return parser.parse_args(argv)
 
 
@@ -45,14 +45,14 @@ def _header(args, seeds) -> list:
           f'- command: `{command}`',
           f'- machine: {platform.machine()}, {os.cpu_count()} cores ({platform.node()})',
           f'- date: {datetime.date.today().isoformat()}', f'- seeds: {seeds}',
-          f"- backend: {args.backend or 'as in the configs'}"]
+          f"- engine: {args.engine or 'as in the configs'}"]
 
 
 def main(argv=None) -> int:
   args = _parse(argv)
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   overrides = dict({'total_rounds': args.rounds} if args.rounds else {},
-                   **({'backend': args.backend} if args.backend else {}))
+                   **({'engine': args.engine} if args.engine else {}))
   variants = [v for v in args.variants.split(',') if v] or None
   runs = benchmarks.run_suite(args.suite, args.root, seeds, shortened=args.shortened,
                               variants=variants, overrides=overrides)

@@ -219,7 +219,7 @@ def test_staircase_exp_decay_steps():
 
 
 def test_adaptive_optimizers_use_reddi_defaults():
-  assert fedtff.optimizers.ADAPTIVE_DEFAULTS['yogi'] == {
+  assert fedtff.algorithms.optimizers.ADAPTIVE_DEFAULTS['yogi'] == {
       'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-3, 'initial_accumulator': 0.0}
   with pytest.raises(ValueError, match="'adam' starts its accumulators at 0"):
     fedtff.build_optimizer('adam', 0.1, initial_accumulator=0.5)

@@ -1,4 +1,4 @@
-"""fedtff.bench_tools: what the scripts/bench*.py benchmarks share, and the scripts' size."""
+"""fedtff.research.bench_tools: what the scripts/bench*.py benchmarks share, and the scripts' size."""
 
 import glob
 import math
@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fedtff import bench_tools
+from fedtff.research import bench_tools
 from tests import conftest
 
 MAX_SCRIPT_LINES = 100

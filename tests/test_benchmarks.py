@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 import fedtff
-from fedtff import benchmarks
-from fedtff import sweeps
+from fedtff.research import benchmarks
+from fedtff.research import sweeps
 from fedtff import tasks
 from tests import conftest
 
@@ -28,7 +28,7 @@ def test_reddi_has_the_thirty_variants_and_they_validate():
   assert len(reddi.VARIANTS) == 30
   for variant in reddi.VARIANTS:
     config = reddi.get_config(variant)
-    fedtff.config.validate(config)
+    fedtff.runner.config.validate(config)
     assert config.seed == 1 and config.data.client_epochs == 1
     assert config.client.optimizer == 'sgd'
 

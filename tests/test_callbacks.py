@@ -1,4 +1,4 @@
-"""Per-round callbacks and early stopping (fedtff.callbacks) under `run_experiment`."""
+"""Per-round callbacks and early stopping (fedtff.runner.callbacks) under `run_experiment`."""
 
 import json
 import os
@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 import fedtff
-from fedtff import callbacks
-from fedtff import checkpoints
-from fedtff import experiment
+from fedtff.runner import callbacks
+from fedtff.runner import checkpoints
+from fedtff.runner import experiment
 from fedtff import tasks
 from tests import conftest
 from tests import test_resume
 
 
-def config(total_rounds=6, backend='tff', **stop):
-  config = test_resume.small_config(total_rounds, rounds_per_eval=1, backend=backend)
+def config(total_rounds=6, engine='tff', **stop):
+  config = test_resume.small_config(total_rounds, rounds_per_eval=1, engine=engine)
   config.stop.update(stop)
   return config
 
@@ -144,16 +144,16 @@ def test_plateau_stop_matches_a_hand_computation(straight, tmp_path):
   test_resume.assert_same_rows(test_resume.comparable_rows(tmp_path), straight)
 
 
-def test_plateau_stop_on_the_fast_backend(tmp_path):
+def test_plateau_stop_on_the_compiled_engine(tmp_path):
   # min_delta 10: no later loss improves on the first, so patience 2 stops at round 3.
   summary = fedtff.run_experiment(
-      config(6, metric='eval/loss', patience=2, min_delta=10.0, backend='fast'), str(tmp_path))
+      config(6, metric='eval/loss', patience=2, min_delta=10.0, engine='compiled'), str(tmp_path))
   assert summary['stopped']['round'] == summary['rounds_completed'] == 3
   assert len(test_resume.comparable_rows(tmp_path)) == 3
 
 
-@pytest.mark.parametrize('backend', ['tff', 'fast'])
-def test_user_callback_sees_the_checkpointed_weights_and_stops(backend, tmp_path):
+@pytest.mark.parametrize('engine', ['tff', 'compiled'])
+def test_user_callback_sees_the_checkpointed_weights_and_stops(engine, tmp_path):
   seen = []
 
   def watch(end):
@@ -161,7 +161,7 @@ def test_user_callback_sees_the_checkpointed_weights_and_stops(backend, tmp_path
     if end.round_num == 2:
       return 'seen enough'
 
-  cfg = config(4, backend=backend)
+  cfg = config(4, engine=engine)
   cfg.rounds_per_checkpoint = 3
   summary = fedtff.run_experiment(cfg, str(tmp_path), callbacks=[watch])
   assert summary['stopped'] == {'round': 2, 'reason': 'seen enough'}
@@ -169,7 +169,7 @@ def test_user_callback_sees_the_checkpointed_weights_and_stops(backend, tmp_path
   rows = test_resume.comparable_rows(tmp_path)
   assert seen[1].metrics['train/loss'] == pytest.approx(rows[1]['train/loss'], abs=1e-6)
   assert [row['round'] for row in seen[1].history] == [1, 2]
-  process = experiment.build_process(cfg, tasks.build_task(fedtff.config.resolve(cfg)))
+  process = experiment.build_process(cfg, tasks.build_task(fedtff.runner.config.resolve(cfg)))
   restored = checkpoints.restore_latest(str(tmp_path / 'checkpoints'), process.initialize())
   assert restored.round_num == 2  # The stop round is checkpointed though none was due.
   saved = restored.state.global_model_weights
@@ -208,14 +208,14 @@ def test_callback_returning_true_stops_with_its_name(tmp_path):
 ], ids=['no_metric', 'no_condition', 'not_a_column_name', 'unknown_direction', 'patience',
         'min_delta', 'mode'])
 def test_bad_stop_options_get_one_line(stop, message, tmp_path):
-  with pytest.raises(fedtff.config.ConfigError) as error:
+  with pytest.raises(fedtff.runner.config.ConfigError) as error:
     fedtff.run_experiment(config(2, **stop), str(tmp_path / 'run'))
   assert str(error.value) == message
   assert not (tmp_path / 'run').exists()
 
 
 def test_a_metric_the_run_lacks_is_refused_before_the_run_directory(tmp_path):
-  with pytest.raises(fedtff.config.ConfigError) as error:
+  with pytest.raises(fedtff.runner.config.ConfigError) as error:
     fedtff.run_experiment(config(2, metric='eval/mse', target=0.1), str(tmp_path / 'run'))
   assert str(error.value) == (
       "Config key stop.metric is 'eval/mse', not a metric of this run; expected one of: "
@@ -229,8 +229,8 @@ def test_a_dp_run_cannot_stop_on_withheld_client_metrics():
   cfg.aggregator.kind = 'dp'
   cfg.aggregator.noise_multiplier = 1.0
   cfg.algorithm.weighted = False
-  with pytest.raises(fedtff.config.ConfigError) as error:
-    fedtff.config.validate(cfg)
+  with pytest.raises(fedtff.runner.config.ConfigError) as error:
+    fedtff.runner.config.validate(cfg)
   assert str(error.value) == (
       "stop.metric='train/loss' would stop a DP run on the client metrics it withholds "
       '(privacy.publish_client_metrics=False); stop on an eval/ metric.')

@@ -1,20 +1,23 @@
 """Config-built processes: algorithm, optimizer, schedule and aggregator fields."""
 
+import re
+
 import pytest
 
 import fedtff
-from fedtff import experiment
+from fedtff.runner import config as config_lib
+from fedtff.runner import experiment
 from fedtff import tasks
 
 
 def config_for(**groups):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.num_clients = 12
   config.data.num_test_clients = 3
   config.clients_per_round = 4
   for group, fields in groups.items():
     config[group].update(fields)
-  fedtff.config.validate(config)
+  fedtff.runner.config.validate(config)
   return config
 
 
@@ -72,5 +75,31 @@ def test_config_builds_a_process_that_runs(groups, task):
          'unknown_algorithm', 'fedsgd_schedule', 'mimelite_warmup', 'unknown_aggregator',
          'nan_client_lr', 'inf_server_lr', 'inf_clip_norm'])
 def test_inconsistent_configs_are_refused(groups, message):
-  with pytest.raises(fedtff.config.ConfigError, match=message):
+  with pytest.raises(fedtff.runner.config.ConfigError, match=message):
     config_for(**groups)
+
+
+def test_auto_runs_the_compiled_engine_unless_the_config_needs_tff():
+  config = config_lib.base_config()
+  assert config.engine == 'auto'
+  assert config_lib.engine_choice(config) == config_lib.EngineChoice('compiled', '')
+  config.runtime.workers = ('localhost:8000',)
+  workers = "runtime.workers needs engine='tff': the compiled engine runs on this machine only."
+  assert config_lib.engine_choice(config) == config_lib.EngineChoice('tff', workers)
+  config.engine = 'tff'
+  assert config_lib.engine_choice(config) == config_lib.EngineChoice('tff', '')
+  config.engine = 'compiled'
+  with pytest.raises(config_lib.ConfigError, match=f'^{re.escape(workers)}$'):
+    config_lib.validate(config)
+
+
+def test_privacy_noise_seed_needs_the_run_on_the_compiled_engine():
+  config = config_lib.base_config()
+  config.aggregator.kind, config.aggregator.clip_norm = 'dp', 1.0
+  config.aggregator.noise_multiplier, config.algorithm.weighted = 1.0, False
+  config.privacy.noise_seed = 7
+  config_lib.validate(config)  # 'auto' runs it on the compiled engine.
+  config.runtime.workers = ('localhost:8000',)  # Now 'auto' runs TFF, which ignores the seed.
+  with pytest.raises(config_lib.ConfigError, match="^Config key privacy.noise_seed must be a "
+                     r"non-negative integer with engine='compiled' .* with engine='auto'\.$"):
+    config_lib.validate(config)

@@ -41,7 +41,7 @@ def _cases():
 def test_config_runs_one_round(path, variant, tmp_path):
   module = _load(path)
   config = module.get_config(variant) if variant else module.get_config()
-  config = fedtff.sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
+  config = fedtff.research.sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
   config.total_rounds = 2 if SMOKE_ALL else 1
   summary = fedtff.run_experiment(config, str(tmp_path))
   assert summary['rounds_completed'] == config.total_rounds

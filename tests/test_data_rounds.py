@@ -10,11 +10,11 @@ import tensorflow as tf
 from configs import reddi
 import fedtff
 from fedtff import data
-from fedtff import fast
-from fedtff import sweeps
+from fedtff import compiled
+from fedtff.research import sweeps
 from fedtff import tasks
 from tests import conftest
-from tests import test_backend_fast
+from tests import test_compiled_runner
 from tests import test_experiment
 
 
@@ -90,7 +90,7 @@ def test_round_batches_are_the_batches_tff_builds_whatever_the_global_seed():
       expected[round_num] = session.run(client_data.serializable_dataset_fn(tagged).map(
           lambda batch: batch['x'][:, 0]).unbatch().batch(100).get_single_element())
   assert list(expected[1]) != list(expected[2])
-  reader = fast.RoundBatches(client_data, batch_size=4)
+  reader = compiled.RoundBatches(client_data, batch_size=4)
   for global_seed in (0, 7):
     tf.keras.utils.set_random_seed(global_seed)
     for round_num in (1, 2):
@@ -103,21 +103,21 @@ def test_round_batches_are_the_batches_tff_builds_whatever_the_global_seed():
 
 def test_padded_client_data_refuses_round_client_data():
   client_data, _ = _indexed_clients((3, 4))
-  with pytest.raises(ValueError, match='use fedtff.fast.RoundBatches'):
-    fast.PaddedClientData(client_data)
+  with pytest.raises(ValueError, match='use fedtff.compiled.RoundBatches'):
+    compiled.PaddedClientData(client_data)
   with pytest.raises(ValueError, match=r"Unknown client ids \['9'\]"):
-    fast.RoundBatches(client_data).batches(1, ['9'])
+    compiled.RoundBatches(client_data).batches(1, ['9'])
   with pytest.raises(ValueError, match=r"Expected round-tagged ids .* got \['0', '1/9'\]"):
-    fast.RoundBatches(client_data).tagged_batches(['0', '1/9', '2/1'])
+    compiled.RoundBatches(client_data).tagged_batches(['0', '1/9', '2/1'])
 
 
-def test_tff_and_fast_backends_give_the_same_rows(tmp_path):
+def test_tff_and_fast_engines_give_the_same_rows(tmp_path):
   rows = {}
-  for backend in ('tff', 'fast'):
-    config = test_experiment.small_config(backend=backend, total_rounds=3, rounds_per_eval=1)
-    fedtff.run_experiment(config, str(tmp_path / backend))
-    rows[backend] = test_backend_fast.rows_of(tmp_path / backend)
-  test_backend_fast.assert_same_rows(rows['tff'], rows['fast'], tolerance=1e-5)
+  for engine in ('tff', 'compiled'):
+    config = test_experiment.small_config(engine=engine, total_rounds=3, rounds_per_eval=1)
+    fedtff.run_experiment(config, str(tmp_path / engine))
+    rows[engine] = test_compiled_runner.rows_of(tmp_path / engine)
+  test_compiled_runner.assert_same_rows(rows['tff'], rows['compiled'], tolerance=1e-5)
 
 
 def test_tffs_dataset_computation_crops_cifar_by_round_as_in_python():

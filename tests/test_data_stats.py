@@ -1,9 +1,9 @@
-"""experiments/data_stats.py and fedtff.data_stats."""
+"""experiments/data_stats.py and fedtff.research.data_stats."""
 
 import numpy as np
 
 import fedtff
-from fedtff import data_stats
+from fedtff.research import data_stats
 from tests import conftest
 
 

@@ -1,4 +1,4 @@
-"""The differential harness (fedtff.differential): a quick subset of the option space,
+"""The differential harness (fedtff.compiled.differential): a quick subset of the option space,
 and the harness itself detecting a difference. scripts/differential.py runs it all."""
 
 import glob
@@ -9,10 +9,10 @@ import pytest
 import tensorflow_federated as tff
 
 from fedtff import AggregatorSpec
-from fedtff import benchmarks
-from fedtff import config as config_lib
-from fedtff import differential
-from fedtff import experiment
+from fedtff.research import benchmarks
+from fedtff.runner import config as config_lib
+from fedtff.compiled import differential
+from fedtff.runner import experiment
 from fedtff import tasks
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
@@ -55,7 +55,7 @@ def test_dp_noise_is_checked_statistically():
                        aggregator__noise_multiplier=1.0)
   outcome = check('dp', config)
   assert outcome.status == differential.PASSED, outcome.line()
-  assert 'tff noise std' in outcome.message and 'fast noise std' in outcome.message
+  assert 'tff noise std' in outcome.message and 'compiled noise std' in outcome.message
   # z C / m = 1.0 * 0.5 / 3, under server SGD with learning rate 1.
   assert differential.expected_noise_std(differential.shrink(config), 1.0) == pytest.approx(0.5 / 3)
 
@@ -72,7 +72,7 @@ def test_the_harness_reports_a_difference_with_its_size():
   `failed` with the largest difference, computed here from two TFF runs directly."""
   config = tiny_config()
   clipped = AggregatorSpec('robust', clip_norm=0.01)
-  outcome = check('perturbed', config, rounds=1, fast_options={'aggregator': clipped})
+  outcome = check('perturbed', config, rounds=1, compiled_options={'aggregator': clipped})
   assert outcome.status == differential.FAILED
   shrunk = differential.shrink(config, rounds=1)
   task = tasks.build_task(shrunk)
@@ -97,9 +97,9 @@ def test_refused_and_invalid_combinations_are_counted_apart():
                                                         aggregator__quantization_threshold=10))
   assert refused.status == differential.REFUSED
   assert refused.message == (
-      "The fast backend does not implement compression's stochastic quantization (a weight "
+      "The compiled engine does not implement compression's stochastic quantization (a weight "
       "tensor has 512 elements, above quantization_threshold=10; TFF draws its rounding from its "
-      "own seeds); use backend='tff'.")
+      "own seeds); use engine='tff'.")
   invalid = check('dp_weighted', tiny_config(aggregator__kind='dp', aggregator__clip_norm=1.0,
                                              aggregator__noise_multiplier=1.0))
   assert invalid.status == differential.INVALID
@@ -133,7 +133,7 @@ def test_script_prints_each_outcome_and_the_tally():
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith("refused  quickstart_dp.py:ftrl_eps8: privacy.mechanism='dp_ftrl' "
-                             "needs backend='tff'")
+                             "needs engine='tff'")
   assert lines[-1] == 'checked 1, passed 0, failed 0, refused 1, invalid 0'
   bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
   assert bad.returncode == 2

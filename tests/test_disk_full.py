@@ -31,7 +31,7 @@ def test_full_disk_while_checkpointing_gets_one_line(tiny_tmpfs):
   workdir = tiny_tmpfs / 'run'
   result = conftest.run_script([
       'experiments/train.py', '--config=configs/quickstart.py', f'--workdir={workdir}',
-      '--config.total_rounds=20', '--config.rounds_per_checkpoint=1', '--config.backend=fast',
+      '--config.total_rounds=20', '--config.rounds_per_checkpoint=1', '--config.engine=compiled',
       '--config.output.tensorboard=False', '--quiet'])
   checkpoints = workdir / 'checkpoints'
   assert result.returncode == 2

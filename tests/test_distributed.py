@@ -1,6 +1,6 @@
-"""fedtff.worker and fedtff.distributed on loopback: equivalence, faults, cleanup.
+"""fedtff.execution.worker and fedtff.execution.distributed on loopback: equivalence, faults, cleanup.
 
-Every worker is a `python -m fedtff.worker` subprocess on a free 127.0.0.1
+Every worker is a `python -m fedtff.execution.worker` subprocess on a free 127.0.0.1
 port. They all start at once, when the module's first test needs one (their
 TensorFlow imports then overlap), and the module's teardown asserts that none
 of them, nor any `worker_binary` they started, is left running.
@@ -21,20 +21,20 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import fedtff
-from fedtff import distributed
+from fedtff.execution import distributed
 from fedtff.algorithms import tff_model
 from tests import conftest
 
 NUM_CLIENTS, CLIENTS_PER_ROUND, TOTAL_ROUNDS = 12, 7, 3
 ROLES = ('shared0', 'shared1', 'shared2', 'sigkill', 'sigint', 'sigterm')
-# fedtff.worker cannot hide TensorFlow's import banners itself (fedtff/__init__.py
+# fedtff.execution.worker cannot hide TensorFlow's import banners itself (fedtff/__init__.py
 # imports TensorFlow first); deployments set this, as docs/distributed.md says.
 QUIET = {'TF_CPP_MIN_LOG_LEVEL': '3'}
 TIMEOUT_S = 3.0
 
 
 class Worker:
-  """A `python -m fedtff.worker` subprocess serving on a free loopback port."""
+  """A `python -m fedtff.execution.worker` subprocess serving on a free loopback port."""
 
   def __init__(self, log_path):
     self.port = portpicker.pick_unused_port()
@@ -42,7 +42,7 @@ class Worker:
     self.log_path = log_path
     with open(log_path, 'w') as log:
       self.proc = subprocess.Popen(
-          [sys.executable, '-m', 'fedtff.worker', f'--port={self.port}'], cwd=conftest.REPO_ROOT,
+          [sys.executable, '-m', 'fedtff.execution.worker', f'--port={self.port}'], cwd=conftest.REPO_ROOT,
           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
           env=conftest.script_env(**QUIET))
     self.wrapper = psutil.Process(self.proc.pid)
@@ -177,7 +177,7 @@ def test_a_computation_that_cannot_be_split_runs_on_the_first_worker(shared, cap
     squared = tff.tensorflow.computation(lambda x, m: (x - m) ** 2)
     return tff.federated_sum(tff.federated_map(squared, (values, mean)))
 
-  with caplog.at_level(logging.WARNING, logger='fedtff.distributed'):
+  with caplog.at_level(logging.WARNING, logger='fedtff.execution.distributed'):
     with distributed.remote_runtime([w.address for w in shared]):
       result = sum_of_squared_deviations([1.0, 2.0, 3.0, 6.0])
   assert result == pytest.approx(14.0)
@@ -254,7 +254,7 @@ def test_worker_stops_its_binary_on_signal(pool, signum):
 
 def test_a_taken_port_gives_a_one_line_error(shared):
   result = subprocess.run(
-      [sys.executable, '-m', 'fedtff.worker', f'--port={shared[0].port}'], cwd=conftest.REPO_ROOT,
+      [sys.executable, '-m', 'fedtff.execution.worker', f'--port={shared[0].port}'], cwd=conftest.REPO_ROOT,
       capture_output=True, text=True, timeout=240, env=conftest.script_env(**QUIET))
   assert result.returncode == 1
   assert result.stderr.strip() == (

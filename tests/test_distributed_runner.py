@@ -1,6 +1,6 @@
 """`run_experiment` and experiments/train.py with `config.runtime.workers`, on loopback.
 
-The workers are `python -m fedtff.worker` subprocesses (tests/test_distributed.py's
+The workers are `python -m fedtff.execution.worker` subprocesses (tests/test_distributed.py's
 `Worker`), all started at once when the module's first test needs one; the
 module's teardown kills them by pid (SIGKILL; tests/test_distributed.py checks
 their clean SIGINT/SIGTERM stop) and asserts that none of them, nor any
@@ -20,9 +20,9 @@ import portpicker
 import pytest
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import distributed
-from fedtff import outputs
+from fedtff.runner import checkpoints
+from fedtff.execution import distributed
+from fedtff.runner import outputs
 from experiments import cli
 from tests import conftest
 from tests.test_distributed import assert_gone
@@ -34,7 +34,7 @@ FAULT_TIMEOUT_S = 3.0
 
 
 def small_config(workers=(), connect_timeout_s=30.0):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.num_clients = 20
   config.data.num_test_clients = 4
   config.model.hidden_units = (16,)
@@ -146,7 +146,7 @@ def test_a_worker_killed_mid_run_keeps_the_checkpoint_and_the_run_resumes_elsewh
 
 def test_bad_worker_addresses_are_refused_before_the_task_is_built(tmp_path, monkeypatch):
   monkeypatch.setattr(fedtff.tasks, 'build_task', lambda config: pytest.fail('task built'))
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match=r"^Config key runtime.workers: A worker address must be 'host:port' "
                            r"with a port in \[1, 65535\], got 'localhost'.$"):
     fedtff.run_experiment(small_config(['127.0.0.1:8000', 'localhost']), str(tmp_path))
@@ -190,7 +190,7 @@ def _parse_workers_flag(value):
 def test_the_documented_flag_forms_give_a_tuple_of_addresses(value, workers):
   config = _parse_workers_flag(value)
   assert config.runtime.workers == workers
-  fedtff.config.validate(config)
+  fedtff.runner.config.validate(config)
 
 
 def test_unquoted_addresses_on_the_command_line_get_a_hint():

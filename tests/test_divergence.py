@@ -1,4 +1,4 @@
-"""Divergence is caught the round it happens, on both backends, and non-finite
+"""Divergence is caught the round it happens, on both engines, and non-finite
 hyperparameters never start a run."""
 
 import os
@@ -9,25 +9,25 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import outputs
-from fedtff import training
+from fedtff.runner import checkpoints
+from fedtff.runner import outputs
+from fedtff.runner import training
 from tests import test_experiment
 
 
-def diverging_config(backend):
+def diverging_config(engine):
   """Round 1 trains; its server step (learning rate 1e30) leaves finite but huge
   weights, on which every round-2 client's update is NaN. Evaluated only at the end."""
   config = test_experiment.small_config(total_rounds=4, rounds_per_eval=4,
-                                        rounds_per_checkpoint=1, backend=backend)
+                                        rounds_per_checkpoint=1, engine=engine)
   config.server.learning_rate = 1e30
   return config
 
 
-@pytest.mark.parametrize('backend', ['tff', 'fast'])
-def test_a_round_whose_clients_are_all_dropped_stops_the_run(backend, tmp_path):
+@pytest.mark.parametrize('engine', ['tff', 'compiled'])
+def test_a_round_whose_clients_are_all_dropped_stops_the_run(engine, tmp_path):
   with pytest.raises(training.TrainingDivergedError) as raised:
-    fedtff.run_experiment(diverging_config(backend), str(tmp_path))
+    fedtff.run_experiment(diverging_config(engine), str(tmp_path))
   message = str(raised.value)
   assert message == (
       "Training diverged at round 2: every sampled client's update was not finite and was "
@@ -40,13 +40,13 @@ def test_a_round_whose_clients_are_all_dropped_stops_the_run(backend, tmp_path):
   assert checkpoints.rounds(tmp_path / 'checkpoints') == [1]
 
 
-@pytest.mark.parametrize('backend', ['tff', 'fast'])
+@pytest.mark.parametrize('engine', ['tff', 'compiled'])
 @pytest.mark.parametrize('value', [float('nan'), float('inf')])
-def test_a_non_finite_learning_rate_is_refused_before_the_run(backend, value, tmp_path):
-  config = test_experiment.small_config(total_rounds=1, backend=backend)
+def test_a_non_finite_learning_rate_is_refused_before_the_run(engine, value, tmp_path):
+  config = test_experiment.small_config(total_rounds=1, engine=engine)
   config.client.learning_rate = value
   workdir = tmp_path / 'run'
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match=f'^Config key client.learning_rate must be a finite number, '
                            f'got {value}.$'):
     fedtff.run_experiment(config, str(workdir))
@@ -80,14 +80,14 @@ def test_has_examples_reads_datasets():
 
 
 def test_a_sweep_refuses_a_non_finite_point_before_any_run(tmp_path):
-  grid = fedtff.sweeps.parse_grid(['client.learning_rate=0.1,nan'])
-  with pytest.raises(fedtff.config.ConfigError,
+  grid = fedtff.research.sweeps.parse_grid(['client.learning_rate=0.1,nan'])
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match='^Config key client.learning_rate must be a finite number, got nan.$'):
-    fedtff.sweeps.run_sweep(test_experiment.small_config(total_rounds=1), str(tmp_path / 'sweep'),
+    fedtff.research.sweeps.run_sweep(test_experiment.small_config(total_rounds=1), str(tmp_path / 'sweep'),
                             grid)
   assert not (tmp_path / 'sweep').exists()
 
 
 def test_a_sweep_grid_takes_optimizer_names():
-  ((key, values),) = fedtff.sweeps.parse_grid(['server.optimizer=adam,yogi'])
+  ((key, values),) = fedtff.research.sweeps.parse_grid(['server.optimizer=adam,yogi'])
   assert (key, list(values)) == ('server.optimizer', ['adam', 'yogi'])

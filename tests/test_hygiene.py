@@ -139,10 +139,10 @@ def test_the_import_graph_finds_a_cycle_hidden_in_a_function():
   tree = ast.parse('def f():\n  from fedtff.privacy import mechanisms\n')
   node = next(n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom))
   modules = _modules()
-  assert _imported(node, 'fedtff.aggregators', False, modules) == ['fedtff.privacy.mechanisms']
-  relative = ast.parse('from . import ledger\nfrom .. import config').body
+  assert _imported(node, 'fedtff.algorithms.aggregators', False, modules) == ['fedtff.privacy.mechanisms']
+  relative = ast.parse('from . import ledger\nfrom ..runner import config').body
   assert _imported(relative[0], 'fedtff.privacy', True, modules) == ['fedtff.privacy.ledger']
-  assert _imported(relative[1], 'fedtff.privacy.mechanisms', False, modules) == ['fedtff.config']
+  assert _imported(relative[1], 'fedtff.privacy.mechanisms', False, modules) == ['fedtff.runner.config']
 
 
 def test_the_package_has_no_import_cycles():

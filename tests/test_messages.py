@@ -3,7 +3,7 @@
 import pytest
 
 import fedtff
-from fedtff import config as config_lib
+from fedtff.runner import config as config_lib
 
 
 @pytest.mark.parametrize('key, value, message', [
@@ -16,7 +16,7 @@ def test_refused_before_the_run_directory_exists(tmp_path, key, value, message):
   config = config_lib.base_config()
   group, _, field = key.rpartition('.')
   (config[group] if group else config)[field] = value
-  with pytest.raises(fedtff.config.ConfigError) as error:
+  with pytest.raises(fedtff.runner.config.ConfigError) as error:
     fedtff.run_experiment(config, str(tmp_path / 'run'))
   assert str(error.value) == message
   assert not (tmp_path / 'run').exists()

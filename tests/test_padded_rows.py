@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import fedtff
-from fedtff import fast
+from fedtff import compiled
 from fedtff import tasks
 
 VOCAB, LENGTH, DIM = 7, 5, 3
@@ -77,12 +77,12 @@ def first_round_metrics(metrics):
   return train['loss'], train['accuracy'], train['num_examples']
 
 
-def test_fast_engine_loss_and_accuracy_are_those_of_the_real_rows(initial_weights):
+def test_compiled_engine_loss_and_accuracy_are_those_of_the_real_rows(initial_weights):
   x, y, mask = padded_batch()
-  process = fast.build_fast_process(embedding_model, (tf.TensorSpec([None, LENGTH], tf.int32),) * 2,
+  process = compiled.build_compiled_process(embedding_model, (tf.TensorSpec([None, LENGTH], tf.int32),) * 2,
                                     **sequence_options())
   state = process.set_model_weights(process.initialize(), initial_weights)
-  batches = fast.ClientBatches(data=(x[None], y[None]), mask=mask[None],
+  batches = compiled.ClientBatches(data=(x[None], y[None]), mask=mask[None],
                                first_batch=np.array([0], np.int32),
                                num_batches=np.array([1], np.int32))
   _, metrics = process.next(state, batches)
@@ -132,24 +132,24 @@ def test_one_round_on_a_sequence_task_gives_the_tff_weights():
   options = dict(algorithm='fedavg', client_optimizer=fedtff.build_optimizer('sgd', 0.5),
                  **sequence_options())
   tff_process = fedtff.build_learning_process(small_char_lstm, datasets[0], **options)
-  fast_process = fast.build_fast_process(small_char_lstm, datasets[0], **options)
+  compiled_process = compiled.build_compiled_process(small_char_lstm, datasets[0], **options)
   weights = fedtff.algorithms.tff_model.initial_weights(small_char_lstm, seed=1)
   tff_output = tff_process.next(
       tff_process.set_model_weights(tff_process.initialize(), weights), datasets)
-  fast_state, fast_metrics = fast_process.next(
-      fast_process.set_model_weights(fast_process.initialize(), weights),
-      fast.from_datasets(datasets))
+  compiled_state, compiled_metrics = compiled_process.next(
+      compiled_process.set_model_weights(compiled_process.initialize(), weights),
+      compiled.from_datasets(datasets))
   expected = tff_process.get_model_weights(tff_output.state)
-  actual = fast_process.get_model_weights(fast_state)
+  actual = compiled_process.get_model_weights(compiled_state)
   moved = max(np.abs(a - w).max() for a, w in zip(expected.trainable, weights.trainable))
   assert moved > 1e-2  # The round trained.
   for a, b in zip(expected.trainable, actual.trainable):
     np.testing.assert_allclose(a, b, atol=1e-5)
   tff_train = tff_output.metrics['client_work']['train']
-  fast_train = fast_metrics['client_work']['train']
-  assert fast_train['num_examples'] == tff_train['num_examples'] == 22
+  compiled_train = compiled_metrics['client_work']['train']
+  assert compiled_train['num_examples'] == tff_train['num_examples'] == 22
   for name in ('loss', 'accuracy'):
-    assert fast_train[name] == pytest.approx(tff_train[name], abs=1e-5)
+    assert compiled_train[name] == pytest.approx(tff_train[name], abs=1e-5)
 
 
 def test_fedtff_tff_model_trains_as_tffs_keras_model():

@@ -1,11 +1,11 @@
-"""fedtff.plots and scripts/plot_metrics.py: accuracy and loss against round."""
+"""fedtff.research.plots and scripts/plot_metrics.py: accuracy and loss against round."""
 
 import os
 import struct
 
 import pytest
 
-from fedtff import plots
+from fedtff.research import plots
 from tests import conftest
 
 COLUMNS = ['round', 'round_time_s', 'examples_per_s', 'train/accuracy', 'train/loss',

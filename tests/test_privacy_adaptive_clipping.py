@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import fedtff
-from fedtff import aggregators
+from fedtff.algorithms import aggregators
 from fedtff.privacy import accounting
 from fedtff.privacy import mechanisms
 
@@ -104,7 +104,7 @@ def test_quickstart_eps8_with_adaptive_clipping_runs(tmp_path):
   config.total_rounds = 2
   summary = fedtff.run_experiment(config, str(tmp_path))
   assert summary['privacy']['noise_multiplier'] == z
-  rows = fedtff.outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
+  rows = fedtff.runner.outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
   assert [r['round'] for r in rows] == [1, 2]
   assert rows[-1]['privacy/epsilon'] == pytest.approx(accounting.epsilon(z, 10, 10, 2))
   assert np.isfinite(rows[-1]['eval/loss'])
@@ -120,9 +120,9 @@ def test_quickstart_eps8_with_adaptive_clipping_runs(tmp_path):
      r"^Config key aggregator.clipped_count_stddev needs aggregator.kind='dp' with adaptive "),
 ], ids=['too_small', 'fixed_clip', 'not_dp'])
 def test_config_refuses_a_bad_clipped_count_stddev_before_any_run(aggregator, message):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.algorithm.weighted = False
   config.aggregator.update(aggregator)
-  with pytest.raises(fedtff.config.ConfigError, match=message) as info:
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError, match=message) as info:
+    fedtff.runner.config.validate(config)
   assert '\n' not in str(info.value)

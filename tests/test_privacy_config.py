@@ -9,12 +9,12 @@ import pytest
 from tensorflow_privacy.privacy.analysis import tree_aggregation_accountant
 
 import fedtff
-from fedtff import outputs
+from fedtff.runner import outputs
 from fedtff.privacy import accounting
 
 
 def dp_config(**privacy):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.num_clients = 24
   config.data.num_test_clients = 4
   config.clients_per_round = 5
@@ -60,8 +60,8 @@ def test_target_epsilon_chooses_the_noise_multiplier(tmp_path):
 def test_claims_that_would_not_hold_are_refused(change, message):
   config = dp_config(delta=1e-3)
   change(config)
-  with pytest.raises(fedtff.config.ConfigError, match=message):
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError, match=message):
+    fedtff.runner.config.validate(config)
 
 
 def test_delta_too_large_for_the_population_is_refused(tmp_path):
@@ -102,23 +102,23 @@ def test_dp_ftrl_run_reports_the_single_tree_epsilon_of_its_cyclic_schedule(tmp_
   assert all(np.isfinite(r['eval/accuracy']) for r in rows)
 
 
-@pytest.mark.parametrize('privacy, backend, message', [
+@pytest.mark.parametrize('privacy, engine, message', [
     (dict(accountant='pld'), 'tff', "privacy.accountant='pld' needs privacy.sampling='poisson'"),
-    (dict(sampling='poisson'), 'fast', "privacy.sampling='poisson' needs backend='tff'"),
+    (dict(sampling='poisson'), 'compiled', "privacy.sampling='poisson' needs engine='tff'"),
     (dict(mechanism='dp_ftrl'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
     (dict(sampling='cyclic'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
-    (dict(mechanism='dp_ftrl', sampling='cyclic'), 'fast', "privacy.mechanism='dp_ftrl' needs backend='tff'"),
+    (dict(mechanism='dp_ftrl', sampling='cyclic'), 'compiled', "privacy.mechanism='dp_ftrl' needs engine='tff'"),
     (dict(sampling='shuffle'), 'tff', "privacy.sampling is 'shuffle'; expected one of: fixed, poisson, cyclic"),
 ], ids=['pld_fixed', 'poisson_fast', 'ftrl_fixed', 'cyclic_fedavg', 'ftrl_fast', 'unknown_sampling'])
-def test_privacy_options_that_do_not_fit_are_refused(privacy, backend, message):
+def test_privacy_options_that_do_not_fit_are_refused(privacy, engine, message):
   config = dp_config(**privacy)
-  config.backend = backend
-  with pytest.raises(fedtff.config.ConfigError, match=message):
-    fedtff.config.validate(config)
+  config.engine = engine
+  with pytest.raises(fedtff.runner.config.ConfigError, match=message):
+    fedtff.runner.config.validate(config)
 
 
 def test_privacy_options_without_dp_are_refused():
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.privacy.sampling = 'poisson'
-  with pytest.raises(fedtff.config.ConfigError, match="need aggregator.kind='dp'"):
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError, match="need aggregator.kind='dp'"):
+    fedtff.runner.config.validate(config)

@@ -15,7 +15,7 @@ from tensorflow_federated.python.aggregators import distributed_dp
 import tensorflow_privacy as tfp
 
 import fedtff
-from fedtff import outputs
+from fedtff.runner import outputs
 from fedtff.privacy import ddp
 from fedtff.privacy import ledger as ledger_lib
 from tests import test_privacy_config
@@ -219,7 +219,7 @@ def test_a_target_epsilon_run_picks_z_from_the_skellam_accountant():
   config = ddp_config(target_epsilon=20.0)
   config.aggregator.noise_multiplier = None
   task = fedtff.tasks.build_task(config)
-  z = fedtff.experiment.noise_multiplier(config, task)
+  z = fedtff.runner.experiment.noise_multiplier(config, task)
   assert z == ddp.noise_multiplier_for_epsilon(20.0, 5, clip=1.0, dim=MODEL_DIM, rounds=2,
                                                delta=0.01 / 20)
   assert independent_epsilon(z, 5, 1.0, 20, MODEL_DIM, 2, 0.01 / 20) <= 20.0 * (1 + 1e-5)
@@ -236,8 +236,8 @@ def test_a_target_epsilon_run_picks_z_from_the_skellam_accountant():
      "TFF's adaptive clip (auto_l2_clip) is not accounted."),
     (dict(zeroing=True), "privacy.mechanism='ddp_skellam' refuses aggregator.zeroing and "
      "aggregator.zeroing_norm: TFF's adaptive zeroing estimates its threshold without noise."),
-    (dict(backend='fast'), "privacy.mechanism='ddp_skellam' needs backend='tff': the fast "
-     'backend has no distributed DP.'),
+    (dict(engine='compiled'), "privacy.mechanism='ddp_skellam' needs engine='tff': the compiled "
+     'engine has no distributed DP.'),
     (dict(ddp_bits=23), 'Config key privacy.ddp_bits must be an integer from 1 to 22, got 23.'),
     (dict(ddp_bits=2), 'Config key privacy.ddp_bits: bits=2 is too small for 5 clients per round'),
     (dict(mechanism='dp_fedavg', ddp_bits=16), "Config key privacy.ddp_bits needs "
@@ -246,18 +246,18 @@ def test_a_target_epsilon_run_picks_z_from_the_skellam_accountant():
     (dict(weighted=True), "aggregator.kind='dp' needs algorithm.weighted=False"),
     (dict(mechanism='ddp_dgauss'), "privacy.mechanism is 'ddp_dgauss'; expected one of: "
      'dp_fedavg, dp_ftrl, ddp_skellam'),
-], ids=['poisson', 'cyclic', 'pld', 'adaptive_clip', 'zeroing', 'fast', 'bits_range',
+], ids=['poisson', 'cyclic', 'pld', 'adaptive_clip', 'zeroing', 'compiled', 'bits_range',
         'bits_small', 'bits_elsewhere', 'weighted', 'dgauss'])
 def test_options_that_do_not_fit_are_refused_with_one_line(change, message):
   config = ddp_config()
   for key, value in change.items():
     group = {'clip_norm': 'aggregator', 'zeroing': 'aggregator', 'weighted': 'algorithm',
-             'backend': None}.get(key, 'privacy')
+             'engine': None}.get(key, 'privacy')
     target = config if group is None else config[group]
     target[key] = value
   with pytest.raises(ValueError) as raised:
-    fedtff.config.validate(config)
-    fedtff.experiment.noise_multiplier(config, fedtff.tasks.build_task(config))
+    fedtff.runner.config.validate(config)
+    fedtff.runner.experiment.noise_multiplier(config, fedtff.tasks.build_task(config))
   assert message in str(raised.value) and '\n' not in str(raised.value)
 
 

@@ -188,7 +188,7 @@ def test_quantization_too_coarse_for_the_model_is_refused(bits, refused):
 def test_the_config_kind_masks_at_32_bits_whatever_quantization_bits_says():
   spec = fedtff.AggregatorSpec('masking_simulation', clip_norm=1.0, clients_per_round=10)
   assert spec.masking_bits == 32 and spec.quantization_bits == 8
-  factory = fedtff.aggregators.build_aggregator(spec, weighted=False)
+  factory = fedtff.algorithms.aggregators.build_aggregator(spec, weighted=False)
   process = factory.create(tff.TensorType(np.float32, [4810]))
   rng = np.random.default_rng(3)
   updates = [u / np.linalg.norm(u) for u in rng.normal(size=(10, 4810)).astype(np.float32)]
@@ -205,21 +205,21 @@ def test_the_old_names_are_refused_in_one_line():
   with pytest.raises(ValueError) as info:
     fedtff.AggregatorSpec('pairwise_masking', clip_norm=1.0)
   assert str(info.value) == message
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.aggregator.kind = 'pairwise_masking'
-  with pytest.raises(fedtff.config.ConfigError) as info:
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError) as info:
+    fedtff.runner.config.validate(config)
   assert str(info.value) == f'Config key aggregator.kind: {message}'
   with pytest.raises(AttributeError, match='masking_aggregator is now masking_simulation_aggregator'):
     fedtff.privacy.masking_aggregator  # pylint: disable=pointless-statement
 
 
 def test_config_refuses_masking_bits_too_few_for_the_clients():
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.algorithm.weighted = False
   config.aggregator.update(dict(kind='masking_simulation', clip_norm=1.0, masking_bits=4))
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match=r'^Config key aggregator.masking_bits: bits must be an integer with '
                            r'2\*\*\(bits-1\) > max_clients and at most 62; got bits=4 for '
                            r'max_clients=10.$'):
-    fedtff.config.validate(config)
+    fedtff.runner.config.validate(config)

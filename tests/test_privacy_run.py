@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import outputs
-from fedtff import run_dir
+from fedtff.runner import checkpoints
+from fedtff.runner import outputs
+from fedtff.runner import run_dir
 from fedtff.privacy import accounting
 from fedtff.privacy import ledger as ledger_lib
 from fedtff.privacy import run_privacy
@@ -22,7 +22,7 @@ NUM_TRAIN_CLIENTS, CLIENTS_PER_ROUND = 9, 4  # test_experiment.small_config's ta
 
 
 def dp_config(total_rounds=3, **overrides):
-  config = test_experiment.small_config(backend='fast', total_rounds=total_rounds,
+  config = test_experiment.small_config(engine='compiled', total_rounds=total_rounds,
                                         rounds_per_eval=1, rounds_per_checkpoint=1)
   config.algorithm.weighted = False
   config.aggregator.kind = 'dp'
@@ -59,7 +59,7 @@ def rows_of(workdir):
 
 @pytest.fixture(scope='module')
 def dp_run(tmp_path_factory):
-  """A 3-round fast DP run extended to 5 rounds."""
+  """A 3-round compiled DP run extended to 5 rounds."""
   workdir = str(tmp_path_factory.mktemp('dp'))
   fedtff.run_experiment(dp_config(3), workdir)
   summary = fedtff.run_experiment(dp_config(5), workdir)
@@ -143,12 +143,12 @@ def test_a_public_noise_seed_reproduces_the_noise(tmp_path):
   assert 'no privacy guarantee' in summary['privacy']['noise_seed']
 
 
-def test_a_public_noise_seed_on_the_tff_backend_is_refused():
-  config = dp_config(2, backend='tff')
+def test_a_public_noise_seed_on_the_tff_engine_is_refused():
+  config = dp_config(2, engine='tff')
   config.privacy.noise_seed = 7
-  with pytest.raises(fedtff.config.ConfigError,
-                     match="privacy.noise_seed must be a non-negative integer with backend='fast'"):
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError,
+                     match="privacy.noise_seed must be a non-negative integer with engine='compiled'"):
+    fedtff.runner.config.validate(config)
 
 
 def test_a_dp_run_withholds_client_derived_metrics(dp_run):

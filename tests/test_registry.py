@@ -1,4 +1,4 @@
-"""One table of algorithm defaults: the builders, the fast backend, a config and
+"""One table of algorithm defaults: the builders, the compiled engine, a config and
 docs/algorithms.md all give each algorithm the same optimizers."""
 
 import os
@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import fedtff
-from fedtff import experiment
-from fedtff import fast
+from fedtff.runner import experiment
+from fedtff import compiled
 from fedtff import tasks
 from fedtff.algorithms import registry
 
@@ -18,7 +18,7 @@ MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
 
 
 def config_for(algorithm, **server):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.num_clients = 6
   config.data.num_test_clients = 2
   config.clients_per_round = 2
@@ -26,7 +26,7 @@ def config_for(algorithm, **server):
   if algorithm == 'fedprox':
     config.algorithm.proximal_strength = MU
   config.server.update(server)
-  fedtff.config.validate(config)
+  fedtff.runner.config.validate(config)
   return config
 
 
@@ -45,7 +45,7 @@ def datasets(task):
 
 
 def leaves(state_field, prefix=''):
-  """`{path: value}` of a state field, the same for TFF's and fedtff.fast's containers."""
+  """`{path: value}` of a state field, the same for TFF's and fedtff.compiled's containers."""
   if hasattr(state_field, 'items'):
     items = state_field.items()
   elif isinstance(state_field, (list, tuple)):
@@ -72,10 +72,10 @@ def one_round(process, initial, datasets):
 
 @pytest.mark.parametrize('algorithm', registry.ALGORITHMS)
 def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets):
-  """The builder's defaults, the fast backend's defaults and a config that sets
+  """The builder's defaults, the compiled engine's defaults and a config that sets
   only algorithm.name give the same server optimizer state (hparams included),
   client optimizer hparams and, after one round from the same weights, the
-  same model (the fast backend too, every algorithm); and the server optimizer
+  same model (the compiled engine too, every algorithm); and the server optimizer
   is the table's."""
   mu = dict(proximal_strength=MU) if algorithm == 'fedprox' else {}
   builder_process = fedtff.build_learning_process(task.model_fn, task.element_spec,
@@ -91,17 +91,17 @@ def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets)
   for a, b in zip(one_round(builder_process, initial, datasets).trainable,
                   one_round(config_process, initial, datasets).trainable):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  assert algorithm in fast.SUPPORTED_ALGORITHMS
-  fast_process = fast.build_fast_process(task.model_fn, task.element_spec, algorithm=algorithm,
+  assert algorithm in compiled.SUPPORTED_ALGORITHMS
+  compiled_process = compiled.build_compiled_process(task.model_fn, task.element_spec, algorithm=algorithm,
                                          **mu)
-  fast_state = fast_process.initialize()
-  assert_same_leaves(built.finalizer, fast_state.finalizer, 'fast server optimizer state')
-  assert_same_leaves(built.client_work, fast_state.client_work, 'fast client work state')
+  compiled_state = compiled_process.initialize()
+  assert_same_leaves(built.finalizer, compiled_state.finalizer, 'compiled server optimizer state')
+  assert_same_leaves(built.client_work, compiled_state.client_work, 'compiled client work state')
   # New dataset objects, cached: these datasets reshuffle on each iteration,
   # and Mime Lite iterates a client's dataset twice on TFF (gradient, training).
   fixed = lambda: [dataset.cache() for dataset in client_datasets(task)]
-  fast_round = one_round(fast_process, initial, fast.from_datasets(fixed()))
-  for a, b in zip(one_round(builder_process, initial, fixed()).trainable, fast_round.trainable):
+  compiled_round = one_round(compiled_process, initial, compiled.from_datasets(fixed()))
+  for a, b in zip(one_round(builder_process, initial, fixed()).trainable, compiled_round.trainable):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
@@ -145,8 +145,8 @@ def test_server_learning_rate_defaults(algorithm, learning_rate, task):
                   fedtff.build_learning_process(task.model_fn, task.element_spec,
                                                 algorithm=algorithm)):
     assert float(process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
-  fast_process = fast.build_fast_process(task.model_fn, task.element_spec, algorithm=algorithm)
-  assert float(fast_process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
+  compiled_process = compiled.build_compiled_process(task.model_fn, task.element_spec, algorithm=algorithm)
+  assert float(compiled_process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
 
 
 def test_an_override_wins_and_a_conflicting_server_optimizer_is_refused(task):
@@ -154,17 +154,17 @@ def test_an_override_wins_and_a_conflicting_server_optimizer_is_refused(task):
   finalizer = experiment.build_process(config, task).initialize().finalizer
   assert float(finalizer['momentum']) == pytest.approx(0.5)
   assert float(finalizer['learning_rate']) == pytest.approx(0.3)
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match=r"^algorithm.name 'fedadam' needs server.optimizer='adam', got 'sgd'.$"):
     config_for('fedadam', optimizer='sgd')
 
 
 def test_the_written_config_is_resolved():
-  resolved = fedtff.config.resolve(config_for('fedyogi'))
+  resolved = fedtff.runner.config.resolve(config_for('fedyogi'))
   assert (resolved.server.optimizer, resolved.server.learning_rate) == ('yogi', 0.01)
   assert (resolved.client.optimizer, resolved.client.learning_rate) == ('sgd', 0.1)
-  assert fedtff.config.resolve(resolved).to_dict() == resolved.to_dict()
-  assert '"optimizer": "yogi"' in fedtff.config.to_json(config_for('fedyogi'))
+  assert fedtff.runner.config.resolve(resolved).to_dict() == resolved.to_dict()
+  assert '"optimizer": "yogi"' in fedtff.runner.config.to_json(config_for('fedyogi'))
 
 
 def test_docs_table_is_the_registry():

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import outputs
-from fedtff import training
+from fedtff.runner import checkpoints
+from fedtff.runner import outputs
+from fedtff.runner import training
 from tests import conftest
 
 
 def small_config(total_rounds, **overrides):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.num_clients = 12
   config.data.num_test_clients = 3
   config.clients_per_round = 4
@@ -85,7 +85,7 @@ def test_tensorboard_events_are_written(straight_run):
 def test_changed_config_is_refused_with_the_difference(straight_run):
   changed = small_config(8)
   changed.client.learning_rate = 0.5
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match=r'another config \(client.learning_rate: 0.1 -> 0.5\); pass --overwrite'):
     fedtff.run_experiment(changed, straight_run)
 

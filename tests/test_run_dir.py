@@ -14,16 +14,16 @@ import pytest
 import tensorflow as tf
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import outputs
-from fedtff import run_dir
+from fedtff.runner import checkpoints
+from fedtff.runner import outputs
+from fedtff.runner import run_dir
 from tests import conftest
 from tests import test_experiment
 
 
 def _earlier_config():
   """base_config() as a run writes it: resolved, e.g. server.learning_rate 1.0 for fedavg."""
-  return json.loads(fedtff.config.to_json(fedtff.config.base_config()))
+  return json.loads(fedtff.runner.config.to_json(fedtff.runner.config.base_config()))
 
 
 def _write_earlier_config(workdir, config_dict):
@@ -33,16 +33,16 @@ def _write_earlier_config(workdir, config_dict):
 
 def test_a_run_from_before_new_keys_existed_resumes(tmp_path):
   earlier = _earlier_config()
-  del earlier['backend'], earlier['runtime'], earlier['data']['feed']
+  del earlier['engine'], earlier['runtime'], earlier['data']['feed']
   _write_earlier_config(tmp_path / 'run', earlier)
-  run_dir.prepare(str(tmp_path / 'run'), fedtff.config.base_config())  # No error.
+  run_dir.prepare(str(tmp_path / 'run'), fedtff.runner.config.base_config())  # No error.
 
 
-def test_runtime_backend_and_feed_may_change_on_resume(tmp_path):
+def test_runtime_engine_and_feed_may_change_on_resume(tmp_path):
   _write_earlier_config(tmp_path / 'run', json.loads(
-      fedtff.config.to_json(fedtff.config.base_config())))
-  config = fedtff.config.base_config()
-  config.update(dict(total_rounds=20, backend='fast'))
+      fedtff.runner.config.to_json(fedtff.runner.config.base_config())))
+  config = fedtff.runner.config.base_config()
+  config.update(dict(total_rounds=20, engine='compiled'))
   config.data.feed, config.data.feed_dir = 'constants', '/shared'
   run_dir.prepare(str(tmp_path / 'run'), config)
 
@@ -51,9 +51,9 @@ def test_a_changed_key_added_later_is_still_refused(tmp_path):
   earlier = _earlier_config()
   del earlier['data']['vocab_size']
   _write_earlier_config(tmp_path / 'run', earlier)
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.vocab_size = 5000
-  with pytest.raises(fedtff.config.ConfigError, match=r'data.vocab_size: 10000 -> 5000'):
+  with pytest.raises(fedtff.runner.config.ConfigError, match=r'data.vocab_size: 10000 -> 5000'):
     run_dir.prepare(str(tmp_path / 'run'), config)
 
 
@@ -62,9 +62,9 @@ def test_an_earlier_fedavgm_run_that_ran_without_momentum_is_not_resumed_with_it
   earlier = _earlier_config()
   earlier['algorithm']['name'] = 'fedavgm'
   _write_earlier_config(tmp_path / 'run', earlier)
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.algorithm.name = 'fedavgm'
-  with pytest.raises(fedtff.config.ConfigError, match=r'\(server.momentum: 0.0 -> 0.9\)'):
+  with pytest.raises(fedtff.runner.config.ConfigError, match=r'\(server.momentum: 0.0 -> 0.9\)'):
     run_dir.prepare(str(tmp_path / 'run'), config)
   config.server.momentum = 0.0
   run_dir.prepare(str(tmp_path / 'run'), config)  # The value it ran with: no error.
@@ -149,7 +149,7 @@ def _snapshot(workdir):
 
 def test_a_refused_config_leaves_a_fresh_workdir_untouched(tmp_path):
   workdir = tmp_path / 'fresh'
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match='clients_per_round is 100, but the task has 9 training clients'):
     fedtff.run_experiment(_config(clients_per_round=100), str(workdir))
   assert not workdir.exists()
@@ -158,7 +158,7 @@ def test_a_refused_config_leaves_a_fresh_workdir_untouched(tmp_path):
 
 def test_overwrite_with_an_invalid_config_deletes_nothing(finished):
   before = _snapshot(finished)
-  with pytest.raises(fedtff.config.ConfigError, match='clients_per_round is 100'):
+  with pytest.raises(fedtff.runner.config.ConfigError, match='clients_per_round is 100'):
     fedtff.run_experiment(_config(clients_per_round=100), str(finished), overwrite=True)
   assert _snapshot(finished) == before
 
@@ -198,8 +198,8 @@ def test_a_csv_that_cannot_be_parsed_is_named_with_its_line(tmp_path):
 def test_negative_checkpoints_to_keep_is_refused(keep):
   config = _config()
   config.output.checkpoints_to_keep = keep
-  with pytest.raises(fedtff.config.ConfigError, match='output.checkpoints_to_keep must be 0'):
-    fedtff.config.validate(config)
+  with pytest.raises(fedtff.runner.config.ConfigError, match='output.checkpoints_to_keep must be 0'):
+    fedtff.runner.config.validate(config)
   with pytest.raises(ValueError, match='keep must be 0'):
     checkpoints.save('unused', 1, {}, elapsed_s=0.0, keep=keep)
 
@@ -215,9 +215,9 @@ def test_checkpoints_to_keep_zero_keeps_every_checkpoint(tmp_path):
 def test_held_out_clients_and_a_held_out_share_together_are_refused():
   config = _config()
   config.data.test_fraction = 0.2
-  with pytest.raises(fedtff.config.ConfigError,
+  with pytest.raises(fedtff.runner.config.ConfigError,
                      match='data.num_test_clients and data.test_fraction are both set'):
-    fedtff.config.validate(config)
+    fedtff.runner.config.validate(config)
 
 
 # Damaged files: named, set aside, and the newest intact checkpoint used.

@@ -29,7 +29,7 @@ assert context_stack_impl.context_stack.current is tffs_own
 assert workers() == [] and not psutil.pid_exists(started[0]), 'the worker outlived the restore'
 fedtff.restore_tff_context()  # A second call changes nothing.
 assert context_stack_impl.context_stack.current is tffs_own
-fedtff.runtime.install_default_context()  # And fedtff's context can come back.
+fedtff.execution.runtime.install_default_context()  # And fedtff's context can come back.
 assert one() == 1
 again = workers()
 assert len(again) == 1 and again != started, again

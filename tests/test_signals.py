@@ -14,7 +14,7 @@ import psutil
 
 from tests import conftest
 
-SMALL = ['--config.total_rounds=500', '--config.backend=fast']  # After --config.
+SMALL = ['--config.total_rounds=500', '--config.engine=compiled']  # After --config.
 
 
 def _popen(args):

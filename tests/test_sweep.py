@@ -1,4 +1,4 @@
-"""fedtff.sweeps and experiments/sweep.py: a grid of runs and its table."""
+"""fedtff.research.sweeps and experiments/sweep.py: a grid of runs and its table."""
 
 import csv
 import glob
@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import fedtff
-from fedtff import sweeps
+from fedtff.research import sweeps
 from tests import conftest
 from tests import test_resume
 
@@ -182,14 +182,14 @@ def test_grid_values_take_the_schema_type():
     ([], 'The grid is empty'),
 ], ids=['wrong_type', 'group', 'key_twice', 'value_twice', 'no_values', 'empty'])
 def test_bad_grid_is_refused_with_a_sentence(specs, message):
-  with pytest.raises(fedtff.config.ConfigError) as error:
+  with pytest.raises(fedtff.runner.config.ConfigError) as error:
     sweeps.parse_grid(specs)
   assert str(error.value).startswith(message)
 
 
 def test_point_configs_are_validated_before_any_run(tmp_path):
   grid = sweeps.parse_grid(['algorithm.name=fedavg,fedx'])
-  with pytest.raises(fedtff.config.ConfigError, match="algorithm.name is 'fedx'; expected one of"):
+  with pytest.raises(fedtff.runner.config.ConfigError, match="algorithm.name is 'fedx'; expected one of"):
     sweeps.run_sweep(test_resume.small_config(2), str(tmp_path / 'root'), grid)
   assert not (tmp_path / 'root').exists()
 
@@ -201,7 +201,7 @@ def test_none_override_and_none_grid_value_reach_the_points(tmp_path):
   result = conftest.run_script([
       'experiments/sweep.py', '--config=configs/quickstart_dp.py:noiseless',
       f'--workdir={tmp_path}', '--config.aggregator.noise_multiplier=None',
-      '--config.total_rounds=1', '--config.backend=fast', '--quiet',
+      '--config.total_rounds=1', '--config.engine=compiled', '--quiet',
       '--grid', 'privacy.target_epsilon=8', '--grid', 'privacy.delta=none,0.001'])
   assert result.returncode == 0, result.stderr
   deltas = {}

@@ -8,10 +8,10 @@ from fedtff import tasks
 
 
 def data_config(**fields):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.data.update(dict(num_clients=20, num_test_clients=4))
   config.data.update(fields)
-  fedtff.config.validate(config)
+  fedtff.runner.config.validate(config)
   return config
 
 
@@ -90,13 +90,13 @@ def test_synthetic_run_trains(tmp_path):
 ], ids=['local', 'loopback_workers', 'remote_worker', 'remote_with_shared_dir', 'explicit'])
 def test_in_memory_clients_are_fed_by_files_unless_a_worker_is_remote(
     workers, feed, feed_dir, expected):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.runtime.workers, config.data.feed, config.data.feed_dir = workers, feed, feed_dir
   assert tasks.feed(config) == expected
 
 
 def test_file_feed_to_a_remote_worker_needs_a_shared_directory():
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.runtime.workers, config.data.feed = ('host2:8000',), 'file'
   with pytest.raises(ValueError, match=r"data.feed='file' with a worker on another host \(host2\)"):
     tasks.feed(config)

@@ -18,7 +18,7 @@ from tensorflow_federated.python.simulation.baselines import client_spec
 from tensorflow_federated.python.simulation.baselines.stackoverflow import (
     tag_prediction_preprocessing)
 
-from fedtff import benchmarks
+from fedtff.research import benchmarks
 from fedtff import data
 from fedtff import tasks
 

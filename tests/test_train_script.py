@@ -28,8 +28,12 @@ def test_trains_and_writes_the_run_directory(tmp_path):
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['total_rounds'] == 2
   with open(tmp_path / 'summary.json') as f:
-    final = json.load(f)['final']
+    summary = json.load(f)
+  final = summary['final']
   assert f"test accuracy {final['eval/accuracy']:.4f}" in lines[-1]
+  # The default engine='auto' ran the compiled engine, and says so in both places.
+  assert summary['engine'] == 'compiled' and 'engine_reason' not in summary
+  assert ' after round 2 on the compiled engine; run directory: ' in lines[-1]
   assert 'oneDNN' not in result.stderr and 'Warning' not in result.stderr
   assert result.stderr == ''
 
@@ -68,8 +72,8 @@ def test_trains_and_writes_the_run_directory(tmp_path):
          "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
          "set stop.mode='max' or 'min'."),
         (['experiments/train.py', '--config=configs/quickstart_dp.py:ddp_eps8',
-          '--workdir=/tmp/x', '--config.backend=fast'],
-         "privacy.mechanism='ddp_skellam' needs backend='tff': the fast backend has no "
+          '--workdir=/tmp/x', '--config.engine=compiled'],
+         "privacy.mechanism='ddp_skellam' needs engine='tff': the compiled engine has no "
          'distributed DP.'),
     ],
     ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
@@ -92,7 +96,7 @@ def test_none_sets_an_optional_number_back_to_its_default(tmp_path):
   result = conftest.run_script([
       'experiments/train.py', '--config=configs/quickstart_dp.py:noiseless',
       f'--workdir={tmp_path}', '--config.aggregator.noise_multiplier=None',
-      '--config.privacy.target_epsilon=8', '--config.total_rounds=1', '--config.backend=fast',
+      '--config.privacy.target_epsilon=8', '--config.total_rounds=1', '--config.engine=compiled',
       '--quiet'])
   assert result.returncode == 0, result.stderr
   with open(tmp_path / 'config.json') as f:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fedtff
-from fedtff import training
+from fedtff.runner import training
 from tests import conftest
 
 

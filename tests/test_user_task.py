@@ -1,4 +1,4 @@
-"""Your own model, data and algorithm under the runner (fedtff.user_task).
+"""Your own model, data and algorithm under the runner (fedtff.runner.user_task).
 
 The user's objects live in tests/research_fixtures.py and are named by import
 path, as a lab's own module would be.
@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import fedtff
-from fedtff import checkpoints
-from fedtff import outputs
+from fedtff.runner import checkpoints
+from fedtff.runner import outputs
 from tests import conftest
 from tests import research_fixtures as lab
 
@@ -21,7 +21,7 @@ FIXTURES = 'tests.research_fixtures'
 
 
 def small_config(total_rounds, **overrides):
-  config = fedtff.config.base_config()
+  config = fedtff.runner.config.base_config()
   config.total_rounds = total_rounds
   config.clients_per_round = 3
   config.rounds_per_checkpoint = 1
@@ -63,6 +63,9 @@ def test_user_process_resumes_to_the_rows_and_weights_of_a_straight_run(straight
   summary = fedtff.run_experiment(small_config(3), str(tmp_path), task=user_task(),
                                   process=lab.fed_avg_clipped)
   assert summary['rounds_completed'] == 3
+  # engine='auto' (the default) runs a user's learning process on TFF and records why.
+  assert summary['engine'] == 'tff'
+  assert summary['engine_reason'].startswith("engine='compiled' compiles fedtff's own algorithms")
   resumed, straight = comparable_rows(tmp_path), comparable_rows(straight_run)
   assert [r['round'] for r in resumed] == [1, 2, 3]
   for a, b in zip(resumed, straight):
@@ -103,7 +106,7 @@ def test_evaluate_checkpoint_rebuilds_the_user_task_and_process(straight_run):
 def test_a_changed_import_path_is_refused_on_resume(straight_run):
   config = small_config(3, **{'data.preprocess': ''})
   train, test = lab.load()
-  with pytest.raises(fedtff.config.ConfigError, match=(
+  with pytest.raises(fedtff.runner.config.ConfigError, match=(
       r"holds a run with another config \(data.preprocess: 'tests.research_fixtures:scale' "
       r"-> ''\)")):
     fedtff.run_experiment(config, straight_run, task=fedtff.UserTask(lab.model_fn, train, test),
@@ -143,20 +146,20 @@ def test_a_changed_import_path_is_refused_on_resume(straight_run):
         'not_metrics', 'data_without_model', 'needs_arguments'])
 def test_a_bad_import_path_gets_one_line_naming_key_and_path(tmp_path, key, path, message):
   config = small_config(1, **{key: path})
-  with pytest.raises(fedtff.config.ConfigError) as raised:
+  with pytest.raises(fedtff.runner.config.ConfigError) as raised:
     fedtff.run_experiment(config, str(tmp_path / 'run'))
   assert str(raised.value) == message
   assert not os.path.exists(tmp_path / 'run')  # Refused before the run directory.
 
 
-def test_fast_backend_refuses_a_user_process(tmp_path):
-  config = small_config(1, backend='fast', **{'model.factory': f'{FIXTURES}:model_fn',
+def test_compiled_engine_refuses_a_user_process(tmp_path):
+  config = small_config(1, engine='compiled', **{'model.factory': f'{FIXTURES}:model_fn',
                                               'data.source': f'{FIXTURES}:load'})
-  with pytest.raises(fedtff.config.ConfigError) as raised:
+  with pytest.raises(fedtff.runner.config.ConfigError) as raised:
     fedtff.run_experiment(config, str(tmp_path / 'run'), process=lab.fed_avg_clipped)
   assert str(raised.value) == (
-      "backend='fast' compiles fedtff's own algorithms only; run a user's learning process "
-      "(algorithm.process) with backend='tff'.")
+      "engine='compiled' compiles fedtff's own algorithms only; run a user's learning process "
+      "(algorithm.process) with engine='tff'.")
   assert not os.path.exists(tmp_path / 'run')
 
 
@@ -168,7 +171,7 @@ def test_python_objects_of_the_wrong_kind_are_named(tmp_path):
   assert str(raised.value) == (
       f'UserTask.loss_fn ({FIXTURES}:model_fn) returned a Sequential; expected a no-argument '
       'function returning a tf.keras loss.')
-  with pytest.raises(fedtff.config.ConfigError, match=(
+  with pytest.raises(fedtff.runner.config.ConfigError, match=(
       r"Config key model.factory is 'tests.research_fixtures:wide_model_fn' but "
       r"run_experiment was also given 'tests.research_fixtures:model_fn'; name it in one place.")):
     fedtff.run_experiment(small_config(1, **{'model.factory': f'{FIXTURES}:wide_model_fn'}),
@@ -196,9 +199,9 @@ def test_train_script_runs_import_paths_and_names_a_bad_one(tmp_path):
 
 def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
   config = small_config(1, **{'data.source': f'{FIXTURES}:load'})
-  grid = fedtff.sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
+  grid = fedtff.research.sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
   lines = []
-  rows = fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  rows = fedtff.research.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
   assert [r['status'] for r in rows] == ['complete', 'complete']
   assert [line.rpartition(': ')[2] for line in lines] == ['running', 'running']
   wide = tmp_path / f'model.factory={FIXTURES}:wide_model_fn'
@@ -206,11 +209,11 @@ def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
     assert json.load(f)['model']['factory'] == f'{FIXTURES}:wide_model_fn'
   assert [w.shape for w in final_weights(wide, 1)[:4]] == [(4, 8), (8,), (8, 3), (3,)]
   lines.clear()
-  fedtff.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  fedtff.research.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
   assert [line.rpartition(': ')[2] for line in lines] == ['skipped, already complete'] * 2
-  with pytest.raises(fedtff.config.ConfigError, match='names .tests.research_fixtures:WIDTH., '
+  with pytest.raises(fedtff.runner.config.ConfigError, match='names .tests.research_fixtures:WIDTH., '
                      'which is an int'):
-    fedtff.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.sweeps.parse_grid(
+    fedtff.research.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.research.sweeps.parse_grid(
         [f'model.factory={FIXTURES}:model_fn,{FIXTURES}:WIDTH']))
   assert not os.path.exists(tmp_path / 'bad')
 
@@ -231,12 +234,12 @@ def test_a_user_task_gives_equal_rows_on_both_engines(tmp_path):
   """A user's own model and data (no user process) train alike on the TFF and
   the compiled engine: same rows within 1e-5."""
   rows = {}
-  for backend in ('tff', 'fast'):
-    workdir = str(tmp_path / backend)
-    fedtff.run_experiment(small_config(2, backend=backend), workdir, task=user_task())
-    rows[backend] = comparable_rows(workdir)
-  assert [r['round'] for r in rows['fast']] == [1, 2]
-  for tff_row, fast_row in zip(rows['tff'], rows['fast']):
-    assert tff_row.keys() == fast_row.keys()
+  for engine in ('tff', 'compiled'):
+    workdir = str(tmp_path / engine)
+    fedtff.run_experiment(small_config(2, engine=engine), workdir, task=user_task())
+    rows[engine] = comparable_rows(workdir)
+  assert [r['round'] for r in rows['compiled']] == [1, 2]
+  for tff_row, compiled_row in zip(rows['tff'], rows['compiled']):
+    assert tff_row.keys() == compiled_row.keys()
     for key, value in tff_row.items():
-      assert fast_row[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+      assert compiled_row[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key

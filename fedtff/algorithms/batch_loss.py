@@ -5,7 +5,7 @@ must agree to float32 rounding. They share these functions instead of each
 restating the arithmetic:
 
 * `real_rows` is the treatment of padded rows. The compiled engine
-  (`fedtff.fast`) pads every batch to one size and marks the real rows with a
+  (`fedtff.compiled`) pads every batch to one size and marks the real rows with a
   mask; the padding rows are dropped *before* the model runs, so the model,
   the loss and the metrics see exactly the batch TFF iterates. Any Keras loss
   (a mean over examples, a sum, a mean over non-pad tokens such as
@@ -18,7 +18,7 @@ restating the arithmetic:
   `loss` metric averages, weighted by the batch's rows.
 * `forward` is one forward pass: the real rows, the model, `batch_loss` and
   the metric updates. fedtff's TFF model (`fedtff.algorithms.tff_model`) and
-  the compiled engine's client work (`fedtff/fast/client_work.py`) both call it.
+  the compiled engine's client work (`fedtff/compiled/client_work.py`) both call it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def check_loss(loss: tf.keras.losses.Loss) -> None:
   """
   if getattr(loss, 'reduction', None) == tf.keras.losses.Reduction.NONE:
     raise ValueError("A loss with reduction='none' gives no scalar batch loss; pass a loss that "
-                     "averages or sums, or use backend='tff'.")
+                     "averages or sums, or use engine='tff'.")
 
 
 def real_rows(batch: Any, mask: Optional[tf.Tensor]) -> Any:

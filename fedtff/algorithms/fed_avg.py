@@ -21,8 +21,8 @@ from typing import Callable, Optional, Sequence, Union
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedtff import aggregators
-from fedtff import optimizers
+from fedtff.algorithms import aggregators
+from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -45,7 +45,7 @@ def scheduled_optimizer_fn(client_optimizer: Optional[ClientOptimizer], *, weigh
                           ) -> Callable[[float], optimizers.TffOptimizer]:
   """The client optimizer of a scheduled FedAvg as a function of the learning rate.
 
-  Both engines call it (`build_fed_avg` and `fedtff.fast.build_fast_process`).
+  Both engines call it (`build_fed_avg` and `fedtff.compiled.build_compiled_process`).
 
   Args:
     client_optimizer: A function from learning rate to TFF optimizer

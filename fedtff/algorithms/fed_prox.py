@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedtff import aggregators
-from fedtff import optimizers
+from fedtff.algorithms import aggregators
+from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
 from fedtff.algorithms import tff_model
 

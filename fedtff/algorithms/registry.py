@@ -1,8 +1,8 @@
 """The one table of fedtff's algorithms and their defaults.
 
 Every entry point reads `REGISTRY`: the builders (`fedtff.build_learning_process`
-and the per-algorithm builders), the fast backend (`fedtff.fast`), the
-experiment config (`fedtff.config.resolve` fills the optimizer fields a config
+and the per-algorithm builders), the compiled engine (`fedtff.compiled`), the
+experiment config (`fedtff.runner.config.resolve` fills the optimizer fields a config
 leaves unset) and docs/algorithms.md, whose table is `markdown_table()`
 (tests/test_registry.py checks that the page holds it).
 
@@ -18,7 +18,7 @@ import dataclasses
 import types
 from typing import Any, Dict, Mapping, Optional
 
-from fedtff import optimizers
+from fedtff.algorithms import optimizers
 
 
 def _number(value: float) -> str:
@@ -33,7 +33,7 @@ class OptimizerDefault:
   """A default optimizer: its name, learning rate and further hyperparameters.
 
   Hyperparameters not given here (the adaptive optimizers' β₁, β₂, ε and
-  initial accumulator) are `fedtff.optimizers.ADAPTIVE_DEFAULTS`.
+  initial accumulator) are `fedtff.algorithms.optimizers.ADAPTIVE_DEFAULTS`.
   """
   name: str
   learning_rate: float

@@ -7,7 +7,7 @@ the client data's element spec.
 The model is TFF's Keras model (`tff.learning.models.from_keras_model`: its
 variables, metrics and metric finalizers) with one change: its forward pass
 is `fedtff.algorithms.batch_loss.forward`, the function the compiled engine's
-client work (`fedtff/fast/client_work.py`) runs too, so that the loss over a
+client work (`fedtff/compiled/client_work.py`) runs too, so that the loss over a
 batch is written once for both engines.
 """
 

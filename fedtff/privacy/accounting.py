@@ -10,7 +10,7 @@ What fedtff accounts for, exactly:
 
 * Unit of privacy: one client, with all of its data (user-level DP).
 * Sampling: each round draws `m` distinct clients uniformly without
-  replacement from the `N` training clients (`fedtff.training.sample_clients`),
+  replacement from the `N` training clients (`fedtff.runner.training.sample_clients`),
   independently across rounds.
 * Neighbouring relation: replace-one (`dp_accounting.NeighboringRelation.
   REPLACE_ONE`): two federations of the same `N` clients that differ in the
@@ -34,7 +34,7 @@ What fedtff accounts for, exactly:
 
 `sampling='poisson'` instead accounts for Poisson sampling (each client joins a
 round independently with probability `q = m / N`, so cohorts vary in size;
-`fedtff.training.sample_clients(..., sampling='poisson')`) under
+`fedtff.runner.training.sample_clients(..., sampling='poisson')`) under
 add-or-remove-one, with sensitivity `C` (noise multiplier `z`), the setting of
 McMahan et al. 2018, TF Privacy, pfl-research and Opacus. TFF's DP mean divides
 the noised sum by the *expected* cohort size `m`, whatever the cohort's size,
@@ -285,7 +285,7 @@ def check_guarantee(*, noise_multiplier: float, clients_per_round: int, num_clie
     clients_per_round: `m`, the clients sampled each round.
     num_clients: `N`, the training clients sampled from.
     weighted: Whether client updates are weighted by example counts.
-    sampling: How the round loop samples clients (`fedtff.training.sample_clients`):
+    sampling: How the round loop samples clients (`fedtff.runner.training.sample_clients`):
       `WITHOUT_REPLACEMENT` or `POISSON`.
     rounds: The rounds to run; needed with `target_epsilon`.
     target_epsilon: The epsilon the run claims, if any.

@@ -69,7 +69,7 @@ What fedtff accounts for, exactly:
   noise shares.
 * Threat model: under secure summation the server sees only the noisy sum.
   fedtff's local runtime lowers TFF's secure-sum intrinsics to plain sums
-  (`fedtff.runtime`), so here the protocol is simulated: the epsilon is what a
+  (`fedtff.execution.runtime`), so here the protocol is simulated: the epsilon is what a
   deployment with real secure aggregation would give.
 
     factory = fedtff.privacy.ddp.ddp_aggregator(1.0, 10, clip=1.0, dim=4810)

@@ -14,7 +14,7 @@ the `t`-th noised prefix sum).
 What fedtff accounts for, exactly:
 
 * Unit: one client with all of its data.
-* Participation: `sampling='cyclic'` (`fedtff.training.sample_clients`): a
+* Participation: `sampling='cyclic'` (`fedtff.runner.training.sample_clients`): a
   permutation of the `N` training clients drawn once is cut into `K = N // m`
   cohorts of `m` clients, used in turn. A client therefore joins at most
   `ceil(T / K)` of `T` rounds, with `K - 1` rounds between two of them. The

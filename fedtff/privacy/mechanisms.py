@@ -14,7 +14,7 @@ computing a mean, for unweighted FedAvg:
                                  model_aggregator=fedtff.privacy.dp_aggregator(1.0, 10, clip=0.5))
 
 TFF's local runtime computes a "secure" sum in the clear (fedtff's runtime
-lowers the secure-sum intrinsics to plain sums, see `fedtff.runtime`):
+lowers the secure-sum intrinsics to plain sums, see `fedtff.execution.runtime`):
 `secure_sum_aggregator` gives the protocol's interface (clipping, quantization,
 bit widths), not its cryptography. docs/privacy.md states each mechanism's
 threat model.

@@ -5,7 +5,7 @@
 * the privacy ledger (`fedtff.privacy.ledger`): every round's mechanism,
   from which `privacy/epsilon` and the summary's epsilon are composed;
 * the noise seed: a per-run secret drawn from the OS (saved in the
-  checkpoints, never in config.json) from which the fast backend derives each
+  checkpoints, never in config.json) from which the compiled engine derives each
   round's noise, or the public `privacy.noise_seed`, which voids the guarantee;
 * which metrics a DP run publishes: the held-out evaluation and epsilon, but
   not the client-derived training metrics (unless
@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from fedtff import outputs
+from fedtff.runner import outputs
 from fedtff.privacy import accounting
 from fedtff.privacy import ledger as ledger_lib
 
@@ -79,7 +79,7 @@ class RunPrivacy:
       self._seed = int(metadata[_SEED_KEY])
 
   def round_noise_seed(self, round_num: int) -> np.ndarray:
-    """The stateless seed of round `round_num`'s noise (fast backend)."""
+    """The stateless seed of round `round_num`'s noise (compiled engine)."""
     return np.array([self._seed, round_num], np.int64)
 
   def metrics(self, round_num: int) -> Dict[str, float]:
@@ -102,11 +102,11 @@ class RunPrivacy:
     """Writes the ledger to `<workdir>/privacy_ledger.json`, atomically."""
     outputs.atomic_write_text(os.path.join(workdir, LEDGER_FILE), self.ledger.to_json() + '\n')
 
-  def summary(self, backend: str) -> Dict[str, Any]:
+  def summary(self, engine: str) -> Dict[str, Any]:
     """The summary.json entry: epsilon from the ledger, and what it covers."""
     seed = ('public (privacy.noise_seed): the noise can be regenerated, so there is no privacy '
             'guarantee' if self.public_seed else
-            ('secret, drawn from the OS and kept in the checkpoints' if backend == 'fast'
+            ('secret, drawn from the OS and kept in the checkpoints' if engine == 'compiled'
              else "drawn by TFF's runtime, not reproducible"))
     summary = {
         'epsilon': self.ledger.epsilon(self.delta), 'delta': self.delta,

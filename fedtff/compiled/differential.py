@@ -1,0 +1,382 @@
+"""Differential tests: the compiled engine against the TFF engine, over the option space.
+
+For one combination (an experiment config), `check` builds both engines the
+way the runner does (`fedtff.runner.experiment`: the same task, builder options and
+sampled, round-tagged clients), shrunk for speed (`shrink`: few clients per
+round, few examples per client, TFF's stand-in data for hosted datasets; the
+config's algorithm, aggregator, weighting, schedule and model are kept),
+starts both from the same initial state and runs `rounds` rounds. After each
+round it compares every leaf of the TFF state (the compiled engine's state
+converted with `to_tff_state`: weights, optimizer and aggregator state) and
+every metric the TFF engine reports, within `tolerance`. (Evaluation runs on
+TFF for both engines in the runner, so equal weights give equal eval metrics.)
+
+DP noise cannot be equal (TFF's DP aggregator draws its own noise), so a
+noised DP config is compared as its noiseless twin (noise multiplier 0), and
+each engine's noise is checked statistically: in round 1, from the same state
+and clients, the noised minus the noiseless server weights under server SGD
+(whose first step is `-lr * aggregate`) must have mean 0 and the standard
+deviation `lr * z * C / m` of the Gaussian mechanism (McMahan et al., ICLR
+2018, arXiv 1710.06963; with adaptive clipping `z` is the value share of the
+noise, Andrew et al., NeurIPS 2021, arXiv 1905.03871), each within six
+standard errors over the model's coordinates.
+
+Each combination ends as one `Outcome`: passed; failed (the largest
+difference and where); refused by the compiled engine (its one-line reason:
+the engine's remaining gaps); or invalid (the config itself is refused).
+`shipped_combinations` enumerates configs/*.py and their variants,
+`grid_combinations` algorithm x aggregator x weighting x schedule x model
+kind. scripts/differential.py runs them; docs/algorithms.md has the tally.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import itertools
+import math
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import ml_collections
+import numpy as np
+import tensorflow_federated as tff
+
+from fedtff.algorithms import aggregators
+from fedtff.research import benchmarks
+from fedtff.runner import config as config_lib
+from fedtff import data
+from fedtff.runner import experiment
+from fedtff import compiled
+from fedtff.research import sweeps
+from fedtff import tasks
+from fedtff.runner import training
+from fedtff.algorithms import builder
+from fedtff.algorithms import registry
+from fedtff.algorithms import schedules
+from fedtff.algorithms import tff_model
+from fedtff.privacy import mechanisms
+
+TOLERANCE = 1e-5
+ROUNDS = 3
+PASSED, FAILED, REFUSED, INVALID = 'passed', 'failed', 'refused', 'invalid'
+_USE_TFF = "use engine='tff'."
+STATUSES = (PASSED, FAILED, REFUSED, INVALID)
+# A statistic passes within this many standard errors.
+NOISE_SIGMAS = 6.0
+# The grid's model kinds: (dataset, model) on small data (hosted ones on TFF's stand-ins).
+MODEL_KINDS = {'dense': ('digits', 'mlp'), 'conv': ('emnist_digits', 'fedavg_cnn'),
+               'sequence': ('shakespeare', 'char_lstm')}
+# The grid's aggregator settings per kind (fixed norms; DP with noise, so its std is checked).
+GRID_AGGREGATORS = {
+    'mean': {}, 'robust': {'aggregator.clip_norm': 0.5},
+    'compression': {}, 'secure': {}, 'masking_simulation': {'aggregator.clip_norm': 1.0},
+    'dp': {'aggregator.clip_norm': 0.5, 'aggregator.noise_multiplier': 1.0},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Combination:
+  """One point of the option space: a name and its (unshrunk) config."""
+  name: str
+  config: ml_collections.ConfigDict
+
+
+@dataclasses.dataclass
+class Outcome:
+  """What `check` found for one combination.
+
+  Attributes:
+    name: The combination's name.
+    status: One of `STATUSES`.
+    max_difference: The largest absolute difference over weights, state and
+      metrics (passed or failed), or None.
+    where: Where it occurred, e.g. 'round 2 metric client_work/train/loss'.
+    message: The reason (refused, invalid, failed) or the noise check's result.
+  """
+  name: str
+  status: str
+  max_difference: Optional[float] = None
+  where: str = ''
+  message: str = ''
+
+  def line(self) -> str:
+    """One line: `<status> <name>: <detail>`."""
+    detail = self.message
+    if self.max_difference is not None:
+      detail = f'max |diff| {self.max_difference:.3g} at {self.where}' + (
+          f'; {self.message}' if self.message else '')
+    return f'{self.status:8s} {self.name}: {detail}'
+
+
+def shrink(config: ml_collections.ConfigDict, *, rounds: int = ROUNDS,
+           clients_per_round: int = 3, max_elements: int = 64) -> ml_collections.ConfigDict:
+  """`config` on tiny data for `rounds` rounds, its options otherwise kept.
+
+  The cap on examples per client is high enough that clients still differ in
+  size (digits: 9 to 77 examples over 60 clients), so weighting matters.
+  """
+  config = config.copy_and_resolve_references()
+  config.total_rounds = rounds
+  config.rounds_per_eval = rounds
+  config.clients_per_round = min(config.clients_per_round, clients_per_round)
+  if config.data.max_elements == 0 or config.data.max_elements > max_elements:
+    config.data.max_elements = max_elements
+  if config.data.dataset in tasks.HOSTED_DATASETS:
+    config.data.synthetic_standin = True
+    config.clients_per_round = min(config.clients_per_round, 2)  # The stand-ins have 2-3 clients.
+  return config
+
+
+def shipped_combinations(configs_dir: str) -> Iterator[Combination]:
+  """Every config in `configs_dir` and each of its `VARIANTS`, with its `SMOKE_OVERRIDES`."""
+  for path in sorted(glob.glob(os.path.join(configs_dir, '*.py'))):
+    module = benchmarks.load_config_file(path)
+    base = os.path.basename(path)
+    for variant in getattr(module, 'VARIANTS', (None,)):
+      config = module.get_config(variant) if variant else module.get_config()
+      config = sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
+      yield Combination(base + (f':{variant}' if variant else ''), config)
+
+
+def grid_combinations() -> Iterator[Combination]:
+  """algorithm x aggregator kind x weighting x client lr schedule x model kind."""
+  axes = itertools.product(registry.ALGORITHMS, GRID_AGGREGATORS, (True, False),
+                           schedules.SCHEDULES, MODEL_KINDS)
+  for algorithm, kind, weighted, schedule, model_kind in axes:
+    config = config_lib.base_config()
+    config.data.dataset, config.model.name = MODEL_KINDS[model_kind]
+    if model_kind == 'dense':
+      config.data.num_clients, config.model.hidden_units = 20, (16,)
+    config.algorithm.name, config.algorithm.weighted = algorithm, weighted
+    if algorithm == 'fedprox':
+      config.algorithm.proximal_strength = 0.5
+    config.client.lr_schedule, config.client.lr_decay_steps = schedule, 2
+    config.aggregator.kind = kind
+    for key, value in GRID_AGGREGATORS[kind].items():  # Unvalidated: check() sorts out invalid.
+      config.aggregator[key.partition('.')[2]] = value
+    config.clients_per_round = 3
+    yield Combination(f'grid:{algorithm}/{kind}/{"weighted" if weighted else "unweighted"}/'
+                      f'{schedule}/{model_kind}', config)
+
+
+def _noised(config: ml_collections.ConfigDict) -> bool:
+  return config.aggregator.kind == 'dp' and (config.privacy.target_epsilon is not None or (
+      config.aggregator.noise_multiplier or 0.0) > 0)
+
+
+def _noiseless(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  twin = config.copy_and_resolve_references()
+  twin.aggregator.noise_multiplier, twin.privacy.target_epsilon = 0.0, None
+  twin.privacy.delta = None
+  return twin
+
+
+def _validate(config: ml_collections.ConfigDict) -> Optional[Outcome]:
+  """INVALID if the config is refused on the TFF engine, REFUSED if only on the compiled one."""
+  for engine, status in (('tff', INVALID), ('compiled', REFUSED)):
+    candidate = config.copy_and_resolve_references()
+    candidate.engine = engine
+    try:
+      config_lib.validate(candidate)
+    except ValueError as e:
+      return Outcome('', status, message=str(e))
+  return None
+
+
+def client_ids(config, task, round_num: int) -> List[str]:
+  """Round `round_num`'s sampled clients, round-tagged, as the runner draws them."""
+  return data.round_client_ids(round_num, training.sample_clients(
+      task.train_data.client_ids, config.clients_per_round, round_num=round_num,
+      seed=config.seed, sampling=config.privacy.sampling))
+
+
+class _Engines:
+  """Both engines of one config, on one task, built as the runner builds them."""
+
+  def __init__(self, config, task, z: Optional[float], *, compiled_options=None):
+    options = experiment._process_options(config, task, z)  # pylint: disable=protected-access
+    _check_options(options)
+    self.config, self.task = config, task
+    self.compiled = experiment.build_compiled_process(config, task, options=dict(options,
+                                                                         **(compiled_options or {})))
+    self.tff = experiment.build_process(config, task, options=options)
+    self.composed = tff.simulation.compose_dataset_computation_with_learning_process(
+        task.train_data.dataset_computation, self.tff)
+    self.batches = compiled.RoundBatches(task.train_data, batch_size=config.data.batch_size)
+
+  def initial_states(self) -> Tuple[Any, Any]:
+    weights = tff_model.initial_weights(self.task.model_fn, self.config.seed)
+    tff_state = self.tff.set_model_weights(self.tff.initialize(), weights)
+    return tff_state, self.compiled.from_tff_state(tff_state)
+
+  def next(self, round_num: int, tff_state, compiled_state):
+    """Round `round_num` on both engines: `(tff_output, compiled_output)`."""
+    ids = client_ids(self.config, self.task, round_num)
+    return (self.composed.next(tff_state, ids),
+            self.compiled.next(compiled_state, self.batches.tagged_batches(ids),
+                           noise_seed=[round_num, 20260]))
+
+
+def _check_options(options: Dict[str, Any]) -> None:
+  """The TFF builder's own checks (ValueError: invalid), before the compiled engine's refusals."""
+  builder._check_options(  # pylint: disable=protected-access
+      options['algorithm'], **{k: options[k] for k in (
+          'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
+          'proximal_strength', 'weighted')})
+  if isinstance(options['aggregator'], aggregators.AggregatorSpec):
+    aggregators.build_aggregator(options['aggregator'], weighted=options['weighted'])
+
+
+def _leaves(structure: Any, prefix: str = '') -> Dict[str, Any]:
+  """Nested mappings, named tuples and lists as {'a/b/0': leaf}."""
+  if hasattr(structure, '_asdict'):
+    structure = structure._asdict()
+  if isinstance(structure, (dict, collections.OrderedDict)) or hasattr(structure, 'items'):
+    items = list(structure.items())
+  elif isinstance(structure, (list, tuple)):
+    items = list(enumerate(structure))
+  else:
+    return {prefix.rstrip('/'): structure}
+  out = {}
+  for key, value in items:
+    out.update(_leaves(value, f'{prefix}{key}/'))
+  return out
+
+
+def _max_difference(expected: Any, actual: Any, what: str) -> Tuple[float, str]:
+  """The largest |expected - actual| over matching numeric leaves, and where;
+  inf where a leaf is missing or differs in shape or non-finiteness."""
+  worst, where = 0.0, ''
+  expected, actual = _leaves(expected), _leaves(actual)
+  for key, value in expected.items():
+    a = np.asarray(value)
+    if a.dtype.kind not in 'fiub':
+      continue
+    if key not in actual or np.shape(actual[key]) != a.shape:
+      return math.inf, f'{what} {key} (missing or of another shape in the compiled engine)'
+    b = np.asarray(actual[key], dtype=np.float64)
+    a = a.astype(np.float64)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+      return math.inf, f'{what} {key} (finite on one engine only)'
+    diff = float(np.max(np.abs(np.where(np.isfinite(a), a - b, 0.0)), initial=0.0))
+    if diff > worst:
+      worst, where = diff, f'{what} {key}'
+  return worst, where
+
+
+def compare_rounds(engines: _Engines, rounds: int) -> Tuple[float, str]:
+  """Runs `rounds` rounds on both engines from the same state; the largest difference."""
+  tff_state, compiled_state = engines.initial_states()
+  worst, where = 0.0, 'nothing'
+  for round_num in range(1, rounds + 1):
+    tff_output, compiled_output = engines.next(round_num, tff_state, compiled_state)
+    tff_state, compiled_state = tff_output.state, compiled_output.state
+    for diff, at in (
+        _max_difference(tff_state, engines.compiled.to_tff_state(compiled_state, tff_state), 'state'),
+        _max_difference(tff_output.metrics, compiled_output.metrics, 'metric')):
+      if diff > worst or (diff == worst == 0.0 and where == 'nothing'):
+        worst, where = diff, f'round {round_num} {at}'
+  return worst, where
+
+
+def expected_noise_std(config: ml_collections.ConfigDict, z: float) -> float:
+  """The std of round 1's noise on each coordinate of the aggregate: `z C / m`, with
+  `z` the value share `(z^-2 - (2 sigma_b)^-2)^-1/2` under adaptive clipping."""
+  aggregator, m = config.aggregator, config.clients_per_round
+  if aggregator.clip_norm is not None:
+    return z * aggregator.clip_norm / m
+  sigma_b = aggregator.clipped_count_stddev
+  if sigma_b is None:
+    sigma_b = mechanisms.default_clipped_count_stddev(z, m)  # A choice of fedtff's, not maths.
+  value_z = (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
+  return value_z * mechanisms.DEFAULT_INITIAL_CLIP / m  # Round 1 clips at the initial norm.
+
+
+def noise_statistics(noise: np.ndarray, expected_std: float) -> Tuple[bool, str]:
+  """Whether `noise` looks like N(0, expected_std^2) i.i.d.: mean and std within
+  `NOISE_SIGMAS` standard errors."""
+  n = noise.size
+  std, mean = float(np.std(noise)), float(np.mean(noise))
+  ok = (abs(std / expected_std - 1) <= NOISE_SIGMAS / math.sqrt(2 * n)
+        and abs(mean) <= NOISE_SIGMAS * expected_std / math.sqrt(n))
+  return ok, f'std {std:.4g} vs {expected_std:.4g}, mean {mean:.2g} over {n}'
+
+
+def _sgd_server(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with a server step linear in the aggregate: SGD (fedavg for the server-optimizer
+  algorithms, which fix theirs), as the noise check needs."""
+  config = config_lib.resolve(config)
+  if config.server.optimizer != 'sgd':
+    config.algorithm.name = 'fedavg'
+    config.server.optimizer, config.server.learning_rate, config.server.momentum = 'sgd', 1.0, 0.0
+  return config
+
+
+def check_noise(config, task, z: float, clean: Optional[_Engines] = None) -> Tuple[bool, str]:
+  """Each engine's round-1 noise (noised minus noiseless weights) against its std.
+
+  `clean`: the noiseless engines of `config`, reused if its server step is SGD.
+  """
+  sgd_config = _sgd_server(config)
+  if clean is None or config_lib.resolve(config).server.optimizer != 'sgd':
+    clean = _Engines(sgd_config, task, 0.0)
+  noised = _Engines(sgd_config, task, z)
+  scale = sgd_config.server.learning_rate * expected_noise_std(sgd_config, z)
+  weights = {}
+  for key, engines in (('noised', noised), ('clean', clean)):
+    tff_state, compiled_state = engines.initial_states()
+    tff_output, compiled_output = engines.next(1, tff_state, compiled_state)
+    for engine, state in (('tff', tff_output.state), ('compiled', compiled_output.state)):
+      trainable = getattr(engines, engine).get_model_weights(state).trainable
+      weights[key, engine] = np.concatenate([np.ravel(w) for w in trainable])
+  results = [(engine,) + noise_statistics(weights['noised', engine] - weights['clean', engine],
+                                          scale) for engine in ('tff', 'compiled')]
+  return all(ok for _, ok, _ in results), '; '.join(f'{e} noise {m}' for e, _, m in results)
+
+
+def check(combination: Combination, *, rounds: int = ROUNDS,
+          tolerance: float = TOLERANCE, compiled_options: Optional[Dict[str, Any]] = None
+         ) -> Outcome:
+  """Runs one combination on both engines and compares them (module docstring).
+
+  Args:
+    combination: The config to check (shrunk here with `shrink`).
+    rounds: Rounds run from the same state (at least 3 for the issue's bar).
+    tolerance: The largest absolute difference that passes.
+    compiled_options: Builder options overriding the compiled engine's only, to
+      test the harness itself (e.g. another client optimizer).
+  """
+  config = shrink(combination.config, rounds=rounds)
+  refusal = _validate(config)
+  if refusal:
+    return dataclasses.replace(refusal, name=combination.name)
+  config = config_lib.resolve(config)  # The algorithm's defaults, as run_experiment fills them.
+  try:
+    task = tasks.build_task(config)
+    experiment.check_task(config, task)
+    z = experiment.noise_multiplier(config, task)
+  except ValueError as e:
+    return Outcome(combination.name, INVALID, message=str(e))
+  noised = _noised(config)
+  try:
+    engines = _Engines(_noiseless(config) if noised else config, task,
+                       0.0 if noised else z, compiled_options=compiled_options)
+  except (ValueError, TypeError) as e:
+    # The compiled engine's refusals end "...; use engine='tff'."; any other error is
+    # a check both engines share (e.g. the builders'), so the config is invalid.
+    refused = isinstance(e, config_lib.ConfigError) and str(e).endswith(_USE_TFF)
+    return Outcome(combination.name, REFUSED if refused else INVALID, message=str(e))
+  worst, where = compare_rounds(engines, rounds)
+  ok, message = worst <= tolerance, ''
+  if noised:
+    noise_ok, message = check_noise(config, task, z, clean=engines)
+    ok = ok and noise_ok
+  return Outcome(combination.name, PASSED if ok else FAILED, worst, where, message)
+
+
+def tally(outcomes: List[Outcome]) -> Dict[str, int]:
+  """{'checked': n, 'passed': ..., 'failed': ..., 'refused': ..., 'invalid': ...}."""
+  counts = collections.Counter(o.status for o in outcomes)
+  return dict(checked=len(outcomes), **{s: counts[s] for s in STATUSES})

@@ -1,0 +1,1 @@
+"""Where TFF computations execute: the local worker, remote workers, the worker entry point."""

@@ -1,0 +1,1 @@
+"""Research tools: sweeps, plots, benchmark suites, data statistics, bench helpers."""

@@ -1,0 +1,1 @@
+"""The experiment runner: config, round loop, run directory, checkpoints, outputs."""
