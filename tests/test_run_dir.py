@@ -85,7 +85,7 @@ def test_a_second_writer_is_refused_naming_the_pid_holding_the_lock(tmp_path):
 
 def test_the_lock_of_a_killed_process_never_blocks(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time\nfrom fedtff import run_dir\n'
+      [sys.executable, '-c', 'import sys, time\nfrom fedtff.runner import run_dir\n'
        'with run_dir.lock(sys.argv[1]):\n  print("held", flush=True)\n  time.sleep(600)',
        str(tmp_path)], cwd=conftest.REPO_ROOT, stdout=subprocess.PIPE, text=True,
       env=conftest.script_env())

@@ -63,6 +63,7 @@ def test_table_rows_match_each_runs_summary(swept):
     assert float(row['best_eval_accuracy']) == best['value']
     assert int(row['best_eval_accuracy_round']) == best['round']
     assert float(row['total_time_s']) == summary['total_time_s']
+    assert row['engine'] == summary['engine'] == 'compiled'
   markdown = (root / 'sweep.md').read_text().splitlines()
   assert len(markdown) == 4 and markdown[2].startswith(f'| {NAMES[0]} | 0 | 0.5 | complete | ')
 

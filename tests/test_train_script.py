@@ -105,8 +105,10 @@ def test_none_sets_an_optional_number_back_to_its_default(tmp_path):
 
 
 def _start_training(workdir, total_rounds=500):
+  # The TFF engine: the one that starts a worker_binary for its rounds.
   return subprocess.Popen(
-      [sys.executable] + TRAIN + [f'--workdir={workdir}', f'--config.total_rounds={total_rounds}'],
+      [sys.executable] + TRAIN + [f'--workdir={workdir}', f'--config.total_rounds={total_rounds}',
+                                  '--config.engine=tff'],
       cwd=conftest.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env=conftest.script_env())
 

@@ -449,11 +449,11 @@ def run_in_subprocess(function: str, *args: Any) -> Any:
   Raises:
     RuntimeError: If the process fails, with the end of its standard error.
   """
-  code = (f'import json, sys; from fedtff import bench_tools; '
+  code = (f'import json, sys; from fedtff.research import bench_tools; '
           f'print(json.dumps(bench_tools.{function}(*json.loads(sys.argv[1]))))')
   command = [sys.executable, '-c', code, json.dumps(list(args))]
   result = subprocess.run(command, capture_output=True, text=True, check=False,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   if result.returncode:
     raise RuntimeError(f'{function}{tuple(args)} failed:\n{result.stderr[-3000:]}')
   return json.loads(result.stdout.strip().splitlines()[-1])

@@ -35,7 +35,7 @@ from fedtff.runner import run_dir
 from fedtff.research import sweeps
 from fedtff.runner import training
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUITES = ('reddi', 'fedprox', 'mcmahan_digits')
 RESULTS_MD = 'results.md'
 DIVERGED = 'diverged.txt'

@@ -53,7 +53,7 @@ HPARAMS = 'hparams'
 SWEEP_PNG = 'sweep.png'
 DEFAULT_METRIC = 'eval/accuracy'
 RESULT_COLUMNS = ('status', 'final_eval_accuracy', 'final_eval_loss', 'best_eval_accuracy',
-                  'best_eval_accuracy_round', 'total_time_s')
+                  'best_eval_accuracy_round', 'total_time_s', 'engine')
 
 
 def _parse_bool(text: str) -> bool:
@@ -197,7 +197,7 @@ def table_row(point: Point, summary: Dict[str, Any], status: str) -> Dict[str, A
   """One row of the sweep table: the run name, its overrides and its results."""
   final, best = summary['final'], summary['best'].get('eval/accuracy', {})
   results = (status, final.get('eval/accuracy'), final.get('eval/loss'), best.get('value'),
-             best.get('round'), summary['total_time_s'])
+             best.get('round'), summary['total_time_s'], summary.get('engine'))
   return {'run': point_name(point), **{key: point[key] for key in sorted(point)},
           **dict(zip(RESULT_COLUMNS, results))}
 
