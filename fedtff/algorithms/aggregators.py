@@ -100,21 +100,25 @@ def _mean(weighted: bool, value_sum_factory=None):
   return tff.aggregators.UnweightedMeanFactory(value_sum_factory=value_sum_factory)
 
 
-def _adaptive_norm(initial: float, quantile: float, learning_rate: float, **kwargs):
-  return tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-      initial_estimate=initial, target_quantile=quantile, learning_rate=learning_rate,
-      **kwargs)
+# The adaptive zeroing norm: from 10, towards the 0.98 quantile (lr ln 10), used as 2 C + 1.
+ADAPTIVE_ZEROING = mechanisms.AdaptiveNorm(initial=10.0, target=0.98, learning_rate=2.302585,
+                                           multiplier=2.0, increment=1.0)
+
+
+def adaptive_clipping(target_unclipped_quantile: float) -> mechanisms.AdaptiveNorm:
+  """The adaptive clipping norm of `robust` (and `compression`): from 1.0, lr 0.2."""
+  return mechanisms.AdaptiveNorm(initial=1.0, target=target_unclipped_quantile,
+                                 learning_rate=0.2)
 
 
 def _clip(spec: AggregatorSpec, inner: AggregationFactory) -> AggregationFactory:
-  norm = spec.clip_norm if spec.clip_norm is not None else _adaptive_norm(
-      1.0, spec.target_unclipped_quantile, 0.2)
+  norm = spec.clip_norm if spec.clip_norm is not None else adaptive_clipping(
+      spec.target_unclipped_quantile).process()
   return tff.aggregators.clipping_factory(norm, inner)
 
 
 def _zero(spec: AggregatorSpec, inner: AggregationFactory) -> AggregationFactory:
-  norm = spec.zeroing_norm if spec.zeroing_norm is not None else _adaptive_norm(
-      10.0, 0.98, 2.302585, multiplier=2.0, increment=1.0)
+  norm = spec.zeroing_norm if spec.zeroing_norm is not None else ADAPTIVE_ZEROING.process()
   return tff.aggregators.zeroing_factory(norm, inner)
 
 

@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import local_steps
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
 from fedtff.algorithms import tff_model
@@ -157,11 +158,8 @@ def _train_client(model: tff.learning.models.VariableModel,
     with tf.GradientTape() as tape:
       output = model.forward_pass(batch, training=True)
     gradients = tape.gradient(output.loss, trainable)
-    gradients = tuple(g + proximal_strength * (w - w_t)  # ∇ of (μ/2)·‖w − w_t‖²
-                      for g, w, w_t in zip(gradients, trainable, anchor))
-    optimizer_state, updated = optimizer.next(optimizer_state, trainable, gradients)
-    for variable, value in zip(trainable, updated):
-      variable.assign(value)
+    gradients = local_steps.proximal_gradients(gradients, trainable, anchor, proximal_strength)
+    optimizer_state = local_steps.local_step(optimizer, optimizer_state, trainable, gradients)
     if output.num_examples is None:
       num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
     else:
@@ -171,14 +169,9 @@ def _train_client(model: tff.learning.models.VariableModel,
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
   num_examples, _ = dataset.reduce(
       (tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
-  update = tf.nest.map_structure(tf.subtract, server_weights.trainable, weights.trainable)
-  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in tf.nest.flatten(update)])
-  update = tf.nest.map_structure(
-      lambda u: tf.where(finite, u, tf.zeros_like(u)), update)
-  if weighting == tff.learning.ClientWeighting.NUM_EXAMPLES:
-    weight = tf.cast(num_examples, tf.float32)
-  else:
-    weight = tf.constant(1.0, tf.float32)
-  weight = tf.where(finite, weight, 0.0)
+  update = local_steps.model_delta(server_weights.trainable, weights.trainable)
+  weight = local_steps.client_weight(
+      num_examples, weighted=weighting == tff.learning.ClientWeighting.NUM_EXAMPLES)
+  update, weight, _ = local_steps.zero_non_finite(update, weight)
   return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
           model.report_local_unfinalized_metrics())

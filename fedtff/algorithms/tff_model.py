@@ -14,10 +14,11 @@ batch is written once for both engines.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.learning.metrics import keras_finalizer
 
 from fedtff.algorithms import batch_loss
 
@@ -190,10 +191,53 @@ class KerasModel(tff.learning.models.VariableModel):
     return self._tff_model.report_local_unfinalized_metrics()
 
   def metric_finalizers(self):
-    return self._tff_model.metric_finalizers()
+    """TFF's finalizers (`learning/metrics/keras_finalizer.py`), each `finalize_metrics`."""
+    return collections.OrderedDict(
+        (metric.name, _metric_finalizer(metric)) for metric in self._tff_model.get_metrics())
 
   def reset_metrics(self):
     return self._tff_model.reset_metrics()
+
+
+def training_counters() -> List[tf.keras.metrics.Metric]:
+  """The metrics `from_keras_model` adds after the Keras ones: `loss` (a mean of
+  the batch losses weighted by rows), `num_examples` and `num_batches`."""
+  return [tf.keras.metrics.Mean(name='loss'), tff.learning.metrics.NumExamplesCounter(),
+          tff.learning.metrics.NumBatchesCounter()]
+
+
+def finalize_metrics(metrics: Sequence[tf.keras.metrics.Metric],
+                     unfinalized: Sequence[Sequence[tf.Tensor]]) -> collections.OrderedDict:
+  """Finalizes metrics: both engines' training and evaluation metrics go through here.
+
+  TFF's Keras metric finalizer (`learning/metrics/keras_finalizer.py`): each
+  metric's variables are set to its unfinalized values (on the TFF engine, the
+  sums over clients of `report_local_unfinalized_metrics`; on the compiled
+  engine, the round's sums), then its `result()` is the metric's value.
+
+  Args:
+    metrics: Keras metric objects whose variables may be overwritten.
+    unfinalized: For each metric, the values of its variables, in order.
+
+  Returns:
+    `{metric.name: result}` in the order of `metrics`.
+  """
+  for metric, values in zip(metrics, unfinalized):
+    for variable, value in zip(metric.variables, values):
+      variable.assign(value)
+  return collections.OrderedDict((metric.name, metric.result()) for metric in metrics)
+
+
+def _metric_finalizer(metric: tf.keras.metrics.Metric) -> Callable[[List[tf.Tensor]], Any]:
+  """A TFF metric finalizer of `metric` (a fresh copy, made where TFF calls it)."""
+
+  @tf.function
+  def finalizer(unfinalized_values):
+    with tf.init_scope():  # TFF's own finalizer creates the metric's variables here too.
+      fresh = keras_finalizer.create_keras_metric(metric)
+    return finalize_metrics([fresh], [list(unfinalized_values)])[fresh.name]
+
+  return finalizer
 
 
 def initial_weights(keras_model_fn: KerasModelFn, seed: int) -> tff.learning.models.ModelWeights:

@@ -102,15 +102,14 @@ class AdaptiveClip:
   count_stddev: float
 
 
-@dataclasses.dataclass(frozen=True)
-class Quantile:
-  """An adaptive robust norm: `PrivateQuantileEstimationProcess.no_noise`'s
-  parameters (see the module docstring)."""
-  initial: float
-  target: float
-  learning_rate: float
-  multiplier: float = 1.0
-  increment: float = 0.0
+class Quantile(mechanisms.AdaptiveNorm):
+  """An adaptive norm (`fedtff.privacy.mechanisms.AdaptiveNorm`, the parameters the
+  TFF engine builds its estimation process from) with that process's arithmetic
+  (see the module docstring)."""
+
+  @classmethod
+  def of(cls, norm: mechanisms.AdaptiveNorm) -> 'Quantile':
+    return cls(**dataclasses.asdict(norm))
 
   def report(self, estimate: tf.Tensor) -> tf.Tensor:
     """The norm used in a round, from the estimate `C` (TFF's affine map)."""
@@ -127,14 +126,10 @@ class Quantile:
     return estimate * tf.math.exp(-update)
 
 
-# fedtff.algorithms.aggregators' adaptive robust norms (`_clip` and `_zero` there).
-_ADAPTIVE_CLIP = dict(initial=1.0, learning_rate=0.2)
-_ADAPTIVE_ZERO = Quantile(initial=10.0, target=0.98, learning_rate=2.302585, multiplier=2.0,
-                          increment=1.0)
-
-
-# fedtff.privacy.mechanisms.secure_mean's adaptive bound (secure_estimation=True).
-_SECURE_BOUND = Quantile(initial=50.0, target=0.95, learning_rate=1.0, multiplier=2.0)
+# The TFF engine's adaptive norms, defined once: fedtff.algorithms.aggregators' robust
+# zeroing and fedtff.privacy.mechanisms.secure_mean's bound (secure_estimation=True).
+_ADAPTIVE_ZERO = Quantile.of(aggregators.ADAPTIVE_ZEROING)
+_SECURE_BOUND = Quantile.of(mechanisms.SECURE_BOUND)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +239,7 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
   if spec.kind == 'dp':
     return Aggregation(weighted, noise_stddev=spec.noise_multiplier * spec.clip_norm,
                        denominator=float(spec.clients_per_round), clip_norm=spec.clip_norm)
-  clip_quantile = (Quantile(target=spec.target_unclipped_quantile, **_ADAPTIVE_CLIP)
+  clip_quantile = (Quantile.of(aggregators.adaptive_clipping(spec.target_unclipped_quantile))
                    if spec.clip_norm is None else None)
   zero_quantile = _ADAPTIVE_ZERO if spec.zeroing and spec.zeroing_norm is None else None
   return Aggregation(weighted, clip_norm=spec.clip_norm,
@@ -319,8 +314,7 @@ class SecureSums(NamedTuple):
   bound_ones: tf.Tensor  # Adaptive bound: quantized sum of the clients' 1.0 weights.
 
 
-# fedtff.privacy.mechanisms.secure_mean's bounds of the weights' secure sum.
-_WEIGHT_BOUNDS = (0.0, float(2**20 - 1))
+_WEIGHT_BOUNDS = mechanisms.SECURE_WEIGHT_BOUNDS  # secure_mean's range of the weights' sum.
 
 
 def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None

@@ -30,12 +30,15 @@ the function fedtff's TFF model runs, and Keras's values on the unpadded batch.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import batch_loss
+from fedtff.algorithms import local_steps
+from fedtff.algorithms import tff_model
 from fedtff.compiled import batches as batches_lib
 
 Weights = tff.learning.models.ModelWeights
@@ -90,6 +93,7 @@ class PaddedModel:
     self.keras_model = keras_model
     self.metrics = list(metrics)
     self._loss = loss
+    self._counters = tff_model.training_counters()
 
   @property
   def trainable(self) -> List[tf.Variable]:
@@ -105,6 +109,27 @@ class PaddedModel:
       variable.assign(value)
     for variable, value in zip(self.keras_model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
+
+  def finalized(self, values: Sequence[tf.Tensor]) -> collections.OrderedDict:
+    """The metrics finalized on `values` (one per `metric_variables` entry) by
+    `fedtff.algorithms.tff_model.finalize_metrics`, the function the TFF engine uses."""
+    return tff_model.finalize_metrics(self.metrics, self._by_metric(values))
+
+  def train_metrics(self, stats: TrainStats) -> collections.OrderedDict:
+    """TFF's `train` metrics: the Keras metrics, `loss`, `num_examples`, `num_batches`,
+    finalized by `fedtff.algorithms.tff_model.finalize_metrics` from the round's sums."""
+    unfinalized = self._by_metric([v.read_value() for v in self.metric_variables])
+    unfinalized += [[stats.loss_sum, stats.loss_count], [stats.num_examples],
+                    [stats.num_batches]]
+    return tff_model.finalize_metrics(self.metrics + self._counters, unfinalized)
+
+  def _by_metric(self, values: Sequence[tf.Tensor]) -> List[List[tf.Tensor]]:
+    """`values` (flat, as `metric_variables`) split into one list per metric."""
+    grouped, start = [], 0
+    for metric in self.metrics:
+      grouped.append(list(values[start:start + len(metric.variables)]))
+      start += len(metric.variables)
+    return grouped
 
   def forward(self, batch: Any, mask: tf.Tensor, *, training: bool = True,
               metrics: Optional[Sequence[tf.keras.metrics.Metric]] = None) -> BatchOutput:
@@ -180,20 +205,16 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
       output = model.forward(batch, mask)
     gradients = tape.gradient(output.loss, model.trainable)
     if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
-      gradients = [g + proximal_strength * (w - w0)
-                   for g, w, w0 in zip(gradients, model.trainable, weights.trainable)]
+      gradients = local_steps.proximal_gradients(gradients, model.trainable, weights.trainable,
+                                                 proximal_strength)
     # TFF's structures: model_delta_client_work flattens to tuples, Mime Lite keeps lists.
-    as_structure = list if frozen_state else tuple
-    next_state, updated = optimizer.next(optimizer_state, as_structure(model.trainable),
-                                         as_structure(gradients))
-    for variable, value in zip(model.trainable, updated):
-      variable.assign(value)
+    next_state = local_steps.local_step(optimizer, optimizer_state, model.trainable, gradients,
+                                        as_structure=list if frozen_state else tuple)
     return (optimizer_state if frozen_state else next_state), stats.add_batch(output)
 
   _, stats = _loop_over_batches(first, count, step,
                                 (_as_tensors(initial_state), TrainStats.zeros()))
-  delta = [w0 - w for w0, w in zip(weights.trainable, model.trainable)]
-  return delta, stats
+  return list(local_steps.model_delta(list(weights.trainable), model.trainable)), stats
 
 
 def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.ClientBatches,

@@ -130,7 +130,7 @@ class CompiledEvaluation:
     _, examples = tf.while_loop(lambda k, _: k < count, body,
                                 (tf.constant(0, tf.int32), tf.constant(0, tf.int64)))
     values = [v.read_value() for v in model.metric_variables]
-    results = [m.result() for m in model.metrics]
+    results = list(model.finalized(values).values())
     return values, results, examples, tf.cast(count, tf.int64)
 
   def _graph(self, weights, batches: batches_lib.ClientBatches):
@@ -149,11 +149,9 @@ class CompiledEvaluation:
 
     _, sums, arrays = tf.while_loop(lambda c, *_: c < num_clients, body,
                                     (tf.constant(0, tf.int32), sums, arrays))
-    # TFF's sum-then-finalize: the Keras metrics' results on the summed variables.
-    for variable, total in zip(model.metric_variables, sums):
-      variable.assign(total)
+    # TFF's sum-then-finalize: the metrics finalized on the summed variables.
     per_client = [a.stack() for a in arrays]
-    pooled = [tf.cast(m.result(), tf.float32) for m in model.metrics]
+    pooled = [tf.cast(r, tf.float32) for r in model.finalized(sums).values()]
     pooled += [tf.reduce_sum(per_client[-2]), tf.reduce_sum(per_client[-1])]
     return (collections.OrderedDict(zip(self._names, pooled)),
             collections.OrderedDict(zip(self._names, per_client)))

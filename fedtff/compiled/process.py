@@ -43,6 +43,7 @@ from tensorflow_federated.python.learning import tensor_utils
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import builder
 from fedtff.algorithms import fed_avg
+from fedtff.algorithms import local_steps
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -311,11 +312,9 @@ class CompiledProcess:
           self._model, client_optimizer, initial_state, weights, batches, first, count,
           proximal_strength=self._algorithm.proximal_strength,
           frozen_state=self._algorithm.is_mime_lite)
-      weight = (tf.cast(stats.num_examples, tf.float32) if self._aggregation.weighted
-                else tf.constant(1.0))
-    update, non_finite = tensor_utils.zero_all_if_any_non_finite(update)
-    weight = tf.cond(non_finite > 0, lambda: tf.constant(0.0), lambda: weight)
-    return _ClientOutput(update, weight, stats, non_finite > 0, gradient)
+      weight = local_steps.client_weight(stats.num_examples, weighted=self._aggregation.weighted)
+    update, weight, non_finite = local_steps.zero_non_finite(update, weight)
+    return _ClientOutput(update, weight, stats, non_finite, gradient)
 
   def _client_step(self, state: CompiledState, client_optimizer, batches, index, acc, totals,
                    gradient_acc):
@@ -368,11 +367,7 @@ class CompiledProcess:
     return state._replace(global_model_weights=weights, finalizer=optimizer_state), non_finite
 
   def _train_metrics(self, totals: client_work.TrainStats) -> collections.OrderedDict:
-    train = collections.OrderedDict((m.name, m.result()) for m in self._model.metrics)
-    train['loss'] = tf.math.divide_no_nan(totals.loss_sum, totals.loss_count)
-    train['num_examples'] = totals.num_examples
-    train['num_batches'] = totals.num_batches
-    return train
+    return self._model.train_metrics(totals)
 
   def _round_graph(self, state: CompiledState, batches: batches_lib.ClientBatches,
                    noise_seed: tf.Tensor):

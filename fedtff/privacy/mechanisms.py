@@ -22,6 +22,7 @@ threat model.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple, Union
 
 import tensorflow_federated as tff
@@ -31,6 +32,38 @@ DEFAULT_INITIAL_CLIP = 0.1
 DEFAULT_TARGET_QUANTILE = 0.5
 DEFAULT_CLIP_LEARNING_RATE = 0.2
 _MAX_DISCRETE_BITS = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveNorm:
+  """An adaptive norm: the parameters of TFF's `PrivateQuantileEstimationProcess.no_noise`.
+
+  The estimate `C` starts at `initial` and moves geometrically towards the
+  `target` quantile of the client norms with `learning_rate` (Andrew et al.
+  2021, without noise); a round uses `multiplier * C + increment`. The TFF
+  engine builds the process from it (`process`), the compiled engine
+  (`fedtff/compiled/aggregation.py`) computes the same updates from the same
+  fields.
+  """
+  initial: float
+  target: float
+  learning_rate: float
+  multiplier: float = 1.0
+  increment: float = 0.0
+
+  def process(self, **kwargs) -> tff.aggregators.PrivateQuantileEstimationProcess:
+    """TFF's no-noise estimation process; `kwargs` go to `no_noise` (`secure_estimation`)."""
+    return tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+        initial_estimate=self.initial, target_quantile=self.target,
+        learning_rate=self.learning_rate, multiplier=self.multiplier, increment=self.increment,
+        **kwargs)
+
+
+# `secure_mean`'s adaptive bound (as `tff.learning.secure_aggregator`'s): twice an
+# estimate of the 95th percentile of the clients' largest |coordinate|, from 50.
+SECURE_BOUND = AdaptiveNorm(initial=50.0, target=0.95, learning_rate=1.0, multiplier=2.0)
+# The range of `secure_mean`'s secure sum of the client weights.
+SECURE_WEIGHT_BOUNDS = (0.0, float(2**20 - 1))
 
 
 def default_clipped_count_stddev(noise_multiplier: float, clients_per_round: int) -> float:
@@ -169,14 +202,13 @@ def secure_mean(bound: Optional[float], *, weighted: bool
       (`UnweightedMeanFactory`) mean.
   """
   if bound is None:
-    bound = tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
-        initial_estimate=50.0, target_quantile=0.95, learning_rate=1.0, multiplier=2.0,
-        secure_estimation=True)
+    bound = SECURE_BOUND.process(secure_estimation=True)
   value_sum = tff.aggregators.SecureSumFactory(bound)
   if weighted:
+    low, high = SECURE_WEIGHT_BOUNDS
     return tff.aggregators.MeanFactory(
         value_sum_factory=value_sum,
-        weight_sum_factory=tff.aggregators.SecureSumFactory(float(2**20 - 1), 0.0))
+        weight_sum_factory=tff.aggregators.SecureSumFactory(high, low))
   return tff.aggregators.UnweightedMeanFactory(
       value_sum_factory=value_sum,
       count_sum_factory=tff.aggregators.SecureSumFactory(1, 0))

@@ -1,0 +1,89 @@
+"""The local steps of client training, written once for both engines.
+
+fedtff's TFF client work (FedProx, `fedtff.algorithms.fed_prox`) and the
+compiled engine's client work (`fedtff/compiled/client_work.py`, every
+algorithm) call these functions instead of each restating the arithmetic:
+
+* `proximal_gradients`: FedProx's gradient g + μ·(w − w_t), the gradient of
+  the loss plus (μ/2)·‖w − w_t‖² (Li et al., "Federated Optimization in
+  Heterogeneous Networks", MLSys 2020, arXiv 1812.06127).
+* `local_step`: one client-optimizer step applied to the model's variables.
+* `model_delta`: the update a client sends, initial − trained (FedAvg,
+  McMahan et al., AISTATS 2017, arXiv 1602.05629).
+* `client_weight`: the number of examples (weighted) or 1 (uniform).
+* `zero_non_finite`: a delta with a non-finite value is zeroed and weighted 0.
+
+Where fedtff calls TFF's own builders (FedAvg and its server-optimizer
+variants, FedSGD, Mime Lite), TFF's client work runs on the TFF engine and
+these functions state the same arithmetic as TFF 0.87's source:
+`learning/templates/model_delta_client_work.py` (`reduce_fn`, `client_update`,
+`_choose_client_weight`), `learning/algorithms/fed_sgd.py` and
+`learning/algorithms/mime.py` (the same weight rule), all zeroing with
+`learning/tensor_utils.py`'s `zero_all_if_any_non_finite`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Sequence, Tuple
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tensorflow_federated.python.learning import tensor_utils
+
+
+def proximal_gradients(gradients: Sequence[tf.Tensor], weights: Sequence[Any],
+                       anchor: Sequence[Any], proximal_strength: float) -> List[tf.Tensor]:
+  """FedProx's gradients: `g + μ·(w − w_t)` for each tensor.
+
+  Args:
+    gradients: The loss's gradients at `weights`.
+    weights: The client's current trainable weights (variables or tensors).
+    anchor: The round's server weights w_t.
+    proximal_strength: μ ≥ 0.
+  """
+  return [g + proximal_strength * (w - w_t) for g, w, w_t in zip(gradients, weights, anchor)]
+
+
+def local_step(optimizer: tff.learning.optimizers.Optimizer, optimizer_state: Any,
+               variables: Sequence[tf.Variable], gradients: Sequence[tf.Tensor], *,
+               as_structure: Callable = tuple) -> Any:
+  """One optimizer step on `variables`, assigned in place; returns the optimizer's next state.
+
+  Args:
+    optimizer: A TFF optimizer.
+    optimizer_state: Its state before the step.
+    variables: The trainable variables the step updates.
+    gradients: Their gradients.
+    as_structure: The structure the optimizer sees: `tuple` as
+      `model_delta_client_work` flattens the weights, `list` as Mime Lite keeps them.
+  """
+  next_state, updated = optimizer.next(optimizer_state, as_structure(variables),
+                                       as_structure(gradients))
+  for variable, value in zip(variables, updated):
+    variable.assign(value)
+  return next_state
+
+
+def model_delta(initial: Any, trained: Any) -> Any:
+  """The client's update, `initial − trained` leaf by leaf (TFF's `client_update`)."""
+  return tf.nest.map_structure(tf.subtract, initial, trained, check_types=False)
+
+
+def client_weight(num_examples: tf.Tensor, *, weighted: bool) -> tf.Tensor:
+  """The client's float32 weight: its number of examples, or 1 (uniform weighting)."""
+  if weighted:
+    return tf.cast(num_examples, tf.float32)
+  return tf.constant(1.0, tf.float32)
+
+
+def zero_non_finite(delta: Any, weight: tf.Tensor) -> Tuple[Any, tf.Tensor, tf.Tensor]:
+  """TFF's rule: a delta with any non-finite value is zeroed and weighted 0.
+
+  Returns:
+    `(delta, weight, non_finite)`, `non_finite` a bool scalar.
+  """
+  delta, has_non_finite = tensor_utils.zero_all_if_any_non_finite(delta)
+  non_finite = has_non_finite > 0
+  weight = tf.where(non_finite, tf.constant(0.0, tf.float32), weight)
+  return delta, weight, non_finite
