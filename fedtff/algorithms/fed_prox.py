@@ -12,7 +12,9 @@ client away from the server model and diverges over many local steps
 (docs/algorithms.md). Everything else is TFF's: the process is composed with
 `tff.learning.templates.compose_learning_process` from TFF's broadcast, the
 given aggregator and TFF's optimizer finalizer, and has the same type
-signature, state and metrics as TFF's FedProx process.
+signature, state and metrics as TFF's FedProx process. Its local steps are
+`fedtff.algorithms.local_steps`'s, the functions the compiled engine's client
+work calls.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ The model is TFF's Keras model (`tff.learning.models.from_keras_model`: its
 variables, metrics and metric finalizers) with one change: its forward pass
 is `fedtff.algorithms.batch_loss.forward`, the function the compiled engine's
 client work (`fedtff/compiled/client_work.py`) runs too, so that the loss over a
-batch is written once for both engines.
+batch is written once for both engines; and its metric finalizers are
+`finalize_metrics`, which the compiled engine's round and evaluation use too.
 """
 
 from __future__ import annotations

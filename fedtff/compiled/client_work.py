@@ -23,6 +23,11 @@ engine's arithmetic is TFF's:
   with `divide_no_nan` and without metric updates (TFF resets the metrics
   after that pass).
 
+The local steps (the proximal term, an optimizer step, the delta, the
+client weight and the non-finite rule) are `fedtff.algorithms.local_steps`'s,
+which fedtff's TFF FedProx client work calls too; metrics are finalized by
+`fedtff.algorithms.tff_model.finalize_metrics`, the TFF model's finalizer.
+
 A batch's forward pass, loss and metric updates are
 `fedtff.algorithms.batch_loss.forward` on the batch's real rows (the mask):
 the function fedtff's TFF model runs, and Keras's values on the unpadded batch.
