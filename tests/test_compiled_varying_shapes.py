@@ -35,8 +35,9 @@ def _images(num, rng):
   return images, np.asarray([int(i.mean() > 0) + int(i.shape[0] > 5) for i in images], np.int32)
 
 
-def _client_data(make, sizes, seed):
-  """`make`'s examples as a `ClientData` whose clients are batched with `padded_batch`."""
+def _client_data(make, sizes, seed, batched=True, padded_shapes=None):
+  """`make`'s examples as a `ClientData` whose clients are batched with `padded_batch`
+  (to `padded_shapes` if given; unless not `batched`)."""
   rng = np.random.default_rng(seed)
   owners, examples, labels = [], [], []
   for client_id, n in sizes.items():
@@ -57,7 +58,8 @@ def _client_data(make, sizes, seed):
     def owned(owner, x, y):
       del x, y
       return tf.equal(owner, client_id)
-    return every.filter(owned).map(dense).padded_batch(BATCH_SIZE)
+    examples = every.filter(owned).map(dense)
+    return examples.padded_batch(BATCH_SIZE, padded_shapes) if batched else examples
 
   return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(list(sizes), dataset_fn)
 
@@ -162,14 +164,40 @@ def test_clients_read_on_demand_pad_to_the_largest_shape_so_far():
   first = data.batches(['b'])
   both = data.batches(['b', 'a'])
   for batches, ids in ((first, ['b']), (both, ['b', 'a'])):
-    datasets = [train.create_tf_dataset_for_client(c) for c in ids]
-    expected = [(x.numpy(), y.numpy()) for d in datasets for x, y in d]
-    total = int(np.sum(batches.num_batches))
-    got = [compiled.batch_at(batches, tf.constant(k)) for k in range(total)]
-    assert len(got) == len(expected)
-    for ((x, y), mask), (ex, ey) in zip(got, expected):
-      np.testing.assert_array_equal(x.numpy()[mask.numpy()], ex)
-      np.testing.assert_array_equal(y.numpy()[mask.numpy()], ey)
+    _assert_batches_are(batches, [train.create_tf_dataset_for_client(c) for c in ids])
+
+
+def _assert_batches_are(batches, datasets):
+  """`batch_at` gives the datasets' batches, in order, on the real rows."""
+  expected = [(x.numpy(), y.numpy()) for d in datasets for x, y in d]
+  got = [compiled.batch_at(batches, tf.constant(first + k))
+         for first, count in zip(batches.first_batch.numpy(), batches.num_batches.numpy())
+         for k in range(count)]
+  assert len(got) == len(expected)
+  for ((x, y), mask), (ex, ey) in zip(got, expected):
+    np.testing.assert_array_equal(x.numpy()[mask.numpy()], ex)
+    np.testing.assert_array_equal(y.numpy()[mask.numpy()], ey)
+
+
+def test_sequences_padded_to_one_length_are_read_in_one_pipeline():
+  train = _client_data(_sequences, TRAIN_SIZES, seed=7, padded_shapes=([9], []))
+  assert compiled.batches.has_fixed_shapes(train.element_type_structure)
+  batches = compiled.PaddedClientData(train).batches(['c', 'a', 'b'])
+  assert batches.batch_shapes == ()
+  _assert_batches_are(batches, [train.create_tf_dataset_for_client(c) for c in ['c', 'a', 'b']])
+
+
+def test_round_batches_are_the_rounds_shuffled_batches():
+  raw = _client_data(_sequences, TRAIN_SIZES, seed=6, batched=False)
+
+  def preprocess(dataset, seed):
+    return dataset.shuffle(16, seed=fedtff.data.rounds.shuffle_seed(seed)).padded_batch(BATCH_SIZE)
+
+  train = fedtff.data.RoundClientData(raw, preprocess, seed=3)
+  reader = compiled.RoundBatches(train, batch_size=BATCH_SIZE)
+  for round_num, ids in ((1, ['c', 'a']), (2, ['b', 'c'])):
+    _assert_batches_are(reader.batches(round_num, ids),
+                        [train.create_tf_dataset_for_client(c, round_num=round_num) for c in ids])
 
 
 def test_xla_on_examples_of_varying_shape_is_refused():

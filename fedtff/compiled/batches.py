@@ -238,7 +238,8 @@ def _client_rows_fn(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset]):
   """`(k, client_id) -> dataset of one element (k, batch sizes, rows)` (none if no batches)."""
 
   def client_rows(k, client_id):
-    def split(batches):
+    def split(*batches):  # `(x, y)` elements come as two arguments.
+      batches = batches[0] if len(batches) == 1 else batches
       rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
       return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
     return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
