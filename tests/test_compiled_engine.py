@@ -241,13 +241,13 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
         (dict(aggregator=fedtff.AggregatorSpec('compression', quantization_threshold=40)),
          "compression's stochastic quantization"),
         (dict(aggregator=tff.aggregators.MeanFactory()), 'custom tff.aggregators factories'),
-        (dict(element_spec=(tf.TensorSpec([None, None], tf.float32),
-                            tf.TensorSpec([None], tf.int32))), 'fixed per-example shapes'),
+        (dict(element_spec=(tf.RaggedTensorSpec([None, None], tf.float32),
+                            tf.TensorSpec([None], tf.int32))), 'hold dense tensors'),
         (dict(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['compression', 'tff_factory', 'varying_shapes',
+    ids=['compression', 'tff_factory', 'ragged_examples',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):
   options = dict(options)

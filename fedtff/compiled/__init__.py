@@ -10,6 +10,7 @@ and from the TFF process's state. `run_experiment` uses it with
 """
 
 from fedtff.compiled.batches import ClientBatches
+from fedtff.compiled.batches import batch_at
 from fedtff.compiled.batches import PaddedClientData
 from fedtff.compiled.batches import RoundBatches
 from fedtff.compiled.batches import from_datasets

@@ -13,6 +13,11 @@ datasets (Ro et al. 2021, arXiv 2108.02117).
 caching it, `RoundBatches` from a `fedtff.data.RoundClientData`, whose
 datasets differ by round, reading the round's clients anew each round, and
 `from_datasets` builds them from a list of batched datasets.
+
+Examples of varying shape (e.g. sequences batched with `padded_batch`, whose
+batches differ in length) are held padded to the largest shape read, with
+each batch's own shape (`ClientBatches.batch_shapes`); `batch_at` cuts a batch
+back to its shape in the graph, so the model sees the batch TFF iterates.
 """
 
 from __future__ import annotations
@@ -47,11 +52,57 @@ class ClientBatches(NamedTuple):
     mask: bool, `[total_batches, batch_size]`: whether a row is a real example.
     first_batch: int32, `[num_clients]`: each client's first batch in `data`.
     num_batches: int32, `[num_clients]`: each client's number of batches.
+    batch_shapes: `()` when every example has one fixed shape; otherwise, in
+      `data`'s structure, int32 `[total_batches, rank - 1]`: each batch's
+      per-example shape, to which `batch_at` cuts the leaf (padded, in `data`,
+      to the largest shape of any batch); `[total_batches, 0]` for a leaf of
+      fixed shape.
   """
   data: Any
   mask: tf.Tensor
   first_batch: tf.Tensor
   num_batches: tf.Tensor
+  batch_shapes: Any = ()
+
+
+def has_fixed_shapes(element_spec: Any) -> bool:
+  """Whether every leaf of a batched `element_spec` has one fixed per-example shape."""
+  return all(spec.shape[1:].is_fully_defined() for spec in tf.nest.flatten(element_spec))
+
+
+def _shape_columns(spec: tf.TensorSpec) -> int:
+  """The columns of a leaf's `ClientBatches.batch_shapes`: none for a fixed shape."""
+  return 0 if spec.shape[1:].is_fully_defined() else spec.shape.rank - 1
+
+
+def _batch_shape_specs(element_spec: Any) -> Any:
+  if has_fixed_shapes(element_spec):
+    return ()
+  return tf.nest.map_structure(
+      lambda s: tf.TensorSpec([None, _shape_columns(s)], tf.int32), element_spec)
+
+
+def batch_at(batches: ClientBatches, index: tf.Tensor) -> Tuple[Any, tf.Tensor]:
+  """Batch `index` of `batches` in graph: `(data, mask)`, `[batch_size, ...]` rows.
+
+  A leaf whose examples vary in shape is cut to the batch's own shape, the
+  batch its dataset gave; the padding rows are masked as for any batch.
+  """
+  mask = tf.gather(batches.mask, index)
+  if not batches.batch_shapes:
+    return tf.nest.map_structure(lambda t: tf.gather(t, index), batches.data), mask
+
+  def leaf_at(leaf, shapes):
+    rows = tf.gather(leaf, index)
+    if shapes.shape[1] == 0:  # A leaf of fixed shape.
+      return rows
+    size = tf.concat([tf.shape(rows)[:1], tf.gather(shapes, index)], 0)
+    cut = tf.slice(rows, tf.zeros_like(size), size)
+    if not tf.executing_eagerly():  # Keeps the fixed dimensions static, for Keras.
+      cut.set_shape(rows.shape)
+    return cut
+
+  return tf.nest.map_structure(leaf_at, batches.data, batches.batch_shapes), mask
 
 
 def signature(element_spec: Any) -> ClientBatches:
@@ -61,25 +112,69 @@ def signature(element_spec: Any) -> ClientBatches:
           lambda s: tf.TensorSpec([None, None] + s.shape[1:].as_list(), s.dtype), element_spec),
       mask=tf.TensorSpec([None, None], tf.bool),
       first_batch=tf.TensorSpec([None], tf.int32),
-      num_batches=tf.TensorSpec([None], tf.int32))
+      num_batches=tf.TensorSpec([None], tf.int32),
+      batch_shapes=_batch_shape_specs(element_spec))
 
 
 @dataclasses.dataclass(frozen=True)
 class _ClientArrays:
-  """One client's examples, its batches concatenated, and the batch sizes."""
+  """One client's examples, its batches concatenated, and the batch sizes.
+
+  With examples of varying shape, each leaf is padded to the client's largest
+  batch shape and `shapes` holds each batch's (`ClientBatches.batch_shapes`).
+  """
   examples: Any
   batch_sizes: np.ndarray
+  shapes: Any = None
 
 
 def _client_arrays(batches: Sequence[Any], element_spec: Any) -> _ClientArrays:
   """Concatenates one client's batches (numpy structures) into `_ClientArrays`."""
+  fixed = has_fixed_shapes(element_spec)
   if not batches:
     empty = tf.nest.map_structure(
-        lambda s: np.zeros([0] + s.shape[1:].as_list(), s.dtype.as_numpy_dtype), element_spec)
-    return _ClientArrays(empty, np.zeros([0], np.int32))
-  examples = tf.nest.map_structure(lambda *leaves: np.concatenate(leaves), *batches)
-  sizes = [len(tf.nest.flatten(batch)[0]) for batch in batches]
-  return _ClientArrays(examples, np.asarray(sizes, np.int32))
+        lambda s: np.zeros([0] + [d or 0 for d in s.shape[1:].as_list()],
+                           s.dtype.as_numpy_dtype), element_spec)
+    shapes = None if fixed else tf.nest.map_structure(
+        lambda s: np.zeros([0, _shape_columns(s)], np.int32), element_spec)
+    return _ClientArrays(empty, np.zeros([0], np.int32), shapes)
+  sizes = np.asarray([len(tf.nest.flatten(batch)[0]) for batch in batches], np.int32)
+  if fixed:
+    return _ClientArrays(
+        tf.nest.map_structure(lambda *leaves: np.concatenate(leaves), *batches), sizes)
+  return _ClientArrays(
+      tf.nest.map_structure(lambda *leaves: np.concatenate(_padded_to_one_shape(leaves)),
+                            *batches),
+      sizes,
+      tf.nest.map_structure(
+          lambda spec, *leaves: np.asarray(
+              [leaf.shape[1:] if _shape_columns(spec) else () for leaf in leaves],
+              np.int32).reshape([len(leaves), _shape_columns(spec)]), element_spec, *batches))
+
+
+def _largest_shape(arrays: Sequence[np.ndarray]) -> List[int]:
+  """The per-example shape that holds every array's examples."""
+  return list(np.max([a.shape[1:] for a in arrays], axis=0)) if arrays else []
+
+
+def _padded_to_one_shape(arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+  """The arrays, their examples padded with zeros (at the end) to the largest shape."""
+  largest = _largest_shape(arrays)
+  return [np.pad(a, [(0, 0)] + [(0, m - d) for m, d in zip(largest, a.shape[1:])])
+          for a in arrays]
+
+
+def _read_each(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_spec: Any,
+               client_ids: Sequence[str]) -> List[_ClientArrays]:
+  """Reads each client's dataset on its own, for examples of varying shape.
+
+  `_read_clients`'s single pipeline joins a client's batches into one ragged
+  element, which loses the shape of each batch; this keeps it, at one
+  iterator per client. The shuffles use TFF's seeds, as there.
+  """
+  with rounds.without_global_seed():
+    return [_client_arrays(_read_once(dataset_fn(tf.constant(c, tf.string))), element_spec)
+            for c in client_ids]
 
 
 def _read_once(dataset: tf.data.Dataset) -> List[Any]:
@@ -116,6 +211,8 @@ def _read_clients(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_sp
   batches are those TFF trains on, whatever the global seed.
   """
 
+  if not has_fixed_shapes(element_spec):
+    return _read_each(dataset_fn, element_spec, client_ids)
   client_rows = _client_rows_fn(dataset_fn)
   with rounds.without_global_seed():
     pipeline = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
@@ -141,7 +238,8 @@ def _client_rows_fn(dataset_fn: Callable[[tf.Tensor], tf.data.Dataset]):
   """`(k, client_id) -> dataset of one element (k, batch sizes, rows)` (none if no batches)."""
 
   def client_rows(k, client_id):
-    def split(batches):
+    def split(*batches):  # `(x, y)` elements come as two arguments.
+      batches = batches[0] if len(batches) == 1 else batches
       rows, sizes = zip(*[_rows_and_batch_sizes(t) for t in tf.nest.flatten(batches)])
       return k, sizes[0], tf.nest.pack_sequence_as(batches, list(rows))
     return dataset_fn(client_id).ragged_batch(_BATCHES_PER_READ).map(split)
@@ -165,6 +263,7 @@ class _RoundReader:
 
   def __init__(self, dataset_fn: Callable[[tf.Tensor], tf.data.Dataset], element_spec: Any):
     self._element_spec = element_spec
+    self._dataset_fn = dataset_fn
     client_rows = _client_rows_fn(dataset_fn)
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
@@ -182,6 +281,8 @@ class _RoundReader:
     self._read = read
 
   def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
+    if not has_fixed_shapes(self._element_spec):
+      return _read_each(self._dataset_fn, self._element_spec, client_ids)
     with rounds.without_global_seed():
       try:
         positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))
@@ -226,17 +327,35 @@ def _stack(clients: Sequence[_ClientArrays], element_spec: Any, batch_size: int,
   total_batches = max(total_batches or 0, len(sizes))
 
   def stack_leaf(spec, *leaves):
-    out = np.zeros([total_batches, batch_size] + spec.shape[1:].as_list(),
+    if spec.shape[1:].is_fully_defined():
+      out = np.zeros([total_batches, batch_size] + spec.shape[1:].as_list(),
+                     spec.dtype.as_numpy_dtype)
+      for client, leaf, start in zip(clients, leaves, first):
+        rows = _padded_rows(client.batch_sizes, batch_size)
+        np.take(leaf, rows, axis=0, out=out[start:start + len(rows)], mode='clip')
+      return tf.constant(out)
+    # Varying shapes: each client's examples go to the corner of the largest shape.
+    out = np.zeros([total_batches, batch_size] + _largest_shape(leaves),
                    spec.dtype.as_numpy_dtype)
     for client, leaf, start in zip(clients, leaves, first):
       rows = _padded_rows(client.batch_sizes, batch_size)
-      np.take(leaf, rows, axis=0, out=out[start:start + len(rows)], mode='clip')
+      corner = tuple(slice(0, d) for d in leaf.shape[1:])
+      out[(slice(start, start + len(rows)), slice(None)) + corner] = np.take(
+          leaf, rows, axis=0, mode='clip')
+    return tf.constant(out)
+
+  def stack_shapes(spec, *shapes):
+    out = np.zeros([total_batches, _shape_columns(spec)], np.int32)
+    out[:len(sizes)] = np.concatenate(shapes)
     return tf.constant(out)
 
   data = tf.nest.map_structure(stack_leaf, element_spec, *[c.examples for c in clients])
+  batch_shapes = () if has_fixed_shapes(element_spec) else tf.nest.map_structure(
+      stack_shapes, element_spec, *[c.shapes for c in clients])
   mask = np.zeros([total_batches, batch_size], bool)
   mask[:len(sizes)] = np.arange(batch_size)[None, :] < sizes[:, None]
-  return ClientBatches(data, tf.constant(mask), tf.constant(first), tf.constant(counts))
+  return ClientBatches(data, tf.constant(mask), tf.constant(first), tf.constant(counts),
+                       batch_shapes)
 
 
 def _largest_batch(clients: Sequence[_ClientArrays]) -> int:

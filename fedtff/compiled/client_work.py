@@ -147,8 +147,7 @@ class PaddedModel:
 
 
 def _batch(batches: batches_lib.ClientBatches, index: tf.Tensor) -> Tuple[Any, tf.Tensor]:
-  data = tf.nest.map_structure(lambda t: tf.gather(t, index), batches.data)
-  return data, tf.gather(batches.mask, index)
+  return batches_lib.batch_at(batches, index)
 
 
 def _loop_over_batches(first: tf.Tensor, count: tf.Tensor, body: Callable, loop_vars: Any) -> Any:

@@ -118,8 +118,7 @@ class CompiledEvaluation:
     first, count = batches.first_batch[index], batches.num_batches[index]
 
     def body(k, examples):
-      batch = tf.nest.map_structure(lambda t: tf.gather(t, first + k), batches.data)
-      mask = tf.gather(batches.mask, first + k)
+      batch, mask = batches_lib.batch_at(batches, first + k)
       # The shared forward pass (the real rows only), in inference mode; the loss
       # metric records the batch loss without regularization, as TFF's does.
       output = model.forward(batch, mask, training=False, metrics=model.metrics[:-1])

@@ -106,12 +106,19 @@ def _check_proximal_strength(proximal_strength) -> None:
     raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
 
 
-def _check_element_spec(element_spec: Any) -> None:
+def _jit_compile(element_spec: Any, jit_compile: Optional[bool]) -> bool:
+  """Whether to compile the round with XLA: by default when every example has a
+  fixed shape (XLA compiles fixed shapes); refuses dense tensors only."""
   for spec in tf.nest.flatten(element_spec):
-    if not spec.shape[1:].is_fully_defined():
-      raise ValueError(
-          f'Padded batches need fixed per-example shapes, got {spec}; pad or truncate the '
-          f"examples in preprocessing, or {_USE_TFF}.")
+    if not isinstance(spec, tf.TensorSpec):
+      raise ValueError(f'Padded batches hold dense tensors, got {spec}; give batches of dense '
+                       f"tensors (e.g. padded_batch), or {_USE_TFF}.")
+  fixed = batches_lib.has_fixed_shapes(element_spec)
+  if jit_compile and not fixed:
+    raise ValueError('jit_compile=True needs examples of one fixed shape (XLA compiles fixed '
+                     f'shapes), got {element_spec}; pass jit_compile=None (XLA only when '
+                     'shapes are fixed) or pad the examples to one shape in preprocessing.')
+  return fixed if jit_compile is None else bool(jit_compile)
 
 
 def _tensors(structure: Any) -> Any:
@@ -411,7 +418,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                        weighted: bool = True,
                        aggregator: Optional[builder.Aggregator] = None,
-                       jit_compile: bool = True) -> CompiledProcess:
+                       jit_compile: Optional[bool] = None) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
@@ -455,13 +462,18 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
       with a fixed or adaptive (`clip_norm` None) clip norm.
     jit_compile: Compile the round with XLA (2.0-2.8x faster in
-      scripts/bench.py here, docs/performance.md); False for models XLA cannot compile.
+      scripts/bench.py here, docs/performance.md); False for models XLA cannot
+      compile. None (the default): XLA when every example has a fixed shape;
+      examples of varying shape (e.g. sequences batched with `padded_batch`)
+      run without it, each batch cut to its own shape (`fedtff.compiled.batch_at`),
+      and with them True is refused.
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
       `fedtff.build_learning_process`), or that the compiled engine does not
-      implement (the aggregators `fedtff.compiled.aggregation` refuses, examples
-      of varying shape, losses with reduction 'none').
+      implement (the aggregators `fedtff.compiled.aggregation` refuses, ragged
+      or sparse examples, losses with reduction 'none'); jit_compile=True with
+      examples of varying shape.
   """
   _check_proximal_strength(proximal_strength)
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
@@ -474,7 +486,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
     client_optimizer = client_optimizer_fn(1.0)
   aggregation = aggregation_lib.from_spec(aggregator, weighted=weighted)
   element_spec = tff_model.element_spec_of(element_spec)
-  _check_element_spec(element_spec)
+  jit_compile = _jit_compile(element_spec, jit_compile)
   tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)  # Checks the model.
   if registry.get(algorithm).client is not None:  # The defaults: fedtff.algorithms.registry.
     client_optimizer = optimizers.check(
