@@ -182,6 +182,8 @@ class _RoundReader:
     self._read = read
 
   def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
+    if not client_ids:  # An empty cohort (Poisson sampling): nothing to read.
+      return []
     with rounds.without_global_seed():
       try:
         positions, sizes, rows = self._read(tf.constant(list(client_ids), tf.string))

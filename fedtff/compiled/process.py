@@ -49,6 +49,7 @@ from fedtff.algorithms import tff_model
 from fedtff.compiled import aggregation as aggregation_lib
 from fedtff.compiled import batches as batches_lib
 from fedtff.compiled import client_work
+from fedtff.compiled import cohorts
 
 Weights = tff.learning.models.ModelWeights
 SUPPORTED_ALGORITHMS = registry.ALGORITHMS
@@ -238,14 +239,17 @@ class CompiledProcess:
       client_batches: The round's clients: a `fedtff.compiled.ClientBatches`, or a
         list of batched datasets (read each call; for speed build
         `ClientBatches` once, e.g. with `fedtff.compiled.PaddedClientData`).
+        Any number of clients, none included (`fedtff.compiled.cohorts`).
       noise_seed: Two integers that seed this round's DP noise (stateless).
         `None` draws them from the OS, so the noise cannot be predicted; the
         runner passes seeds derived from a per-run secret kept in the
         checkpoint, so that a resumed run repeats the same noise.
     """
     if not isinstance(client_batches, batches_lib.ClientBatches):
-      client_batches = batches_lib.from_datasets(list(client_batches))
+      client_batches = (batches_lib.from_datasets(list(client_batches)) if len(client_batches)
+                        else cohorts.empty(self._element_spec))
     aggregation_lib.check_round(self._aggregation, int(client_batches.num_batches.shape[0]))
+    client_batches = cohorts.pad(client_batches)
     if noise_seed is None:
       noise_seed = [secrets.randbits(63), secrets.randbits(63)]
     new_state, metrics = self._round(self._check_state(state), client_batches,
@@ -384,7 +388,7 @@ class CompiledProcess:
                  client_work.TrainStats.zeros(),
                  aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
-        lambda c, _: c < tf.shape(batches.num_batches)[0],
+        lambda c, _: c < cohorts.num_clients(batches),
         lambda c, v: (c + 1, self._client_step(state, client_optimizer, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
     update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,

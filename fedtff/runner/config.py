@@ -173,9 +173,6 @@ def tff_only_options(config: Mapping[str, Any]) -> List[str]:
                    "learning process (algorithm.process) with engine='tff'.")
   if config['aggregator']['kind'] == 'dp':
     privacy = config['privacy']
-    if privacy['sampling'] == 'poisson':
-      options.append("privacy.sampling='poisson' needs engine='tff': the compiled engine's "
-                     'compiled round cannot run the empty cohorts Poisson sampling draws.')
     if privacy['mechanism'] == 'dp_ftrl':
       options.append("privacy.mechanism='dp_ftrl' needs engine='tff': the compiled engine has "
                      'no tree aggregation.')
