@@ -47,8 +47,9 @@ def num_clients(batches: batches_lib.ClientBatches) -> tf.Tensor:
 
 
 def empty(element_spec) -> batches_lib.ClientBatches:
-  """The `ClientBatches` of an empty cohort of datasets with `element_spec`."""
-  zeros = lambda spec: tf.zeros([0, 1] + spec.shape[1:].as_list(), spec.dtype)
+  """The `ClientBatches` of an empty cohort of datasets with `element_spec`: no
+  client, and one unused batch (XLA refuses to gather from an empty tensor)."""
+  zeros = lambda spec: tf.zeros([1, 1] + spec.shape[1:].as_list(), spec.dtype)
   return batches_lib.ClientBatches(
-      tf.nest.map_structure(zeros, element_spec), tf.zeros([0, 1], tf.bool),
+      tf.nest.map_structure(zeros, element_spec), tf.zeros([1, 1], tf.bool),
       tf.zeros([0], tf.int32), tf.zeros([0], tf.int32))
