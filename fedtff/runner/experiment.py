@@ -549,7 +549,8 @@ def _engine(config, task, options: Dict[str, Any],
 def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Restored:
   """The newest intact checkpoint's state (as a TFF state), or the initial one at round 0."""
   template = process.initialize()
-  restored = checkpoints.restore_latest(checkpoint_dir, template)
+  restored = checkpoints.restore_latest(checkpoint_dir, template,
+                                        specs=checkpoints.state_specs(process))
   if restored is not None:
     return restored
   weights = tff_model.initial_weights(task.model_fn, config.seed)
