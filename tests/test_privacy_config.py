@@ -104,12 +104,11 @@ def test_dp_ftrl_run_reports_the_single_tree_epsilon_of_its_cyclic_schedule(tmp_
 
 @pytest.mark.parametrize('privacy, engine, message', [
     (dict(accountant='pld'), 'tff', "privacy.accountant='pld' needs privacy.sampling='poisson'"),
-    (dict(sampling='poisson'), 'compiled', "privacy.sampling='poisson' needs engine='tff'"),
     (dict(mechanism='dp_ftrl'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
     (dict(sampling='cyclic'), 'tff', "privacy.mechanism='dp_ftrl' goes with privacy.sampling='cyclic'"),
-    (dict(mechanism='dp_ftrl', sampling='cyclic'), 'compiled', "privacy.mechanism='dp_ftrl' needs engine='tff'"),
+    (dict(mechanism='dp_ftrl', sampling='cyclic', noise_seed=3), 'compiled', "privacy.noise_seed does not apply to privacy.mechanism='dp_ftrl'"),
     (dict(sampling='shuffle'), 'tff', "privacy.sampling is 'shuffle'; expected one of: fixed, poisson, cyclic"),
-], ids=['pld_fixed', 'poisson_fast', 'ftrl_fixed', 'cyclic_fedavg', 'ftrl_fast', 'unknown_sampling'])
+], ids=['pld_fixed', 'ftrl_fixed', 'cyclic_fedavg', 'ftrl_noise_seed', 'unknown_sampling'])
 def test_privacy_options_that_do_not_fit_are_refused(privacy, engine, message):
   config = dp_config(**privacy)
   config.engine = engine

@@ -295,6 +295,8 @@ class _RoundReader:
     self._read = read
 
   def __call__(self, client_ids: Sequence[str]) -> List[_ClientArrays]:
+    if not client_ids:  # An empty cohort (Poisson sampling): nothing to read.
+      return []
     if not has_fixed_shapes(self._element_spec):
       return _read_each(self._dataset_fn, self._element_spec, client_ids)
     with rounds.without_global_seed():

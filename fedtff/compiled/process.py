@@ -50,6 +50,8 @@ from fedtff.algorithms import tff_model
 from fedtff.compiled import aggregation as aggregation_lib
 from fedtff.compiled import batches as batches_lib
 from fedtff.compiled import client_work
+from fedtff.compiled import cohorts
+from fedtff.compiled import tree as tree_lib
 
 Weights = tff.learning.models.ModelWeights
 SUPPORTED_ALGORITHMS = registry.ALGORITHMS
@@ -68,7 +70,8 @@ class CompiledState(NamedTuple):
       holds no tensors); otherwise ().
     finalizer: The server optimizer's state.
     aggregator: The aggregator's state: with adaptive DP clipping the clip
-      norm (a float32 scalar), otherwise ().
+      norm (a float32 scalar); with DP-FTRL the tree's state
+      (`fedtff.compiled.tree`); otherwise ().
   """
   global_model_weights: Weights
   client_work: Any
@@ -166,7 +169,8 @@ class CompiledProcess:
                client_optimizer: Optional[optimizers.TffOptimizer],
                server_optimizer: optimizers.TffOptimizer,
                aggregation: aggregation_lib.Aggregation, loss, metrics, jit_compile: bool,
-               client_optimizer_fn: Optional[Callable[[Any], optimizers.TffOptimizer]] = None):
+               client_optimizer_fn: Optional[Callable[[Any], optimizers.TffOptimizer]] = None,
+               tree: Optional[tree_lib.TreeAggregation] = None):
     self._model_fn = model_fn
     self._element_spec = element_spec
     self._algorithm = algorithm
@@ -176,11 +180,17 @@ class CompiledProcess:
     self._gradient_mean = aggregation_lib.Aggregation(aggregation.weighted)
     self._server_optimizer = server_optimizer
     self._aggregation = aggregation
+    self._tree = tree  # DP-FTRL: the tree advances outside the round graph.
+    self._advance_tree = tree_lib.build_advance(tree) if tree else None
     self._model = client_work.PaddedModel(model_fn(), loss, metrics)
     self._template = self.initialize()
+    round_template = self._template
+    if tree:  # The round graph takes the round's tree noise in place of the tree.
+      round_template = round_template._replace(
+          aggregator=tree.round_noise_template(self._template.aggregator))
     self._round = tf.function(
         self._round_graph, jit_compile=jit_compile, autograph=False,
-        input_signature=[tf.nest.map_structure(tf.TensorSpec.from_tensor, self._template),
+        input_signature=[tf.nest.map_structure(tf.TensorSpec.from_tensor, round_template),
                          batches_lib.signature(element_spec), tf.TensorSpec([2], tf.int64)])
     # Trace now, while the Keras classes are in their eager (v2) form: Keras swaps
     # the base classes of Sequential and friends to its v1 ones whenever a model
@@ -205,7 +215,8 @@ class CompiledProcess:
     specs = [tf.TensorSpec(w.shape, w.dtype) for w in weights.trainable]
     return _tensors(CompiledState(weights, self._initial_client_work(specs),
                               self._server_optimizer.initialize(specs),
-                              self._aggregation.initial_state()))
+                              self._tree.initial_state() if self._tree
+                              else self._aggregation.initial_state()))
 
   def _gradient_mean_state(self) -> Any:
     """The (empty) state of Mime Lite's full-gradient mean, in TFF's nesting:
@@ -246,18 +257,27 @@ class CompiledProcess:
       client_batches: The round's clients: a `fedtff.compiled.ClientBatches`, or a
         list of batched datasets (read each call; for speed build
         `ClientBatches` once, e.g. with `fedtff.compiled.PaddedClientData`).
+        Any number of clients, none included (`fedtff.compiled.cohorts`).
       noise_seed: Two integers that seed this round's DP noise (stateless).
         `None` draws them from the OS, so the noise cannot be predicted; the
         runner passes seeds derived from a per-run secret kept in the
         checkpoint, so that a resumed run repeats the same noise.
     """
     if not isinstance(client_batches, batches_lib.ClientBatches):
-      client_batches = batches_lib.from_datasets(list(client_batches))
+      client_batches = (batches_lib.from_datasets(list(client_batches)) if len(client_batches)
+                        else cohorts.empty(self._element_spec))
     aggregation_lib.check_round(self._aggregation, int(client_batches.num_batches.shape[0]))
+    client_batches = cohorts.pad(client_batches)
     if noise_seed is None:
       noise_seed = [secrets.randbits(63), secrets.randbits(63)]
-    new_state, metrics = self._round(self._check_state(state), client_batches,
-                                     tf.constant(noise_seed, tf.int64))
+    state = self._check_state(state)
+    next_tree = None
+    if self._tree:
+      noise, next_tree = self._advance_tree(state.aggregator)
+      state = state._replace(aggregator=noise)
+    new_state, metrics = self._round(state, client_batches, tf.constant(noise_seed, tf.int64))
+    if self._tree:
+      new_state = new_state._replace(aggregator=next_tree)
     return tff.learning.templates.LearningProcessOutput(new_state, _numpy(metrics))
 
   def to_tff_state(self, state: CompiledState,
@@ -277,8 +297,9 @@ class CompiledProcess:
     state = _numpy(self._check_state(state))
     fields = {field: _pack_like(getattr(template, field), getattr(state, field), f'state {field}')
               for field in _COPIED_FIELDS}
-    fields['aggregator'] = aggregation_lib.to_tff_state(
-        self._aggregation, state.aggregator, template.aggregator)
+    fields['aggregator'] = (
+        tree_lib.to_tff_state(state.aggregator, template.aggregator) if self._tree else
+        aggregation_lib.to_tff_state(self._aggregation, state.aggregator, template.aggregator))
     return template._replace(**fields)
 
   def from_tff_state(self, tff_state: Any) -> CompiledState:
@@ -287,7 +308,8 @@ class CompiledProcess:
     copied = [_pack_like(_numpy(getattr(self._template, field)), getattr(tff_state, field),
                          f'TFF state {field}') for field in _COPIED_FIELDS]
     return _tensors(CompiledState(
-        *copied, aggregation_lib.from_tff_state(self._aggregation, tff_state.aggregator)))
+        *copied, tree_lib.from_tff_state(self._tree, tff_state.aggregator) if self._tree
+        else aggregation_lib.from_tff_state(self._aggregation, tff_state.aggregator)))
 
   def _check_state(self, state: Any) -> CompiledState:
     if not isinstance(state, CompiledState):
@@ -386,11 +408,14 @@ class CompiledProcess:
                  client_work.TrainStats.zeros(),
                  aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
-        lambda c, _: c < tf.shape(batches.num_batches)[0],
+        lambda c, _: c < cohorts.num_clients(batches),
         lambda c, v: (c + 1, self._client_step(state, client_optimizer, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
-    update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
-                                                state.aggregator)
+    if self._tree:
+      update, clip_state = tree_lib.mean(self._tree, acc.value_sum, state.aggregator), ()
+    else:
+      update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
+                                                  state.aggregator)
     new_state, non_finite = self._apply_server_update(state, update)
     new_state = new_state._replace(
         aggregator=clip_state,
@@ -400,8 +425,9 @@ class CompiledProcess:
       client_metrics['client_learning_rate'] = learning_rate
     metrics = collections.OrderedDict(
         distributor=(), client_work=client_metrics,
-        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state,
-                                                round_state=state.aggregator),
+        aggregator=(tree_lib.measurements(self._tree) if self._tree else
+                    aggregation_lib.measurements(self._aggregation, acc, clip_state,
+                                                 round_state=state.aggregator)),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
 
@@ -460,7 +486,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
     weighted: Whether client updates are weighted by their number of examples.
     aggregator: None (mean) or a `fedtff.AggregatorSpec`: 'mean', 'robust'
       with a fixed `clip_norm` (and fixed `zeroing_norm` if zeroing), or 'dp'
-      with a fixed or adaptive (`clip_norm` None) clip norm.
+      with a fixed or adaptive (`clip_norm` None) clip norm; or TFF's
+      `DifferentiallyPrivateFactory.tree_aggregation` (DP-FTRL,
+      `fedtff.privacy.ftrl.ftrl_aggregator`; `fedtff.compiled.tree`).
     jit_compile: Compile the round with XLA (2.0-2.8x faster in
       scripts/bench.py here, docs/performance.md); False for models XLA cannot
       compile. None (the default): XLA when every example has a fixed shape;
@@ -484,7 +512,11 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
     client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
     client_optimizer = client_optimizer_fn(1.0)
-  aggregation = aggregation_lib.from_spec(aggregator, weighted=weighted)
+  tree = tree_lib.from_factory(aggregator)
+  aggregation = (aggregation_lib.Aggregation(  # DP-FedAvg's clipping and sum; the tree's noise.
+      weighted, clip_norm=tree.clip_norm, noise_stddev=tree.noise_stddev,
+      denominator=tree.denominator) if tree
+                 else aggregation_lib.from_spec(aggregator, weighted=weighted))
   element_spec = tff_model.element_spec_of(element_spec)
   jit_compile = _jit_compile(element_spec, jit_compile)
   tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)  # Checks the model.
@@ -502,4 +534,4 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
-      metrics=[fn() for fn in metric_fns], jit_compile=jit_compile)
+      metrics=[fn() for fn in metric_fns], jit_compile=jit_compile, tree=tree)

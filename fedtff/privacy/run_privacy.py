@@ -108,6 +108,9 @@ class RunPrivacy:
             'guarantee' if self.public_seed else
             ('secret, drawn from the OS and kept in the checkpoints' if engine == 'compiled'
              else "drawn by TFF's runtime, not reproducible"))
+    if self.mechanism.mechanism == 'dp_ftrl':  # TF Privacy's tree seeds, in the state.
+      seed = ("TF Privacy's tree seeds, drawn from the clock when the run starts and kept in the "
+              "checkpoints' aggregator state")
     summary = {
         'epsilon': self.ledger.epsilon(self.delta), 'delta': self.delta,
         'rounds': self.ledger.last_round, 'ledger': LEDGER_FILE,

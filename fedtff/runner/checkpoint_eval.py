@@ -78,7 +78,8 @@ def evaluate_checkpoint(workdir: str, *, task: Optional[user_task.UserTask] = No
   process = (user_task.build_process(user_process, task) if user_process is not None
              else experiment.build_process(config, task))
   with runtime.local_runtime():
-    restored = checkpoints.restore_latest(checkpoint_dir, process.initialize())
+    restored = checkpoints.restore_latest(checkpoint_dir, process.initialize(),
+                                          specs=checkpoints.state_specs(process))
     metrics = experiment.evaluation_fn(task, process, engine=config.engine,
                                        per_client=config.per_client_eval)(
                                            restored.state, restored.round_num)

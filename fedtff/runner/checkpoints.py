@@ -23,6 +23,7 @@ from absl import logging
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_federated as tff
 
 _PATTERN = re.compile(r'round-(\d+)\.npz$')
 _ROUND_KEY, _ELAPSED_KEY, _META_PREFIX = '__round__', '__elapsed_s__', '__meta__'
@@ -108,8 +109,23 @@ def _restore_leaf(template_leaf: Any, array: np.ndarray) -> Any:
   return array
 
 
-def _check_leaf(index: int, template_leaf: Any, array: np.ndarray) -> None:
+def state_specs(process: Any) -> Any:
+  """The `tf.TensorSpec`s of a TFF process's state, read off its type signature
+  (None for a process without one). A dimension TFF types as unknown, such as
+  the number of levels of DP-FTRL's tree (TF Privacy's `TreeState`), changes
+  from round to round."""
+  initialize = getattr(process, 'initialize', None)
+  signature = getattr(initialize, 'type_signature', None)
+  if signature is None:
+    return None
+  return tff.types.type_to_tf_tensor_specs(signature.result.member)
+
+
+def _check_leaf(index: int, template_leaf: Any, array: np.ndarray, spec: Any = None) -> None:
   expected = np.shape(template_leaf)
+  if spec is not None and spec.shape.rank == array.ndim and spec.shape.is_compatible_with(
+      array.shape):
+    return
   if array.shape != expected:
     raise CheckpointMismatchError(
         f'Checkpoint leaf {index} has shape {array.shape}, the process state expects '
@@ -134,18 +150,21 @@ class Restored(NamedTuple):
   metadata: Dict[str, str] = {}
 
 
-def _load(path: str, template: Any) -> Restored:
+def _load(path: str, template: Any, specs: Any = None) -> Restored:
   """Reads one checkpoint into `template`'s structure (every array read in full)."""
   with np.load(path, allow_pickle=False) as saved:
     template_leaves = tf.nest.flatten(template)
+    spec_leaves = tf.nest.flatten(specs) if specs is not None else []
+    if len(spec_leaves) != len(template_leaves):
+      spec_leaves = [None] * len(template_leaves)
     keys = sorted(k for k in saved.files if k.startswith('leaf_'))
     if len(keys) != len(template_leaves):
       raise CheckpointMismatchError(
           f'Checkpoint {path} holds {len(keys)} state leaves, the process state has '
           f'{len(template_leaves)}; was it written with another model or algorithm?')
     leaves = []
-    for index, (key, template_leaf) in enumerate(zip(keys, template_leaves)):
-      _check_leaf(index, template_leaf, saved[key])
+    for index, (key, template_leaf, spec) in enumerate(zip(keys, template_leaves, spec_leaves)):
+      _check_leaf(index, template_leaf, saved[key], spec)
       leaves.append(_restore_leaf(template_leaf, saved[key]))
     state = tf.nest.pack_sequence_as(template, leaves)
     metadata = {k[len(_META_PREFIX):]: str(saved[k]) for k in saved.files
@@ -161,7 +180,7 @@ def _why_unreadable(error: Exception) -> str:
   return f'{type(error).__name__}: {error}'
 
 
-def restore_latest(directory: str, template: Any) -> Optional[Restored]:
+def restore_latest(directory: str, template: Any, *, specs: Any = None) -> Optional[Restored]:
   """Returns the newest checkpoint that can be read, or None if there is none.
 
   A checkpoint that cannot be read (truncated, empty, foreign bytes) is
@@ -172,6 +191,9 @@ def restore_latest(directory: str, template: Any) -> Optional[Restored]:
     directory: The checkpoint directory.
     template: A state of the same process (e.g. `process.initialize()`),
       whose structure the saved leaves are packed into.
+    specs: The state's `tf.TensorSpec`s (`state_specs`), if some leaves'
+      shapes may change from round to round: a leaf then fits if its shape is
+      compatible with its spec's; otherwise it must have the template's shape.
 
   Raises:
     CheckpointMismatchError: If a readable checkpoint does not fit `template`.
@@ -181,7 +203,7 @@ def restore_latest(directory: str, template: Any) -> Optional[Restored]:
   for round_num in reversed(rounds(directory)):
     path = _path(directory, round_num)
     try:
-      restored = _load(path, template)
+      restored = _load(path, template, specs)
     except CheckpointMismatchError:
       raise
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:

@@ -173,12 +173,6 @@ def tff_only_options(config: Mapping[str, Any]) -> List[str]:
                    "learning process (algorithm.process) with engine='tff'.")
   if config['aggregator']['kind'] == 'dp':
     privacy = config['privacy']
-    if privacy['sampling'] == 'poisson':
-      options.append("privacy.sampling='poisson' needs engine='tff': the compiled engine's "
-                     'compiled round cannot run the empty cohorts Poisson sampling draws.')
-    if privacy['mechanism'] == 'dp_ftrl':
-      options.append("privacy.mechanism='dp_ftrl' needs engine='tff': the compiled engine has "
-                     'no tree aggregation.')
     if privacy['mechanism'] == 'ddp_skellam':
       options.append("privacy.mechanism='ddp_skellam' needs engine='tff': the compiled engine "
                      'has no distributed DP.')
@@ -439,6 +433,9 @@ def _check_privacy_mechanism(config: Mapping[str, Any]) -> None:
                       f"with it (got mechanism={mechanism!r}, sampling={sampling!r}): DP-FTRL's "
                       'accounting bounds how often and how close together a client joins.')
   if mechanism == 'dp_ftrl':
+    if privacy['noise_seed'] is not None:
+      raise ConfigError("privacy.noise_seed does not apply to privacy.mechanism='dp_ftrl': the "
+                        "tree's noise seeds are drawn when its state is created and kept in it.")
     if privacy['accountant'] != 'rdp':
       raise ConfigError("privacy.mechanism='dp_ftrl' is accounted with privacy.accountant='rdp'.")
     if config['aggregator']['clip_norm'] is None:

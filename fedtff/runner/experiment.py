@@ -446,7 +446,8 @@ class _CompiledRounds:
   (`fedtff.compiled.RoundBatches`), since their batches differ by round.
 
   With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`, r read
-  off the round-tagged ids.
+  off the round-tagged ids; an empty (Poisson) cohort's round is the one after
+  the previous round's (`start_round` before the first).
   """
 
   def __init__(self, process: compiled.CompiledProcess, client_data, batch_size: int,
@@ -454,11 +455,18 @@ class _CompiledRounds:
     self._process = process
     self._client_data = compiled.RoundBatches(client_data, batch_size=batch_size)
     self._privacy = privacy
+    self.start_round = 1
+
+  def _round_num(self, client_ids) -> int:
+    if client_ids:
+      self.start_round = int(client_ids[0].partition(data.rounds.SEPARATOR)[0])
+    return self.start_round
 
   def next(self, state, client_ids):
     noise_seed = None
-    if self._privacy:  # Every id carries the round; the compiled engine has no empty cohorts.
-      round_num = int(client_ids[0].partition(data.rounds.SEPARATOR)[0])
+    round_num = self._round_num(client_ids)
+    self.start_round = round_num + 1
+    if self._privacy:
       noise_seed = self._privacy.round_noise_seed(round_num)
     return self._process.next(state, self._client_data.tagged_batches(client_ids),
                               noise_seed=noise_seed)
@@ -541,7 +549,8 @@ def _engine(config, task, options: Dict[str, Any],
 def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Restored:
   """The newest intact checkpoint's state (as a TFF state), or the initial one at round 0."""
   template = process.initialize()
-  restored = checkpoints.restore_latest(checkpoint_dir, template)
+  restored = checkpoints.restore_latest(checkpoint_dir, template,
+                                        specs=checkpoints.state_specs(process))
   if restored is not None:
     return restored
   weights = tff_model.initial_weights(task.model_fn, config.seed)
@@ -570,6 +579,8 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
     columns = privacy.published_columns(columns)
   stopping.publish_only(columns)
   train_ids = task.train_data.client_ids
+  if isinstance(engine.rounds, _CompiledRounds):  # The round of an empty cohort.
+    engine.rounds.start_round = last_round + 1
   select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
       sampling=config.privacy.sampling))
