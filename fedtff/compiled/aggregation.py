@@ -69,6 +69,9 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   it). A larger tensor would be quantized with stochastic rounding drawn from
   TFF's own seeds, which this engine cannot repeat: refused.
 
+* `privacy.mechanism='ddp_skellam'` (`fedtff.privacy.ddp.ddp_aggregator`'s
+  factory): the distributed Skellam mean of `fedtff.compiled.ddp`.
+
 Anything else (compression that quantizes, custom factories) is refused with a `ValueError`: those run on the
 TFF engine.
 """
@@ -85,6 +88,7 @@ import tensorflow as tf
 from tensorflow_federated.python.aggregators import primitives
 
 from fedtff.algorithms import aggregators
+from fedtff.compiled import ddp as compiled_ddp
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
@@ -168,6 +172,7 @@ class Aggregation:
   masking: Optional[masking_simulation.MaskingSimulationSumFactory] = None
   compression_threshold: Optional[int] = None
   secure_quantile: Optional[Quantile] = None
+  skellam: Optional[compiled_ddp.Skellam] = None  # The distributed Skellam mean.
 
   @property
   def clips(self) -> bool:
@@ -189,6 +194,8 @@ class Aggregation:
     'zeroing_norm'); or ()."""
     if self.adaptive is not None:
       return tf.constant(self.adaptive.initial_clip, tf.float32)
+    if self.skellam is not None:  # The rotation seed.
+      return compiled_ddp.initial_state()
     estimates = collections.OrderedDict(
         (name, tf.constant(quantile.initial, tf.float32))
         for name, quantile in (('zeroing_norm', self.zero_quantile),
@@ -210,6 +217,11 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
   """
   if aggregator is None:
     return Aggregation(weighted)
+  skellam = compiled_ddp.from_factory(aggregator)
+  if skellam is not None:
+    aggregators.check_weighting(aggregator, weighted=weighted, algorithm='The distributed '
+                                'Skellam mean')
+    return Aggregation(weighted, skellam=skellam)
   if not isinstance(aggregator, aggregators.AggregatorSpec):
     raise ValueError(
         'The compiled engine does not implement custom tff.aggregators factories (got '
@@ -323,11 +335,14 @@ class SecureSums(NamedTuple):
 _WEIGHT_BOUNDS = (0.0, float(2**20 - 1))
 
 
-def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None
-           ) -> Accumulator:
-  """The round's empty sums (`aggregation` adds `secure`'s integer sums)."""
+def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None,
+            noise_seed: Optional[tf.Tensor] = None) -> Accumulator:
+  """The round's empty sums (`aggregation` adds `secure`'s integer sums; the
+  distributed Skellam mean's also carry `noise_seed`)."""
   zero = tf.constant(0, tf.int32)
   secure = ()
+  if aggregation is not None and aggregation.skellam is not None:
+    secure = compiled_ddp.initial(aggregation.skellam, noise_seed)
   threshold = aggregation.compression_threshold if aggregation is not None else None
   if threshold is not None:
     largest = max(int(np.prod(v.shape)) for v in trainable)
@@ -495,6 +510,10 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
 
   `clip_state` is the state's clip norm with adaptive clipping.
   """
+  if aggregation.skellam is not None:  # clip_state: the rotation seed.
+    return acc._replace(secure=compiled_ddp.accumulate(aggregation.skellam, acc.secure, update,
+                                                       acc.count, clip_state),
+                        count=acc.count + 1.0)
   zeroed = clipped = tf.constant(0, tf.int32)
   below = zero_below = tf.constant(0.0)
   zero_norm, clip_norm = robust_norms(aggregation, clip_state) if not aggregation.is_dp else (
@@ -539,6 +558,9 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
   int64 [2]) and the next clip state."""
   if aggregation.adaptive is not None:
     return _adaptive_result(aggregation, acc, clip_state, noise_seed)
+  if aggregation.skellam is not None:
+    return compiled_ddp.result(aggregation.skellam, acc.secure, acc.count, clip_state,
+                               [tf.TensorSpec(s.shape, s.dtype) for s in acc.value_sum])
   if aggregation.is_dp:
     noised = [_noised(s, aggregation.noise_stddev, noise_seed, i)
               for i, s in enumerate(acc.value_sum)]
@@ -593,6 +615,8 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
   if aggregation.adaptive is not None:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=clip_state),
                                    dp=())
+  if aggregation.skellam is not None:
+    return compiled_ddp.measurements(aggregation.skellam, acc.secure)
   if aggregation.is_dp:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
   if aggregation.secure_bound is not None:
@@ -627,6 +651,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   """
   if aggregation.secure_quantile is not None:
     return _to_tff_secure_state(aggregation, clip_state, template)
+  if aggregation.skellam is not None:
+    return compiled_ddp.to_tff_state(clip_state, template)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     return _to_tff_robust_state(aggregation, clip_state, template)
   if aggregation.adaptive is None:
@@ -695,6 +721,8 @@ def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
   """The compiled state's clip norm from TFF's aggregator state (see `to_tff_state`)."""
   if aggregation.secure_quantile is not None:
     return _secure_estimate(aggregation, tff_state)
+  if aggregation.skellam is not None:
+    return compiled_ddp.from_tff_state(tff_state)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     estimates = collections.OrderedDict()
     for name, path in _robust_paths(aggregation):

@@ -380,7 +380,7 @@ class CompiledProcess:
       variable.assign(tf.zeros_like(variable))
     client_optimizer, learning_rate = self._round_client_optimizer(state)
     trainable = state.global_model_weights.trainable
-    loop_vars = (aggregation_lib.initial(trainable, self._aggregation),
+    loop_vars = (aggregation_lib.initial(trainable, self._aggregation, noise_seed),
                  client_work.TrainStats.zeros(),
                  aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
