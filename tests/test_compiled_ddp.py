@@ -139,6 +139,26 @@ def test_both_engines_add_the_mechanisms_noise(engine):
   assert abs(noise.mean()) < 4 * expected / math.sqrt(dim)
 
 
+def test_a_noised_round_adds_the_mechanisms_noise_to_the_weights(datasets):
+  # Same state and rotation; the noised mean differs by z C / m per coordinate
+  # (FedAvg's server SGD at rate 1 adds it to the weights). 75 coordinates: ~10%.
+  z, m, clip = 2.0, 3, 0.3
+  weights = {}
+  for noise in (0.0, z):
+    factory = ddp.ddp_aggregator(noise, m, clip=clip, dim=MODEL_DIM)
+    process = compiled.build_compiled_process(test_compiled_engine.keras_model, datasets[0],
+                                              weighted=False, aggregator=factory)
+    state = process.initialize()
+    if noise == 0.0:
+      initial = state
+    state = state._replace(global_model_weights=initial.global_model_weights,
+                           aggregator=initial.aggregator)
+    state, _ = process.next(state, compiled.from_datasets(datasets))
+    weights[noise] = np.concatenate([np.ravel(w) for w in process.get_model_weights(state).trainable])
+  difference = weights[z] - weights[0.0]
+  assert difference.std() == pytest.approx(z * clip / m, rel=0.35)
+
+
 def test_the_rotation_seed_converts_to_and_from_the_tff_state(datasets):
   factory = ddp.ddp_aggregator(0.0, 3, clip=0.3, dim=MODEL_DIM)
   process = compiled.build_compiled_process(test_compiled_engine.keras_model, datasets[0],

@@ -62,17 +62,18 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   division. As there, more clients than `clients_per_round` are refused
   (`check_round`), and a model too large for the bits is refused at build.
 
-* `compression` when every weight tensor has at most `quantization_threshold`
-  elements: TFF's `EncodedSumFactory.quantize_above_threshold` then sends each
-  tensor unquantized, so the aggregate is the mean (with clipping if
-  `clip_norm` is set and zeroing if `zeroing`, as `build_aggregator` wraps
-  it). A larger tensor would be quantized with stochastic rounding drawn from
-  TFF's own seeds, which this engine cannot repeat: refused.
+* `compression`: TFF's `EncodedSumFactory.quantize_above_threshold` in the
+  mean (with clipping if `clip_norm` is set and zeroing if `zeroing`, as
+  `build_aggregator` wraps it): each tensor of the (weighted) update with more
+  than `quantization_threshold` elements is quantized to `quantization_bits`
+  with randomized rounding (`fedtff.compiled.quantize`, drawn from the round's
+  noise seed, not TFF's: within one quantization step of TFF's); smaller
+  tensors are summed as they are, exactly as TFF.
 
 * `privacy.mechanism='ddp_skellam'` (`fedtff.privacy.ddp.ddp_aggregator`'s
   factory): the distributed Skellam mean of `fedtff.compiled.ddp`.
 
-Anything else (compression that quantizes, custom factories) is refused with a `ValueError`: those run on the
+Anything else (custom factories) is refused with a `ValueError`: those run on the
 TFF engine.
 """
 
@@ -89,6 +90,7 @@ from tensorflow_federated.python.aggregators import primitives
 
 from fedtff.algorithms import aggregators
 from fedtff.compiled import ddp as compiled_ddp
+from fedtff.compiled import quantize
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
@@ -158,7 +160,8 @@ class Aggregation:
     secure_bound: For `secure`: the fixed per-coordinate bound.
     masking: For `masking_simulation`: its factory (clip bound, bits, levels).
     compression_threshold: For `compression`: tensors with more elements than
-      this would be quantized (refused); smaller ones are summed as they are.
+      this are quantized; smaller ones are summed as they are.
+    quantization_bits: For `compression`: the quantized tensors' bits.
   """
   weighted: bool
   clip_norm: Optional[float] = None
@@ -173,6 +176,7 @@ class Aggregation:
   compression_threshold: Optional[int] = None
   secure_quantile: Optional[Quantile] = None
   skellam: Optional[compiled_ddp.Skellam] = None  # The distributed Skellam mean.
+  quantization_bits: Optional[int] = None
 
   @property
   def clips(self) -> bool:
@@ -202,6 +206,12 @@ class Aggregation:
                                ('clipping_norm', self.clip_quantile),
                                ('secure_bound', self.secure_quantile)) if quantile is not None)
     return estimates or ()
+
+
+def xla_compatible(aggregation: Aggregation) -> bool:
+  """Whether XLA compiles the aggregation: not the distributed Skellam mean, whose
+  Poisson draws XLA has no kernel for (its round runs as a plain TF graph)."""
+  return aggregation.skellam is None
 
 
 def _refuse(what: str) -> ValueError:
@@ -238,7 +248,8 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
                        zeroing_norm=spec.zeroing_norm if spec.zeroing else None,
                        zero_quantile=(_ADAPTIVE_ZERO if spec.zeroing and spec.zeroing_norm is None
                                       else None),
-                       compression_threshold=spec.quantization_threshold)
+                       compression_threshold=spec.quantization_threshold,
+                       quantization_bits=spec.quantization_bits)
   if spec.kind == 'masking_simulation':
     return Aggregation(weighted, masking=masking_simulation.MaskingSimulationSumFactory(
         spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits))
@@ -343,13 +354,8 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
   secure = ()
   if aggregation is not None and aggregation.skellam is not None:
     secure = compiled_ddp.initial(aggregation.skellam, noise_seed)
-  threshold = aggregation.compression_threshold if aggregation is not None else None
-  if threshold is not None:
-    largest = max(int(np.prod(v.shape)) for v in trainable)
-    if largest > threshold:
-      raise _refuse(
-          f"compression's stochastic quantization (a weight tensor has {largest} elements, above "
-          f'quantization_threshold={threshold}; TFF draws its rounding from its own seeds)')
+  if _quantizes(aggregation, trainable):  # The seed of the rounding.
+    secure = tf.convert_to_tensor(noise_seed, tf.int64)
   if aggregation is not None and aggregation.masking is not None:
     size = sum(int(np.prod(v.shape)) for v in trainable)
     aggregation.masking.check_quantization(size)  # TFF's refusal, with its message.
@@ -360,6 +366,12 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
                         tf.constant(0, tf.int64), tf.constant(0, tf.int64))
   return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero,
                      tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), secure)
+
+
+def _quantizes(aggregation: Optional[Aggregation], values: List[tf.Tensor]) -> bool:
+  """Whether `compression` quantizes a tensor of `values`."""
+  return (aggregation is not None and aggregation.compression_threshold is not None and
+          quantize.quantizes(values, aggregation.compression_threshold))
 
 
 def _secure_bounds(aggregation: Aggregation, state: Any = ()) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -540,6 +552,10 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
     update = [v * tf.cast(weight, v.dtype) for v in update]
   else:
     weight = tf.constant(1.0)
+  if _quantizes(aggregation, update):  # EncodedSumFactory sums the (weighted) value.
+    update = quantize.encoded_values(
+        update, bits=aggregation.quantization_bits, threshold=aggregation.compression_threshold,
+        seed=tf.random.experimental.stateless_fold_in(secure, tf.cast(acc.count, tf.int64)))
   return Accumulator([s + v for s, v in zip(acc.value_sum, update)], acc.weight_sum + weight,
                      acc.zeroed + zeroed, acc.clipped + clipped, acc.below_sum + below,
                      acc.zero_below_sum + zero_below, acc.count + 1.0, secure)

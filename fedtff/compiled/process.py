@@ -461,6 +461,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       with a fixed or adaptive (`clip_norm` None) clip norm.
     jit_compile: Compile the round with XLA (2.0-2.8x faster in
       scripts/bench.py here, docs/performance.md); False for models XLA cannot compile.
+      The distributed Skellam mean always runs without XLA (no Poisson kernel).
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
@@ -495,4 +496,5 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
-      metrics=[fn() for fn in metric_fns], jit_compile=jit_compile)
+      metrics=[fn() for fn in metric_fns],
+      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation))
