@@ -67,7 +67,8 @@ class CompiledState(NamedTuple):
       holds no tensors); otherwise ().
     finalizer: The server optimizer's state.
     aggregator: The aggregator's state: with adaptive DP clipping the clip
-      norm (a float32 scalar), otherwise ().
+      norm (a float32 scalar); for the distributed Skellam mean the rotation
+      seed (int64 [2]); otherwise () (`fedtff.compiled.aggregation`).
   """
   global_model_weights: Weights
   client_work: Any
