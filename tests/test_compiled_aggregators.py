@@ -220,13 +220,3 @@ def test_masking_refuses_what_tff_refuses(datasets):
   with pytest.raises(ValueError, match=r'^Masking with bits=8 for 3 clients quantizes to 42 '):
     compiled.build_compiled_process(model_fn, datasets[0], weighted=False, aggregator=spec)
 
-
-def test_refuses_compression_that_quantizes(datasets):
-  # The hidden layer's 8 x 6 kernel has 48 elements, above the threshold 40.
-  with pytest.raises(ValueError, match=(
-      r"^The compiled engine does not implement compression's stochastic quantization \(a weight "
-      r'tensor has 48 elements, above quantization_threshold=40; TFF draws its rounding from '
-      r"its own seeds\); use engine='tff'\.$")):
-    compiled.build_compiled_process(test_compiled_engine.keras_model, datasets[0],
-                            aggregator=fedtff.AggregatorSpec('compression',
-                                                             quantization_threshold=40))

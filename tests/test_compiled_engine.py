@@ -238,8 +238,6 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
 @pytest.mark.parametrize(
     'options, message',
     [
-        (dict(aggregator=fedtff.AggregatorSpec('compression', quantization_threshold=40)),
-         "compression's stochastic quantization"),
         (dict(aggregator=tff.aggregators.MeanFactory()), 'custom tff.aggregators factories'),
         (dict(element_spec=(tf.RaggedTensorSpec([None, None], tf.float32),
                             tf.TensorSpec([None], tf.int32))), 'hold dense tensors'),
@@ -247,7 +245,7 @@ def test_batch_normalization_runs_as_in_tff(algorithm, datasets):
                                                                  reduction='none')),
          "reduction='none'"),
     ],
-    ids=['compression', 'tff_factory', 'ragged_examples',
+    ids=['tff_factory', 'ragged_examples',
          'loss_without_reduction'])
 def test_refuses_what_it_does_not_implement(options, message, datasets):
   options = dict(options)

@@ -93,13 +93,10 @@ def test_the_harness_reports_a_difference_with_its_size():
 
 
 def test_refused_and_invalid_combinations_are_counted_apart():
-  refused = check('quantizing_compression', tiny_config(aggregator__kind='compression',
-                                                        aggregator__quantization_threshold=10))
+  refused = check('workers', tiny_config(runtime__workers=('localhost:8000',)))
   assert refused.status == differential.REFUSED
   assert refused.message == (
-      "The compiled engine does not implement compression's stochastic quantization (a weight "
-      "tensor has 512 elements, above quantization_threshold=10; TFF draws its rounding from its "
-      "own seeds); use engine='tff'.")
+      "runtime.workers needs engine='tff': the compiled engine runs on this machine only.")
   invalid = check('dp_weighted', tiny_config(aggregator__kind='dp', aggregator__clip_norm=1.0,
                                              aggregator__noise_multiplier=1.0))
   assert invalid.status == differential.INVALID

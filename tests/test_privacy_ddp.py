@@ -236,8 +236,6 @@ def test_a_target_epsilon_run_picks_z_from_the_skellam_accountant():
      "TFF's adaptive clip (auto_l2_clip) is not accounted."),
     (dict(zeroing=True), "privacy.mechanism='ddp_skellam' refuses aggregator.zeroing and "
      "aggregator.zeroing_norm: TFF's adaptive zeroing estimates its threshold without noise."),
-    (dict(engine='compiled'), "privacy.mechanism='ddp_skellam' needs engine='tff': the compiled "
-     'engine has no distributed DP.'),
     (dict(ddp_bits=23), 'Config key privacy.ddp_bits must be an integer from 1 to 22, got 23.'),
     (dict(ddp_bits=2), 'Config key privacy.ddp_bits: bits=2 is too small for 5 clients per round'),
     (dict(mechanism='dp_fedavg', ddp_bits=16), "Config key privacy.ddp_bits needs "
@@ -246,7 +244,7 @@ def test_a_target_epsilon_run_picks_z_from_the_skellam_accountant():
     (dict(weighted=True), "aggregator.kind='dp' needs algorithm.weighted=False"),
     (dict(mechanism='ddp_dgauss'), "privacy.mechanism is 'ddp_dgauss'; expected one of: "
      'dp_fedavg, dp_ftrl, ddp_skellam'),
-], ids=['poisson', 'cyclic', 'pld', 'adaptive_clip', 'zeroing', 'compiled', 'bits_range',
+], ids=['poisson', 'cyclic', 'pld', 'adaptive_clip', 'zeroing', 'bits_range',
         'bits_small', 'bits_elsewhere', 'weighted', 'dgauss'])
 def test_options_that_do_not_fit_are_refused_with_one_line(change, message):
   config = ddp_config()

@@ -71,15 +71,14 @@ def test_trains_and_writes_the_run_directory(tmp_path):
         (TRAIN + ['--workdir=/tmp/x', '--config.stop.metric=eval/auc', '--config.stop.target=0.9'],
          "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
          "set stop.mode='max' or 'min'."),
-        (['experiments/train.py', '--config=configs/quickstart_dp.py:ddp_eps8',
-          '--workdir=/tmp/x', '--config.engine=compiled'],
-         "privacy.mechanism='ddp_skellam' needs engine='tff': the compiled engine has no "
-         'distributed DP.'),
+        (TRAIN + ['--workdir=/tmp/x', '--config.engine=compiled',
+                  '--config.runtime.workers=localhost:8000'],
+         "runtime.workers needs engine='tff': the compiled engine runs on this machine only."),
     ],
     ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
          'negative_seed', 'too_many_test_clients', 'variant_of_a_plain_config',
          'unknown_variant', 'extra_argument', 'none_for_an_integer', 'stop_metric_direction',
-         'ddp_on_fast'])
+         'workers_on_compiled'])
 def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
   result = conftest.run_script(args)
   assert result.returncode == 2

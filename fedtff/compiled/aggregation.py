@@ -62,14 +62,18 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   division. As there, more clients than `clients_per_round` are refused
   (`check_round`), and a model too large for the bits is refused at build.
 
-* `compression` when every weight tensor has at most `quantization_threshold`
-  elements: TFF's `EncodedSumFactory.quantize_above_threshold` then sends each
-  tensor unquantized, so the aggregate is the mean (with clipping if
-  `clip_norm` is set and zeroing if `zeroing`, as `build_aggregator` wraps
-  it). A larger tensor would be quantized with stochastic rounding drawn from
-  TFF's own seeds, which this engine cannot repeat: refused.
+* `compression`: TFF's `EncodedSumFactory.quantize_above_threshold` in the
+  mean (with clipping if `clip_norm` is set and zeroing if `zeroing`, as
+  `build_aggregator` wraps it): each tensor of the (weighted) update with more
+  than `quantization_threshold` elements is quantized to `quantization_bits`
+  with randomized rounding (`fedtff.compiled.quantize`, drawn from the round's
+  noise seed, not TFF's: within one quantization step of TFF's); smaller
+  tensors are summed as they are, exactly as TFF.
 
-Anything else (compression that quantizes, custom factories) is refused with a `ValueError`: those run on the
+* `privacy.mechanism='ddp_skellam'` (`fedtff.privacy.ddp.ddp_aggregator`'s
+  factory): the distributed Skellam mean of `fedtff.compiled.ddp`.
+
+Anything else (custom factories) is refused with a `ValueError`: those run on the
 TFF engine.
 """
 
@@ -85,6 +89,8 @@ import tensorflow as tf
 from tensorflow_federated.python.aggregators import primitives
 
 from fedtff.algorithms import aggregators
+from fedtff.compiled import ddp as compiled_ddp
+from fedtff.compiled import quantize
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
@@ -149,7 +155,8 @@ class Aggregation:
     secure_bound: For `secure`: the fixed per-coordinate bound.
     masking: For `masking_simulation`: its factory (clip bound, bits, levels).
     compression_threshold: For `compression`: tensors with more elements than
-      this would be quantized (refused); smaller ones are summed as they are.
+      this are quantized; smaller ones are summed as they are.
+    quantization_bits: For `compression`: the quantized tensors' bits.
   """
   weighted: bool
   clip_norm: Optional[float] = None
@@ -163,6 +170,8 @@ class Aggregation:
   masking: Optional[masking_simulation.MaskingSimulationSumFactory] = None
   compression_threshold: Optional[int] = None
   secure_quantile: Optional[Quantile] = None
+  skellam: Optional[compiled_ddp.Skellam] = None  # The distributed Skellam mean.
+  quantization_bits: Optional[int] = None
 
   @property
   def clips(self) -> bool:
@@ -184,12 +193,20 @@ class Aggregation:
     'zeroing_norm'); or ()."""
     if self.adaptive is not None:
       return tf.constant(self.adaptive.initial_clip, tf.float32)
+    if self.skellam is not None:  # The rotation seed.
+      return compiled_ddp.initial_state()
     estimates = collections.OrderedDict(
         (name, tf.constant(quantile.initial, tf.float32))
         for name, quantile in (('zeroing_norm', self.zero_quantile),
                                ('clipping_norm', self.clip_quantile),
                                ('secure_bound', self.secure_quantile)) if quantile is not None)
     return estimates or ()
+
+
+def xla_compatible(aggregation: Aggregation) -> bool:
+  """Whether XLA compiles the aggregation: not the distributed Skellam mean, whose
+  Poisson draws XLA has no kernel for (its round runs as a plain TF graph)."""
+  return aggregation.skellam is None
 
 
 def _refuse(what: str) -> ValueError:
@@ -205,6 +222,11 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
   """
   if aggregator is None:
     return Aggregation(weighted)
+  skellam = compiled_ddp.from_factory(aggregator)
+  if skellam is not None:
+    aggregators.check_weighting(aggregator, weighted=weighted, algorithm='The distributed '
+                                'Skellam mean')
+    return Aggregation(weighted, skellam=skellam)
   if not isinstance(aggregator, aggregators.AggregatorSpec):
     raise ValueError(
         'The compiled engine does not implement custom tff.aggregators factories (got '
@@ -221,7 +243,8 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
                        zeroing_norm=spec.zeroing_norm if spec.zeroing else None,
                        zero_quantile=(_ADAPTIVE_ZERO if spec.zeroing and spec.zeroing_norm is None
                                       else None),
-                       compression_threshold=spec.quantization_threshold)
+                       compression_threshold=spec.quantization_threshold,
+                       quantization_bits=spec.quantization_bits)
   if spec.kind == 'masking_simulation':
     return Aggregation(weighted, masking=masking_simulation.MaskingSimulationSumFactory(
         spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits))
@@ -317,18 +340,16 @@ class SecureSums(NamedTuple):
 _WEIGHT_BOUNDS = mechanisms.SECURE_WEIGHT_BOUNDS  # secure_mean's range of the weights' sum.
 
 
-def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None
-           ) -> Accumulator:
-  """The round's empty sums (`aggregation` adds `secure`'s integer sums)."""
+def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = None,
+            noise_seed: Optional[tf.Tensor] = None) -> Accumulator:
+  """The round's empty sums (`aggregation` adds `secure`'s integer sums; the
+  distributed Skellam mean's also carry `noise_seed`)."""
   zero = tf.constant(0, tf.int32)
   secure = ()
-  threshold = aggregation.compression_threshold if aggregation is not None else None
-  if threshold is not None:
-    largest = max(int(np.prod(v.shape)) for v in trainable)
-    if largest > threshold:
-      raise _refuse(
-          f"compression's stochastic quantization (a weight tensor has {largest} elements, above "
-          f'quantization_threshold={threshold}; TFF draws its rounding from its own seeds)')
+  if aggregation is not None and aggregation.skellam is not None:
+    secure = compiled_ddp.initial(aggregation.skellam, noise_seed)
+  if _quantizes(aggregation, trainable):  # The seed of the rounding.
+    secure = tf.convert_to_tensor(noise_seed, tf.int64)
   if aggregation is not None and aggregation.masking is not None:
     size = sum(int(np.prod(v.shape)) for v in trainable)
     aggregation.masking.check_quantization(size)  # TFF's refusal, with its message.
@@ -339,6 +360,12 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
                         tf.constant(0, tf.int64), tf.constant(0, tf.int64))
   return Accumulator([tf.zeros_like(v) for v in trainable], tf.constant(0.0), zero, zero,
                      tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), secure)
+
+
+def _quantizes(aggregation: Optional[Aggregation], values: List[tf.Tensor]) -> bool:
+  """Whether `compression` quantizes a tensor of `values`."""
+  return (aggregation is not None and aggregation.compression_threshold is not None and
+          quantize.quantizes(values, aggregation.compression_threshold))
 
 
 def _secure_bounds(aggregation: Aggregation, state: Any = ()) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -489,6 +516,10 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
 
   `clip_state` is the state's clip norm with adaptive clipping.
   """
+  if aggregation.skellam is not None:  # clip_state: the rotation seed.
+    return acc._replace(secure=compiled_ddp.accumulate(aggregation.skellam, acc.secure, update,
+                                                       acc.count, clip_state),
+                        count=acc.count + 1.0)
   zeroed = clipped = tf.constant(0, tf.int32)
   below = zero_below = tf.constant(0.0)
   zero_norm, clip_norm = robust_norms(aggregation, clip_state) if not aggregation.is_dp else (
@@ -515,6 +546,10 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
     update = [v * tf.cast(weight, v.dtype) for v in update]
   else:
     weight = tf.constant(1.0)
+  if _quantizes(aggregation, update):  # EncodedSumFactory sums the (weighted) value.
+    update = quantize.encoded_values(
+        update, bits=aggregation.quantization_bits, threshold=aggregation.compression_threshold,
+        seed=tf.random.experimental.stateless_fold_in(secure, tf.cast(acc.count, tf.int64)))
   return Accumulator([s + v for s, v in zip(acc.value_sum, update)], acc.weight_sum + weight,
                      acc.zeroed + zeroed, acc.clipped + clipped, acc.below_sum + below,
                      acc.zero_below_sum + zero_below, acc.count + 1.0, secure)
@@ -533,6 +568,9 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
   int64 [2]) and the next clip state."""
   if aggregation.adaptive is not None:
     return _adaptive_result(aggregation, acc, clip_state, noise_seed)
+  if aggregation.skellam is not None:
+    return compiled_ddp.result(aggregation.skellam, acc.secure, acc.count, clip_state,
+                               [tf.TensorSpec(s.shape, s.dtype) for s in acc.value_sum])
   if aggregation.is_dp:
     noised = [_noised(s, aggregation.noise_stddev, noise_seed, i)
               for i, s in enumerate(acc.value_sum)]
@@ -587,6 +625,8 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
   if aggregation.adaptive is not None:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=clip_state),
                                    dp=())
+  if aggregation.skellam is not None:
+    return compiled_ddp.measurements(aggregation.skellam, acc.secure)
   if aggregation.is_dp:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
   if aggregation.secure_bound is not None:
@@ -621,6 +661,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   """
   if aggregation.secure_quantile is not None:
     return _to_tff_secure_state(aggregation, clip_state, template)
+  if aggregation.skellam is not None:
+    return compiled_ddp.to_tff_state(clip_state, template)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     return _to_tff_robust_state(aggregation, clip_state, template)
   if aggregation.adaptive is None:
@@ -689,6 +731,8 @@ def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
   """The compiled state's clip norm from TFF's aggregator state (see `to_tff_state`)."""
   if aggregation.secure_quantile is not None:
     return _secure_estimate(aggregation, tff_state)
+  if aggregation.skellam is not None:
+    return compiled_ddp.from_tff_state(tff_state)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     estimates = collections.OrderedDict()
     for name, path in _robust_paths(aggregation):

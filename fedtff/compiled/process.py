@@ -71,7 +71,8 @@ class CompiledState(NamedTuple):
     finalizer: The server optimizer's state.
     aggregator: The aggregator's state: with adaptive DP clipping the clip
       norm (a float32 scalar); with DP-FTRL the tree's state
-      (`fedtff.compiled.tree`); otherwise ().
+      (`fedtff.compiled.tree`); for the distributed Skellam mean the rotation
+      seed (int64 [2]); otherwise () (`fedtff.compiled.aggregation`).
   """
   global_model_weights: Weights
   client_work: Any
@@ -404,7 +405,7 @@ class CompiledProcess:
       variable.assign(tf.zeros_like(variable))
     client_optimizer, learning_rate = self._round_client_optimizer(state)
     trainable = state.global_model_weights.trainable
-    loop_vars = (aggregation_lib.initial(trainable, self._aggregation),
+    loop_vars = (aggregation_lib.initial(trainable, self._aggregation, noise_seed),
                  client_work.TrainStats.zeros(),
                  aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
@@ -494,7 +495,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       compile. None (the default): XLA when every example has a fixed shape;
       examples of varying shape (e.g. sequences batched with `padded_batch`)
       run without it, each batch cut to its own shape (`fedtff.compiled.batch_at`),
-      and with them True is refused.
+      and with them True is refused. The distributed Skellam mean always runs
+      without XLA (no Poisson kernel).
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
@@ -534,4 +536,5 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
-      metrics=[fn() for fn in metric_fns], jit_compile=jit_compile, tree=tree)
+      metrics=[fn() for fn in metric_fns],
+      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation), tree=tree)

@@ -319,14 +319,14 @@ class SkellamSumFactory(tff.aggregators.UnweightedAggregationFactory):
                bits: int = DEFAULT_BITS):
     self.params = skellam_parameters(float(noise_multiplier), clients_per_round, float(clip),
                                      bits, dim)
-    self._clip, self._bits = float(clip), bits
+    self.clip, self.bits = float(clip), bits
 
   def create(self, value_type):
     size = _num_elements(value_type)
     if size != self.params.dim:
       raise ValueError(f'The distributed Skellam sum was accounted for {self.params.dim} '
                        f'coordinates, but the update has {size}.')
-    params, bits = self.params, self._bits
+    params, bits = self.params, self.bits
     inner = tff.aggregators.SecureModularSumFactory(2**bits, symmetric_range=True)
     inner = modular_clipping.ModularClippingSumFactory(-(2**(bits - 1)), 2**(bits - 1), inner)
     query = OsSeededSkellamSumQuery(l1_norm_bound=params.l1_bound,
@@ -336,9 +336,9 @@ class SkellamSumFactory(tff.aggregators.UnweightedAggregationFactory):
                                                          record_aggregation_factory=inner)
     inner = discretization.DiscretizationFactory(inner, scale_factor=params.scale,
                                                  stochastic=True, beta=0.0,
-                                                 prior_norm_bound=self._clip)
+                                                 prior_norm_bound=self.clip)
     inner = robust.clipping_factory(
-        self._clip, inner, clipped_count_sum_factory=tff.aggregators.SecureSumFactory(
+        self.clip, inner, clipped_count_sum_factory=tff.aggregators.SecureSumFactory(
             upper_bound_threshold=1, lower_bound_threshold=0))
     inner = tff.aggregators.HadamardTransformFactory(inner)
     return _flattened(tff.aggregators.concat_factory(inner).create(value_type))

@@ -173,9 +173,6 @@ def tff_only_options(config: Mapping[str, Any]) -> List[str]:
                    "learning process (algorithm.process) with engine='tff'.")
   if config['aggregator']['kind'] == 'dp':
     privacy = config['privacy']
-    if privacy['mechanism'] == 'ddp_skellam':
-      options.append("privacy.mechanism='ddp_skellam' needs engine='tff': the compiled engine "
-                     'has no distributed DP.')
   return options
 
 
@@ -443,7 +440,7 @@ def _check_privacy_mechanism(config: Mapping[str, Any]) -> None:
 
 
 def _check_ddp(config: Mapping[str, Any]) -> None:
-  """`privacy.mechanism='ddp_skellam'`: fixed sampling, RDP, fixed clip, no zeroing, TFF."""
+  """`privacy.mechanism='ddp_skellam'`: fixed sampling, RDP, fixed clip, no zeroing."""
   privacy, aggregator = config['privacy'], config['aggregator']
   bits = privacy['ddp_bits']
   if privacy['mechanism'] != 'ddp_skellam':
