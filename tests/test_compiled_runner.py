@@ -155,7 +155,7 @@ def test_mime_lite_and_schedules_give_the_tff_engines_rows(overrides, tmp_path):
   engines."""
   rows = {}
   for engine in ('tff', 'compiled'):
-    config = fedtff.research.sweeps.point_config(small_compiled_config(engine=engine), overrides)
+    config = sweeps.point_config(small_compiled_config(engine=engine), overrides)
     fedtff.run_experiment(config, str(tmp_path / engine))
     rows[engine] = rows_of(tmp_path / engine)
   assert_same_rows(rows['tff'], rows['compiled'], tolerance=1e-5)
