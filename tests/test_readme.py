@@ -22,3 +22,5 @@ def test_readme_block_runs(block, tmp_path):
   result = conftest.run_script([str(script)])
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip(), 'the block printed nothing'
+  if 'equal rows:' in block:  # A block that compares rows must find them equal.
+    assert 'equal rows: True' in result.stdout, result.stdout
