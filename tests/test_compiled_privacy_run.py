@@ -105,4 +105,4 @@ def test_a_noised_dp_ftrl_run_resumes_exactly_on_either_engine(tmp_path):
     test_compiled_runner.assert_same_rows(rows, test_compiled_runner.rows_of(resumed_dir),
                                           tolerance)
     assert resumed['privacy']['epsilon'] == summary['privacy']['epsilon']
-  assert summary['privacy']['noise_seed'].startswith("TF Privacy's tree seeds")
+  assert summary['privacy']['noise_seed'].startswith("TF Privacy's tree seed, drawn from the OS")

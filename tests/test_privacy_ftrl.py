@@ -91,3 +91,20 @@ def test_noiseless_dp_ftrl_is_server_sgd_on_the_clipped_mean_each_round():
   assert max(np.abs(a - b).max() for a, b in zip(trained[0], initial)) > 1e-3
   for a, b in zip(*trained):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_the_tree_noise_seed_comes_from_the_os_not_the_clock():
+  # TF Privacy seeds an unseeded tree with [microseconds now, nanosecond
+  # residue]; fedtff's builder passes a 63-bit secret instead.
+  import time  # pylint: disable=g-import-not-at-top
+  keras_model = lambda: fedtff.models.mlp((8,), 3, hidden_units=(6,))
+  seeds = []
+  for _ in range(2):
+    factory = ftrl.ftrl_aggregator(1.0, 3, 0.05, keras_model)
+    query = factory._query._numerator  # pylint: disable=protected-access
+    state = query.initial_global_state()
+    seeds.append(np.asarray(state.tree_state.value_generator_state.seeds))
+  now_us = time.time() * 1e6
+  assert not np.array_equal(seeds[0], seeds[1])
+  for seed in seeds:
+    assert abs(float(seed[0]) - now_us) > 1e12, f'seed {seed} is near the clock ({now_us:.0f})'

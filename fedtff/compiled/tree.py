@@ -65,8 +65,8 @@ class TreeAggregation:
   noise_stddev: float
 
   def initial_state(self) -> Any:
-    """A new tree: TF Privacy's initial global state (seeded from the clock,
-    or the factory's `noise_seed`)."""
+    """A new tree: TF Privacy's initial global state (seeded by the factory's
+    `noise_seed`, which `fedtff.privacy.ftrl.ftrl_aggregator` draws from the OS)."""
     return _tensors(self.query.initial_global_state())
 
   def round_noise_template(self, state: Any) -> RoundNoise:

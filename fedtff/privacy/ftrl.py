@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 from typing import Dict, Optional
 
 import dp_accounting
@@ -145,6 +146,13 @@ def ftrl_aggregator(noise_multiplier: float, clients_per_round: int, clip: float
   docstring): then the model follows FTRL on the noised prefix sums. Any server
   optimizer keeps the guarantee (post-processing).
 
+  The tree's noise seed is drawn from the OS (`secrets`) at every build: left
+  unset, TF Privacy seeds the tree from the clock at initialization
+  (`tf.timestamp()` in microseconds), which anyone who knows roughly when the
+  run started can search, regenerate and subtract. The seed lives on in the
+  aggregator state, so checkpoints carry it and a resumed run continues the
+  same noise.
+
   Args:
     noise_multiplier: `z` per tree node.
     clients_per_round: `m`, the cyclic cohort size.
@@ -156,4 +164,5 @@ def ftrl_aggregator(noise_multiplier: float, clients_per_round: int, clip: float
   model = keras_model_fn()
   specs = [tf.TensorSpec(v.shape, v.dtype) for v in model.trainable_weights]
   return tff.aggregators.DifferentiallyPrivateFactory.tree_aggregation(
-      float(noise_multiplier), float(clients_per_round), float(clip), specs)
+      float(noise_multiplier), float(clients_per_round), float(clip), specs,
+      noise_seed=secrets.randbits(63))

@@ -109,7 +109,7 @@ class RunPrivacy:
             ('secret, drawn from the OS and kept in the checkpoints' if engine == 'compiled'
              else "drawn by TFF's runtime, not reproducible"))
     if self.mechanism.mechanism == 'dp_ftrl':  # TF Privacy's tree seeds, in the state.
-      seed = ("TF Privacy's tree seeds, drawn from the clock when the run starts and kept in the "
+      seed = ("TF Privacy's tree seed, drawn from the OS when the run starts and kept in the "
               "checkpoints' aggregator state")
     summary = {
         'epsilon': self.ledger.epsilon(self.delta), 'delta': self.delta,
