@@ -56,11 +56,9 @@ def run_both(factory, datasets):
                                                      datasets[0], **options)
   tff_state = tff_process.initialize()
   compiled_state = compiled_process.from_tff_state(tff_state)
-  batches = compiled.from_datasets(datasets)
-  for _ in range(ROUNDS):
-    output = tff_process.next(tff_state, datasets)
+  for output, compiled_state, compiled_metrics in test_compiled_engine.step_both(
+      tff_process, compiled_process, tff_state, compiled_state, datasets, ROUNDS):
     tff_state = output.state
-    compiled_state, compiled_metrics = compiled_process.next(compiled_state, batches)
     np.testing.assert_array_equal(tff_state.aggregator[0][1], compiled_state.aggregator)
     yield (output.metrics, tff_process.get_model_weights(tff_state), compiled_metrics,
            compiled_process.get_model_weights(compiled_state))

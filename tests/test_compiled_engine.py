@@ -62,13 +62,20 @@ def run_both(options, datasets, rounds=ROUNDS, **compiled_options):
   tff_state = tff_process.initialize()
   compiled_state = compiled_process.set_model_weights(compiled_process.initialize(),
                                               tff_process.get_model_weights(tff_state))
+  for tff_output, compiled_state, compiled_metrics in step_both(
+      tff_process, compiled_process, tff_state, compiled_state, datasets, rounds):
+    yield (tff_process.get_model_weights(tff_output.state), tff_output.metrics,
+           compiled_process.get_model_weights(compiled_state), compiled_metrics)
+
+
+def step_both(tff_process, compiled_process, tff_state, compiled_state, datasets, rounds):
+  """Both processes' rounds from the given states; yields (TFF output, compiled state, metrics)."""
   batches = compiled.from_datasets(datasets)
   for _ in range(rounds):
     tff_output = tff_process.next(tff_state, datasets)
     tff_state = tff_output.state
     compiled_state, compiled_metrics = compiled_process.next(compiled_state, batches)
-    yield (tff_process.get_model_weights(tff_state), tff_output.metrics,
-           compiled_process.get_model_weights(compiled_state), compiled_metrics)
+    yield tff_output, compiled_state, compiled_metrics
 
 
 def assert_weights_close(expected, actual, atol=1e-5):

@@ -60,12 +60,9 @@ def run_both(noise_multiplier, datasets, rounds=ROUNDS):
   tff_process, compiled_process = build_both(noise_multiplier, datasets)
   tff_state = tff_process.set_model_weights(tff_process.initialize(), initial_weights())
   state = compiled_process.from_tff_state(tff_state)
-  batches = compiled.from_datasets(datasets)
-  for _ in range(rounds):
-    tff_output = tff_process.next(tff_state, datasets)
-    tff_state = tff_output.state
-    state, metrics = compiled_process.next(state, batches)
-    yield tff_state, state, compiled_process, tff_output.metrics, metrics
+  for tff_output, state, metrics in test_compiled_engine.step_both(
+      tff_process, compiled_process, tff_state, state, datasets, rounds):
+    yield tff_output.state, state, compiled_process, tff_output.metrics, metrics
 
 
 @pytest.mark.parametrize('noise_multiplier', [1.0, 0.0], ids=['noise', 'no_noise'])
