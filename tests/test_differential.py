@@ -126,12 +126,11 @@ def test_enumeration_covers_every_shipped_variant_and_the_whole_grid():
 
 def test_script_prints_each_outcome_and_the_tally():
   result = conftest.run_script(['scripts/differential.py', '--set', 'shipped',
-                                '--filter', r'quickstart_dp\.py:ddp_eps8$'])
+                                '--filter', r'quickstart_dp\.py:ftrl_noiseless$'])
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
-  assert lines[0].startswith("refused  quickstart_dp.py:ddp_eps8: privacy.mechanism='ddp_skellam' "
-                             "needs engine='tff'")
-  assert lines[-1] == 'checked 1, passed 0, failed 0, refused 1, invalid 0'
+  assert lines[0].startswith('passed   quickstart_dp.py:ftrl_noiseless: max |diff| ')
+  assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0'
   bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
