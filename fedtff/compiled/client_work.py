@@ -146,10 +146,6 @@ class PaddedModel:
                        num_examples=output.num_examples)
 
 
-def _batch(batches: batches_lib.ClientBatches, index: tf.Tensor) -> Tuple[Any, tf.Tensor]:
-  return batches_lib.batch_at(batches, index)
-
-
 def _loop_over_batches(first: tf.Tensor, count: tf.Tensor, body: Callable, loop_vars: Any) -> Any:
   """Runs `loop_vars = body(batch_index, loop_vars)` for the client's batches."""
   _, result = tf.while_loop(
@@ -204,7 +200,7 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
 
   def step(index, loop_vars):
     optimizer_state, stats = loop_vars
-    batch, mask = _batch(batches, index)
+    batch, mask = batches_lib.batch_at(batches, index)
     with tf.GradientTape() as tape:
       output = model.forward(batch, mask)
     gradients = tape.gradient(output.loss, model.trainable)
@@ -234,7 +230,7 @@ def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.Cli
 
   def step(index, loop_vars):
     sums, examples, stats = loop_vars
-    batch, mask = _batch(batches, index)
+    batch, mask = batches_lib.batch_at(batches, index)
     with tf.GradientTape() as tape:
       output = model.forward(batch, mask, metrics=None if update_metrics else [])
     gradients = tape.gradient(output.loss, model.trainable,

@@ -112,7 +112,7 @@ def _check_proximal_strength(proximal_strength) -> None:
 
 def _jit_compile(element_spec: Any, jit_compile: Optional[bool]) -> bool:
   """Whether to compile the round with XLA: by default when every example has a
-  fixed shape (XLA compiles fixed shapes); refuses dense tensors only."""
+  fixed shape (XLA compiles fixed shapes); refuses anything but dense tensors."""
   for spec in tf.nest.flatten(element_spec):
     if not isinstance(spec, tf.TensorSpec):
       raise ValueError(f'Padded batches hold dense tensors, got {spec}; give batches of dense '

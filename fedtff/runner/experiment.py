@@ -457,14 +457,10 @@ class _CompiledRounds:
     self._privacy = privacy
     self.start_round = 1
 
-  def _round_num(self, client_ids) -> int:
-    if client_ids:
-      self.start_round = int(client_ids[0].partition(data.rounds.SEPARATOR)[0])
-    return self.start_round
-
   def next(self, state, client_ids):
     noise_seed = None
-    round_num = self._round_num(client_ids)
+    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
+                 else self.start_round)
     self.start_round = round_num + 1
     if self._privacy:
       noise_seed = self._privacy.round_noise_seed(round_num)
