@@ -137,6 +137,15 @@ def test_both_engines_add_the_mechanisms_noise(engine):
   assert abs(noise.mean()) < 4 * expected / math.sqrt(dim)
 
 
+def test_two_fresh_tff_processes_draw_independent_noise():
+  # Two processes built alike, each from its initial state, on the same zero
+  # updates: were the noise a function of anything public (the state, the
+  # inputs, a fixed seed) the two means would be equal.
+  first, second = (noise_of_zero_updates(1.5, 3, 0.5, 2000, 'tff') for _ in range(2))
+  assert not np.array_equal(first, second)
+  assert abs(np.corrcoef(first, second)[0, 1]) < 0.1  # ~N(0, 1/sqrt(2000)) when independent.
+
+
 def test_a_noised_round_adds_the_mechanisms_noise_to_the_weights(datasets):
   # Same state and rotation; the noised mean differs by z C / m per coordinate
   # (FedAvg's server SGD at rate 1 adds it to the weights). 75 coordinates: ~10%.
