@@ -166,3 +166,103 @@ def test_published_client_metrics_are_marked_outside_the_guarantee(tmp_path):
                                   str(tmp_path))
   assert 'train/num_examples' in rows_of(tmp_path)[0]
   assert 'outside the guarantee' in summary['privacy']['client_metrics']
+
+
+def rerun_after_a_crash(workdir, config, crashed_after_checkpoint):
+  """Deletes the checkpoints after `crashed_after_checkpoint` and the summary, as if the run
+  was killed after writing its last row, then resumes it; returns the summary."""
+  directory = os.path.join(workdir, 'checkpoints')
+  for round_num in checkpoints.rounds(directory):
+    if round_num > crashed_after_checkpoint:
+      os.remove(os.path.join(directory, f'round-{round_num:06d}.npz'))
+  os.remove(os.path.join(workdir, 'summary.json'))
+  return fedtff.run_experiment(config, str(workdir))
+
+
+def test_rounds_rerun_with_fresh_noise_on_the_tff_engine_are_charged_again(tmp_path):
+  # Rows 1-3 published; the resume from checkpoint 1 reruns rounds 2 and 3 with
+  # new TFF noise on the same cohorts: each is two Gaussian releases of z = 1,
+  # together one of z = 1/sqrt(2). A second crash keeps the first charge.
+  config = dp_config(3, engine='tff')
+  fedtff.run_experiment(config, str(tmp_path))
+  summary = rerun_after_a_crash(tmp_path, config, crashed_after_checkpoint=1)
+  delta = summary['privacy']['delta']
+  charged = independent_epsilon([(1.0, 1), (1.0 / np.sqrt(2), 2)], delta)
+  assert summary['privacy']['epsilon'] == pytest.approx(charged, rel=1e-9)
+  assert rows_of(tmp_path)[-1][accounting.EPSILON_METRIC] == pytest.approx(charged, rel=1e-9)
+  assert '2 earlier releases' in summary['privacy']['rerun_releases']
+  with open(tmp_path / run_privacy.RERUNS_FILE) as f:
+    assert json.load(f) == {'2': 1, '3': 1}
+  summary = rerun_after_a_crash(tmp_path, config, crashed_after_checkpoint=2)
+  assert summary['privacy']['epsilon'] == pytest.approx(
+      independent_epsilon([(1.0, 1), (1.0 / np.sqrt(2), 1), (1.0 / np.sqrt(3), 1)], delta),
+      rel=1e-9)
+
+
+def test_rounds_the_compiled_engine_reruns_from_its_own_checkpoint_are_not_charged(dp_run,
+                                                                                   tmp_path):
+  # Its noise is a function of the secret seed and the round: the rerun rows are
+  # the first ones again (test_a_resumed_run_repeats_its_noise).
+  workdir, summary = dp_run
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(workdir, resumed)
+  assert rerun_after_a_crash(resumed, dp_config(5), 3)['privacy']['epsilon'] == (
+      summary['privacy']['epsilon'])
+  assert not os.path.exists(resumed / run_privacy.RERUNS_FILE)
+
+
+@pytest.mark.parametrize('engine, checkpoint_engine, mechanism, charged', [
+    ('tff', 'tff', 'dp_fedavg', True),
+    ('compiled', 'tff', 'dp_fedavg', True),  # TFF wrote the rows after the checkpoint.
+    ('compiled', None, 'dp_fedavg', True),  # A checkpoint of unknown engine counts as TFF's.
+    ('compiled', 'compiled', 'dp_fedavg', False),
+    ('tff', 'compiled', 'ddp_skellam', True),
+    ('tff', 'tff', 'dp_ftrl', False),  # The tree noise is a function of the state.
+])
+def test_which_reruns_are_charged(engine, checkpoint_engine, mechanism, charged, tmp_path):
+  extra = dict(sampling='cyclic') if mechanism == 'dp_ftrl' else (
+      dict(bits=20, dim=100, sampling='fixed') if mechanism == 'ddp_skellam' else {})
+  privacy = run_privacy.RunPrivacy(ledger_lib.RoundMechanism(
+      1.0, CLIENTS_PER_ROUND, NUM_TRAIN_CLIENTS, 1.0, mechanism=mechanism, **extra))
+  metadata = {} if checkpoint_engine is None else {'noise_engine': checkpoint_engine}
+  privacy.resume(0, metadata, engine=engine, workdir=str(tmp_path), published_round=2)
+  privacy.metrics(1)
+  privacy.metrics(2)
+  assert [s.mechanism.releases for s in privacy.ledger.segments] == ([2] if charged else [1])
+  assert os.path.exists(tmp_path / run_privacy.RERUNS_FILE) == charged
+  assert privacy.checkpoint_metadata()['noise_engine'] == engine
+
+
+def test_a_ledger_charges_k_releases_of_a_round_as_one_release_of_z_over_root_k():
+  ledger = ledger_lib.PrivacyLedger()
+  mechanism = ledger_lib.RoundMechanism(1.2, CLIENTS_PER_ROUND, NUM_TRAIN_CLIENTS, 1.0)
+  ledger.record(1, mechanism)
+  ledger.record(2, ledger_lib.RoundMechanism(1.2, CLIENTS_PER_ROUND, NUM_TRAIN_CLIENTS, 1.0,
+                                             releases=4))
+  assert ledger.epsilon(1e-3) == pytest.approx(
+      independent_epsilon([(1.2, 1), (0.6, 1)], 1e-3), rel=1e-9)
+  assert ledger_lib.PrivacyLedger.from_json(ledger.to_json()).epsilon(1e-3) == ledger.epsilon(1e-3)
+  with pytest.raises(ledger_lib.LedgerError, match='released at least once, got releases=0'):
+    ledger_lib.RoundMechanism(1.2, 4, 9, releases=0)
+
+
+def test_a_pld_ledger_with_rerun_rounds_composes_them_by_pld():
+  poisson = dict(sampling=accounting.POISSON, accountant=accounting.PLD)
+  ledger = ledger_lib.PrivacyLedger()
+  ledger.record(1, ledger_lib.RoundMechanism(1.2, 4, 90, 1.0, **poisson))
+  ledger.record(2, ledger_lib.RoundMechanism(1.2, 4, 90, 1.0, releases=2, **poisson))
+  accountant = dp_accounting.pld.PLDAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+      value_discretization_interval=1e-4)
+  for z in (1.2, 1.2 / np.sqrt(2)):
+    accountant.compose(dp_accounting.PoissonSampledDpEvent(4 / 90, dp_accounting.GaussianDpEvent(z)))
+  assert ledger.epsilon(1e-3) == pytest.approx(accountant.get_epsilon(1e-3), rel=1e-6)
+
+
+def test_a_torn_row_counts_as_written(tmp_path):
+  with open(tmp_path / 'metrics.csv', 'w') as f:
+    f.write('round,eval/loss\n1,0.5\n2,0.4\n3,0.')
+  assert run_dir.last_written_round(str(tmp_path)) == 3
+  with open(tmp_path / 'metrics.jsonl', 'w') as f:
+    f.write('{"round": 1}\n{"round": 2}\n{"round": 3}\n{"round": 4}\n')
+  assert run_dir.last_written_round(str(tmp_path)) == 4

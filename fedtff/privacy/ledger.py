@@ -7,6 +7,12 @@ checkpoint (inside the checkpoint, and as `privacy_ledger.json` in the run
 directory), and a resumed run continues the ledger of the checkpoint it
 restored. Rounds with the same mechanism are kept as one segment.
 
+A round can be released more than once: on the TFF engine a run resumed from
+a checkpoint reruns, with fresh noise, the rounds whose rows were written
+after it, so whoever read the first rows has seen two noisy results of the
+same round, computed on the same seeded cohort. `RoundMechanism.releases`
+counts them, and the accounting charges them (see `RoundMechanism`).
+
     ledger = PrivacyLedger()
     ledger.record(1, RoundMechanism(noise_multiplier=1.2, clients_per_round=10,
                                     num_clients=500, clip_norm=1.0))
@@ -28,6 +34,10 @@ from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 
 
+class LedgerError(ValueError):
+  """A ledger that does not describe consecutive rounds from round 1."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundMechanism:
   """The DP mechanism of one round.
@@ -47,6 +57,15 @@ class RoundMechanism:
     bits: 'ddp_skellam' only: the secure sum's bit width.
     dim: 'ddp_skellam' only: the model update's coordinates (the integer
       norm bounds, hence the accounting, depend on it).
+    releases: How many noisy results of this round were published (more than
+      one when a crash made the run recompute it with fresh noise). `k`
+      Gaussian releases on one cohort, each of sensitivity C and noise z·C,
+      are together one Gaussian release of noise multiplier z/√k (Gaussian
+      composition, Dong, Roth and Su 2019, "Gaussian Differential Privacy",
+      arXiv 1905.02383), so the round is accounted as one sampled Gaussian
+      round of z/√k; `k` Skellam releases compose their Rényi DP `k` times.
+      DP-FTRL reruns repeat the tree's noise (its seed is in the state), so
+      its rounds are released once.
   """
   noise_multiplier: float
   clients_per_round: int
@@ -57,9 +76,24 @@ class RoundMechanism:
   accountant: str = 'rdp'
   bits: Optional[int] = None
   dim: Optional[int] = None
+  releases: int = 1
+
+  def __post_init__(self):
+    if not isinstance(self.releases, int) or self.releases < 1:
+      raise LedgerError(f'A round is released at least once, got releases={self.releases!r}.')
+    if self.releases > 1 and self.mechanism == 'dp_ftrl':
+      raise LedgerError('DP-FTRL rounds are released once: a rerun repeats the tree noise of '
+                        'the state it restarts from.')
+
+  @property
+  def gaussian_noise_multiplier(self) -> float:
+    """The noise multiplier of the round's releases taken together: z/√releases."""
+    return self.noise_multiplier / math.sqrt(self.releases)
 
   def tracker(self, delta: float):
     """The accountant of rounds of this mechanism: `.epsilon(rounds)`."""
+    if self.releases > 1 and self.mechanism == ddp.MECHANISM:
+      raise LedgerError('A rerun Skellam round is composed by PrivacyLedger.epsilon.')
     if self.mechanism == ddp.MECHANISM:
       return ddp.SkellamPrivacyTracker(self.noise_multiplier, self.clients_per_round,
                                                delta, clip=self.clip_norm, bits=self.bits,
@@ -67,7 +101,7 @@ class RoundMechanism:
     if self.mechanism == 'dp_ftrl':
       return ftrl.FtrlPrivacyTracker(self.noise_multiplier, self.clients_per_round,
                                      self.num_clients, delta)
-    return accounting.PrivacyTracker(self.noise_multiplier, self.clients_per_round,
+    return accounting.PrivacyTracker(self.gaussian_noise_multiplier, self.clients_per_round,
                                      self.num_clients, delta, sampling=self.sampling,
                                      accountant=self.accountant)
 
@@ -84,25 +118,26 @@ class Segment:
     return self.last_round - self.first_round + 1
 
 
-class LedgerError(ValueError):
-  """A ledger that does not describe consecutive rounds from round 1."""
-
-
 @functools.lru_cache(maxsize=64)
 def _round_rdp(mechanism: RoundMechanism) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
   """(orders, Rényi DP of one round) of `mechanism`, by dp_accounting's RDP accountant."""
-  event = accounting.round_event(mechanism.noise_multiplier, mechanism.clients_per_round,
-                                 mechanism.num_clients, sampling=mechanism.sampling)
   accountant = dp_accounting.rdp.RdpAccountant(
       neighboring_relation=accounting.neighboring_relation(mechanism.sampling))
-  accountant.compose(event)
+  accountant.compose(_round_event(mechanism))
   return tuple(accountant.orders), tuple(accountant.rdp)
+
+
+def _round_event(mechanism: RoundMechanism) -> dp_accounting.DpEvent:
+  """The `DpEvent` of one DP-FedAvg round of `mechanism`, all its releases together."""
+  return accounting.round_event(mechanism.gaussian_noise_multiplier, mechanism.clients_per_round,
+                                mechanism.num_clients, sampling=mechanism.sampling)
 
 
 def _fields(mechanism: RoundMechanism) -> dict:
   """The mechanism's fields, without the distributed-DP ones other mechanisms leave None."""
   fields = dataclasses.asdict(mechanism)
-  return {k: v for k, v in fields.items() if not (k in ('bits', 'dim') and v is None)}
+  return {k: v for k, v in fields.items()
+          if not (k in ('bits', 'dim') and v is None) and not (k == 'releases' and v == 1)}
 
 
 @functools.lru_cache(maxsize=16)
@@ -167,20 +202,25 @@ class PrivacyLedger:
       return 0.0
     if any(s.mechanism.noise_multiplier == 0 for s in self._segments):
       return math.inf
-    if len(self._segments) == 1:
+    if len(self._segments) == 1 and self._segments[0].mechanism.releases == 1:
       return _tracker(self._segments[0].mechanism, delta).epsilon(self.last_round)
     if all(s.mechanism.mechanism == ddp.MECHANISM for s in self._segments):
-      total = sum(s.rounds * ddp.round_rdp(
+      total = sum(s.rounds * s.mechanism.releases * ddp.round_rdp(
           s.mechanism.noise_multiplier, s.mechanism.clients_per_round, clip=s.mechanism.clip_norm,
           bits=s.mechanism.bits, dim=s.mechanism.dim) for s in self._segments)
       return float(dp_accounting.rdp.compute_epsilon(ddp.ORDERS, total, delta)[0])
     relations = {accounting.neighboring_relation(s.mechanism.sampling)
                  for s in self._segments if s.mechanism.sampling in accounting.SAMPLINGS}
-    if len(relations) != 1 or any((s.mechanism.mechanism, s.mechanism.accountant) != (
-        'dp_fedavg', 'rdp') for s in self._segments):
+    kinds = {(s.mechanism.mechanism, s.mechanism.accountant) for s in self._segments}
+    if len(relations) != 1 or kinds not in ({('dp_fedavg', 'rdp')}, {('dp_fedavg', 'pld')}):
       raise LedgerError('The ledger mixes mechanisms that no single epsilon covers (only '
-                        'DP-FedAvg rounds accounted by RDP under one neighbouring relation, '
-                        'or only distributed Skellam rounds, compose).')
+                        'DP-FedAvg rounds accounted by one accountant under one neighbouring '
+                        'relation, or only distributed Skellam rounds, compose).')
+    if kinds == {('dp_fedavg', 'pld')}:
+      accountant = accounting.make_accountant(accounting.PLD, self._segments[0].mechanism.sampling)
+      for segment in self._segments:
+        accountant.compose(_round_event(segment.mechanism), segment.rounds)
+      return float(accountant.get_epsilon(delta))
     total = None
     for segment in self._segments:
       orders, rdp = _round_rdp(segment.mechanism)

@@ -7,6 +7,12 @@
 * the noise seed: a per-run secret drawn from the OS (saved in the
   checkpoints, never in config.json) from which the compiled engine derives each
   round's noise, or the public `privacy.noise_seed`, which voids the guarantee;
+* rounds released twice: a resumed run reruns the rounds whose rows were
+  written after its checkpoint; unless the rerun repeats their noise (the
+  compiled engine resuming its own checkpoint, or DP-FTRL's tree), it charges
+  each of them one more release (`ledger.RoundMechanism.releases`), and keeps
+  that charge in `privacy_reruns.json` before any round runs, so that a crash
+  in the rerun cannot lose it;
 * which metrics a DP run publishes: the held-out evaluation and epsilon, but
   not the client-derived training metrics (unless
   `privacy.publish_client_metrics`, which the summary then marks as outside
@@ -15,6 +21,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import secrets
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -26,7 +34,8 @@ from fedtff.privacy import accounting
 from fedtff.privacy import ledger as ledger_lib
 
 LEDGER_FILE = 'privacy_ledger.json'
-_LEDGER_KEY, _SEED_KEY = 'privacy_ledger', 'noise_seed'
+RERUNS_FILE = 'privacy_reruns.json'
+_LEDGER_KEY, _SEED_KEY, _ENGINE_KEY = 'privacy_ledger', 'noise_seed', 'noise_engine'
 # Columns computed from the sampled clients' training data (and its size).
 _CLIENT_DERIVED_PREFIXES = ('train/',)
 _CLIENT_DERIVED_COLUMNS = ('examples_per_s', 'round_time_s')
@@ -61,13 +70,26 @@ class RunPrivacy:
     self.publish_client_metrics = publish_client_metrics
     self.ledger = ledger_lib.PrivacyLedger()
     self._seed = noise_seed if self.public_seed else secrets.randbits(63)
+    self._engine: Optional[str] = None
+    self._earlier_releases: Dict[int, int] = {}
 
-  def resume(self, round_num: int, metadata: Mapping[str, str]) -> None:
+  def resume(self, round_num: int, metadata: Mapping[str, str], *, engine: Optional[str] = None,
+             workdir: Optional[str] = None, published_round: int = 0) -> None:
     """Continues the ledger and secret seed of the checkpoint of `round_num`.
 
     A checkpoint written before ledgers existed gets a ledger of `round_num`
     rounds of this run's mechanism (its config is unchanged, or the resume
     would have been refused) and a new secret seed.
+
+    Args:
+      round_num: The checkpoint's round (0: a fresh run).
+      metadata: The checkpoint's metadata (`checkpoint_metadata`).
+      engine: The engine that runs the rounds from here ('compiled' or 'tff').
+      workdir: The run directory, which keeps `privacy_reruns.json`; None
+        keeps the charges of rerun rounds in memory only.
+      published_round: The last round whose row was written (it may be after
+        `round_num`). Rounds `round_num + 1..published_round` are rerun: each
+        is charged one more release unless the rerun repeats its noise.
     """
     if _LEDGER_KEY in metadata:
       self.ledger = ledger_lib.PrivacyLedger.from_json(metadata[_LEDGER_KEY]).truncated(round_num)
@@ -77,6 +99,40 @@ class RunPrivacy:
         self.ledger.record(previous, self.mechanism)
     if not self.public_seed and _SEED_KEY in metadata:
       self._seed = int(metadata[_SEED_KEY])
+    self._engine = engine
+    self._earlier_releases = self._read_reruns(workdir)
+    if published_round > round_num and not self._rerun_repeats_noise(metadata):
+      for rerun in range(round_num + 1, published_round + 1):
+        self._earlier_releases[rerun] = self._earlier_releases.get(rerun, 0) + 1
+      if workdir is not None:
+        outputs.atomic_write_text(os.path.join(workdir, RERUNS_FILE), json.dumps(
+            {str(r): n for r, n in sorted(self._earlier_releases.items())}, indent=1) + '\n')
+
+  def _rerun_repeats_noise(self, metadata: Mapping[str, str]) -> bool:
+    """Whether rerunning the rounds after the checkpoint releases nothing new.
+
+    True for DP-FTRL (its tree noise is a function of the restored state), and
+    on the compiled engine resuming a checkpoint the compiled engine wrote (its
+    noise is a function of the secret seed and the round). TFF's runtime draws
+    fresh noise; a checkpoint of unknown engine counts as TFF's.
+    """
+    if self.mechanism.mechanism == 'dp_ftrl':
+      return True
+    return self._engine == 'compiled' and metadata.get(_ENGINE_KEY) == 'compiled'
+
+  @staticmethod
+  def _read_reruns(workdir: Optional[str]) -> Dict[int, int]:
+    """`privacy_reruns.json`: round -> releases discarded by earlier resumes."""
+    path = workdir and os.path.join(workdir, RERUNS_FILE)
+    if not path or not os.path.isfile(path):
+      return {}
+    try:
+      with open(path) as f:
+        return {int(r): int(n) for r, n in json.load(f).items()}
+    except (ValueError, TypeError, AttributeError) as e:
+      raise ledger_lib.LedgerError(
+          f'{path} is not a record of rerun rounds ({e}); it holds the releases of rounds '
+          'recomputed after a crash, which epsilon must count: restore it.') from None
 
   def round_noise_seed(self, round_num: int) -> np.ndarray:
     """The stateless seed of round `round_num`'s noise (compiled engine)."""
@@ -84,7 +140,8 @@ class RunPrivacy:
 
   def metrics(self, round_num: int) -> Dict[str, float]:
     """Records round `round_num` in the ledger; returns `{'privacy/epsilon': ...}`."""
-    self.ledger.record(round_num, self.mechanism)
+    releases = 1 + self._earlier_releases.get(round_num, 0)
+    self.ledger.record(round_num, dataclasses.replace(self.mechanism, releases=releases))
     return {accounting.EPSILON_METRIC: self.ledger.epsilon(self.delta)}
 
   def published_columns(self, columns: Sequence[str]) -> List[str]:
@@ -94,6 +151,8 @@ class RunPrivacy:
   def checkpoint_metadata(self) -> Dict[str, str]:
     """What a checkpoint keeps: the ledger and, if secret, the noise seed."""
     metadata = {_LEDGER_KEY: self.ledger.to_json()}
+    if self._engine:
+      metadata[_ENGINE_KEY] = self._engine
     if not self.public_seed:
       metadata[_SEED_KEY] = str(self._seed)
     return metadata
@@ -128,6 +187,11 @@ class RunPrivacy:
           ddp_bits=self.mechanism.bits, dim=self.mechanism.dim,
           secure_sum=("simulated: fedtff's runtime computes TFF's secure sums in the clear; "
                       'epsilon is what real secure aggregation would give'))
+    rerun = sum((s.mechanism.releases - 1) * s.rounds for s in self.ledger.segments)
+    if rerun:
+      summary['rerun_releases'] = (
+          f'{rerun} earlier releases of rounds recomputed after a crash, with fresh noise, '
+          f'are charged in epsilon ({RERUNS_FILE})')
     if self.publish_client_metrics:
       summary['client_metrics'] = ('published (privacy.publish_client_metrics): train/*, '
                                    'examples_per_s and round_time_s are outside the guarantee')

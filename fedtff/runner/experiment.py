@@ -564,7 +564,8 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, engine.tff_process, checkpoint_dir)
   if privacy:
-    privacy.resume(last_round, metadata)
+    privacy.resume(last_round, metadata, engine=engine.choice.name, workdir=workdir,
+                   published_round=run_dir.last_written_round(workdir))
   total_rounds = last_round if stopping.resume(last_round, metadata) else config.total_rounds
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)

@@ -129,7 +129,9 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, *,
 
 
 def _clear(workdir: str) -> None:
-  for name in (METRICS_CSV, METRICS_JSONL, SUMMARY):
+  from fedtff.privacy import run_privacy  # pylint: disable=g-import-not-at-top (import cycle)
+  for name in (METRICS_CSV, METRICS_JSONL, SUMMARY, run_privacy.LEDGER_FILE,
+               run_privacy.RERUNS_FILE):
     if os.path.exists(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
   for name in (CHECKPOINTS, TENSORBOARD):
@@ -175,6 +177,28 @@ def _rows_through(rows: List[Dict[str, Any]], last_round: int) -> Optional[List[
   """`rows` of rounds 1..last_round, if it has each of them once, in order; else None."""
   kept = [row for row in rows if row['round'] <= last_round]
   return kept if [row['round'] for row in kept] == list(range(1, last_round + 1)) else None
+
+
+def last_written_round(workdir: str) -> int:
+  """The last round with a row in metrics.csv or metrics.jsonl, or 0.
+
+  A row torn by a crash mid-append counts as written (its round is one after
+  the file's last whole row): part of it may have been read.
+  """
+  last = 0
+  for name, read in ((METRICS_JSONL, outputs.read_metrics_jsonl),
+                     (METRICS_CSV, outputs.read_metrics_csv)):
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
+      continue
+    rows = read(path)
+    whole = rows[-1]['round'] if rows else 0
+    with open(path, 'rb') as f:
+      content = f.read()
+    torn = (bool(content) and not content.endswith(b'\n')
+            and (name == METRICS_JSONL or b'\n' in content))  # A CSV's header is whole.
+    last = max(last, whole + (1 if torn else 0))
+  return last
 
 
 def resumed_rows(workdir: str, last_round: int, *, rounds_per_eval: int,
