@@ -51,6 +51,17 @@ CENTRALIZED_PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quan
 NATURAL_PARTITIONS = ('natural_id', 'grouped_natural_id')
 PARTITIONS = CENTRALIZED_PARTITIONS + NATURAL_PARTITIONS
 CLASS_ASSIGNMENTS = data.CLASS_ASSIGNMENTS
+# The data.* settings of NIID-Bench's partitions (Li et al. 2022, arXiv 2102.02079, and its
+# code): IID, label skew Dir(0.5) (balanced, at least 10 examples per client) and #C = k.
+NIID_BENCH_PARTITIONS = {
+    'iid': dict(partition='iid'),
+    'dirichlet_0.5': dict(partition='dirichlet', dirichlet_alpha=0.5,
+                          dirichlet_self_balancing=True, dirichlet_min_examples=10),
+    'label_1': dict(partition='pathological', classes_per_client=1,
+                    class_assignment='first-deterministic'),
+    'label_2': dict(partition='pathological', classes_per_client=2,
+                    class_assignment='first-deterministic'),
+}
 GROUP_MODES = data.GROUP_MODES
 
 
@@ -108,8 +119,10 @@ def _partition(features, labels: np.ndarray, config: ml_collections.ConfigDict, 
                      f"synthetic_fedprox, synthetic_iid); {config.dataset} has none.")
   partitioners = {
       'iid': lambda: data.iid(n, k, seed=seed),
-      'dirichlet': lambda: data.dirichlet_per_class(labels, k, alpha=config.dirichlet_alpha,
-                                                    seed=seed),
+      'dirichlet': lambda: data.dirichlet_per_class(
+          labels, k, alpha=config.dirichlet_alpha, seed=seed,
+          min_examples=config.dirichlet_min_examples,
+          self_balancing=config.dirichlet_self_balancing),
       'dirichlet_prior': lambda: data.dirichlet_prior(labels, k, alpha=config.dirichlet_alpha,
                                                       seed=seed),
       'shards': lambda: data.shards(labels, k, shards_per_client=config.shards_per_client,

@@ -154,3 +154,14 @@ def test_bad_partition_configs_are_refused(fields, message):
 def test_unknown_class_assignment_is_a_config_error():
   with pytest.raises(fedtff.runner.config.ConfigError, match='data.class_assignment'):
     data_config(class_assignment='first')
+
+
+@pytest.mark.parametrize('name', list(tasks.NIID_BENCH_PARTITIONS))
+def test_niid_bench_partitions_of_digits(name):
+  clients = _all_clients(data_config(**tasks.NIID_BENCH_PARTITIONS[name]))
+  assert len(clients) == 20 and sum(len(y) for _, y in clients) == 1797
+  if name.startswith('label_'):  # #C = k; client i's first label is i mod 10, as NIID-Bench's.
+    k = int(name[-1])
+    assert all(len(set(y)) == k and int(cid) % 10 in set(y) for cid, y in clients)
+  if name == 'dirichlet_0.5':
+    assert min(len(y) for _, y in clients) >= 10

@@ -119,7 +119,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Parameters of the Flower-parity partitions (docs/data.md, "Partitioners").
   config.data.update(dict(classes_per_client=2, class_assignment='random', client_sizes=(),
                           class_distribution=(), strictness=0.5, group_size=2,
-                          group_mode='allow-smaller'))
+                          group_mode='allow-smaller', dirichlet_self_balancing=False,
+                          dirichlet_min_examples=1))
   config.algorithm.process = ''
   return config
 
