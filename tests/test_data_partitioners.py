@@ -266,3 +266,33 @@ def test_flower_distribution_array_assigns_classes_as_flower_documents():
   assert np.all((histograms > 0).sum(axis=1) == 2)
   with pytest.raises(ValueError, match='must have 4 columns'):
     data.flower_distribution_shares(array[:, :3], 20, 2)
+
+
+@pytest.mark.parametrize(
+    'kwargs, sizes',
+    [(dict(num_clients=10, shards_per_client=2, shard_size=1000), [2000] * 10),
+     (dict(num_clients=9, shards_per_client=None, shard_size=1000), [7000] * 6 + [6000] * 3),
+     # 61 shards (60 of 990, one of 600): one client gets 7. Flower's draw gave the 600 to a
+     # 6-shard client; the other outcome is the 7-shard client holding it.
+     (dict(num_clients=10, shards_per_client=None, shard_size=990, keep_incomplete_shard=True),
+      ([5550] + [5940] * 8 + [6930], [5940] * 9 + [6540]))],
+    ids=['size_and_count', 'size_only', 'keep_incomplete'])
+def test_shards_with_a_shard_size_give_flowers_documented_mnist_sizes(kwargs, sizes):
+  labels = np.repeat(np.arange(10), 6000)  # MNIST's 60,000 training examples.
+  outcomes = sizes if isinstance(sizes, tuple) else (sizes,)
+  sizes = outcomes[0]
+  for seed in range(4):
+    partition = data.shards(labels, seed=seed, **kwargs)
+    assert sorted(len(p) for p in partition) in [sorted(o) for o in outcomes]
+  _assert_disjoint_sorted(partition, len(labels), every_example=sum(sizes) == len(labels))
+  # Shards are runs of the label-sorted order: 1,000 examples span at most 2 labels.
+  if kwargs['shard_size'] == 1000:
+    assert max(len(set(labels[p])) for p in partition) <= 2 * 7
+  _assert_seeded(lambda seed: data.shards(labels, seed=seed, **kwargs))
+
+
+def test_shards_refuse_too_few_sized_shards():
+  with pytest.raises(ValueError, match='shard_size=400 gives 2 shards of the 1000 examples'):
+    data.shards(LABELS, 3, shards_per_client=None, shard_size=400, seed=0)
+  with pytest.raises(ValueError, match='shard_size must be positive'):
+    data.shards(LABELS, 3, shard_size=0, seed=0)

@@ -295,41 +295,82 @@ def dirichlet_prior(labels: np.ndarray, num_clients: int, *, alpha: float,
   return partition
 
 
-def shards(labels: np.ndarray, num_clients: int, *, shards_per_client: int = 2,
-           seed: int) -> Partition:
+def shards(labels: np.ndarray, num_clients: int, *, shards_per_client: Optional[int] = 2,
+           seed: int, shard_size: Optional[int] = None,
+           keep_incomplete_shard: bool = False) -> Partition:
   """Pathological non-IID split of McMahan et al. 2017 (arXiv 1602.05629).
 
-  Sorts the examples by label, cuts that order into
-  `num_clients * shards_per_client` shards of equal size (sizes differ by at
-  most one when they do not divide evenly) and deals every client
-  `shards_per_client` shards at random. MNIST's 60,000 examples over 100
-  clients with 2 shards each gives 200 shards of 300, most clients seeing two
-  digits. Within a label, the order is a seeded shuffle.
+  Sorts the examples by label (within a label, a seeded shuffle) and cuts that
+  order into shards dealt out at random: Flower's ShardPartitioner.
+
+  * `shard_size=None`: `num_clients * shards_per_client` shards of equal size
+    (sizes differ by at most one), every example used, `shards_per_client`
+    each. MNIST's 60,000 examples over 100 clients with 2 shards each gives
+    200 shards of 300, most clients seeing two digits.
+  * `shard_size` and `shards_per_client`: that many shards of that size each,
+    drawn from the `len(labels) // shard_size` full shards; the rest unused.
+  * `shard_size` with `shards_per_client=None`: every full shard (and the
+    last, smaller one if `keep_incomplete_shard`) is dealt out, the first
+    `num_shards % num_clients` clients getting one shard more.
 
   Args:
     labels: One label per example.
     num_clients: How many clients to create.
-    shards_per_client: Shards each client gets (k).
+    shards_per_client: Shards each client gets (k), or None with `shard_size`.
     seed: Seed of the generator.
+    shard_size: Examples per shard; None derives it as above.
+    keep_incomplete_shard: With `shard_size` alone, also deal the last shard
+      of fewer than `shard_size` examples.
 
   Raises:
-    ValueError: If there are more shards than examples, or a count is not
-      positive.
+    ValueError: If a count is not positive, or there are fewer shards (or
+      examples) than the request needs.
   """
   labels = np.asarray(labels)
   _check_positive('num_clients', num_clients)
-  _check_positive('shards_per_client', shards_per_client)
-  num_shards = num_clients * shards_per_client
-  if num_shards > len(labels):
-    raise ValueError(
-        f'num_clients * shards_per_client = {num_shards} shards is more than the '
-        f'{len(labels)} examples; lower num_clients or shards_per_client.')
+  if shards_per_client is None and shard_size is None:
+    raise ValueError('shards_per_client must be a positive count when shard_size is None, '
+                     'got None.')
+  if shards_per_client is not None:
+    _check_positive('shards_per_client', shards_per_client)
   rng = np.random.default_rng(seed)
   shuffled = rng.permutation(len(labels))
   by_label = shuffled[np.argsort(labels[shuffled], kind='stable')]
-  pieces = np.array_split(by_label, num_shards)
-  dealt = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+  if shard_size is None:
+    pieces, counts = _equal_shards(by_label, num_clients, shards_per_client)
+  else:
+    pieces, counts = _sized_shards(by_label, num_clients, shards_per_client, shard_size,
+                                   keep_incomplete_shard)
+  dealt = np.split(rng.permutation(len(pieces))[:counts.sum()], np.cumsum(counts)[:-1])
   return [np.sort(np.concatenate([pieces[s] for s in row])) for row in dealt]
+
+
+def _equal_shards(by_label: np.ndarray, num_clients: int, k: int):
+  num_shards = num_clients * k
+  if num_shards > len(by_label):
+    raise ValueError(
+        f'num_clients * shards_per_client = {num_shards} shards is more than the '
+        f'{len(by_label)} examples; lower num_clients or shards_per_client.')
+  return np.array_split(by_label, num_shards), np.full(num_clients, k)
+
+
+def _sized_shards(by_label: np.ndarray, num_clients: int, k: Optional[int], shard_size: int,
+                  keep_incomplete: bool):
+  _check_positive('shard_size', shard_size)
+  full = len(by_label) // shard_size
+  usable = -(-len(by_label) // shard_size) if keep_incomplete and k is None else full
+  pieces = [by_label[s * shard_size:(s + 1) * shard_size] for s in range(usable)]
+  if k is None:
+    counts = np.full(num_clients, usable // num_clients)
+    counts[:usable % num_clients] += 1
+  else:
+    counts = np.full(num_clients, k)
+  if counts.sum() > usable or counts.min() < 1:
+    raise ValueError(
+        f'shard_size={shard_size} gives {usable} shards of the {len(by_label)} examples, '
+        f'fewer than the {max(counts.sum(), num_clients)} needed; lower shard_size, '
+        'num_clients or shards_per_client.')
+  return pieces, counts
 
 
 def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
