@@ -51,6 +51,7 @@ CENTRALIZED_PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quan
 NATURAL_PARTITIONS = ('natural_id', 'grouped_natural_id')
 PARTITIONS = CENTRALIZED_PARTITIONS + NATURAL_PARTITIONS
 CLASS_ASSIGNMENTS = data.CLASS_ASSIGNMENTS
+GROUP_MODES = data.GROUP_MODES
 # The data.* settings of NIID-Bench's partitions (Li et al. 2022, arXiv 2102.02079, and its
 # code): IID, label skew Dir(0.5) (balanced, at least 10 examples per client) and #C = k.
 NIID_BENCH_PARTITIONS = {
@@ -62,7 +63,6 @@ NIID_BENCH_PARTITIONS = {
     'label_2': dict(partition='pathological', classes_per_client=2,
                     class_assignment='first-deterministic'),
 }
-GROUP_MODES = data.GROUP_MODES
 
 
 @dataclasses.dataclass(frozen=True)
