@@ -120,7 +120,8 @@ def test_dirichlet_per_class_takes_one_alpha_per_client():
   partition = data.dirichlet_per_class(LABELS, 10, alpha=alpha, seed=0, min_examples=0)
   sizes = np.array([len(p) for p in partition])
   assert sizes[:5].sum() > 0.95 * len(LABELS)
-  with pytest.raises(ValueError, match=r'alpha must be positive: one number or 10 \(one per client'):
+  with pytest.raises(ValueError,
+                     match=r'alpha must be positive: one number or 10 \(one per client'):
     data.dirichlet_per_class(LABELS, 10, alpha=[1.0] * 9, seed=0)
 
 

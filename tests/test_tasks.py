@@ -142,9 +142,12 @@ def test_grouped_natural_id_groups_a_sources_own_clients():
 
 @pytest.mark.parametrize('fields, message', [
     (dict(partition='natural_id'), "data.partition='natural_id' needs a source with its own"),
-    (dict(partition='size', client_sizes=(10, 10)), 'data.client_sizes must hold data.num_clients=20'),
-    (dict(partition='distribution'), "data.partition='distribution' needs data.class_distribution"),
-    (dict(partition='pathological', classes_per_client=11), r'classes_per_client must be in \[1, 10\]'),
+    (dict(partition='size', client_sizes=(10, 10)),
+     'data.client_sizes must hold data.num_clients=20'),
+    (dict(partition='distribution'),
+     "data.partition='distribution' needs data.class_distribution"),
+    (dict(partition='pathological', classes_per_client=11),
+     r'classes_per_client must be in \[1, 10\]'),
 ], ids=['natural_id_of_digits', 'sizes_count', 'no_distribution', 'too_many_classes'])
 def test_bad_partition_configs_are_refused(fields, message):
   with pytest.raises(ValueError, match=message):

@@ -657,7 +657,8 @@ def grouped_natural_id(ids: np.ndarray, group_size: int, *, mode: str = 'allow-s
   mode = 'drop-remainder' if mode == 'drop-reminder' else mode
   if mode not in GROUP_MODES:
     raise ValueError(f'mode must be one of {", ".join(GROUP_MODES)}, got {mode!r}.')
-  if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 1:
+  if (isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer))
+      or group_size < 1):
     raise ValueError(f'group_size must be a positive integer, got {group_size!r}.')
   members = _natural_ids(ids)
   order = (np.arange(len(members)) if seed is None
