@@ -43,7 +43,26 @@ DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir') + HOSTED_
 # autoencoder trains on all of EMNIST (62 classes), as their code does.
 _HOSTED_FILE = {'emnist_autoencoder': 'emnist_full', 'stackoverflow_word': 'stackoverflow',
                 'stackoverflow_tag': 'stackoverflow'}
-PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew')
+# docs/data.md, "Partitioners": the fedtff function behind each and its Flower Datasets name.
+CENTRALIZED_PARTITIONS = ('iid', 'dirichlet', 'dirichlet_prior', 'shards', 'quantity_skew',
+                          'inner_dirichlet', 'pathological', 'size', 'linear', 'square',
+                          'exponential', 'distribution', 'continuous')
+# For sources with their own clients (npz_dir, synthetic_*): keep them, or group them.
+NATURAL_PARTITIONS = ('natural_id', 'grouped_natural_id')
+PARTITIONS = CENTRALIZED_PARTITIONS + NATURAL_PARTITIONS
+CLASS_ASSIGNMENTS = data.CLASS_ASSIGNMENTS
+GROUP_MODES = data.GROUP_MODES
+# The data.* settings of NIID-Bench's partitions (Li et al. 2022, arXiv 2102.02079, and its
+# code): IID, label skew Dir(0.5) (balanced, at least 10 examples per client) and #C = k.
+NIID_BENCH_PARTITIONS = {
+    'iid': dict(partition='iid'),
+    'dirichlet_0.5': dict(partition='dirichlet', dirichlet_alpha=0.5,
+                          dirichlet_self_balancing=True, dirichlet_min_examples=10),
+    'label_1': dict(partition='pathological', classes_per_client=1,
+                    class_assignment='first-deterministic'),
+    'label_2': dict(partition='pathological', classes_per_client=2,
+                    class_assignment='first-deterministic'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,23 +92,78 @@ def batch_fn(*, batch_size: int, epochs: int = 1, shuffle_buffer: int = 0,
                                   shuffle_buffer=shuffle_buffer, shuffle_seed=seed).build()
 
 
-def _partition(labels: np.ndarray, config: ml_collections.ConfigDict, seed: int):
-  name, num_clients = config.partition, config.num_clients
-  if name == 'iid':
-    return data.iid(len(labels), num_clients, seed=seed)
-  if name == 'dirichlet':
-    return data.dirichlet_per_class(labels, num_clients, alpha=config.dirichlet_alpha, seed=seed)
-  if name == 'dirichlet_prior':
-    return data.dirichlet_prior(labels, num_clients, alpha=config.dirichlet_alpha, seed=seed)
-  if name == 'shards':
-    return data.shards(labels, num_clients, shards_per_client=config.shards_per_client, seed=seed)
-  return data.quantity_skew(len(labels), num_clients, seed=seed, sigma=config.quantity_sigma)
+def _client_sizes(config: ml_collections.ConfigDict, num_examples: int) -> List[int]:
+  """`data.client_sizes`, one per client; empty means an equal share each."""
+  if not config.client_sizes:
+    return [num_examples // config.num_clients] * config.num_clients
+  if len(config.client_sizes) != config.num_clients:
+    raise ValueError(f'Config key data.client_sizes must hold data.num_clients='
+                     f'{config.num_clients} sizes, got {len(config.client_sizes)}.')
+  return list(config.client_sizes)
+
+
+def _class_distribution(config: ml_collections.ConfigDict) -> np.ndarray:
+  shares = np.asarray(config.class_distribution, dtype=np.float64)
+  if shares.ndim != 2 or len(shares) != config.num_clients:
+    raise ValueError("data.partition='distribution' needs data.class_distribution: one tuple "
+                     f'of class weights per client, {config.num_clients} tuples, got shape '
+                     f'{shares.shape}.')
+  return shares
+
+
+def _partition(features, labels: np.ndarray, config: ml_collections.ConfigDict, seed: int):
+  """The partition `config.partition` names (docs/data.md lists each one's paper)."""
+  name, n, k = config.partition, len(labels), config.num_clients
+  if name in NATURAL_PARTITIONS:
+    raise ValueError(f"data.partition={name!r} needs a source with its own clients (npz_dir, "
+                     f"synthetic_fedprox, synthetic_iid); {config.dataset} has none.")
+  partitioners = {
+      'iid': lambda: data.iid(n, k, seed=seed),
+      'dirichlet': lambda: data.dirichlet_per_class(
+          labels, k, alpha=config.dirichlet_alpha, seed=seed,
+          min_examples=config.dirichlet_min_examples,
+          self_balancing=config.dirichlet_self_balancing),
+      'dirichlet_prior': lambda: data.dirichlet_prior(labels, k, alpha=config.dirichlet_alpha,
+                                                      seed=seed),
+      'shards': lambda: data.shards(labels, k, shards_per_client=config.shards_per_client,
+                                    seed=seed),
+      'quantity_skew': lambda: data.quantity_skew(n, k, seed=seed, sigma=config.quantity_sigma),
+      'inner_dirichlet': lambda: data.inner_dirichlet(
+          labels, _client_sizes(config, n), alpha=config.dirichlet_alpha, seed=seed),
+      'pathological': lambda: data.pathological(
+          labels, k, classes_per_client=config.classes_per_client, seed=seed,
+          class_assignment=config.class_assignment),
+      'size': lambda: data.iid(n, k, seed=seed, sizes=_client_sizes(config, n)),
+      'linear': lambda: data.linear(n, k, seed=seed),
+      'square': lambda: data.square(n, k, seed=seed),
+      'exponential': lambda: data.exponential(n, k, seed=seed),
+      'distribution': lambda: data.distribution(labels, _class_distribution(config), seed=seed),
+      # The property is each example's mean feature value (for digits, its ink).
+      'continuous': lambda: data.continuous(
+          np.reshape(features, (n, -1)).mean(axis=1), k, strictness=config.strictness,
+          seed=seed),
+  }
+  return partitioners[name]()
 
 
 def _centralized(features, labels, config, seed) -> data.FederatedArrays:
-  partition = _partition(labels, config, seed)
+  partition = _partition(features, labels, config, seed)
   return data.FederatedArrays(features, labels, partition,
                               [f'{k:05d}' for k in range(len(partition))])
+
+
+def _natural(arrays: data.FederatedArrays, config: ml_collections.ConfigDict,
+             seed: int) -> data.FederatedArrays:
+  """A source's own clients ('natural_id' and the rest), or groups of them."""
+  if config.partition != 'grouped_natural_id':
+    return arrays
+  # Each client is one "example" of its own id, so the groups are of client positions.
+  groups = data.grouped_natural_id(np.arange(arrays.num_clients), config.group_size,
+                                   mode=config.group_mode, seed=seed)
+  partition = [np.concatenate([np.asarray(arrays.partition[c], dtype=np.int64) for c in group])
+               for group in groups]
+  ids = ['+'.join(arrays.client_ids[c] for c in group) for group in groups]
+  return data.FederatedArrays(arrays.features, arrays.labels, partition, ids)
 
 
 def check_num_test_clients(num_test_clients: int, num_clients: int) -> None:
@@ -121,12 +195,12 @@ def arrays(config: ml_collections.ConfigDict, seed: int):
   if config.dataset == 'npz_dir':
     if not config.path:
       raise ValueError("data.dataset='npz_dir' needs data.path, a directory of <client>.npz files.")
-    return _split(data.load_npz_dir(config.path), config, seed)
+    return _split(_natural(data.load_npz_dir(config.path), config, seed), config, seed)
   if config.dataset == 'synthetic_iid':
     synthetic = data.synthetic_fedprox_iid(seed=seed)
   else:
     synthetic = data.synthetic_fedprox(config.synthetic_alpha, config.synthetic_beta, seed=seed)
-  return synthetic.train, synthetic.test
+  return _natural(synthetic.train, config, seed), _natural(synthetic.test, config, seed)
 
 
 def _with_l2(model_fn: Callable[[], tf.keras.Model], scale: float) -> Callable[[], tf.keras.Model]:

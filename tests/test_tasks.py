@@ -20,7 +20,7 @@ def num_examples(client_data):
              for x in client_data.create_tf_dataset_for_client(cid))
 
 
-@pytest.mark.parametrize('partition', ['iid', 'dirichlet', 'dirichlet_prior', 'shards',
+@pytest.mark.parametrize('partition', ['iid', 'dirichlet', 'dirichlet_prior', 'shards', 'linear',
                                        'quantity_skew'])
 def test_every_partition_of_digits_builds_train_and_heldout_clients(partition):
   task = tasks.build_task(data_config(partition=partition, shuffle_buffer=0))
@@ -100,3 +100,71 @@ def test_file_feed_to_a_remote_worker_needs_a_shared_directory():
   config.runtime.workers, config.data.feed = ('host2:8000',), 'file'
   with pytest.raises(ValueError, match=r"data.feed='file' with a worker on another host \(host2\)"):
     tasks.feed(config)
+
+
+def _all_clients(config):
+  """Every client's labels (train and held-out) of an array task, and its id."""
+  parts = tasks.arrays(config.data, config.seed)
+  return [(cid, arrays.client(cid)[1]) for arrays in parts for cid in arrays.client_ids]
+
+
+@pytest.mark.parametrize('fields, check', [
+    (dict(partition='pathological', classes_per_client=1, class_assignment='first-deterministic'),
+     lambda clients: all(len(set(y)) == 1 for _, y in clients)),
+    (dict(partition='pathological', classes_per_client=2, class_assignment='first-deterministic'),
+     lambda clients: all(len(set(y)) == 2 for _, y in clients)),
+    (dict(partition='size', client_sizes=tuple(range(1, 21))),
+     lambda clients: sorted(len(y) for _, y in clients) == list(range(1, 21))),
+    (dict(partition='linear'),
+     lambda clients: sum(len(y) for _, y in clients) == 1797),
+    (dict(partition='inner_dirichlet', client_sizes=(50,) * 20),
+     lambda clients: [len(y) for _, y in clients] == [50] * 20),
+    (dict(partition='distribution', class_distribution=tuple(
+        tuple(float(c == k % 10) for c in range(10)) for k in range(20))),
+     lambda clients: all(len(set(y)) == 1 for _, y in clients)),
+    (dict(partition='continuous', strictness=1.0),
+     lambda clients: sum(len(y) for _, y in clients) == 1797),
+], ids=['label_skew_1', 'label_skew_2', 'size', 'linear', 'inner_dirichlet', 'distribution',
+        'continuous'])
+def test_flower_parity_partitions_of_digits_from_the_config(fields, check):
+  assert check(_all_clients(data_config(**fields)))
+
+
+def test_grouped_natural_id_groups_a_sources_own_clients():
+  config = data_config(dataset='synthetic_fedprox', partition='grouped_natural_id', group_size=4,
+                       group_mode='allow-bigger')
+  train, test = tasks.arrays(config.data, config.seed)
+  assert train.client_ids == test.client_ids and len(train.client_ids) == 7  # 30 users by 4.
+  users = tasks.arrays(data_config(dataset='synthetic_fedprox', partition='natural_id').data, 0)[0]
+  assert sorted(u for cid in train.client_ids for u in cid.split('+')) == sorted(users.client_ids)
+  assert sum(map(len, train.partition)) == sum(map(len, users.partition))
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(partition='natural_id'), "data.partition='natural_id' needs a source with its own"),
+    (dict(partition='size', client_sizes=(10, 10)),
+     'data.client_sizes must hold data.num_clients=20'),
+    (dict(partition='distribution'),
+     "data.partition='distribution' needs data.class_distribution"),
+    (dict(partition='pathological', classes_per_client=11),
+     r'classes_per_client must be in \[1, 10\]'),
+], ids=['natural_id_of_digits', 'sizes_count', 'no_distribution', 'too_many_classes'])
+def test_bad_partition_configs_are_refused(fields, message):
+  with pytest.raises(ValueError, match=message):
+    tasks.arrays(data_config(**fields).data, 0)
+
+
+def test_unknown_class_assignment_is_a_config_error():
+  with pytest.raises(fedtff.runner.config.ConfigError, match='data.class_assignment'):
+    data_config(class_assignment='first')
+
+
+@pytest.mark.parametrize('name', list(tasks.NIID_BENCH_PARTITIONS))
+def test_niid_bench_partitions_of_digits(name):
+  clients = _all_clients(data_config(**tasks.NIID_BENCH_PARTITIONS[name]))
+  assert len(clients) == 20 and sum(len(y) for _, y in clients) == 1797
+  if name.startswith('label_'):  # #C = k; client i's first label is i mod 10, as NIID-Bench's.
+    k = int(name[-1])
+    assert all(len(set(y)) == k and int(cid) % 10 in set(y) for cid, y in clients)
+  if name == 'dirichlet_0.5':
+    assert min(len(y) for _, y in clients) >= 10

@@ -44,6 +44,8 @@ PRIVACY_ACCOUNTANTS = ('rdp', 'pld')
 _CHOICES = {
     'data.dataset': tasks.DATASETS,
     'data.partition': tasks.PARTITIONS,
+    'data.class_assignment': tasks.CLASS_ASSIGNMENTS,
+    'data.group_mode': tasks.GROUP_MODES,
     'model.name': models.MODEL_NAMES,
     'algorithm.name': builder.ALGORITHMS,
     'client.optimizer': optimizers.OPTIMIZER_NAMES,
@@ -114,6 +116,11 @@ def base_config() -> ml_collections.ConfigDict:
   # fedtff.runner.user_task): they replace model.name, data.dataset and algorithm.name.
   config.model.update(dict(factory='', loss='', metrics=''))
   config.data.update(dict(source='', preprocess=''))
+  # Parameters of the Flower-parity partitions (docs/data.md, "Partitioners").
+  config.data.update(dict(classes_per_client=2, class_assignment='random', client_sizes=(),
+                          class_distribution=(), strictness=0.5, group_size=2,
+                          group_mode='allow-smaller', dirichlet_self_balancing=False,
+                          dirichlet_min_examples=1))
   config.algorithm.process = ''
   return config
 
