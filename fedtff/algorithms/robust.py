@@ -42,7 +42,7 @@ Distances and norms are over the whole flattened update (all model tensors).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
