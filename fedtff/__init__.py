@@ -21,6 +21,7 @@ from fedtff import research
 from fedtff import runner
 from fedtff import tasks
 from fedtff.algorithms.aggregators import AggregatorSpec
+from fedtff.algorithms.attacks import AttackSpec
 from fedtff.algorithms import ALGORITHMS
 from fedtff.algorithms import build_evaluation
 from fedtff.algorithms import build_fed_avg

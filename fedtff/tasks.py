@@ -33,6 +33,7 @@ import tensorflow_federated as tff
 
 from fedtff import data
 from fedtff import models
+from fedtff.algorithms import attacks
 from fedtff.execution import runtime
 
 ClientData = tff.simulation.datasets.ClientData
@@ -242,6 +243,15 @@ def _by_round(train: ClientData, preprocess_fn, config: ml_collections.ConfigDic
              ) -> data.RoundClientData:
   """Training clients whose shuffle and augmentation vary by round (`fedtff.data.rounds`)."""
   return data.RoundClientData(train, preprocess_fn, seed=config.seed)
+
+
+def _label_flipping(config: ml_collections.ConfigDict, preprocess_fn, num_classes: int):
+  """`preprocess_fn`, with `attack.kind='label_flipping'` flipping its attackers' labels."""
+  attack = config.get('attack')
+  if attack is None or attack.kind != 'label_flipping':
+    return preprocess_fn
+  spec = attacks.AttackSpec(attack.kind, attack.fraction, seed=config.seed)
+  return attacks.flip_labels_fn(preprocess_fn, spec, num_classes)
 
 
 class MaskedSparseCrossEntropy(tf.keras.losses.Loss):
@@ -513,7 +523,8 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
   feed_options = dict(feed=feed(config), feed_dir=config.data.feed_dir or None)
   return Task(
       train_data=_by_round(train.to_client_data(**feed_options),
-                           _preprocessing(config.data).build(), config),
+                           _label_flipping(config, _preprocessing(config.data).build(),
+                                           num_classes), config),
       test_data=evaluation.to_client_data(allow_empty_clients=True, **feed_options).preprocess(
           eval_fn),
       model_fn=_model_fn(config.model, input_shape, num_classes, config.data.weight_decay),

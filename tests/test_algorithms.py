@@ -186,8 +186,8 @@ def test_options_that_do_not_combine_are_refused(options, error, message, client
 
 
 def test_unknown_aggregator_kind():
-  with pytest.raises(ValueError, match="Unknown aggregator 'median'; expected one of mean, robust"):
-    fedtff.AggregatorSpec('median')
+  with pytest.raises(ValueError, match="Unknown aggregator 'fedmedian'; expected one of mean, robust"):
+    fedtff.AggregatorSpec('fedmedian')
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ def test_config_builds_a_process_that_runs(groups, task):
          'family \\(fedavg, fedavgm, fedadagrad, fedadam, fedyogi\\).$'),
         (dict(algorithm=dict(name='mimelite'), client=dict(lr_warmup_rounds=2)),
          'but mimelite takes no client learning-rate schedule'),
-        (dict(aggregator=dict(kind='median')), "aggregator.kind is 'median'; expected one of"),
+        (dict(aggregator=dict(kind='fedmedian')), "aggregator.kind is 'fedmedian'; expected one of"),
         (dict(client=dict(learning_rate=float('nan'))),
          '^Config key client.learning_rate must be a finite number, got nan.$'),
         (dict(server=dict(learning_rate=float('inf'))),

@@ -18,6 +18,13 @@ Each kind composes with every algorithm that accepts a model aggregator:
   and masked with toy 31-bit keys; the masks cancel in the sum. It protects
   nothing and has no dropout recovery. Unweighted. (It was called
   `pairwise_masking`; that name is refused.)
+* `median`, `trimmed_mean`, `krum`, `multi_krum`, `bulyan`,
+  `geometric_median`: Byzantine-robust rules over the cohort's (unweighted)
+  updates, written once in `fedtff.algorithms.robust` (papers there) and
+  gathered at the server by its `RobustFactory`; `weighted=True` is refused.
+  `attack` (`fedtff.algorithms.attacks.AttackSpec`) adds a simulated attack:
+  an update-side one (sign flipping, model replacement) runs in the same
+  gathered aggregation, with `mean` or a robust kind.
 * `dp`: the differential-privacy hook: TFF's Gaussian mechanism with fixed or
   adaptive clipping (`tff.aggregators.DifferentiallyPrivateFactory`). It is
   unweighted; accounting lives in fedtff.privacy.
@@ -32,12 +39,14 @@ from typing import Optional, Union
 
 import tensorflow_federated as tff
 
+from fedtff.algorithms import attacks
+from fedtff.algorithms import robust
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
 AggregationFactory = Union[tff.aggregators.WeightedAggregationFactory,
                            tff.aggregators.UnweightedAggregationFactory]
-KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'masking_simulation')
+KINDS = ('mean', 'robust', 'compression', 'secure', 'dp', 'masking_simulation') + robust.RULES
 RENAMED_KINDS = {'pairwise_masking': 'masking_simulation'}
 DEFAULT_MASKING_BITS = masking_simulation.DEFAULT_MASKING_BITS
 
@@ -69,6 +78,16 @@ class AggregatorSpec:
     clipped_count_stddev: For `dp` with adaptive clipping: the noise on the
       count of unclipped updates; `None` is
       `fedtff.privacy.mechanisms.default_clipped_count_stddev`.
+    trim_fraction: For `trimmed_mean`: β, the share of values dropped at
+      each end of every coordinate.
+    byzantine_clients: For `krum`, `multi_krum`, `bulyan`: f, the assumed
+      number of Byzantine clients.
+    krum_selected: For `multi_krum`: m, the number of updates averaged; 0 is
+      n − f.
+    rfa_iterations: For `geometric_median`: the smoothed Weiszfeld iterations.
+    rfa_smoothing: For `geometric_median`: ν, the smallest distance used.
+    attack: A simulated attack (`fedtff.algorithms.attacks.AttackSpec`);
+      update-side kinds need `mean` or a robust kind, unweighted.
   """
   kind: str = 'mean'
   clip_norm: Optional[float] = None
@@ -81,6 +100,12 @@ class AggregatorSpec:
   clients_per_round: Optional[int] = None
   target_unclipped_quantile: float = 0.5
   clipped_count_stddev: Optional[float] = None
+  trim_fraction: float = 0.1
+  byzantine_clients: int = 1
+  krum_selected: int = 0
+  rfa_iterations: int = 3
+  rfa_smoothing: float = 1e-6
+  attack: Optional[attacks.AttackSpec] = None
 
   def __post_init__(self):
     if self.kind in RENAMED_KINDS:
@@ -148,6 +173,25 @@ def _masking_simulation(spec: AggregatorSpec, weighted: bool) -> AggregationFact
       spec.clip_norm, spec.clients_per_round, bits=spec.masking_bits)
 
 
+def gathers(spec: Optional[AggregatorSpec]) -> bool:
+  """Whether `spec` gathers the cohort's updates at the server: a robust kind, or
+  an update-side attack (`robust.RobustFactory`)."""
+  return spec is not None and (spec.kind in robust.RULES or (
+      spec.attack is not None and spec.attack.on_updates))
+
+
+def _robust(spec: AggregatorSpec, weighted: bool) -> AggregationFactory:
+  what = (f'The {spec.kind} aggregator' if spec.kind in robust.RULES
+          else f'The {spec.attack.kind} attack')
+  if weighted:
+    raise ValueError(f'{what} aggregates unweighted client updates, as in its paper; use it '
+                     'with weighted=False.')
+  if spec.kind not in robust.RULES + ('mean',):
+    raise ValueError(f'The {spec.attack.kind} attack runs with aggregator kind mean or one of '
+                     f'{", ".join(robust.RULES)}, got {spec.kind!r}.')
+  return robust.RobustFactory(robust.rule_of(spec) or robust.Rule('mean'), spec.attack)
+
+
 def check_weighting(factory: AggregationFactory, *, weighted: bool, algorithm: str) -> None:
   """Raises `TypeError` if `factory`'s weighting differs from the algorithm's."""
   if weighted and not is_weighted(factory):
@@ -171,6 +215,8 @@ def build_aggregator(spec: AggregatorSpec, *, weighted: bool) -> AggregationFact
   Raises:
     ValueError: If the options do not fit the kind, e.g. `dp` with weighting.
   """
+  if gathers(spec):
+    return _robust(spec, weighted)
   if spec.kind == 'dp':
     return _dp(spec, weighted)
   if spec.clipped_count_stddev is not None:

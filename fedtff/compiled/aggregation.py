@@ -70,6 +70,13 @@ Each mirrors the arithmetic of the `tff.aggregators` factory that
   noise seed, not TFF's: within one quantization step of TFF's); smaller
   tensors are summed as they are, exactly as TFF.
 
+* the robust rules (`median`, `trimmed_mean`, `krum`, `multi_krum`, `bulyan`,
+  `geometric_median`) and update-side attacks: the round keeps each client's
+  flattened update in a `tf.TensorArray` (`Accumulator.secure`) and applies
+  `fedtff.algorithms.robust.server_update`, the function the TFF engine's
+  `RobustFactory` applies to the updates it gathers. These rounds run without
+  XLA (the stack's size is the cohort's).
+
 * `privacy.mechanism='ddp_skellam'` (`fedtff.privacy.ddp.ddp_aggregator`'s
   factory): the distributed Skellam mean of `fedtff.compiled.ddp`.
 
@@ -89,13 +96,15 @@ import tensorflow as tf
 from tensorflow_federated.python.aggregators import primitives
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import attacks
+from fedtff.algorithms import robust
 from fedtff.compiled import ddp as compiled_ddp
 from fedtff.compiled import quantize
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
 _USE_TFF = "use engine='tff'"
-_KINDS = ('mean', 'robust', 'dp', 'secure', 'masking_simulation', 'compression')  # The AggregatorSpec kinds computed here.
+_KINDS = ('mean', 'robust', 'dp', 'secure', 'masking_simulation', 'compression') + robust.RULES  # The AggregatorSpec kinds computed here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +181,8 @@ class Aggregation:
   secure_quantile: Optional[Quantile] = None
   skellam: Optional[compiled_ddp.Skellam] = None  # The distributed Skellam mean.
   quantization_bits: Optional[int] = None
+  robust_rule: Optional[robust.Rule] = None  # Gathered: a robust rule (or 'mean' with an attack).
+  attack: Optional[attacks.AttackSpec] = None  # Gathered: the update-side attack.
 
   @property
   def clips(self) -> bool:
@@ -195,6 +206,8 @@ class Aggregation:
       return tf.constant(self.adaptive.initial_clip, tf.float32)
     if self.skellam is not None:  # The rotation seed.
       return compiled_ddp.initial_state()
+    if self.robust_rule is not None:  # The round, with an update attack.
+      return tf.nest.map_structure(tf.constant, robust.initial_state(self.attack))
     estimates = collections.OrderedDict(
         (name, tf.constant(quantile.initial, tf.float32))
         for name, quantile in (('zeroing_norm', self.zero_quantile),
@@ -206,7 +219,7 @@ class Aggregation:
 def xla_compatible(aggregation: Aggregation) -> bool:
   """Whether XLA compiles the aggregation: not the distributed Skellam mean, whose
   Poisson draws XLA has no kernel for (its round runs as a plain TF graph)."""
-  return aggregation.skellam is None
+  return aggregation.skellam is None and aggregation.robust_rule is None
 
 
 def _refuse(what: str) -> ValueError:
@@ -234,6 +247,10 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
         f'fixed norms), or {_USE_TFF}.')
   aggregators.build_aggregator(aggregator, weighted=weighted)  # fedtff's checks of the options.
   spec = aggregator
+  if aggregators.gathers(spec):
+    attack = spec.attack if spec.attack is not None and spec.attack.on_updates else None
+    return Aggregation(weighted, robust_rule=robust.rule_of(spec) or robust.Rule('mean'),
+                       attack=attack)
   if spec.kind not in _KINDS:  # compression, masking_simulation, and any added later.
     raise _refuse(f'the {spec.kind!r} aggregator')
   if spec.kind == 'mean':
@@ -354,6 +371,9 @@ def initial(trainable: List[tf.Tensor], aggregation: Optional[Aggregation] = Non
     size = sum(int(np.prod(v.shape)) for v in trainable)
     aggregation.masking.check_quantization(size)  # TFF's refusal, with its message.
     secure = tf.zeros([size], tf.int64)  # The residues' sum mod 2**bits.
+  if aggregation is not None and aggregation.robust_rule is not None:  # The clients' updates.
+    size = sum(int(np.prod(v.shape)) for v in trainable)
+    secure = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[size])
   if aggregation is not None and aggregation.secure_bound is not None:
     secure = SecureSums([tf.zeros(v.shape, tf.int64) for v in trainable],
                         tf.constant(0, tf.int64), zero, zero, zero, zero,
@@ -479,8 +499,11 @@ def check_round(aggregation: Aggregation, num_clients: int) -> None:
   Raises:
     ValueError: For the masking simulation, more clients than its
       `clients_per_round` (TFF's key table holds that many keys; its server
-      check fails the round).
+      check fails the round); for a robust rule, fewer clients than it needs
+      (`fedtff.algorithms.robust.Rule.check_cohort`).
   """
+  if aggregation.robust_rule is not None:
+    aggregation.robust_rule.check_cohort(num_clients)
   masking = aggregation.masking
   if masking is not None and num_clients > masking._max_clients:  # pylint: disable=protected-access
     raise ValueError(
@@ -519,6 +542,10 @@ def accumulate(aggregation: Aggregation, acc: Accumulator, update: List[tf.Tenso
   if aggregation.skellam is not None:  # clip_state: the rotation seed.
     return acc._replace(secure=compiled_ddp.accumulate(aggregation.skellam, acc.secure, update,
                                                        acc.count, clip_state),
+                        count=acc.count + 1.0)
+  if aggregation.robust_rule is not None:  # Kept for the rule: the update, flattened.
+    return acc._replace(secure=acc.secure.write(tf.cast(acc.count, tf.int32),
+                                                robust.flatten(update)),
                         count=acc.count + 1.0)
   zeroed = clipped = tf.constant(0, tf.int32)
   below = zero_below = tf.constant(0.0)
@@ -568,6 +595,8 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
   int64 [2]) and the next clip state."""
   if aggregation.adaptive is not None:
     return _adaptive_result(aggregation, acc, clip_state, noise_seed)
+  if aggregation.robust_rule is not None:
+    return _robust_result(aggregation, acc, clip_state)
   if aggregation.skellam is not None:
     return compiled_ddp.result(aggregation.skellam, acc.secure, acc.count, clip_state,
                                [tf.TensorSpec(s.shape, s.dtype) for s in acc.value_sum])
@@ -584,6 +613,15 @@ def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
     return _masked_result(aggregation.masking, acc, acc.value_sum), clip_state
   return ([tf.math.divide(s, tf.cast(acc.weight_sum, s.dtype)) for s in acc.value_sum],
           _next_estimates(aggregation, acc, clip_state))
+
+
+def _robust_result(aggregation: Aggregation, acc: Accumulator, round_index: Any):
+  """The rule (after the attack) over the kept updates; the next round's index."""
+  specs = [tf.TensorSpec(s.shape, s.dtype) for s in acc.value_sum]
+  attack = aggregation.attack
+  update = robust.server_update(aggregation.robust_rule, attack, acc.secure.stack(),
+                                round_index if attack is not None else 0)
+  return robust.unflatten(update, specs), (round_index + 1 if attack is not None else round_index)
 
 
 def _next_estimates(aggregation: Aggregation, acc: Accumulator, state: Any) -> Any:
@@ -627,6 +665,8 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
                                    dp=())
   if aggregation.skellam is not None:
     return compiled_ddp.measurements(aggregation.skellam, acc.secure)
+  if aggregation.robust_rule is not None:  # RobustFactory measures nothing.
+    return ()
   if aggregation.is_dp:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(), dp=())
   if aggregation.secure_bound is not None:
@@ -663,6 +703,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
     return _to_tff_secure_state(aggregation, clip_state, template)
   if aggregation.skellam is not None:
     return compiled_ddp.to_tff_state(clip_state, template)
+  if aggregation.attack is not None:  # RobustFactory's state: the round index.
+    return np.int32(clip_state)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     return _to_tff_robust_state(aggregation, clip_state, template)
   if aggregation.adaptive is None:
@@ -733,6 +775,8 @@ def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
     return _secure_estimate(aggregation, tff_state)
   if aggregation.skellam is not None:
     return compiled_ddp.from_tff_state(tff_state)
+  if aggregation.attack is not None:
+    return tf.constant(tff_state, tf.int32)
   if aggregation.zero_quantile is not None or aggregation.clip_quantile is not None:
     estimates = collections.OrderedDict()
     for name, path in _robust_paths(aggregation):

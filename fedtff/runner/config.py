@@ -22,6 +22,8 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Tuple
 import ml_collections
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import attacks
+from fedtff.algorithms import robust
 from fedtff import models
 from fedtff.algorithms import optimizers
 from fedtff.runner import outputs
@@ -52,6 +54,7 @@ _CHOICES = {
     'client.lr_schedule': schedules.SCHEDULES,
     'server.optimizer': optimizers.OPTIMIZER_NAMES,
     'aggregator.kind': aggregators.KINDS,
+    'attack.kind': attacks.KINDS,
     'engine': ENGINES,
     'data.feed': tasks.FEEDS,
     'privacy.mechanism': PRIVACY_MECHANISMS,
@@ -91,7 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
       kind='mean', clip_norm=_optional_float(), zeroing=False, zeroing_norm=_optional_float(),
       quantization_bits=8, quantization_threshold=20000, noise_multiplier=_optional_float(),
       masking_bits=aggregators.DEFAULT_MASKING_BITS,
-      target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float()))
+      target_unclipped_quantile=0.5, clipped_count_stddev=_optional_float(),
+      trim_fraction=0.1, byzantine_clients=1, krum_selected=0, rfa_iterations=3,
+      rfa_smoothing=1e-6))
+  # A simulated attack on a fraction of each round's clients (fedtff.algorithms.attacks).
+  config.attack = ml_collections.ConfigDict(dict(kind='none', fraction=0.0,
+                                                 scale=_optional_float()))
   config.privacy = ml_collections.ConfigDict(dict(
       target_epsilon=_optional_float(), delta=_optional_float(), mechanism='dp_fedavg',
       sampling='fixed', accountant='rdp',
@@ -296,6 +304,7 @@ def validate(config: Any) -> None:
   _check_algorithm(config['algorithm'], registry.resolve_group(
       config['algorithm']['name'], 'server', config['server']), config['client'])
   _check_privacy(config)
+  _check_robust(config)
   _check_stop(config)
   check_engine(config)
   _check_runtime(config['runtime'])
@@ -474,6 +483,38 @@ def _check_ddp(config: Mapping[str, Any]) -> None:
     ddp.check_bits(ddp.DEFAULT_BITS if bits is None else bits, config['clients_per_round'])
   except ValueError as e:
     raise ConfigError(f'Config key privacy.ddp_bits: {e}') from None
+
+
+# Built-in datasets whose labels are class ids (label flipping maps y to C - 1 - y).
+LABEL_FLIPPING_DATASETS = ('digits', 'synthetic_fedprox', 'synthetic_iid', 'npz_dir')
+
+
+def _check_robust(config: Mapping[str, Any]) -> None:
+  """The robust aggregators' and the attacks' options (docs/configs.md)."""
+  aggregator, attack = config['aggregator'], config['attack']
+  try:
+    spec = attacks.AttackSpec(attack['kind'], attack['fraction'], attack['scale'])
+    rule = robust.Rule(aggregator['kind'] if aggregator['kind'] in robust.RULES else 'mean',
+                       **{key: aggregator[key] for key in robust.OPTIONS})
+  except ValueError as e:
+    raise ConfigError(f'Config keys attack.* / aggregator.*: {e}') from None
+  gathered = aggregator['kind'] in robust.RULES or spec.on_updates
+  if gathered and config['algorithm']['weighted']:
+    raise ConfigError(f"aggregator.kind={aggregator['kind']!r} with attack.kind="
+                      f"{attack['kind']!r} aggregates unweighted updates; set "
+                      'algorithm.weighted=False.')
+  if spec.on_updates and aggregator['kind'] not in robust.RULES + ('mean',):
+    raise ConfigError(f"attack.kind={attack['kind']!r} runs with aggregator.kind 'mean' or one of "
+                      f"{', '.join(robust.RULES)}, got {aggregator['kind']!r}.")
+  if gathered and config['clients_per_round'] < rule.min_clients():
+    raise ConfigError(f"aggregator.kind={aggregator['kind']!r} needs clients_per_round of at "
+                      f'least {rule.min_clients()} with aggregator.byzantine_clients='
+                      f"{aggregator['byzantine_clients']}, got {config['clients_per_round']}.")
+  if attack['kind'] == 'label_flipping' and (
+      config['data']['dataset'] not in LABEL_FLIPPING_DATASETS or config['data']['source']):
+    raise ConfigError("attack.kind='label_flipping' needs a built-in classification dataset "
+                      f"({', '.join(LABEL_FLIPPING_DATASETS)}), got data.dataset="
+                      f"{config['data']['dataset']!r}{' with data.source' if config['data']['source'] else ''}.")
 
 
 def _check_clipped_count_stddev(aggregator: Mapping[str, Any], clients_per_round: int) -> None:

@@ -27,6 +27,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import attacks
+from fedtff.algorithms import robust
 from fedtff import algorithms
 from fedtff.runner import callbacks as callbacks_lib
 from fedtff.runner import checkpoints
@@ -171,8 +173,16 @@ def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional
   if config.aggregator.kind == 'dp' and config.privacy.mechanism == ddp.MECHANISM:
     return ddp.ddp_aggregator(z, config.clients_per_round, clip=config.aggregator.clip_norm,
                               dim=ddp.model_dim(task.model_fn), bits=_ddp_bits(config))
-  fields = dict(config.aggregator.to_dict(), noise_multiplier=z)
+  fields = dict(config.aggregator.to_dict(), noise_multiplier=z, attack=attack_spec(config))
   return aggregators.AggregatorSpec(clients_per_round=config.clients_per_round, **fields)
+
+
+def attack_spec(config: ml_collections.ConfigDict) -> Optional[attacks.AttackSpec]:
+  """The config's `attack.*` as an `AttackSpec` seeded by `config.seed`, or None."""
+  if config.attack.kind == 'none':
+    return None
+  return attacks.AttackSpec(config.attack.kind, config.attack.fraction, config.attack.scale,
+                            seed=config.seed)
 
 
 def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
@@ -472,8 +482,10 @@ class _CompiledRounds:
 
 
 def _aggregator_state_is_empty(config) -> bool:
-  """Whether TFF's aggregator state for `config` holds no tensors (its mean's)."""
-  return config.aggregator.kind == 'mean'
+  """Whether TFF's aggregator state for `config` holds no tensors (the mean's, a robust
+  rule's without an update attack)."""
+  return (config.aggregator.kind in ('mean',) + robust.RULES
+          and config.attack.kind not in attacks.UPDATE_KINDS)
 
 
 class _CompiledStateLayout:
