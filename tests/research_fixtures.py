@@ -87,3 +87,33 @@ def fed_avg_clipped(tff_model_fn):
 
 def needs_z(element):
   return collections.OrderedDict(x=element['z'], y=element['y'])
+
+
+def _one_hot_squared_error(y_true, y_pred):
+  """Each example's mean over classes of (one_hot(y) - logits)^2."""
+  labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+  return tf.reduce_mean(tf.square(labels - y_pred), axis=-1)
+
+
+class OneHotMeanSquaredError(tf.keras.losses.Loss):
+  """A user's loss: mean squared error of the logits on one-hot labels."""
+
+  def call(self, y_true, y_pred):
+    return _one_hot_squared_error(y_true, y_pred)
+
+
+def _one_hot_absolute_error(y_true, y_pred):
+  """Each example's mean over classes of |one_hot(y) - logits|."""
+  labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+  return tf.reduce_mean(tf.abs(labels - y_pred), axis=-1)
+
+
+class OneHotMAE(tf.keras.metrics.MeanMetricWrapper):
+  """A user's metric: the mean of `_one_hot_absolute_error`, as `one_hot_mae`."""
+
+  def __init__(self, name='one_hot_mae', dtype=None):
+    super().__init__(_one_hot_absolute_error, name, dtype=dtype)
+
+
+def one_hot_metrics():
+  return [OneHotMAE()]
