@@ -9,6 +9,7 @@ labels (`one_hot_mae`); both have closed-form gradients and values.
 
 import os
 
+import dp_accounting
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -132,3 +133,39 @@ def test_the_user_metric_and_loss_are_reported_as_numpy_computes_them(runs, refe
   for row, expected in zip(rows, expected_rows):
     for key, value in expected.items():
       assert row[key] == pytest.approx(value, abs=1e-5), (engine, key)
+
+
+def dp_config(engine):
+  """Unweighted DP-FedAvg, clip 1, noise multiplier 1, 3 of the 5 training clients."""
+  config = test_user_task.small_config(2, engine=engine, clients_per_round=3)
+  config.algorithm.weighted = False
+  config.aggregator.update(dict(kind='dp', clip_norm=1.0, noise_multiplier=1.0))
+  return config
+
+
+def independent_epsilon(rounds, delta):
+  """dp_accounting's RDP epsilon of `rounds` DP-FedAvg rounds sampling 3 of 5
+  clients without replacement (replace-one: a Gaussian of z/2 per round), as
+  tests/test_privacy_run.py composes built-in runs."""
+  accountant = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  accountant.compose(dp_accounting.SelfComposedDpEvent(
+      dp_accounting.SampledWithoutReplacementDpEvent(5, 3, dp_accounting.GaussianDpEvent(0.5)),
+      rounds))
+  return accountant.get_epsilon(delta)
+
+
+@pytest.mark.parametrize('engine', ['tff', 'compiled'])
+def test_a_dp_user_task_accounts_epsilon_and_withholds_training_metrics(tmp_path, engine):
+  summary = fedtff.run_experiment(dp_config(engine), str(tmp_path), task=task())
+  assert summary['engine'] == engine
+  delta = summary['privacy']['delta']
+  assert summary['privacy']['epsilon'] == pytest.approx(independent_epsilon(2, delta), rel=1e-9)
+  rows = outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))
+  assert [row['privacy/epsilon'] for row in rows] == pytest.approx(
+      [independent_epsilon(r, delta) for r in (1, 2)], rel=1e-9)
+  with open(os.path.join(tmp_path, 'metrics.csv')) as f:
+    header = f.readline().strip().split(',')
+  assert header == ['round', 'eval/one_hot_mae', 'eval/loss', 'eval/num_examples',
+                    'eval/num_batches', 'privacy/epsilon']
+  assert summary['privacy']['client_metrics'] == 'withheld'
