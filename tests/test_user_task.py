@@ -243,3 +243,53 @@ def test_a_user_task_gives_equal_rows_on_both_engines(tmp_path):
     assert tff_row.keys() == compiled_row.keys()
     for key, value in tff_row.items():
       assert compiled_row[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+
+
+class Killed(Exception):
+  """Stands in for a kill: raised by a callback after a round's row is written."""
+
+
+def kill_in_round(round_num):
+  def callback(end):
+    if end.round_num == round_num:
+      raise Killed
+  return callback
+
+
+def import_path_config(total_rounds, **overrides):
+  """The user task named by import path, with the user's loss and metric."""
+  return small_config(total_rounds, rounds_per_checkpoint=2, **{
+      'model.factory': f'{FIXTURES}:model_fn', 'data.source': f'{FIXTURES}:load',
+      'data.preprocess': f'{FIXTURES}:scale', 'model.loss': f'{FIXTURES}:OneHotMeanSquaredError',
+      'model.metrics': f'{FIXTURES}:one_hot_metrics', **overrides})
+
+
+def test_a_killed_import_path_run_resumes_to_the_rows_of_a_straight_run(tmp_path):
+  """Killed in round 3 (its row written, its checkpoint not), the run resumes
+  from round 2's checkpoint, runs round 3 again and ends with the rows and
+  weights of an uninterrupted run; shuffled batches are seeded by round. On the
+  compiled engine, the default; the TFF engine's resume of a user task is
+  test_user_process_resumes_to_the_rows_and_weights_of_a_straight_run's."""
+  engine = 'compiled'
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  fedtff.run_experiment(import_path_config(3, engine=engine), straight)
+  with pytest.raises(Killed):
+    fedtff.run_experiment(import_path_config(3, engine=engine), killed,
+                          callbacks=[kill_in_round(3)])
+  assert checkpoints.rounds(os.path.join(killed, 'checkpoints')) == [2]
+  assert [r['round'] for r in comparable_rows(killed)] == [1, 2, 3]
+  fedtff.run_experiment(import_path_config(3, engine=engine), killed)
+  resumed, uninterrupted = comparable_rows(killed), comparable_rows(straight)
+  assert 'eval/one_hot_mae' in resumed[0]
+  assert [r['round'] for r in resumed] == [1, 2, 3]
+  for a, b in zip(resumed, uninterrupted):
+    assert a == pytest.approx(b, abs=1e-6)
+  for a, b in zip(final_weights(killed, 3), final_weights(straight, 3)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  with pytest.raises(fedtff.runner.config.ConfigError) as raised:
+    fedtff.run_experiment(import_path_config(
+        3, engine=engine, **{'model.loss': 'tensorflow.keras.losses:MeanSquaredError'}), killed)
+  assert str(raised.value) == (
+      f'{killed} holds a run with another config (model.loss: '
+      f"'{FIXTURES}:OneHotMeanSquaredError' -> 'tensorflow.keras.losses:MeanSquaredError'); "
+      'pass --overwrite to start it over, or choose another --workdir.')
