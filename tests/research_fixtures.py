@@ -116,4 +116,30 @@ class OneHotMAE(tf.keras.metrics.MeanMetricWrapper):
 
 
 def one_hot_metrics():
-  return [OneHotMAE()]
+  return [OneHotMAE(), MeanLogit(shift=5.0)]
+
+
+class MeanLogit(tf.keras.metrics.Mean):
+  """A user's metric with a constructor argument: the mean logit plus `shift`."""
+
+  def __init__(self, shift=0.0, name='mean_logit', dtype=None):
+    super().__init__(name=name, dtype=dtype)
+    self.shift = shift
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del y_true
+    return super().update_state(tf.reduce_mean(y_pred, axis=-1) + self.shift, sample_weight)
+
+  def get_config(self):
+    return {**super().get_config(), 'shift': self.shift}
+
+
+class ForgetfulMeanLogit(MeanLogit):
+  """`MeanLogit` whose get_config() leaves out `shift`: rebuilt, it would lose it."""
+
+  def get_config(self):
+    return tf.keras.metrics.Mean.get_config(self)
+
+
+def forgetful_metrics():
+  return [ForgetfulMeanLogit(shift=5.0)]

@@ -142,8 +142,13 @@ def test_a_changed_import_path_is_refused_on_resume(straight_run):
     ('model.factory', 'fedtff.models:mlp',
      "Config key model.factory names 'fedtff.models:mlp', which raised TypeError: mlp() "
      "missing 2 required positional arguments: 'input_shape' and 'num_classes'."),
+    ('model.metrics', f'{FIXTURES}:forgetful_metrics',
+     f"Config key model.metrics names '{FIXTURES}:forgetful_metrics', which returned a "
+     "ForgetfulMeanLogit metric whose get_config() lacks its __init__ argument 'shift'; both "
+     'engines rebuild each metric from get_config(), as TFF does, so return it from '
+     'get_config().'),
 ], ids=['no_module', 'no_attribute', 'not_a_path', 'not_callable', 'not_a_model', 'not_a_pair',
-        'not_metrics', 'data_without_model', 'needs_arguments'])
+        'not_metrics', 'data_without_model', 'needs_arguments', 'metric_not_rebuildable'])
 def test_a_bad_import_path_gets_one_line_naming_key_and_path(tmp_path, key, path, message):
   config = small_config(1, **{key: path})
   with pytest.raises(fedtff.runner.config.ConfigError) as raised:
@@ -171,6 +176,11 @@ def test_python_objects_of_the_wrong_kind_are_named(tmp_path):
   assert str(raised.value) == (
       f'UserTask.loss_fn ({FIXTURES}:model_fn) returned a Sequential; expected a no-argument '
       'function returning a tf.keras loss.')
+  with pytest.raises(TypeError, match=(
+      rf"^UserTask.metrics_fn \({FIXTURES}:forgetful_metrics\) returned a ForgetfulMeanLogit "
+      r"metric whose get_config\(\) lacks its __init__ argument 'shift'")):
+    fedtff.run_experiment(small_config(1), str(tmp_path / 'run'), task=fedtff.UserTask(
+        lab.model_fn, train, test, metrics_fn=lab.forgetful_metrics))
   with pytest.raises(fedtff.runner.config.ConfigError, match=(
       r"Config key model.factory is 'tests.research_fixtures:wide_model_fn' but "
       r"run_experiment was also given 'tests.research_fixtures:model_fn'; name it in one place.")):

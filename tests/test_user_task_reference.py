@@ -4,7 +4,8 @@ engines, checked against a float64 NumPy FedAvg (fedtff.runner.user_task).
 The task is tests/research_fixtures.py's: a linear model (one Dense layer) on 5
 training clients of 12 examples, trained with the mean squared error of the
 logits on one-hot labels and reported with the mean absolute error on one-hot
-labels (`one_hot_mae`); both have closed-form gradients and values.
+labels (`one_hot_mae`) and the mean logit plus a constructor argument,
+shift=5 (`mean_logit`); all have closed-form gradients and values.
 """
 
 import os
@@ -54,19 +55,21 @@ def errors(w, b, x, y):
 
 
 class Sums:
-  """Example-weighted sums of the squared (loss) and absolute (metric) errors."""
+  """Example sums of the squared errors (loss), absolute errors and mean logits + 5."""
 
   def __init__(self):
-    self.loss = self.mae = self.count = 0.0
+    self.loss = self.mae = self.mean_logit = self.count = 0.0
 
-  def add(self, error):
+  def add(self, error, y):
     self.loss += np.sum(np.mean(error ** 2, axis=1))
     self.mae += np.sum(np.mean(np.abs(error), axis=1))
+    self.mean_logit += np.sum(np.mean(error + np.eye(error.shape[1])[y], axis=1) + 5.0)
     self.count += len(error)
 
   def metrics(self, prefix):
     return {f'{prefix}/loss': self.loss / self.count,
-            f'{prefix}/one_hot_mae': self.mae / self.count}
+            f'{prefix}/one_hot_mae': self.mae / self.count,
+            f'{prefix}/mean_logit': self.mean_logit / self.count}
 
 
 def client_update(w, b, x, y, sums):
@@ -74,7 +77,7 @@ def client_update(w, b, x, y, sums):
   for start in range(0, len(y), BATCH):
     xb, yb = x[start:start + BATCH], y[start:start + BATCH]
     error = errors(w, b, xb, yb)
-    sums.add(error)
+    sums.add(error, yb)
     grad = 2.0 * error / error.size  # d mean((logits - onehot)^2) / d logits.
     w, b = w - CLIENT_LR * xb.T @ grad, b - CLIENT_LR * grad.sum(axis=0)
   return w, b
@@ -93,7 +96,7 @@ def numpy_fed_avg(weights, train, test, rounds):
     b = sum(n * cb for (_, cb), n in updates) / total
     evaluated = Sums()
     for x, y in test:
-      evaluated.add(errors(w, b, x, y))
+      evaluated.add(errors(w, b, x, y), y)
     rows.append({'round': round_num, **sums.metrics('train'), **evaluated.metrics('eval')})
   return rows, (w, b)
 
@@ -166,6 +169,6 @@ def test_a_dp_user_task_accounts_epsilon_and_withholds_training_metrics(tmp_path
       [independent_epsilon(r, delta) for r in (1, 2)], rel=1e-9)
   with open(os.path.join(tmp_path, 'metrics.csv')) as f:
     header = f.readline().strip().split(',')
-  assert header == ['round', 'eval/one_hot_mae', 'eval/loss', 'eval/num_examples',
+  assert header == ['round', 'eval/one_hot_mae', 'eval/mean_logit', 'eval/loss', 'eval/num_examples',
                     'eval/num_batches', 'privacy/epsilon']
   assert summary['privacy']['client_metrics'] == 'withheld'
