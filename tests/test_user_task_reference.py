@@ -5,7 +5,9 @@ The task is tests/research_fixtures.py's: a linear model (one Dense layer) on 5
 training clients of 12 examples, trained with the mean squared error of the
 logits on one-hot labels and reported with the mean absolute error on one-hot
 labels (`one_hot_mae`) and the mean logit plus a constructor argument,
-shift=5 (`mean_logit`); all have closed-form gradients and values.
+shift=5 (`mean_logit`); all have closed-form gradients and values. The run's
+`data.weight_decay` adds its L2 penalty to the user's model too; the `loss`
+metric is the user's loss alone, without it (as TFF records it).
 """
 
 import os
@@ -20,7 +22,7 @@ from fedtff.runner import outputs
 from tests import research_fixtures as lab
 from tests import test_user_task
 
-CLIENT_LR, ROUNDS, BATCH = 0.1, 2, 5
+CLIENT_LR, ROUNDS, BATCH, WEIGHT_DECAY = 0.1, 2, 5, 0.05
 
 
 def reference_config(engine, total_rounds=ROUNDS):
@@ -28,6 +30,7 @@ def reference_config(engine, total_rounds=ROUNDS):
   config = test_user_task.small_config(total_rounds, engine=engine, clients_per_round=5)
   config.data.shuffle_buffer = 0
   config.data.batch_size = BATCH
+  config.data.weight_decay = WEIGHT_DECAY  # Adds WEIGHT_DECAY * |kernel|^2 / 2 to the loss.
   config.client.update(dict(optimizer='sgd', learning_rate=CLIENT_LR, momentum=0.0))
   config.server.update(dict(optimizer='sgd', learning_rate=1.0, momentum=0.0))
   return config
@@ -73,13 +76,14 @@ class Sums:
 
 
 def client_update(w, b, x, y, sums):
-  """SGD over the client's batches on the batch-mean loss; returns its weights."""
+  """SGD over the client's batches on the batch-mean loss plus the kernel's L2
+  penalty; returns its weights."""
   for start in range(0, len(y), BATCH):
     xb, yb = x[start:start + BATCH], y[start:start + BATCH]
     error = errors(w, b, xb, yb)
     sums.add(error, yb)
     grad = 2.0 * error / error.size  # d mean((logits - onehot)^2) / d logits.
-    w, b = w - CLIENT_LR * xb.T @ grad, b - CLIENT_LR * grad.sum(axis=0)
+    w, b = w - CLIENT_LR * (xb.T @ grad + WEIGHT_DECAY * w), b - CLIENT_LR * grad.sum(axis=0)
   return w, b
 
 
