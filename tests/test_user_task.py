@@ -15,6 +15,7 @@ import fedtff
 from fedtff.runner import checkpoints
 from fedtff.runner import outputs
 from tests import conftest
+from tests import test_experiment
 from tests import research_fixtures as lab
 
 FIXTURES = 'tests.research_fixtures'
@@ -147,8 +148,12 @@ def test_a_changed_import_path_is_refused_on_resume(straight_run):
      "ForgetfulMeanLogit metric whose get_config() lacks its __init__ argument 'shift'; both "
      'engines rebuild each metric from get_config(), as TFF does, so return it from '
      'get_config().'),
+    ('data.preprocess', f'{FIXTURES}:scale',
+     'Config key data.preprocess needs data.source: the built-in datasets bring their own '
+     'preprocessing.'),
 ], ids=['no_module', 'no_attribute', 'not_a_path', 'not_callable', 'not_a_model', 'not_a_pair',
-        'not_metrics', 'data_without_model', 'needs_arguments', 'metric_not_rebuildable'])
+        'not_metrics', 'data_without_model', 'needs_arguments', 'metric_not_rebuildable',
+        'preprocess_without_data'])
 def test_a_bad_import_path_gets_one_line_naming_key_and_path(tmp_path, key, path, message):
   config = small_config(1, **{key: path})
   with pytest.raises(fedtff.runner.config.ConfigError) as raised:
@@ -166,6 +171,44 @@ def test_compiled_engine_refuses_a_user_process(tmp_path):
       "engine='compiled' compiles fedtff's own algorithms only; run a user's learning process "
       "(algorithm.process) with engine='tff'.")
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_dp_with_a_user_process_is_refused(tmp_path):
+  config = small_config(1, **{'model.factory': f'{FIXTURES}:model_fn',
+                              'data.source': f'{FIXTURES}:load',
+                              'algorithm.process': f'{FIXTURES}:fed_avg_clipped'})
+  config.algorithm.weighted = False
+  config.aggregator.update(dict(kind='dp', clip_norm=1.0, noise_multiplier=1.0))
+  with pytest.raises(fedtff.runner.config.ConfigError) as raised:
+    fedtff.run_experiment(config, str(tmp_path / 'run'))
+  assert str(raised.value) == (
+      "aggregator.kind='dp' needs fedtff's own process, whose DP aggregator the privacy "
+      "accounting describes; a user's learning process (algorithm.process) brings its own "
+      'aggregator, which fedtff cannot account for.')
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_user_model_loss_and_metrics_on_a_built_in_dataset_give_equal_rows_on_both_engines(
+    tmp_path):
+  """model.factory, model.loss and model.metrics without data.source: the
+  user's model on the built-in digits, the compiled engine's rows equal TFF's."""
+  paths = {'model.factory': f'{FIXTURES}:digits_linear',
+           'model.loss': f'{FIXTURES}:OneHotMeanSquaredError',
+           'model.metrics': f'{FIXTURES}:one_hot_metrics'}
+  rows = {}
+  for engine in ('tff', 'compiled'):
+    config = test_experiment.small_config(total_rounds=2, rounds_per_eval=1, engine=engine)
+    config.rounds_per_checkpoint = 2
+    for key, path in paths.items():
+      config[key.split('.')[0]][key.split('.')[1]] = path
+    fedtff.run_experiment(config, str(tmp_path / engine))
+    rows[engine] = comparable_rows(tmp_path / engine)
+    assert [w.shape for w in final_weights(tmp_path / engine, 2)[:2]] == [(64, 10), (10,)]
+  assert 'eval/one_hot_mae' in rows['tff'][0] and 'eval/accuracy' not in rows['tff'][0]
+  for tff_row, compiled_row in zip(rows['tff'], rows['compiled']):
+    assert tff_row.keys() == compiled_row.keys()
+    for key, value in tff_row.items():
+      assert compiled_row[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
 
 
 def test_python_objects_of_the_wrong_kind_are_named(tmp_path):
