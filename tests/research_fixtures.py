@@ -148,3 +148,9 @@ def forgetful_metrics():
 def digits_linear():
   """A user's model for the built-in digits dataset (8x8 images, 10 classes)."""
   return tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(10)])
+
+
+def tff_fed_avg_clipped(tff_model_fn):
+  """`fed_avg_clipped` as TFF's own builder makes it (docs/research.md's claim)."""
+  return tff.learning.algorithms.build_weighted_fed_avg(
+      tff_model_fn, client_optimizer_fn=ClippedSGD(learning_rate=0.5, clip=0.1))

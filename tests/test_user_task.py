@@ -95,6 +95,20 @@ def test_the_user_algorithm_is_what_ran(straight_run):
   assert 0.05 < moved <= 0.15 + 1e-6
 
 
+def test_the_composed_algorithm_equals_tff_s_own_fed_avg_with_the_clipping_optimizer(
+    straight_run, tmp_path):
+  """docs/research.md: composed from TFF's four pieces, fed_avg_clipped is
+  `tff.learning.algorithms.build_weighted_fed_avg(model_fn,
+  client_optimizer_fn=ClippedSGD(0.5, 0.1))`; the runner gives both the same
+  rows and weights."""
+  fedtff.run_experiment(small_config(3), str(tmp_path), task=user_task(),
+                        process=lab.tff_fed_avg_clipped)
+  for a, b in zip(comparable_rows(tmp_path), comparable_rows(straight_run)):
+    assert a == pytest.approx(b, abs=1e-6)
+  for a, b in zip(final_weights(tmp_path, 3)[:2], final_weights(straight_run, 3)[:2]):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_evaluate_checkpoint_rebuilds_the_user_task_and_process(straight_run):
   evaluated = fedtff.evaluate_checkpoint(straight_run, task=user_task(),
                                          process=lab.fed_avg_clipped)
