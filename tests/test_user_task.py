@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import fedtff
 from fedtff.runner import checkpoints
+from fedtff.research import sweeps
 from fedtff.runner import outputs
 from tests import conftest
 from tests import test_experiment
@@ -266,9 +267,9 @@ def test_train_script_runs_import_paths_and_names_a_bad_one(tmp_path):
 
 def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
   config = small_config(1, **{'data.source': f'{FIXTURES}:load'})
-  grid = fedtff.research.sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
+  grid = sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn,{FIXTURES}:wide_model_fn'])
   lines = []
-  rows = fedtff.research.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  rows = sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
   assert [r['status'] for r in rows] == ['complete', 'complete']
   assert [line.rpartition(': ')[2] for line in lines] == ['running', 'running']
   wide = tmp_path / f'model.factory={FIXTURES}:wide_model_fn'
@@ -276,13 +277,32 @@ def test_sweep_over_user_models_runs_and_skips_complete_points(tmp_path):
     assert json.load(f)['model']['factory'] == f'{FIXTURES}:wide_model_fn'
   assert [w.shape for w in final_weights(wide, 1)[:4]] == [(4, 8), (8,), (8, 3), (3,)]
   lines.clear()
-  fedtff.research.sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
+  sweeps.run_sweep(config, str(tmp_path), grid, log_fn=lines.append)
   assert [line.rpartition(': ')[2] for line in lines] == ['skipped, already complete'] * 2
   with pytest.raises(fedtff.runner.config.ConfigError, match='names .tests.research_fixtures:WIDTH., '
                      'which is an int'):
-    fedtff.research.sweeps.run_sweep(config, str(tmp_path / 'bad'), fedtff.research.sweeps.parse_grid(
+    sweeps.run_sweep(config, str(tmp_path / 'bad'), sweeps.parse_grid(
         [f'model.factory={FIXTURES}:model_fn,{FIXTURES}:WIDTH']))
   assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_a_sweep_compares_points_on_a_metric_of_the_user_s_own(tmp_path):
+  """With model.metrics the default metric (eval/accuracy) is not a column:
+  refused before any point runs; one of the user's metrics is plotted."""
+  config = small_config(1, **{'data.source': f'{FIXTURES}:load',
+                              'model.metrics': f'{FIXTURES}:one_hot_metrics'})
+  grid = sweeps.parse_grid([f'model.factory={FIXTURES}:model_fn'])
+  with pytest.raises(fedtff.runner.config.ConfigError) as raised:
+    sweeps.run_sweep(config, str(tmp_path / 'refused'), grid)
+  assert str(raised.value) == (
+      "The sweep's metric 'eval/accuracy' is not a column of these runs: model.metrics "
+      f"'{FIXTURES}:one_hot_metrics' reports one_hot_mae, mean_logit (with loss, num_examples, "
+      'num_batches); choose one, e.g. eval/one_hot_mae.')
+  assert not os.path.exists(tmp_path / 'refused')
+  rows = sweeps.run_sweep(config, str(tmp_path / 'run'), grid,
+                                          metric='eval/mean_logit')
+  assert [r['status'] for r in rows] == ['complete']
+  assert os.path.exists(tmp_path / 'run' / sweeps.SWEEP_PNG)
 
 
 def test_preprocessing_that_fails_on_the_data_gets_one_line(tmp_path):

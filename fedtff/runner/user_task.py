@@ -223,6 +223,12 @@ def _check_metrics(where: str, metrics_fn: Any) -> None:
     _check_rebuildable(where, metric)
 
 
+def metric_names(metrics_fn: Callable[[], List[Any]]) -> List[str]:
+  """The names of the metrics `metrics_fn` returns, their `eval/<name>` columns."""
+  with tf.Graph().as_default():
+    return [metric.name for metric in metrics_fn()]
+
+
 def _init_arguments(cls: type) -> List[str]:
   """The named arguments of `cls.__init__` (not `self`, `*args`, `**kwargs`)."""
   named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
