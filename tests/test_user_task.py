@@ -249,14 +249,20 @@ def test_python_objects_of_the_wrong_kind_are_named(tmp_path):
 
 def test_train_script_runs_import_paths_and_names_a_bad_one(tmp_path):
   paths = [f'--config.model.factory={FIXTURES}:model_fn', f'--config.data.source={FIXTURES}:load',
-           f'--config.data.preprocess={FIXTURES}:scale']
+           f'--config.data.preprocess={FIXTURES}:scale',
+           f'--config.model.metrics={FIXTURES}:one_hot_metrics']
   common = ['--config=configs/quickstart.py', f'--workdir={tmp_path}', '--quiet',
             '--config.total_rounds=1', '--config.clients_per_round=2']
   result = conftest.run_script(['experiments/train.py'] + common + paths)
   assert result.returncode == 0, result.stderr[-2000:]
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['data']['source'] == f'{FIXTURES}:load'
-  assert outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))[-1]['round'] == 1
+  last = outputs.read_metrics_csv(os.path.join(tmp_path, 'metrics.csv'))[-1]
+  assert last['round'] == 1
+  # The final line shows the user's first metric where there is no accuracy.
+  assert result.stdout.strip().splitlines()[-1].startswith(
+      f"test one_hot_mae {last['eval/one_hot_mae']:.4f} (loss {last['eval/loss']:.4f}) after "
+      'round 1 on the compiled engine')
   bad = conftest.run_script(['experiments/train.py'] + common + paths[1:] + [
       '--config.model.factory=tests.research_fixtures:nothing'])
   assert bad.returncode == 2
