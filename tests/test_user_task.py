@@ -379,6 +379,9 @@ def test_a_killed_import_path_run_resumes_to_the_rows_of_a_straight_run(tmp_path
     assert a == pytest.approx(b, abs=1e-6)
   for a, b in zip(final_weights(killed, 3), final_weights(straight, 3)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+  evaluated = fedtff.evaluate_checkpoint(straight)  # Imports config.json's paths.
+  for key in ('eval/one_hot_mae', 'eval/mean_logit', 'eval/loss'):
+    assert evaluated[key] == pytest.approx(uninterrupted[-1][key], abs=1e-6), key
   with pytest.raises(fedtff.runner.config.ConfigError) as raised:
     fedtff.run_experiment(import_path_config(
         3, engine=engine, **{'model.loss': 'tensorflow.keras.losses:MeanSquaredError'}), killed)
