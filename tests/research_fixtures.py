@@ -154,3 +154,11 @@ def tff_fed_avg_clipped(tff_model_fn):
   """`fed_avg_clipped` as TFF's own builder makes it (docs/research.md's claim)."""
   return tff.learning.algorithms.build_weighted_fed_avg(
       tff_model_fn, client_optimizer_fn=ClippedSGD(learning_rate=0.5, clip=0.1))
+
+
+def scale_and_jitter(element, seed=None):
+  """`scale`, plus in training (a stateless `seed`) Gaussian noise of stddev 0.5."""
+  x = element['x'] * 2.0
+  if seed is not None:
+    x += 0.5 * tf.random.stateless_normal(tf.shape(x), seed=seed)
+  return collections.OrderedDict(x=x, y=element['y'])
