@@ -41,9 +41,20 @@ def main(argv):
   if 'stopped' in summary:
     print(f"stopped early after round {summary['stopped']['round']}: "
           f"{summary['stopped']['reason']}", flush=True)
-  print(f"test accuracy {final.get('eval/accuracy', float('nan')):.4f} "
-        f"(loss {final.get('eval/loss', float('nan')):.4f}) after round {final['round']}"
-        f'{engine}; run directory: {_WORKDIR.value}', flush=True)
+  print(f"test {_headline(final)} (loss {final.get('eval/loss', float('nan')):.4f}) after round "
+        f"{final['round']}{engine}; run directory: {_WORKDIR.value}", flush=True)
+
+
+def _headline(final) -> str:
+  """'accuracy 0.9645', or with metrics of your own (model.metrics) the first of them."""
+  name = 'eval/accuracy'
+  if name not in final:
+    own = [k for k in final if k.startswith('eval/') and k[5:] not in _COUNTERS]
+    name = own[0] if own else name
+  return f"{name[5:]} {final.get(name, float('nan')):.4f}"
+
+
+_COUNTERS = ('loss', 'num_examples', 'num_batches')
 
 
 if __name__ == '__main__':

@@ -87,3 +87,78 @@ def fed_avg_clipped(tff_model_fn):
 
 def needs_z(element):
   return collections.OrderedDict(x=element['z'], y=element['y'])
+
+
+def _one_hot_squared_error(y_true, y_pred):
+  """Each example's mean over classes of (one_hot(y) - logits)^2."""
+  labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+  return tf.reduce_mean(tf.square(labels - y_pred), axis=-1)
+
+
+class OneHotMeanSquaredError(tf.keras.losses.Loss):
+  """A user's loss: mean squared error of the logits on one-hot labels."""
+
+  def call(self, y_true, y_pred):
+    return _one_hot_squared_error(y_true, y_pred)
+
+
+def _one_hot_absolute_error(y_true, y_pred):
+  """Each example's mean over classes of |one_hot(y) - logits|."""
+  labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), tf.shape(y_pred)[-1])
+  return tf.reduce_mean(tf.abs(labels - y_pred), axis=-1)
+
+
+class OneHotMAE(tf.keras.metrics.MeanMetricWrapper):
+  """A user's metric: the mean of `_one_hot_absolute_error`, as `one_hot_mae`."""
+
+  def __init__(self, name='one_hot_mae', dtype=None):
+    super().__init__(_one_hot_absolute_error, name, dtype=dtype)
+
+
+def one_hot_metrics():
+  return [OneHotMAE(), MeanLogit(shift=5.0)]
+
+
+class MeanLogit(tf.keras.metrics.Mean):
+  """A user's metric with a constructor argument: the mean logit plus `shift`."""
+
+  def __init__(self, shift=0.0, name='mean_logit', dtype=None):
+    super().__init__(name=name, dtype=dtype)
+    self.shift = shift
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    del y_true
+    return super().update_state(tf.reduce_mean(y_pred, axis=-1) + self.shift, sample_weight)
+
+  def get_config(self):
+    return {**super().get_config(), 'shift': self.shift}
+
+
+class ForgetfulMeanLogit(MeanLogit):
+  """`MeanLogit` whose get_config() leaves out `shift`: rebuilt, it would lose it."""
+
+  def get_config(self):
+    return tf.keras.metrics.Mean.get_config(self)
+
+
+def forgetful_metrics():
+  return [ForgetfulMeanLogit(shift=5.0)]
+
+
+def digits_linear():
+  """A user's model for the built-in digits dataset (8x8 images, 10 classes)."""
+  return tf.keras.Sequential([tf.keras.Input((64,)), tf.keras.layers.Dense(10)])
+
+
+def tff_fed_avg_clipped(tff_model_fn):
+  """`fed_avg_clipped` as TFF's own builder makes it (docs/research.md's claim)."""
+  return tff.learning.algorithms.build_weighted_fed_avg(
+      tff_model_fn, client_optimizer_fn=ClippedSGD(learning_rate=0.5, clip=0.1))
+
+
+def scale_and_jitter(element, seed=None):
+  """`scale`, plus in training (a stateless `seed`) Gaussian noise of stddev 0.5."""
+  x = element['x'] * 2.0
+  if seed is not None:
+    x += 0.5 * tf.random.stateless_normal(tf.shape(x), seed=seed)
+  return collections.OrderedDict(x=x, y=element['y'])

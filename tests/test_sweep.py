@@ -4,6 +4,8 @@ import csv
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -212,3 +214,87 @@ def test_none_override_and_none_grid_value_reach_the_points(tmp_path):
       assert config['aggregator']['noise_multiplier'] is None
       deltas[name] = config['privacy']['delta']
   assert sorted(deltas.values(), key=str) == [0.001, None]
+
+
+LAB_MODULE = '''"""A lab's own models and data, as a user's module (written by tests/test_sweep.py)."""
+import numpy as np
+import tensorflow as tf
+
+import fedtff
+
+
+def narrow():
+  return tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(3)])
+
+
+def wide():
+  return tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(8),
+                              tf.keras.layers.Dense(3)])
+
+
+def load():
+  x = np.random.default_rng(0).normal(size=(60, 4)).astype('float32')
+  y = np.argmax(x[:, :3], axis=1).astype('int32')
+  return (fedtff.data.from_arrays(x[:48], y[:48], np.array_split(np.arange(48), 4)),
+          fedtff.data.from_arrays(x[48:], y[48:], np.array_split(np.arange(12), 2)))
+'''
+LAB_GRID = 'model.factory=my_lab.tasks:narrow,my_lab.tasks:wide'
+LAB_NAMES = ['model.factory=my_lab.tasks:narrow', 'model.factory=my_lab.tasks:wide']
+
+
+def run_lab_sweep(lab_dir, root, *args):
+  """experiments/sweep.py over 2-round runs of quickstart with `my_lab` on PYTHONPATH."""
+  return subprocess.run(
+      [sys.executable, 'experiments/sweep.py', '--config=configs/quickstart.py',
+       f'--workdir={root}', '--quiet', '--config.total_rounds=2', '--config.rounds_per_eval=1',
+       '--config.clients_per_round=2', '--config.data.source=my_lab.tasks:load', *args],
+      cwd=conftest.REPO_ROOT, capture_output=True, text=True, timeout=300,
+      env=conftest.script_env(PYTHONPATH=str(lab_dir)))
+
+
+@pytest.fixture(scope='module')
+def lab_dir(tmp_path_factory):
+  """A directory holding the package `my_lab` (module `my_lab.tasks`)."""
+  directory = tmp_path_factory.mktemp('lab')
+  (directory / 'my_lab').mkdir()
+  (directory / 'my_lab' / '__init__.py').write_text('')
+  (directory / 'my_lab' / 'tasks.py').write_text(LAB_MODULE)
+  return directory
+
+
+def test_sweep_script_runs_import_paths_end_to_end(lab_dir, tmp_path):
+  result = run_lab_sweep(lab_dir, tmp_path, '--grid', LAB_GRID)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path)) == ['hparams'] + LAB_NAMES + [
+      'sweep.csv', 'sweep.md', 'sweep.png']
+  with open(tmp_path / 'sweep.csv', newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['run'] for row in rows] == LAB_NAMES
+  assert [row['model.factory'] for row in rows] == ['my_lab.tasks:narrow', 'my_lab.tasks:wide']
+  for name, row, kernels in zip(LAB_NAMES, rows, [[(4, 3)], [(4, 8), (8, 3)]]):
+    run = tmp_path / name
+    assert {'config.json', 'metrics.csv', 'metrics.jsonl', 'tensorboard', 'checkpoints',
+            'summary.json'} <= set(os.listdir(run))
+    config, summary = _read_json(run / 'config.json'), _read_json(run / 'summary.json')
+    assert config['model']['factory'] == row['model.factory']
+    assert config['data']['source'] == 'my_lab.tasks:load'
+    assert row['status'] == 'complete' and summary['rounds_completed'] == 2
+    assert float(row['final_eval_accuracy']) == summary['final']['eval/accuracy']
+    metrics = fedtff.runner.outputs.read_metrics_csv(str(run / 'metrics.csv'))
+    assert [r['round'] for r in metrics] == [1, 2]
+    assert metrics[-1]['eval/num_examples'] == 12  # my_lab's 2 held-out clients.
+    assert metrics[-1]['eval/accuracy'] == summary['final']['eval/accuracy']
+    with np.load(run / 'checkpoints' / 'round-000002.npz') as saved:  # The user's model ran.
+      shapes = [saved[k].shape for k in saved.files if k.startswith('leaf_')]
+    assert [s for s in shapes if len(s) == 2][:len(kernels)] == kernels
+
+
+def test_sweep_script_names_a_bad_import_path_in_one_line(lab_dir, tmp_path):
+  """Every point's paths are imported before the first point runs."""
+  result = run_lab_sweep(lab_dir, tmp_path, '--grid',
+                         'model.factory=my_lab.tasks:narrow,my_lab.tasks:nothing')
+  assert result.returncode != 0
+  assert result.stderr.splitlines() == [
+      "sweep.py: error: Config key model.factory names 'my_lab.tasks:nothing', which cannot be "
+      "imported: my_lab.tasks has no attribute 'nothing'."]
+  assert os.listdir(tmp_path) == []

@@ -296,6 +296,26 @@ def check_metric(metric: str) -> None:
                                  f"'eval/<name>', e.g. 'eval/accuracy', got {metric!r}.")
 
 
+def _check_metric_is_reported(metric: str, point: user_task.Resolved) -> None:
+  """Refuses a metric that a point's own metrics (`model.metrics`) do not report.
+
+  Runs of built-in metrics, or of a user's learning process (whose metrics
+  only its run shows), are checked after they ran (`write_plot`).
+  """
+  if point.task is None or point.task.metrics_fn is None or point.process is not None:
+    return
+  names = user_task.metric_names(point.task.metrics_fn)
+  if metric.partition('/')[2].split('/')[0] not in names + list(_COUNTERS):
+    raise config_lib.ConfigError(
+        f"The sweep's metric {metric!r} is not a column of these runs: model.metrics "
+        f"{point.config.model.metrics!r} reports {', '.join(names)} (with "
+        f"{', '.join(_COUNTERS)}); choose one, e.g. eval/{names[0] if names else 'loss'}.")
+
+
+# The columns every run reports beside its Keras metrics (TFF's `loss` and counters).
+_COUNTERS = ('loss', 'num_examples', 'num_batches')
+
+
 def write_plot(root: str, run_dirs: Sequence[str], metric: str) -> Optional[str]:
   """Draws `metric` against round for every run with rows into `<root>/sweep.png`.
 
@@ -365,14 +385,20 @@ def run_sweep(config: ml_collections.ConfigDict, root: str, grid: Grid, *,
       kind (checked for all points before any runs), or a point's directory
       holds a run of another config.
     OSError: If `root` cannot be written.
-    ValueError: If the runs have no column `metric` (after they ran).
+    ValueError: If the runs have no column `metric` (after they ran; with
+      `model.metrics`, a metric those do not report is a ConfigError before
+      any point runs).
   """
   check_metric(metric)
   points = expand(grid)
   configs = [point_config(config, point) for point in points]
   user = dict(task=task, process=process)
-  # Every point's import paths are checked before any point runs.
-  recorded = [user_task.resolve(config_lib.resolve(c), **user).config for c in configs]
+  # Every point's import paths (and the metric its own metrics report) are checked
+  # before any point runs.
+  resolved = [user_task.resolve(config_lib.resolve(c), **user) for c in configs]
+  for point in resolved:
+    _check_metric_is_reported(metric, point)
+  recorded = [point.config for point in resolved]
   outputs.ensure_writable_dir(root)
   rows, summaries = [], []
   for index, (point, point_cfg, recorded_cfg) in enumerate(zip(points, configs, recorded),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
@@ -218,6 +219,43 @@ def _check_metrics(where: str, metrics_fn: Any) -> None:
   if not isinstance(metrics, (list, tuple)) or not all(
       isinstance(m, tf.keras.metrics.Metric) for m in metrics):
     raise _wrong_kind(where, f'returned {_kind(metrics)}', 'model.metrics')
+  for metric in metrics:
+    _check_rebuildable(where, metric)
+
+
+def metric_names(metrics_fn: Callable[[], List[Any]]) -> List[str]:
+  """The names of the metrics `metrics_fn` returns, their `eval/<name>` columns."""
+  with tf.Graph().as_default():
+    return [metric.name for metric in metrics_fn()]
+
+
+def _init_arguments(cls: type) -> List[str]:
+  """The named arguments of `cls.__init__` (not `self`, `*args`, `**kwargs`)."""
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+  return [p.name for p in parameters if p.kind in named]
+
+
+def _check_rebuildable(where: str, metric: tf.keras.metrics.Metric) -> None:
+  """Refuses a metric that `cls.from_config(get_config())` would not rebuild as it is.
+
+  Both engines give every model fresh metrics rebuilt from the Keras config
+  (`fedtff.algorithms.tff_model`, as TFF's `keras_finalizer` does), so an
+  `__init__` argument that `get_config()` leaves out would silently take its
+  default. TFF's own check (`_check_keras_metric_config_constructable`) is the
+  same, and likewise trusts Keras's own metric classes.
+  """
+  cls = type(metric)
+  if getattr(tf.keras.metrics, cls.__name__, None) is cls:
+    return
+  config = metric.get_config()
+  missing = [name for name in _init_arguments(cls) if name not in config]
+  if missing:
+    raise TypeError(
+        f"{where} returned a {cls.__name__} metric whose get_config() lacks its __init__ "
+        f"argument{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; both "
+        'engines rebuild each metric from get_config(), as TFF does, so return '
+        f"{'them' if len(missing) > 1 else 'it'} from get_config().")
 
 
 def _check_data(where: str, pair: Any) -> Tuple[ClientData, ClientData]:
