@@ -92,3 +92,13 @@ def test_bad_input_is_refused_with_a_sentence(tmp_path):
     store.get(['nobody'])
   with pytest.raises(ValueError, match=r'states must have shape \(1, 2\)'):
     store.put(['client_0'], np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize('on_disk', [False, True], ids=['memory', 'disk'])
+def test_restore_to_round_0_starts_over(on_disk, tmp_path):
+  store = client_states.ClientStateStore(str(tmp_path), IDS, 3, on_disk=on_disk)
+  rounds_of_writes(store, 3)
+  store.restore(0)
+  assert store.journals() == []
+  np.testing.assert_array_equal(store.get(IDS), np.zeros((len(IDS), 3)))
+  assert store.disk_bytes() < 1 << 16

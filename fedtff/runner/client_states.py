@@ -161,10 +161,13 @@ class ClientStateStore:
     """Sets every row to its value after round `round_num` (0: all zero), as saved.
 
     Journals after `round_num` (written before a checkpoint that was never
-    written, or whose checkpoint was damaged) are undone and removed.
+    written, or whose checkpoint was damaged) are undone and removed; at 0
+    every file of the store is removed and every row is zero.
     """
     self._pending.clear()
-    if self.on_disk:
+    if round_num == 0:  # A run from the start: no journal or row of an earlier run is kept.
+      self._reset()
+    elif self.on_disk:
       self._restore_on_disk(round_num)
     else:
       self._rows[:] = 0.0
@@ -174,6 +177,18 @@ class ClientStateStore:
     for journal in self.journals():
       if journal > round_num:
         os.remove(_journal_path(self._directory, journal))
+
+  def _reset(self) -> None:
+    for path in glob.glob(os.path.join(self._directory, '*')):
+      if os.path.isfile(path) and not path.endswith(ROWS_FILE):
+        os.remove(path)
+    if self.on_disk:
+      num_clients = self.num_clients
+      del self._rows
+      os.remove(os.path.join(self._directory, ROWS_FILE))
+      self._rows = self._open_rows(num_clients)
+    else:
+      self._rows[:] = 0.0
 
   def _restore_on_disk(self, round_num: int) -> None:
     applied = self._applied()
