@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import secrets
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -148,6 +148,12 @@ def _pack_like(template: Any, values: Any, what: str) -> Any:
 def _check_tff_state(value: Any, expected: str) -> None:
   if not all(hasattr(value, field) for field in CompiledState._fields):
     raise TypeError(f'Expected {expected}, got {type(value).__name__}.')
+
+
+# Subclasses of CompiledProcess for algorithms whose rounds take more than the
+# batches, by algorithm name; each registers itself when `fedtff.compiled`
+# imports it (fedtff/compiled/scaffold.py: SCAFFOLD's control variates).
+PROCESS_CLASSES: Dict[str, type] = {}
 
 
 class _ClientOutput(NamedTuple):
@@ -538,10 +544,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       server_optimizer or registry.default_server_optimizer(algorithm), 'server')
   metric_fns = [tff_model._metric_constructor(m)  # pylint: disable=protected-access
                 for m in (tff_model.default_metrics() if metrics is None else metrics)]
-  process_class, extra = CompiledProcess, {}
+  process_class, extra = PROCESS_CLASSES.get(algorithm, CompiledProcess), {}
   if registry.get(algorithm).stateful_clients:
-    from fedtff.compiled import scaffold  # pylint: disable=import-outside-toplevel  # A subclass.
-    process_class, extra = scaffold.CompiledScaffold, dict(population_size=population_size)
+    extra = dict(population_size=population_size)
   return process_class(
       model_fn, element_spec,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,

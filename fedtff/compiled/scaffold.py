@@ -137,3 +137,6 @@ class CompiledScaffold(process_lib.CompiledProcess):
                                                 round_state=state.aggregator),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics, rows
+
+
+process_lib.PROCESS_CLASSES['scaffold'] = CompiledScaffold
