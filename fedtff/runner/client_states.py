@@ -169,8 +169,8 @@ class ClientStateStore:
       self._reset()
     elif self.on_disk:
       self._restore_on_disk(round_num)
-    else:
-      self._rows[:] = 0.0
+    else:  # New zeros (calloc: no page is touched until a row is written).
+      self._rows = np.zeros_like(self._rows)
       for journal in self.journals():
         if journal <= round_num:
           self._redo(journal)
@@ -188,7 +188,7 @@ class ClientStateStore:
       os.remove(os.path.join(self._directory, ROWS_FILE))
       self._rows = self._open_rows(num_clients)
     else:
-      self._rows[:] = 0.0
+      self._rows = np.zeros_like(self._rows)
 
   def _restore_on_disk(self, round_num: int) -> None:
     applied = self._applied()
