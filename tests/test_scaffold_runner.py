@@ -1,4 +1,5 @@
-"""SCAFFOLD from a config: both engines, both stores, exact resume (also after SIGKILL), refusals."""
+"""SCAFFOLD from a config: both engines, both stores, exact resume (also after SIGKILL),
+refusals."""
 
 import os
 import shutil

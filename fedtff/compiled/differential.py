@@ -221,8 +221,10 @@ class _Engines:
   def _stateful_rounds(self, task, batch_size: int):
     """SCAFFOLD: each engine's rounds as the runner drives them, each with its own store."""
     self._directories = [tempfile.TemporaryDirectory() for _ in range(2)]
-    self.composed = experiment._TffStatefulRounds(self.tff, task.train_data.dataset_computation)  # pylint: disable=protected-access
-    rounds = experiment._CompiledStatefulRounds(self.compiled, task.train_data, batch_size, None)  # pylint: disable=protected-access
+    # pylint: disable=protected-access  # The runner's own stateful rounds.
+    self.composed = experiment._TffStatefulRounds(self.tff, task.train_data.dataset_computation)
+    rounds = experiment._CompiledStatefulRounds(self.compiled, task.train_data, batch_size, None)
+    # pylint: enable=protected-access
     for each, directory in zip((self.composed, rounds), self._directories):
       each.store = client_states.ClientStateStore(directory.name, task.train_data.client_ids,
                                                   each.state_size)

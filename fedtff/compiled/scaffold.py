@@ -86,8 +86,8 @@ class CompiledScaffold(process_lib.CompiledProcess):
     padded[:real] = control_rows
     new_state, metrics, rows = self._round(self._check_state(state), client_batches,
                                            tf.zeros([2], tf.int64), tf.constant(padded))
-    return (tff.learning.templates.LearningProcessOutput(new_state, process_lib._numpy(metrics)),  # pylint: disable=protected-access
-            rows.numpy()[:real])
+    metrics = process_lib._numpy(metrics)  # pylint: disable=protected-access
+    return tff.learning.templates.LearningProcessOutput(new_state, metrics), rows.numpy()[:real]
 
   def _unflatten(self, row: tf.Tensor) -> List[tf.Tensor]:
     sizes = [t.size for t in self.control_template]
