@@ -75,6 +75,8 @@ def _check_stateful_clients(spec: registry.AlgorithmSpec, population_size, aggre
     return
   scaffold.check_population_size(population_size)
   kind = getattr(aggregator, 'kind', None if aggregator is None else type(aggregator).__name__)
+  if getattr(aggregator, 'attack', None) is not None:  # An AttackSpec (fedtff.algorithms.attacks).
+    kind = 'mean with an attack'
   if kind not in (None, 'mean'):
     raise ValueError(f'SCAFFOLD takes the mean aggregator only, got {kind}: the control '
                      'variates Δc_i would bypass a DP or robust aggregator of the model deltas.')

@@ -406,6 +406,10 @@ def _check_stateful_clients(config: Mapping[str, Any]) -> None:
     raise ConfigError(f"{name} needs client.optimizer='sgd' with client.momentum=0 (option II "
                       f"divides by K·η_l), got {client['optimizer']!r} with momentum "
                       f"{client['momentum']}.")
+  attack = config.get('attack', {}).get('kind', 'none')  # attack.*: fedtff.algorithms.attacks.
+  if attack != 'none':
+    raise ConfigError(f"{name} takes no attack.kind (got {attack!r}): its rounds aggregate with "
+                      'their own mean, so the attack would be skipped; use attack.kind=\'none\'.')
   if config['runtime']['workers']:
     raise ConfigError(f'{name} keeps its clients\' control variates on this machine; '
                       'runtime.workers is not supported with it (leave it empty).')
