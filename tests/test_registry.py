@@ -2,6 +2,7 @@
 docs/algorithms.md all give each algorithm the same optimizers."""
 
 import os
+import types
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from fedtff.runner import experiment
 from fedtff import compiled
 from fedtff import tasks
 from fedtff.algorithms import registry
+from fedtff.algorithms import scaffold
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, 'docs', 'algorithms.md')
 MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
@@ -67,7 +69,23 @@ def assert_same_leaves(a, b, what):
 
 def one_round(process, initial, datasets):
   state = process.set_model_weights(process.initialize(), initial)
+  if hasattr(process, 'next_with_controls'):  # SCAFFOLD, compiled: every c_i zero.
+    num = len(datasets) if isinstance(datasets, list) else int(datasets.num_batches.shape[0])
+    rows = np.zeros([num, process.state_size], np.float32)
+    return process.get_model_weights(process.next_with_controls(state, datasets, rows)[0].state)
+  if isinstance(process, scaffold.ScaffoldProcess):  # SCAFFOLD on TFF: every c_i zero.
+    controls = [process.control_template] * len(datasets)
+    return process.get_model_weights(process.next(state, datasets, controls).state)
   return process.get_model_weights(process.next(state, datasets).state)
+
+
+def extra_options(algorithm):
+  """The options an algorithm requires: FedProx's μ, SCAFFOLD's N (config_for's 4 clients)."""
+  if algorithm == 'fedprox':
+    return dict(proximal_strength=MU)
+  if registry.REGISTRY[algorithm].stateful_clients:
+    return dict(population_size=4)
+  return {}
 
 
 @pytest.mark.parametrize('algorithm', registry.ALGORITHMS)
@@ -77,7 +95,7 @@ def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets)
   client optimizer hparams and, after one round from the same weights, the
   same model (the compiled engine too, every algorithm); and the server optimizer
   is the table's."""
-  mu = dict(proximal_strength=MU) if algorithm == 'fedprox' else {}
+  mu = extra_options(algorithm)
   builder_process = fedtff.build_learning_process(task.model_fn, task.element_spec,
                                                   algorithm=algorithm, **mu)
   config_process = experiment.build_process(config_for(algorithm), task)
@@ -119,7 +137,9 @@ def test_a_config_resolves_to_the_tables_defaults(algorithm):
 
 
 class _FakeTask:
-  """What `_process_options` reads of a task: only its loss and metrics."""
+  """What `_process_options` reads of a task: its loss and metrics, and its training
+  clients (SCAFFOLD's N)."""
+  train_data = types.SimpleNamespace(client_ids=['a', 'b'])
 
   @staticmethod
   def learning_kwargs():

@@ -21,6 +21,7 @@ from fedtff.algorithms import fed_prox
 from fedtff.algorithms import fed_sgd
 from fedtff.algorithms import mime_lite
 from fedtff.algorithms import registry
+from fedtff.algorithms import scaffold
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 
@@ -41,8 +42,10 @@ def default_server_optimizer(algorithm: str) -> optimizers.TffOptimizer:
 
 
 def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
-                   client_learning_rate_schedule, proximal_strength, weighted) -> None:
+                   client_learning_rate_schedule, proximal_strength, weighted,
+                   population_size=None, aggregator=None) -> None:
   spec = registry.get(algorithm)
+  _check_stateful_clients(spec, population_size, aggregator)
   if (proximal_strength is not None) != spec.needs_proximal_strength:
     raise ValueError('proximal_strength (mu) is required by fedprox and used by no other '
                      f'algorithm; got algorithm={algorithm!r}, proximal_strength={proximal_strength}.')
@@ -62,6 +65,23 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
                        f'use algorithm=\'fedavg\' for another server optimizer.')
 
 
+def _check_stateful_clients(spec: registry.AlgorithmSpec, population_size, aggregator) -> None:
+  """SCAFFOLD's options: N required, only the mean (a DP or robust aggregator would see
+  the model deltas but not the control variates the clients also send)."""
+  if not spec.stateful_clients:
+    if population_size is not None:
+      raise ValueError('population_size (N) is used only by scaffold; got '
+                       f'algorithm={spec.name!r}, population_size={population_size}.')
+    return
+  scaffold.check_population_size(population_size)
+  kind = getattr(aggregator, 'kind', None if aggregator is None else type(aggregator).__name__)
+  if getattr(aggregator, 'attack', None) is not None:  # An AttackSpec (fedtff.algorithms.attacks).
+    kind = 'mean with an attack'
+  if kind not in (None, 'mean'):
+    raise ValueError(f'SCAFFOLD takes the mean aggregator only, got {kind}: the control '
+                     'variates Δc_i would bypass a DP or robust aggregator of the model deltas.')
+
+
 def build_learning_process(model_fn: tff_model.KerasModelFn,
                            element_spec: tff_model.ElementSpecLike,
                            *,
@@ -74,6 +94,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                            metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                            weighted: bool = True,
                            aggregator: Optional[Aggregator] = None,
+                           population_size: Optional[int] = None,
                           ) -> tff.learning.templates.LearningProcess:
   """Builds the TFF learning process for `algorithm`.
 
@@ -81,7 +102,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
-      fedyogi, fedprox, fedsgd, mimelite.
+      fedyogi, fedprox, fedsgd, mimelite, scaffold.
     client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
@@ -94,6 +115,10 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     weighted: Whether client updates are weighted by their number of examples.
     aggregator: A `fedtff.AggregatorSpec`, or any `tff.aggregators` factory
       (used as it is); TFF's mean when `None`.
+    population_size: SCAFFOLD's N, the number of training clients; required
+      by, and only by, scaffold, whose process is a
+      `fedtff.algorithms.scaffold.ScaffoldProcess` (an `IterativeProcess`:
+      its `next` also takes and returns the clients' control variates).
 
   Raises:
     ValueError, TypeError: On an unknown name or options that do not combine.
@@ -101,7 +126,13 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
   _check_options(algorithm, server_optimizer=server_optimizer,
                  client_optimizer=client_optimizer,
                  client_learning_rate_schedule=client_learning_rate_schedule,
-                 proximal_strength=proximal_strength, weighted=weighted)
+                 proximal_strength=proximal_strength, weighted=weighted,
+                 population_size=population_size, aggregator=aggregator)
+  if algorithm == 'scaffold':
+    return scaffold.build_scaffold(
+        model_fn, element_spec, population_size=population_size,
+        client_optimizer=client_optimizer, server_optimizer=server_optimizer, loss=loss,
+        metrics=metrics, weighted=weighted)
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
   server_optimizer = server_optimizer or registry.default_server_optimizer(algorithm)

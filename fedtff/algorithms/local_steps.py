@@ -12,6 +12,12 @@ algorithm) call these functions instead of each restating the arithmetic:
   McMahan et al., AISTATS 2017, arXiv 1602.05629).
 * `client_weight`: the number of examples (weighted) or 1 (uniform).
 * `zero_non_finite`: a delta with a non-finite value is zeroed and weighted 0.
+* `scaffold_gradients`, `scaffold_control`, `scaffold_server_control`:
+  SCAFFOLD's corrected gradient g − c_i + c and its option II control
+  variates (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging
+  for Federated Learning", ICML 2020, arXiv 1910.06378, Algorithm 1), which
+  `fedtff.algorithms.scaffold` and the compiled engine's SCAFFOLD
+  (`fedtff/compiled/scaffold.py`) both call.
 
 Where fedtff calls TFF's own builders (FedAvg and its server-optimizer
 variants, FedSGD, Mime Lite), TFF's client work runs on the TFF engine and
@@ -87,3 +93,51 @@ def zero_non_finite(delta: Any, weight: tf.Tensor) -> Tuple[Any, tf.Tensor, tf.T
   non_finite = has_non_finite > 0
   weight = tf.where(non_finite, tf.constant(0.0, tf.float32), weight)
   return delta, weight, non_finite
+
+
+def scaffold_gradients(gradients: Sequence[tf.Tensor], client_control: Sequence[Any],
+                       server_control: Sequence[Any]) -> List[tf.Tensor]:
+  """SCAFFOLD's corrected gradient `g − c_i + c` for each tensor (Algorithm 1, line 10).
+
+  Args:
+    gradients: The loss's gradients g(y) at the client's current weights.
+    client_control: The client's control variate c_i.
+    server_control: The server's control variate c.
+  """
+  return [g - c_i + c for g, c_i, c in zip(gradients, client_control, server_control)]
+
+
+def scaffold_control(client_control: Sequence[Any], server_control: Sequence[Any],
+                     delta: Sequence[Any], num_steps: tf.Tensor, learning_rate: float,
+                     non_finite: tf.Tensor) -> List[tf.Tensor]:
+  """The client's next control variate, option II: `c_i⁺ = c_i − c + (x − y) / (K η_l)`.
+
+  A client that took no step (K = 0) or whose delta was not finite (and was
+  zeroed, `zero_non_finite`) keeps its c_i: its Δc_i = c_i⁺ − c_i is then 0.
+
+  Args:
+    client_control: c_i.
+    server_control: c.
+    delta: `x − y`, the round's server weights minus the client's trained ones
+      (`model_delta`).
+    num_steps: K, the number of local steps taken (an integer scalar).
+    learning_rate: η_l, the client's SGD learning rate.
+    non_finite: Whether the delta was not finite (a bool scalar).
+  """
+  steps = tf.cast(num_steps, tf.float32)
+  keep = tf.logical_or(non_finite, steps <= 0.0)
+  scale = tf.math.divide_no_nan(1.0, steps * learning_rate)
+  return [tf.where(keep, c_i, c_i - c + d * scale)
+          for c_i, c, d in zip(client_control, server_control, delta)]
+
+
+def scaffold_server_control(server_control: Sequence[Any], control_delta_sum: Sequence[Any],
+                            population_size: int) -> List[tf.Tensor]:
+  """The server's next control variate `c + (|S| / N) · mean Δc_i = c + Σ Δc_i / N` (line 17).
+
+  Args:
+    server_control: c.
+    control_delta_sum: Σ over the round's clients S of Δc_i = c_i⁺ − c_i.
+    population_size: N, the number of clients in the population.
+  """
+  return [c + s / float(population_size) for c, s in zip(server_control, control_delta_sum)]

@@ -19,4 +19,5 @@ from fedtff.compiled.process import CompiledProcess
 from fedtff.compiled.process import CompiledState
 from fedtff.compiled.process import SUPPORTED_ALGORITHMS
 from fedtff.compiled.process import build_compiled_process
+from fedtff.compiled.scaffold import CompiledScaffold  # Registers SCAFFOLD's process class.
 from fedtff.compiled.evaluation import CompiledEvaluation

@@ -17,6 +17,9 @@ engine's arithmetic is TFF's:
 * with `frozen_state=True`, Mime Lite's local training (TFF's `mime.py`;
   Karimireddy et al., NeurIPS 2021, arXiv 2008.03606): every step applies the
   server's base-optimizer state and discards the state the step returns.
+* with `control`, SCAFFOLD's client work (`fedtff.algorithms.scaffold`;
+  Karimireddy et al., ICML 2020, arXiv 1910.06378): each step's gradient is
+  corrected to g − c_i + c (`local_steps.scaffold_gradients`).
 * `sum_gradients` is `fed_sgd`'s client update: at the server weights, the sum
   over batches of `num_examples(batch) * grad(batch loss)`, divided by the
   client's examples. Mime Lite's full-batch gradient is the same sum, divided
@@ -180,7 +183,9 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
                 initial_state: Any, weights: Weights, batches: batches_lib.ClientBatches,
                 first: tf.Tensor, count: tf.Tensor, *,
                 proximal_strength: Optional[float] = None,
-                frozen_state: bool = False) -> Tuple[List[tf.Tensor], TrainStats]:
+                frozen_state: bool = False,
+                control: Optional[Tuple[Sequence[tf.Tensor], Sequence[tf.Tensor]]] = None
+               ) -> Tuple[List[tf.Tensor], TrainStats]:
   """One client's FedAvg, FedProx or Mime Lite training; returns `(initial - trained, stats)`.
 
   Args:
@@ -195,6 +200,8 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     proximal_strength: FedProx's mu, or None for FedAvg.
     frozen_state: Mime Lite: every step uses `initial_state`, and the state
       each step returns is discarded.
+    control: SCAFFOLD: `(c_i, c)`, the client's and the server's control
+      variates; each step's gradient is corrected to g − c_i + c.
   """
   model.assign(weights)
 
@@ -207,6 +214,8 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
       gradients = local_steps.proximal_gradients(gradients, model.trainable, weights.trainable,
                                                  proximal_strength)
+    if control is not None:  # SCAFFOLD (Karimireddy et al. 2020): g − c_i + c.
+      gradients = local_steps.scaffold_gradients(gradients, *control)
     # TFF's structures: model_delta_client_work flattens to tuples, Mime Lite keeps lists.
     next_state = local_steps.local_step(optimizer, optimizer_state, model.trainable, gradients,
                                         as_structure=list if frozen_state else tuple)

@@ -45,6 +45,7 @@ import glob
 import itertools
 import math
 import os
+import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
@@ -53,6 +54,7 @@ import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
 from fedtff.research import benchmarks
+from fedtff.runner import client_states
 from fedtff.runner import config as config_lib
 from fedtff import data
 from fedtff.runner import experiment
@@ -212,8 +214,21 @@ class _Engines:
                                                                          **(compiled_options or {})))
     self.tff = experiment.build_process(config, task, options=options)
     self.composed = tff.simulation.compose_dataset_computation_with_learning_process(
-        task.train_data.dataset_computation, self.tff)
+        task.train_data.dataset_computation, self.tff) if not _is_stateful(config) else None
     self.batches = compiled.RoundBatches(task.train_data, batch_size=config.data.batch_size)
+    self.stateful = _is_stateful(config) and self._stateful_rounds(task, config.data.batch_size)
+
+  def _stateful_rounds(self, task, batch_size: int):
+    """SCAFFOLD: each engine's rounds as the runner drives them, each with its own store."""
+    self._directories = [tempfile.TemporaryDirectory() for _ in range(2)]
+    # pylint: disable=protected-access  # The runner's own stateful rounds.
+    self.composed = experiment._TffStatefulRounds(self.tff, task.train_data.dataset_computation)
+    rounds = experiment._CompiledStatefulRounds(self.compiled, task.train_data, batch_size, None)
+    # pylint: enable=protected-access
+    for each, directory in zip((self.composed, rounds), self._directories):
+      each.store = client_states.ClientStateStore(directory.name, task.train_data.client_ids,
+                                                  each.state_size)
+    return rounds
 
   def initial_states(self) -> Tuple[Any, Any]:
     weights = tff_model.initial_weights(self.task.model_fn, self.config.seed)
@@ -223,9 +238,15 @@ class _Engines:
   def next(self, round_num: int, tff_state, compiled_state):
     """Round `round_num` on both engines: `(tff_output, compiled_output)`."""
     ids = client_ids(self.config, self.task, round_num)
+    if self.stateful:
+      return self.composed.next(tff_state, ids), self.stateful.next(compiled_state, ids)
     return (self.composed.next(tff_state, ids),
             self.compiled.next(compiled_state, self.batches.tagged_batches(ids),
                            noise_seed=[round_num, 20260]))
+
+
+def _is_stateful(config) -> bool:
+  return registry.get(config.algorithm.name).stateful_clients
 
 
 def _check_options(options: Dict[str, Any]) -> None:
@@ -233,7 +254,8 @@ def _check_options(options: Dict[str, Any]) -> None:
   builder._check_options(  # pylint: disable=protected-access
       options['algorithm'], **{k: options[k] for k in (
           'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
-          'proximal_strength', 'weighted')})
+          'proximal_strength', 'weighted')},
+      population_size=options.get('population_size'), aggregator=options['aggregator'])
   if isinstance(options['aggregator'], aggregators.AggregatorSpec):
     aggregators.build_aggregator(options['aggregator'], weighted=options['weighted'])
 

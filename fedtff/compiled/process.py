@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import secrets
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -150,6 +150,12 @@ def _check_tff_state(value: Any, expected: str) -> None:
     raise TypeError(f'Expected {expected}, got {type(value).__name__}.')
 
 
+# Subclasses of CompiledProcess for algorithms whose rounds take more than the
+# batches, by algorithm name; each registers itself when `fedtff.compiled`
+# imports it (fedtff/compiled/scaffold.py: SCAFFOLD's control variates).
+PROCESS_CLASSES: Dict[str, type] = {}
+
+
 class _ClientOutput(NamedTuple):
   """One client's contribution to the round."""
   update: List[tf.Tensor]  # The model delta (FedSGD: the gradient), zeroed if non-finite.
@@ -191,13 +197,17 @@ class CompiledProcess:
           aggregator=tree.round_noise_template(self._template.aggregator))
     self._round = tf.function(
         self._round_graph, jit_compile=jit_compile, autograph=False,
-        input_signature=[tf.nest.map_structure(tf.TensorSpec.from_tensor, round_template),
-                         batches_lib.signature(element_spec), tf.TensorSpec([2], tf.int64)])
+        input_signature=self._round_signature(round_template))
     # Trace now, while the Keras classes are in their eager (v2) form: Keras swaps
     # the base classes of Sequential and friends to its v1 ones whenever a model
     # is built in a graph, as TFF's tracing does, and an eager-built model called
     # in that state fails ("Your Layer or Model is in an invalid state").
     self._round.get_concrete_function()
+
+  def _round_signature(self, round_template: CompiledState) -> list:
+    """The round graph's input signature: state, batches, noise seed."""
+    return [tf.nest.map_structure(tf.TensorSpec.from_tensor, round_template),
+            batches_lib.signature(self._element_spec), tf.TensorSpec([2], tf.int64)]
 
   @property
   def algorithm(self) -> str:
@@ -445,7 +455,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                        weighted: bool = True,
                        aggregator: Optional[builder.Aggregator] = None,
-                       jit_compile: Optional[bool] = None) -> CompiledProcess:
+                       jit_compile: Optional[bool] = None,
+                       population_size: Optional[int] = None) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
@@ -497,6 +508,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       run without it, each batch cut to its own shape (`fedtff.compiled.batch_at`),
       and with them True is refused. The distributed Skellam mean always runs
       without XLA (no Poisson kernel).
+    population_size: SCAFFOLD's N; required by, and only by, scaffold, whose
+      process is a `fedtff.compiled.scaffold.CompiledScaffold`
+      (`next_with_controls` takes and returns the clients' control variates).
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
@@ -509,7 +523,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
       client_learning_rate_schedule=client_learning_rate_schedule,
-      proximal_strength=proximal_strength, weighted=weighted)
+      proximal_strength=proximal_strength, weighted=weighted,
+      population_size=population_size, aggregator=aggregator)
   client_optimizer_fn = None
   if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
     client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
@@ -529,7 +544,10 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       server_optimizer or registry.default_server_optimizer(algorithm), 'server')
   metric_fns = [tff_model._metric_constructor(m)  # pylint: disable=protected-access
                 for m in (tff_model.default_metrics() if metrics is None else metrics)]
-  return CompiledProcess(
+  process_class, extra = PROCESS_CLASSES.get(algorithm, CompiledProcess), {}
+  if registry.get(algorithm).stateful_clients:
+    extra = dict(population_size=population_size)
+  return process_class(
       model_fn, element_spec,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,
                            client_learning_rate_schedule),
@@ -537,4 +555,4 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
       metrics=[fn() for fn in metric_fns],
-      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation), tree=tree)
+      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation), tree=tree, **extra)

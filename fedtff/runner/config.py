@@ -42,6 +42,9 @@ ENGINES = ('auto', 'compiled', 'tff')
 PRIVACY_MECHANISMS = ('dp_fedavg', 'dp_ftrl', 'ddp_skellam')
 PRIVACY_SAMPLINGS = ('fixed', 'poisson', 'cyclic')
 PRIVACY_ACCOUNTANTS = ('rdp', 'pld')
+# Where a stateful algorithm's per-client states live (fedtff.runner.client_states):
+# 'auto' keeps them in memory up to 1 GiB, on disk beyond.
+CLIENT_STATES = ('auto', 'memory', 'disk')
 
 _CHOICES = {
     'data.dataset': tasks.DATASETS,
@@ -60,6 +63,7 @@ _CHOICES = {
     'privacy.mechanism': PRIVACY_MECHANISMS,
     'privacy.sampling': PRIVACY_SAMPLINGS,
     'privacy.accountant': PRIVACY_ACCOUNTANTS,
+    'algorithm.client_states': CLIENT_STATES,
 }
 
 
@@ -130,6 +134,8 @@ def base_config() -> ml_collections.ConfigDict:
                           group_mode='allow-smaller', dirichlet_self_balancing=False,
                           dirichlet_min_examples=1))
   config.algorithm.process = ''
+  # SCAFFOLD's per-client control variates: 'auto', 'memory' or 'disk' (CLIENT_STATES).
+  config.algorithm.client_states = 'auto'
   return config
 
 
@@ -304,6 +310,7 @@ def validate(config: Any) -> None:
   _check_algorithm(config['algorithm'], registry.resolve_group(
       config['algorithm']['name'], 'server', config['server']), config['client'])
   _check_privacy(config)
+  _check_stateful_clients(config)  # Before the attack checks: SCAFFOLD refuses any attack.
   _check_robust(config)
   _check_stop(config)
   check_engine(config)
@@ -399,6 +406,31 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
   if expected and server['optimizer'] != expected:
     raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
                       f'got {server["optimizer"]!r}.')
+
+
+def _check_stateful_clients(config: Mapping[str, Any]) -> None:
+  """SCAFFOLD's refusals: what would mis-account its control variates, or is untested."""
+  name = config['algorithm']['name']
+  if not registry.get(name).stateful_clients:
+    return
+  if config['aggregator']['kind'] != 'mean':
+    raise ConfigError(f"{name} takes aggregator.kind='mean' only, got "
+                      f"{config['aggregator']['kind']!r}: its control variates would bypass a "
+                      'DP, robust or compressing aggregator of the model deltas.')
+  client = registry.resolve_group(name, 'client', config['client'])
+  if client['optimizer'] != 'sgd' or client['momentum']:
+    raise ConfigError(f"{name} needs client.optimizer='sgd' with client.momentum=0 (option II "
+                      f"divides by K·η_l), got {client['optimizer']!r} with momentum "
+                      f"{client['momentum']}.")
+  attack = config.get('attack', {}).get('kind', 'none')  # attack.*: fedtff.algorithms.attacks.
+  if attack != 'none':
+    raise ConfigError(f"{name} takes no attack.kind (got {attack!r}): its rounds aggregate with "
+                      'their own mean, so the attack would be skipped; use attack.kind=\'none\'.')
+  if config['runtime']['workers']:
+    raise ConfigError(f'{name} keeps its clients\' control variates on this machine; '
+                      'runtime.workers is not supported with it (leave it empty).')
+  if config['algorithm']['process']:
+    raise ConfigError(f'algorithm.process replaces algorithm.name; {name} is not used with it.')
 
 
 def _check_privacy(config: Mapping[str, Any]) -> None:

@@ -32,6 +32,7 @@ from fedtff.algorithms import robust
 from fedtff import algorithms
 from fedtff.runner import callbacks as callbacks_lib
 from fedtff.runner import checkpoints
+from fedtff.runner import client_states
 from fedtff.runner import client_metrics
 from fedtff.algorithms import evaluation as evaluation_lib
 from fedtff.algorithms import schedules
@@ -202,7 +203,15 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
+      **_population_size(config, task),
       **task.learning_kwargs())
+
+
+def _population_size(config: ml_collections.ConfigDict, task: tasks.Task) -> Dict[str, int]:
+  """SCAFFOLD's N, the task's training clients; no argument for other algorithms."""
+  if not algorithms.registry.get(config.algorithm.name).stateful_clients:
+    return {}
+  return dict(population_size=len(task.train_data.client_ids))
 
 
 def build_process(config: ml_collections.ConfigDict, task: tasks.Task, *,
@@ -481,6 +490,87 @@ class _CompiledRounds:
     return self._process.get_model_weights(state)
 
 
+def _is_stateful(config) -> bool:
+  """Whether `config`'s algorithm keeps a state per client (SCAFFOLD)."""
+  return algorithms.registry.get(config.algorithm.name).stateful_clients
+
+
+def _untagged(client_ids: Sequence[str]) -> list:
+  """Round-tagged ids (`fedtff.data.round_client_ids`) without their round."""
+  return [i.partition(data.rounds.SEPARATOR)[2] for i in client_ids]
+
+
+class _CompiledStatefulRounds(_CompiledRounds):
+  """`_CompiledRounds` for SCAFFOLD: each round gathers its clients' control variates
+  from `store` (a `fedtff.runner.client_states.ClientStateStore`, set by `_train`)
+  and writes their new ones back."""
+  store: client_states.ClientStateStore
+
+  def next(self, state, client_ids):
+    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
+                 else self.start_round)
+    self.start_round = round_num + 1
+    ids = _untagged(client_ids)
+    output, rows = self._process.next_with_controls(
+        state, self._client_data.tagged_batches(client_ids), self.store.get(ids))
+    self.store.put(ids, rows)
+    return output
+
+  @property
+  def state_size(self) -> int:
+    return self._process.state_size
+
+
+class _TffStatefulRounds:
+  """SCAFFOLD's TFF process (`fedtff.algorithms.scaffold.ScaffoldProcess`) fed
+  round-tagged client ids: their datasets are built in the runtime from the
+  ids (as `tff.simulation.compose_dataset_computation_with_learning_process`
+  does), their control variates gathered from `store` and written back."""
+  store: client_states.ClientStateStore
+
+  def __init__(self, process, dataset_computation):
+    self._process = process
+    state_type = process.initialize.type_signature.result
+    controls_type = process.next.type_signature.parameter[2]
+
+    @tff.federated_computation(state_type, tff.FederatedType(np.str_, tff.CLIENTS),
+                               controls_type)
+    def next_fn(state, client_ids, controls):
+      return process.next(state, tff.federated_map(dataset_computation, client_ids), controls)
+
+    self._next = next_fn
+
+  def next(self, state, client_ids):
+    ids = _untagged(client_ids)
+    controls = self._process.unflatten_controls(self.store.get(ids))
+    output = self._next(state, list(client_ids), controls)
+    self.store.put(ids, self._process.flatten_controls(output.client_controls))
+    return tff.learning.templates.LearningProcessOutput(output.state, output.metrics)
+
+  def get_model_weights(self, state):
+    return self._process.get_model_weights(state)
+
+  @property
+  def state_size(self) -> int:
+    return self._process.state_size
+
+
+def _client_state_store(config, task, rounds, workdir: str
+                       ) -> Optional[client_states.ClientStateStore]:
+  """The run's per-client state store (`<workdir>/client_states`), or None."""
+  if not _is_stateful(config):
+    return None
+  ids, size = task.train_data.client_ids, rounds.state_size
+  on_disk = {'memory': False, 'disk': True}.get(
+      config.algorithm.client_states, client_states.choose_on_disk(len(ids), size))
+  rounds.store = client_states.ClientStateStore(
+      os.path.join(workdir, CLIENT_STATES), ids, size, on_disk=on_disk)
+  return rounds.store
+
+
+CLIENT_STATES = 'client_states'  # The store's directory in a run directory.
+
+
 def _aggregator_state_is_empty(config) -> bool:
   """Whether TFF's aggregator state for `config` holds no tensors (the mean's, a robust
   rule's without an update attack)."""
@@ -544,13 +634,16 @@ def _engine(config, task, options: Dict[str, Any],
     else:
       tff_process = (_CompiledStateLayout(compiled_process) if _aggregator_state_is_empty(config)
                      else build_process(config, task, options=options))
-      rounds = _CompiledRounds(compiled_process, task.train_data, config.data.batch_size, privacy)
+      rounds = (_CompiledStatefulRounds if _is_stateful(config) else _CompiledRounds)(
+          compiled_process, task.train_data, config.data.batch_size, privacy)
       return _Engine(tff_process, rounds, compiled_process.from_tff_state,
                      compiled_process.to_tff_state, choice)
   process = (user_task.build_process(user_process, task) if user_process is not None
              else build_process(config, task, options=options))
-  composed = tff.simulation.compose_dataset_computation_with_learning_process(
-      task.train_data.dataset_computation, process)
+  composed = (_TffStatefulRounds(process, task.train_data.dataset_computation)
+              if _is_stateful(config) and user_process is None else
+              tff.simulation.compose_dataset_computation_with_learning_process(
+                  task.train_data.dataset_computation, process))
   return _Engine(process, composed, lambda state: state, lambda state, _: state, choice)
 
 
@@ -575,6 +668,9 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, engine.tff_process, checkpoint_dir)
+  store = _client_state_store(config, task, engine.rounds, workdir)
+  if store:
+    store.restore(last_round)  # Exact resume: the rows after the checkpoint's round.
   if privacy:
     privacy.resume(last_round, metadata, engine=engine.choice.name, workdir=workdir,
                    published_round=run_dir.last_written_round(workdir))
@@ -595,11 +691,16 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
       sampling=config.privacy.sampling))
 
   def save(round_num, state):
+    if store:  # Journal first: a kill before the checkpoint is undone at restore.
+      store.write_journal(round_num)
     checkpoints.save(
         checkpoint_dir, round_num, engine.to_tff_state(state, tff_state),
         elapsed_s=elapsed_s + time.perf_counter() - start, keep=config.output.checkpoints_to_keep,
         metadata={**(privacy.checkpoint_metadata() if privacy else {}),
                   **stopping.checkpoint_metadata(round_num)})
+    if store:
+      store.apply(round_num)
+      store.prune(checkpoints.rounds(checkpoint_dir))
     if privacy:
       privacy.write_ledger(workdir)
 
