@@ -15,6 +15,7 @@ from fedtff.algorithms import registry
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, 'docs', 'algorithms.md')
 MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
+Q = 1.0  # q-FedAvg's q, likewise.
 
 
 def config_for(algorithm, **server):
@@ -25,6 +26,8 @@ def config_for(algorithm, **server):
   config.algorithm.name = algorithm
   if algorithm == 'fedprox':
     config.algorithm.proximal_strength = MU
+  if algorithm == 'qfedavg':
+    config.algorithm.q = Q
   config.server.update(server)
   fedtff.runner.config.validate(config)
   return config
@@ -78,6 +81,7 @@ def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets)
   same model (the compiled engine too, every algorithm); and the server optimizer
   is the table's."""
   mu = dict(proximal_strength=MU) if algorithm == 'fedprox' else {}
+  mu = dict(q=Q) if algorithm == 'qfedavg' else mu
   builder_process = fedtff.build_learning_process(task.model_fn, task.element_spec,
                                                   algorithm=algorithm, **mu)
   config_process = experiment.build_process(config_for(algorithm), task)

@@ -71,6 +71,8 @@ class AlgorithmSpec:
     needs_proximal_strength: Whether μ (`proximal_strength`) is required; it
       is refused by every other algorithm.
     weighted_only: Whether clients can only be weighted by their examples.
+    needs_q: Whether q-FedAvg's q is required; it is refused by every other
+      algorithm.
     schedules: Whether client learning-rate schedules combine with it.
   """
   name: str
@@ -84,6 +86,7 @@ class AlgorithmSpec:
   needs_proximal_strength: bool = False
   weighted_only: bool = False
   schedules: bool = False
+  needs_q: bool = False
 
   @property
   def fed_avg_family(self) -> bool:
@@ -119,6 +122,9 @@ _SPECS = (
     AlgorithmSpec('mimelite', 'Mime Lite', 'Karimireddy et al., NeurIPS 2021, arXiv 2008.03606',
                   builder='build_mime_lite', tff_builder='`build_{weighted,unweighted}_mime_lite`',
                   client=OptimizerDefault('sgd', 0.1, {'momentum': 0.9}), server=_SGD_SERVER),
+    AlgorithmSpec('qfedavg', 'q-FedAvg', 'Li, Sanjabi, Beirami & Smith, ICLR 2020, arXiv 1905.10497',
+                  builder='build_q_fed_avg', tff_builder='none (fedtff\'s own client work)',
+                  client=_SGD_CLIENT, server=_SGD_SERVER, server_family='sgd', needs_q=True),
 )
 REGISTRY: Mapping[str, AlgorithmSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
 ALGORITHMS = tuple(REGISTRY)
@@ -174,6 +180,10 @@ def resolve_group(algorithm: str, role: str, group: Mapping[str, Any]) -> Dict[s
 
 
 def _hyperparameters(spec: AlgorithmSpec) -> str:
+  if spec.needs_q:
+    return (f'`q` ≥ 0 (required); client {spec.client.describe()}, plain sgd only (L = 1/η); '
+            f"server {spec.server.describe()} only (the paper's step); clients weighted by "
+            'h_k; mean aggregator only')
   parts = []
   if spec.needs_proximal_strength:
     parts.append('μ `proximal_strength` (required)')

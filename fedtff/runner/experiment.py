@@ -190,6 +190,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
                                         **_optimizer_hparams(config.server)),
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
+      q=algorithm.q if algorithm.name == 'qfedavg' else None,
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
       **task.learning_kwargs())
