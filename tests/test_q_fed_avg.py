@@ -225,3 +225,25 @@ def test_larger_q_gives_more_uniform_client_losses():
   spread = {q: l.max() - l.min() for q, l in losses.items()}
   assert spread[0.0] > spread[1.0] > spread[5.0]
   assert losses[1.0].max() < losses[0.0].max() - 0.05
+
+
+def test_a_non_finite_client_is_dropped_on_both_engines():
+  """A client whose loss or update is not finite sends a zero update of weight 0, so
+  the round is the round of the other clients (as FedProx's client work does)."""
+  features, labels = conftest.tiny_classification_arrays(num_features=test_compiled_engine.NUM_FEATURES)
+  clean = test_compiled_engine.client_datasets(features, labels)
+  features = features.copy()
+  features[20, 0] = np.inf  # In the second client.
+  datasets = test_compiled_engine.client_datasets(features, labels)
+  options = dict(algorithm='qfedavg', q=1.0)
+  *_, (tff_weights, tff_metrics, compiled_weights, compiled_metrics) = test_compiled_engine.run_both(
+      options, datasets, rounds=2)
+  test_compiled_engine.assert_weights_close(tff_weights, compiled_weights)
+  process = compiled.build_compiled_process(test_compiled_engine.keras_model, clean[0], **options)
+  initial = tff_model.initial_weights(test_compiled_engine.keras_model, seed=1)
+  with_it = _train(process, initial, None, 2, batches=compiled.from_datasets(datasets))
+  without_it = _train(process, initial, None, 2, batches=compiled.from_datasets([clean[0], clean[2]]))
+  for a, b in zip(with_it, without_it):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  assert compiled_metrics['client_work']['train']['num_examples'] == (
+      tff_metrics['client_work']['train']['num_examples'])
