@@ -247,3 +247,32 @@ def test_a_non_finite_client_is_dropped_on_both_engines():
     np.testing.assert_allclose(a, b, atol=1e-6)
   assert compiled_metrics['client_work']['train']['num_examples'] == (
       tff_metrics['client_work']['train']['num_examples'])
+
+
+def test_batch_normalization_runs_as_in_tff():
+  """The loss pass at w_t runs in inference mode (moving statistics, which it leaves
+  unchanged); both engines agree, and the server keeps its non-trainable weights."""
+  model_fn = test_compiled_engine.batch_norm_model
+  datasets = test_compiled_engine.client_datasets(
+      *conftest.tiny_classification_arrays(num_features=test_compiled_engine.NUM_FEATURES))
+  options = dict(algorithm='qfedavg', q=1.0)
+  tff_process = fedtff.build_learning_process(model_fn, datasets[0], **options)
+  compiled_process = compiled.build_compiled_process(model_fn, datasets[0], **options)
+  weights = tff_model.initial_weights(model_fn, seed=2)
+  weights = weights._replace(
+      non_trainable=[w + 0.25 * (k + 1) for k, w in enumerate(weights.non_trainable)])
+  tff_state = tff_process.set_model_weights(tff_process.initialize(), weights)
+  compiled_state = compiled_process.set_model_weights(compiled_process.initialize(), weights)
+  batches = compiled.from_datasets(datasets)
+  for _ in range(2):
+    tff_output = tff_process.next(tff_state, datasets)
+    tff_state = tff_output.state
+    compiled_state, compiled_metrics = compiled_process.next(compiled_state, batches)
+    expected = tff_process.get_model_weights(tff_state)
+    actual = compiled_process.get_model_weights(compiled_state)
+    test_compiled_engine.assert_weights_close(expected, actual)
+    for a, b in zip(expected.non_trainable, actual.non_trainable):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+    for name in ('loss', 'accuracy', 'num_examples'):
+      assert compiled_metrics['client_work']['train'][name] == pytest.approx(
+          tff_output.metrics['client_work']['train'][name], abs=1e-5)
