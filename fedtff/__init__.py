@@ -29,6 +29,7 @@ from fedtff.algorithms import build_fed_prox
 from fedtff.algorithms import build_fed_sgd
 from fedtff.algorithms import build_learning_process
 from fedtff.algorithms import build_mime_lite
+from fedtff.algorithms import build_q_fed_avg
 from fedtff.algorithms import build_per_client_evaluation
 from fedtff.algorithms import Schedule
 from fedtff.runner.checkpoint_eval import evaluate_checkpoint

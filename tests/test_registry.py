@@ -17,6 +17,7 @@ from fedtff.algorithms import scaffold
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, 'docs', 'algorithms.md')
 MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
+Q = 1.0  # q-FedAvg's q, likewise.
 
 
 def config_for(algorithm, **server):
@@ -27,6 +28,8 @@ def config_for(algorithm, **server):
   config.algorithm.name = algorithm
   if algorithm == 'fedprox':
     config.algorithm.proximal_strength = MU
+  if algorithm == 'qfedavg':
+    config.algorithm.q = Q
   config.server.update(server)
   fedtff.runner.config.validate(config)
   return config
@@ -80,9 +83,12 @@ def one_round(process, initial, datasets):
 
 
 def extra_options(algorithm):
-  """The options an algorithm requires: FedProx's μ, SCAFFOLD's N (config_for's 4 clients)."""
+  """The options an algorithm requires: FedProx's μ, q-FedAvg's q, SCAFFOLD's N (config_for's
+  4 clients)."""
   if algorithm == 'fedprox':
     return dict(proximal_strength=MU)
+  if algorithm == 'qfedavg':
+    return dict(q=Q)
   if registry.REGISTRY[algorithm].stateful_clients:
     return dict(population_size=4)
   return {}

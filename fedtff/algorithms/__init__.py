@@ -8,4 +8,5 @@ from fedtff.algorithms.fed_avg import build_fed_avg
 from fedtff.algorithms.fed_prox import build_fed_prox
 from fedtff.algorithms.fed_sgd import build_fed_sgd
 from fedtff.algorithms.mime_lite import build_mime_lite
+from fedtff.algorithms.q_fed_avg import build_q_fed_avg
 from fedtff.algorithms.schedules import Schedule

@@ -20,6 +20,7 @@ from fedtff.algorithms import fed_avg
 from fedtff.algorithms import fed_prox
 from fedtff.algorithms import fed_sgd
 from fedtff.algorithms import mime_lite
+from fedtff.algorithms import q_fed_avg
 from fedtff.algorithms import registry
 from fedtff.algorithms import scaffold
 from fedtff.algorithms import schedules
@@ -43,9 +44,16 @@ def default_server_optimizer(algorithm: str) -> optimizers.TffOptimizer:
 
 def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
                    client_learning_rate_schedule, proximal_strength, weighted,
-                   population_size=None, aggregator=None) -> None:
+                   population_size=None, q=None, aggregator=None) -> None:
   spec = registry.get(algorithm)
   _check_stateful_clients(spec, population_size, aggregator)
+  if (q is not None) != spec.needs_q:
+    raise ValueError('q is required by qfedavg and used by no other algorithm; got '
+                     f'algorithm={algorithm!r}, q={q}.')
+  if spec.needs_q:
+    q_fed_avg.check_options(q=q, client_optimizer=client_optimizer,
+                            server_optimizer=server_optimizer, weighted=weighted,
+                            aggregator=aggregator)
   if (proximal_strength is not None) != spec.needs_proximal_strength:
     raise ValueError('proximal_strength (mu) is required by fedprox and used by no other '
                      f'algorithm; got algorithm={algorithm!r}, proximal_strength={proximal_strength}.')
@@ -90,6 +98,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                            server_optimizer: Optional[optimizers.TffOptimizer] = None,
                            client_learning_rate_schedule: Optional[schedules.Schedule] = None,
                            proximal_strength: Optional[float] = None,
+                           q: Optional[float] = None,
                            loss: Optional[tf.keras.losses.Loss] = None,
                            metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                            weighted: bool = True,
@@ -102,7 +111,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
-      fedyogi, fedprox, fedsgd, mimelite, scaffold.
+      fedyogi, fedprox, fedsgd, mimelite, scaffold, qfedavg.
     client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
@@ -110,6 +119,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
       fedadagrad/fedadam/fedyogi the matching optimizer family.
     client_learning_rate_schedule: A `fedtff.Schedule` (FedAvg family only).
     proximal_strength: FedProx's μ; required by, and only by, fedprox.
+    q: q-FedAvg's q ≥ 0; required by, and only by, qfedavg.
     loss: A Keras loss; defaults to sparse categorical cross-entropy on logits.
     metrics: Keras metrics; defaults to accuracy, reported as `accuracy`.
     weighted: Whether client updates are weighted by their number of examples.
@@ -127,12 +137,16 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  client_optimizer=client_optimizer,
                  client_learning_rate_schedule=client_learning_rate_schedule,
                  proximal_strength=proximal_strength, weighted=weighted,
-                 population_size=population_size, aggregator=aggregator)
+                 population_size=population_size, q=q, aggregator=aggregator)
   if algorithm == 'scaffold':
     return scaffold.build_scaffold(
         model_fn, element_spec, population_size=population_size,
         client_optimizer=client_optimizer, server_optimizer=server_optimizer, loss=loss,
         metrics=metrics, weighted=weighted)
+  if algorithm == 'qfedavg':  # Its own weights h_k and mean: the spec is checked, not built.
+    return q_fed_avg.build_q_fed_avg(model_fn, element_spec, q=q,
+                                     client_optimizer=client_optimizer,
+                                     server_optimizer=server_optimizer, loss=loss, metrics=metrics)
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
   server_optimizer = server_optimizer or registry.default_server_optimizer(algorithm)

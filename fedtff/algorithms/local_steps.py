@@ -18,6 +18,9 @@ algorithm) call these functions instead of each restating the arithmetic:
   for Federated Learning", ICML 2020, arXiv 1910.06378, Algorithm 1), which
   `fedtff.algorithms.scaffold` and the compiled engine's SCAFFOLD
   (`fedtff/compiled/scaffold.py`) both call.
+* `add_loss` and `q_fair_update`: q-FedAvg's client loss F_k(w_t) and its
+  update and weight (Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation
+  in Federated Learning", ICLR 2020, arXiv 1905.10497, Algorithm 3).
 
 Where fedtff calls TFF's own builders (FedAvg and its server-optimizer
 variants, FedSGD, Mime Lite), TFF's client work runs on the TFF engine and
@@ -141,3 +144,55 @@ def scaffold_server_control(server_control: Sequence[Any], control_delta_sum: Se
     population_size: N, the number of clients in the population.
   """
   return [c + s / float(population_size) for c, s in zip(server_control, control_delta_sum)]
+
+
+# q-FedAvg's 1e-10, added to F_k before the powers (the reference code,
+# litian96/fair_flearn, flearn/trainers/qffedavg.py: `np.float_power(loss+1e-10, q)`).
+Q_FAIR_EPSILON = 1e-10
+
+
+def add_loss(sums: Tuple[tf.Tensor, tf.Tensor], loss: tf.Tensor,
+             num_examples: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Adds a batch to `(Σ loss_b·n_b, Σ n_b)`, the sums behind q-FedAvg's F_k(w_t).
+
+  F_k(w_t) is the client's mean loss over its training data at the server
+  model (`get_loss` on the whole training set in the reference code); over
+  batches, the example-weighted mean of the batch losses.
+  """
+  examples = tf.cast(num_examples, tf.float32)
+  return sums[0] + tf.cast(loss, tf.float32) * examples, sums[1] + examples
+
+
+def q_fair_update(delta: Sequence[tf.Tensor], loss_sums: Tuple[tf.Tensor, tf.Tensor],
+                  q: float, learning_rate: float) -> Tuple[List[tf.Tensor], tf.Tensor]:
+  """q-FedAvg's client contribution, as a weighted-mean input: `(Δ_k / h_k, h_k)`.
+
+  Li et al., ICLR 2020 (arXiv 1905.10497), Algorithm 3, with L = 1/η:
+  Δw_k = L·(w_t − w̄_k) (`delta` is w_t − w̄_k), F = F_k(w_t) + 1e-10,
+  Δ_k = F^q·Δw_k and h_k = q·F^(q−1)·‖Δw_k‖² + L·F^q, ‖·‖ the norm of all
+  tensors flattened into one vector (`norm_grad` in the reference code,
+  flearn/utils/tf_utils.py). The server's step w_t − Σ_k Δ_k / Σ_k h_k is the
+  h-weighted mean of Δ_k / h_k, applied by SGD with learning rate 1, so both
+  engines run it with their mean aggregator and SGD finalizer.
+
+  The scalars are computed in float64 (as the reference code's NumPy);
+  an h_k of 0 (F^q underflowing) gives a zero update of weight 0.
+
+  Args:
+    delta: The model delta w_t − w̄_k after the client's local SGD epochs.
+    loss_sums: `(Σ loss·n, Σ n)` over the client's batches at w_t (`add_loss`).
+    q: q ≥ 0; q = 0 is FedAvg with every client weighted equally.
+    learning_rate: η, the client SGD learning rate.
+
+  Returns:
+    `(update, weight)`: Δ_k / h_k (float32 tensors) and h_k (float32 scalar).
+  """
+  lipschitz = 1.0 / learning_rate
+  loss = tf.cast(tf.math.divide_no_nan(loss_sums[0], loss_sums[1]), tf.float64) + Q_FAIR_EPSILON
+  gradient = [lipschitz * tf.cast(d, tf.float64) for d in delta]
+  norm_squared = tf.add_n([tf.reduce_sum(tf.square(g)) for g in gradient])
+  scale = tf.pow(loss, q)
+  h = q * tf.pow(loss, q - 1.0) * norm_squared + lipschitz * scale
+  update = [tf.cast(tf.math.divide_no_nan(scale * g, h), d.dtype)
+            for g, d in zip(gradient, delta)]
+  return update, tf.cast(h, tf.float32)

@@ -72,6 +72,8 @@ class AlgorithmSpec:
     needs_proximal_strength: Whether μ (`proximal_strength`) is required; it
       is refused by every other algorithm.
     weighted_only: Whether clients can only be weighted by their examples.
+    needs_q: Whether q-FedAvg's q is required; it is refused by every other
+      algorithm.
     schedules: Whether client learning-rate schedules combine with it.
     stateful_clients: Whether each client keeps a state between its rounds
       (SCAFFOLD's control variate; `fedtff.runner.client_states`).
@@ -88,6 +90,7 @@ class AlgorithmSpec:
   weighted_only: bool = False
   schedules: bool = False
   stateful_clients: bool = False
+  needs_q: bool = False
 
   @property
   def fed_avg_family(self) -> bool:
@@ -127,6 +130,9 @@ _SPECS = (
                   'Karimireddy et al., ICML 2020, arXiv 1910.06378', builder='build_scaffold',
                   tff_builder='none (fedtff composes it from TFF parts)', client=_SGD_CLIENT,
                   server=_SGD_SERVER, server_family='sgd', stateful_clients=True),
+    AlgorithmSpec('qfedavg', 'q-FedAvg', 'Li, Sanjabi, Beirami & Smith, ICLR 2020, arXiv 1905.10497',
+                  builder='build_q_fed_avg', tff_builder='none (fedtff\'s own client work)',
+                  client=_SGD_CLIENT, server=_SGD_SERVER, server_family='sgd', needs_q=True),
 )
 REGISTRY: Mapping[str, AlgorithmSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
 ALGORITHMS = tuple(REGISTRY)
@@ -182,6 +188,10 @@ def resolve_group(algorithm: str, role: str, group: Mapping[str, Any]) -> Dict[s
 
 
 def _hyperparameters(spec: AlgorithmSpec) -> str:
+  if spec.needs_q:
+    return (f'`q` ≥ 0 (required); client {spec.client.describe()}, plain sgd only (L = 1/η); '
+            f"server {spec.server.describe()} only (the paper's step); clients weighted by "
+            'h_k; mean aggregator only')
   parts = []
   if spec.needs_proximal_strength:
     parts.append('μ `proximal_strength` (required)')

@@ -20,6 +20,9 @@ engine's arithmetic is TFF's:
 * with `control`, SCAFFOLD's client work (`fedtff.algorithms.scaffold`;
   Karimireddy et al., ICML 2020, arXiv 1910.06378): each step's gradient is
   corrected to g − c_i + c (`local_steps.scaffold_gradients`).
+* `loss_sums` is q-FedAvg's loss pass (fedtff's `fedtff.algorithms.q_fed_avg`;
+  Li et al., ICLR 2020, arXiv 1905.10497): the sums behind F_k(w_t), the
+  client's mean loss at the server weights, without metric updates.
 * `sum_gradients` is `fed_sgd`'s client update: at the server weights, the sum
   over batches of `num_examples(batch) * grad(batch loss)`, divided by the
   client's examples. Mime Lite's full-batch gradient is the same sum, divided
@@ -224,6 +227,20 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
   _, stats = _loop_over_batches(first, count, step,
                                 (_as_tensors(initial_state), TrainStats.zeros()))
   return list(local_steps.model_delta(list(weights.trainable), model.trainable)), stats
+
+
+def loss_sums(model: PaddedModel, weights: Weights, batches: batches_lib.ClientBatches,
+              first: tf.Tensor, count: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+  """q-FedAvg's `(Σ loss·n, Σ n)` over the client's batches at `weights`
+  (`local_steps.add_loss`), in inference mode and without metric updates."""
+  model.assign(weights)
+
+  def step(index, sums):
+    batch, mask = batches_lib.batch_at(batches, index)
+    output = model.forward(batch, mask, training=False, metrics=[])
+    return local_steps.add_loss(sums, output.loss, output.num_examples)
+
+  return _loop_over_batches(first, count, step, (tf.constant(0.0), tf.constant(0.0)))
 
 
 def sum_gradients(model: PaddedModel, weights: Weights, batches: batches_lib.ClientBatches,

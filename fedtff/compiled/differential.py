@@ -163,6 +163,8 @@ def grid_combinations() -> Iterator[Combination]:
     config.algorithm.name, config.algorithm.weighted = algorithm, weighted
     if algorithm == 'fedprox':
       config.algorithm.proximal_strength = 0.5
+    if algorithm == 'qfedavg':
+      config.algorithm.q = 1.0
     config.client.lr_schedule, config.client.lr_decay_steps = schedule, 2
     config.aggregator.kind = kind
     for key, value in GRID_AGGREGATORS[kind].items():  # Unvalidated: check() sorts out invalid.
@@ -254,7 +256,7 @@ def _check_options(options: Dict[str, Any]) -> None:
   builder._check_options(  # pylint: disable=protected-access
       options['algorithm'], **{k: options[k] for k in (
           'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
-          'proximal_strength', 'weighted')},
+          'proximal_strength', 'weighted')}, q=options.get('q'),
       population_size=options.get('population_size'), aggregator=options['aggregator'])
   if isinstance(options['aggregator'], aggregators.AggregatorSpec):
     aggregators.build_aggregator(options['aggregator'], weighted=options['weighted'])

@@ -15,8 +15,8 @@ et al., AISTATS 2017, arXiv 1602.05629), FedAvgM / FedAdagrad / FedAdam /
 FedYogi (the FedAvg family with a server optimizer, Reddi et al., ICLR 2021,
 arXiv 2003.00295), each with or without a client learning-rate schedule
 (`fedtff.Schedule`, Reddi et al.), FedProx (Li et al., MLSys 2020, arXiv
-1812.06127), FedSGD, and Mime Lite (Karimireddy et al., NeurIPS 2021, arXiv
-2008.03606).
+1812.06127), FedSGD, Mime Lite (Karimireddy et al., NeurIPS 2021, arXiv
+2008.03606), and q-FedAvg (Li et al., ICLR 2020, arXiv 1905.10497).
 
     process = fedtff.compiled.build_compiled_process(model_fn, element_spec, algorithm='fedadam')
     data = fedtff.compiled.PaddedClientData(client_data)
@@ -44,6 +44,7 @@ from fedtff.algorithms import optimizers
 from fedtff.algorithms import builder
 from fedtff.algorithms import fed_avg
 from fedtff.algorithms import local_steps
+from fedtff.algorithms import q_fed_avg
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -91,6 +92,8 @@ class _Algorithm:
   name: str
   proximal_strength: Optional[float]
   schedule: Optional[schedules.Schedule] = None  # FedAvg family: the client learning rate.
+  q: Optional[float] = None  # q-FedAvg: q, and η of L = 1/η.
+  learning_rate: Optional[float] = None
 
   @property
   def sends_gradients(self) -> bool:  # FedSGD: the update is a gradient, not a model delta.
@@ -348,11 +351,16 @@ class CompiledProcess:
         holds_hparams = self._algorithm.is_fed_avg and self._algorithm.schedule is None
         hparams = state.client_work if holds_hparams else None
         initial_state = client_work.fresh_optimizer_state(self._model, client_optimizer, hparams)
+      if self._algorithm.q is not None:  # q-FedAvg: F_k(w_t) before the local steps.
+        loss_sums = client_work.loss_sums(self._model, weights, batches, first, count)
       update, stats = client_work.train_delta(
           self._model, client_optimizer, initial_state, weights, batches, first, count,
           proximal_strength=self._algorithm.proximal_strength,
           frozen_state=self._algorithm.is_mime_lite)
       weight = local_steps.client_weight(stats.num_examples, weighted=self._aggregation.weighted)
+      if self._algorithm.q is not None:  # Δ_k / h_k with weight h_k.
+        update, weight = local_steps.q_fair_update(update, loss_sums, self._algorithm.q,
+                                                   self._algorithm.learning_rate)
     update, weight, non_finite = local_steps.zero_non_finite(update, weight)
     return _ClientOutput(update, weight, stats, non_finite, gradient)
 
@@ -451,6 +459,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        server_optimizer: Optional[optimizers.TffOptimizer] = None,
                        client_learning_rate_schedule: Optional[schedules.Schedule] = None,
                        proximal_strength: Optional[float] = None,
+                       q: Optional[float] = None,
                        loss: Optional[tf.keras.losses.Loss] = None,
                        metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                        weighted: bool = True,
@@ -474,7 +483,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       are those of the real rows.
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
-      fedadam, fedyogi, fedprox, fedsgd, mimelite.
+      fedadam, fedyogi, fedprox, fedsgd, mimelite, qfedavg, scaffold.
       Mime Lite runs both its passes (the full gradient, then the training
       steps) over the same batches; TFF iterates a client's dataset twice, so
       the two match when the dataset gives one order on every iteration (the
@@ -491,6 +500,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       clients use `client_optimizer(schedule(round))`, and the metrics report
       it as `client_work/client_learning_rate`.
     proximal_strength: FedProx's mu; required by, and only by, fedprox.
+    q: q-FedAvg's q >= 0; required by, and only by, qfedavg (its loss pass and
+      local steps run over the same batches, as Mime Lite's two passes).
     loss: A Keras loss that gives a scalar (any reduction but 'none'); it sees
       the real rows of each batch (`fedtff.algorithms.batch_loss`); defaults to
       sparse categorical cross-entropy on logits.
@@ -524,7 +535,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
       client_learning_rate_schedule=client_learning_rate_schedule,
       proximal_strength=proximal_strength, weighted=weighted,
-      population_size=population_size, aggregator=aggregator)
+      population_size=population_size, q=q, aggregator=aggregator)
   client_optimizer_fn = None
   if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
     client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
@@ -550,7 +561,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   return process_class(
       model_fn, element_spec,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,
-                           client_learning_rate_schedule),
+                           client_learning_rate_schedule, q=q,
+                           learning_rate=(q_fed_avg.client_learning_rate(client_optimizer)
+                                          if q is not None else None)),
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,

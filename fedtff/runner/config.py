@@ -90,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0))
+  config.algorithm.q = _optional_float()  # q-FedAvg's q >= 0, required by (only) qfedavg.
   config.client = _optimizer_group()
   config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
                             lr_staircase=False, lr_warmup_rounds=0))
@@ -309,6 +310,7 @@ def validate(config: Any) -> None:
   _check_run_directory_options(config)
   _check_algorithm(config['algorithm'], registry.resolve_group(
       config['algorithm']['name'], 'server', config['server']), config['client'])
+  _check_q_fed_avg(config)
   _check_privacy(config)
   _check_stateful_clients(config)  # Before the attack checks: SCAFFOLD refuses any attack.
   _check_robust(config)
@@ -431,6 +433,33 @@ def _check_stateful_clients(config: Mapping[str, Any]) -> None:
                       'runtime.workers is not supported with it (leave it empty).')
   if config['algorithm']['process']:
     raise ConfigError(f'algorithm.process replaces algorithm.name; {name} is not used with it.')
+
+
+def _check_q_fed_avg(config: Mapping[str, Any]) -> None:
+  """q-FedAvg (Li et al., ICLR 2020): q >= 0 required by it alone; plain SGD
+  clients (L = 1/eta); the paper's server step (sgd 1.0); its own weights, mean."""
+  algorithm, client, aggregator = config['algorithm'], config['client'], config['aggregator']
+  server = registry.resolve_group(algorithm['name'], 'server', config['server'])
+  if algorithm['name'] != 'qfedavg':
+    if algorithm['q'] is not None:
+      raise ConfigError(f"Config key algorithm.q is used only by qfedavg, but algorithm.name is "
+                        f"{algorithm['name']!r}.")
+    return
+  if algorithm['q'] is None or not algorithm['q'] >= 0:
+    raise ConfigError(f"Config key algorithm.q must be set to q >= 0 for qfedavg, got "
+                      f"{algorithm['q']!r}.")
+  if client['optimizer'] not in (None, 'sgd') or client['momentum']:
+    raise ConfigError('qfedavg needs client.optimizer=\'sgd\' without momentum (L = 1/eta '
+                      f"assumes SGD), got {client['optimizer']!r} momentum {client['momentum']!r}.")
+  if server['learning_rate'] != 1.0 or server['momentum']:
+    raise ConfigError("qfedavg's server step is w - sum(Delta)/sum(h): server.learning_rate must "
+                      f"be 1.0 without momentum, got {server['learning_rate']!r} momentum "
+                      f"{server['momentum']!r}.")
+  if not algorithm['weighted']:
+    raise ConfigError('qfedavg weights each client by its h_k; drop algorithm.weighted=False.')
+  if aggregator['kind'] != 'mean':
+    raise ConfigError(f"qfedavg needs aggregator.kind='mean' (its own weights h_k), got "
+                      f"{aggregator['kind']!r}.")
 
 
 def _check_privacy(config: Mapping[str, Any]) -> None:
