@@ -30,6 +30,7 @@ from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
+from fedtff.data import heterogeneity
 
 # Where rounds run: TFF's runtime, or fedtff.compiled's one-graph rounds (docs/performance.md).
 # Where the rounds run (docs/runner.md, "Choosing the engine"): 'auto' is the
@@ -55,6 +56,7 @@ _CHOICES = {
     'privacy.mechanism': PRIVACY_MECHANISMS,
     'privacy.sampling': PRIVACY_SAMPLINGS,
     'privacy.accountant': PRIVACY_ACCOUNTANTS,
+    'heterogeneity.straggler_policy': heterogeneity.POLICIES,
 }
 
 
@@ -96,6 +98,12 @@ def base_config() -> ml_collections.ConfigDict:
       noise_seed=ml_collections.FieldReference(None, field_type=int),
       publish_client_metrics=False,
       ddp_bits=ml_collections.FieldReference(None, field_type=int)))
+  # Systems heterogeneity (fedtff.data.heterogeneity; Li et al. 2020, Section 5.2):
+  # the share of each round's clients that straggle (train on a random number of
+  # their batches) and that never report; 'auto' keeps a straggler's partial work
+  # for fedprox and fednova and drops the straggler for the other algorithms.
+  config.heterogeneity = ml_collections.ConfigDict(dict(
+      straggler_fraction=0.0, dropout_fraction=0.0, straggler_policy='auto'))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
@@ -289,6 +297,7 @@ def validate(config: Any) -> None:
   _check_algorithm(config['algorithm'], registry.resolve_group(
       config['algorithm']['name'], 'server', config['server']), config['client'])
   _check_privacy(config)
+  _check_heterogeneity(config)
   _check_stop(config)
   check_engine(config)
   _check_runtime(config['runtime'])
@@ -383,6 +392,21 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
   if expected and server['optimizer'] != expected:
     raise ConfigError(f'algorithm.name {name!r} needs server.optimizer={expected!r}, '
                       f'got {server["optimizer"]!r}.')
+
+
+def _check_heterogeneity(config: Mapping[str, Any]) -> None:
+  """`heterogeneity.*`: fractions in range; not with DP (its accounting counts every sampled client)."""
+  group = config['heterogeneity']
+  for key, upper, closed in (('straggler_fraction', 1.0, True), ('dropout_fraction', 1.0, False)):
+    value = group[key]
+    if not (0.0 <= value <= upper if closed else 0.0 <= value < upper):
+      raise ConfigError(f'Config key heterogeneity.{key} must be in '
+                        f'[0, 1{"]" if closed else ")"}, got {value}.')
+  if (group['straggler_fraction'] or group['dropout_fraction']) and (
+      config['aggregator']['kind'] == 'dp'):
+    raise ConfigError("heterogeneity.straggler_fraction and heterogeneity.dropout_fraction do "
+                      "not combine with aggregator.kind='dp': its accounting assumes every "
+                      'sampled client reports; set both to 0.')
 
 
 def _check_privacy(config: Mapping[str, Any]) -> None:

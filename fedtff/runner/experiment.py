@@ -36,6 +36,7 @@ from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff.runner import config as config_lib
 from fedtff import data
+from fedtff.data import heterogeneity as heterogeneity_lib
 from fedtff.execution import distributed
 from fedtff import compiled
 from fedtff.algorithms import optimizers
@@ -459,7 +460,7 @@ class _CompiledRounds:
 
   def next(self, state, client_ids):
     noise_seed = None
-    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
+    round_num = (data.rounds.split_round_client_id(client_ids[0])[0] if client_ids
                  else self.start_round)
     self.start_round = round_num + 1
     if self._privacy:
@@ -568,8 +569,9 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   total_rounds = last_round if stopping.resume(last_round, metadata) else config.total_rounds
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
+  plans = _RoundPlans(config, task)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + _train_metric_names(engine.tff_process)
+             + _train_metric_names(engine.tff_process) + plans.metric_names
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)
@@ -577,7 +579,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   train_ids = task.train_data.client_ids
   if isinstance(engine.rounds, _CompiledRounds):  # The round of an empty cohort.
     engine.rounds.start_round = last_round + 1
-  select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
+  select = lambda round_num: plans.tagged_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
       sampling=config.privacy.sampling))
 
@@ -602,7 +604,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=privacy.metrics if privacy else None,
+          round_metrics_fn=_round_metrics_fn(plans, privacy),
           has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
               [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
           callbacks=stopping.callbacks, history=rows)
@@ -612,6 +614,43 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
           f'{e} The last good checkpoint ({"round " + str(kept[-1]) if kept else "none yet"}) '
           f'is kept in {checkpoint_dir}.') from None
   return elapsed_s + time.perf_counter() - start
+
+
+class _RoundPlans:
+  """The round-tagged ids of each round's cohort after `config.heterogeneity`
+  (`fedtff.data.heterogeneity`), and the round's `train/stragglers` and
+  `train/dropped` counts; without heterogeneity, the cohort's plain tagged ids."""
+
+  def __init__(self, config, task):
+    group = config.heterogeneity
+    self._heterogeneity = heterogeneity_lib.Heterogeneity(
+        group.straggler_fraction, group.dropout_fraction,
+        heterogeneity_lib.resolve_policy(group.straggler_policy, config.algorithm.name))
+    self._seed = config.seed
+    self._full_batches = heterogeneity_lib.FullBatches(task.train_data)
+    self._plans = {}
+    self.metric_names = ([heterogeneity_lib.STRAGGLERS_METRIC, heterogeneity_lib.DROPPED_METRIC]
+                         if self._heterogeneity.enabled else [])
+
+  def tagged_ids(self, round_num: int, cohort: Sequence[str]) -> list:
+    if not self._heterogeneity.enabled:
+      return data.round_client_ids(round_num, cohort)
+    plan = heterogeneity_lib.plan_round(cohort, self._heterogeneity, seed=self._seed,
+                                        round_num=round_num, full_batches_fn=self._full_batches)
+    self._plans[round_num] = plan
+    return plan.tagged_ids
+
+  def metrics(self, round_num: int) -> training.Metrics:
+    plan = self._plans.pop(round_num, None)
+    return plan.metrics() if plan else {}
+
+
+def _round_metrics_fn(plans: _RoundPlans, privacy: Optional[run_privacy.RunPrivacy]):
+  """A round's added metrics: the heterogeneity counts, then the privacy spent."""
+  if not plans.metric_names:
+    return privacy.metrics if privacy else None
+  return lambda round_num: {**plans.metrics(round_num),
+                            **(privacy.metrics(round_num) if privacy else {})}
 
 
 def _skip(row) -> None:
