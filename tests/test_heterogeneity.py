@@ -90,7 +90,8 @@ def test_bad_heterogeneity_is_refused():
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize('algorithm, policy', [('fedprox', 'auto'), ('fedavg', 'auto')])
+@pytest.mark.parametrize('algorithm, policy', [('fedprox', 'auto'), ('fedavg', 'auto'),
+                                               ('fednova', 'auto')])
 def test_stragglers_and_dropouts_give_the_same_rows_on_both_engines(algorithm, policy, tmp_path):
   """A config run end to end on each engine: the same rows (within 1e-5), the
   counts logged, and (keep_partial) fewer batches than without stragglers."""

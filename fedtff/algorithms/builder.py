@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 from fedtff.algorithms import aggregators
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import fed_avg
+from fedtff.algorithms import fed_nova
 from fedtff.algorithms import fed_prox
 from fedtff.algorithms import fed_sgd
 from fedtff.algorithms import mime_lite
@@ -81,7 +82,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
-      fedyogi, fedprox, fedsgd, mimelite.
+      fedyogi, fedprox, fedsgd, mimelite, fednova.
     client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
@@ -102,6 +103,10 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  client_optimizer=client_optimizer,
                  client_learning_rate_schedule=client_learning_rate_schedule,
                  proximal_strength=proximal_strength, weighted=weighted)
+  if algorithm == 'fednova':
+    return fed_nova.build_fed_nova(model_fn, element_spec, client_optimizer=client_optimizer,
+                                   server_optimizer=server_optimizer, loss=loss, metrics=metrics,
+                                   weighted=weighted, model_aggregator=aggregator)
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
   server_optimizer = server_optimizer or registry.default_server_optimizer(algorithm)

@@ -100,6 +100,7 @@ def build_proximal_client_work(model_fn: LearningModelFn,
                                optimizer: optimizers.TffOptimizer,
                                proximal_strength: float,
                                weighting: tff.learning.ClientWeighting,
+                               *, normalized: bool = False,
                               ) -> tff.learning.templates.ClientWorkProcess:
   """FedProx's client work: local steps on loss + (μ/2)·‖w − w_t‖².
 
@@ -113,6 +114,8 @@ def build_proximal_client_work(model_fn: LearningModelFn,
     optimizer: The client's TFF optimizer, initialised anew on every client.
     proximal_strength: μ.
     weighting: How each client's update is weighted.
+    normalized: FedNova (`fedtff.algorithms.fed_nova`): the update is
+      `local_steps.normalized_update`'s `(delta / τ, τ)`, τ the client's steps.
   """
   with tf.Graph().as_default():
     model = model_fn()
@@ -124,7 +127,8 @@ def build_proximal_client_work(model_fn: LearningModelFn,
   def client_update(server_weights, dataset):
     # tf.function orders the variable reads and writes (this body is graph code).
     train = tf.function(functools.partial(
-        _train_client, model_fn(), optimizer, proximal_strength, weighting))
+        _train_client, model_fn(), optimizer, proximal_strength, weighting,
+        normalized=normalized))
     return train(server_weights, dataset)
 
   @tff.federated_computation
@@ -148,15 +152,18 @@ def _train_client(model: tff.learning.models.VariableModel,
                   proximal_strength: float,
                   weighting: tff.learning.ClientWeighting,
                   server_weights: tff.learning.models.ModelWeights,
-                  dataset: tf.data.Dataset):
-  """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics)."""
+                  dataset: tf.data.Dataset, *, normalized: bool = False):
+  """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics).
+
+  With `normalized` (FedNova) the update is `(delta / τ, τ)`, τ the number of batches.
+  """
   weights = tff.learning.models.ModelWeights.from_model(model)
   tf.nest.map_structure(lambda variable, value: variable.assign(value), weights, server_weights)
   trainable = tuple(tf.nest.flatten(weights.trainable))
   anchor = tuple(tf.nest.flatten(server_weights.trainable))
 
   def step(loop_state, batch):
-    num_examples, optimizer_state = loop_state
+    num_examples, num_steps, optimizer_state = loop_state
     with tf.GradientTape() as tape:
       output = model.forward_pass(batch, training=True)
     gradients = tape.gradient(output.loss, trainable)
@@ -166,12 +173,14 @@ def _train_client(model: tff.learning.models.VariableModel,
       num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
     else:
       num_examples += tf.cast(output.num_examples, tf.int64)
-    return num_examples, optimizer_state
+    return num_examples, num_steps + 1, optimizer_state
 
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-  num_examples, _ = dataset.reduce(
-      (tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  num_examples, num_steps, _ = dataset.reduce(
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
   update = local_steps.model_delta(server_weights.trainable, weights.trainable)
+  if normalized:
+    update = local_steps.normalized_update(update, num_steps)
   weight = local_steps.client_weight(
       num_examples, weighted=weighting == tff.learning.ClientWeighting.NUM_EXAMPLES)
   update, weight, _ = local_steps.zero_non_finite(update, weight)

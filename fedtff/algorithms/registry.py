@@ -9,7 +9,8 @@ leaves unset) and docs/algorithms.md, whose table is `markdown_table()`
 Papers: McMahan et al., AISTATS 2017 (arXiv 1602.05629); Hsu, Qi and Brown
 2019 (arXiv 1909.06335); Reddi et al., ICLR 2021 (arXiv 2003.00295); Li et
 al., MLSys 2020 (arXiv 1812.06127); Shokri and Shmatikov, CCS 2015;
-Karimireddy et al., NeurIPS 2021 (arXiv 2008.03606).
+Karimireddy et al., NeurIPS 2021 (arXiv 2008.03606); Wang et al., NeurIPS 2020
+(arXiv 2007.07481).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class AlgorithmSpec:
       is refused by every other algorithm.
     weighted_only: Whether clients can only be weighted by their examples.
     schedules: Whether client learning-rate schedules combine with it.
+    constraints: Further constraints, as the docs table states them.
   """
   name: str
   title: str
@@ -84,6 +86,7 @@ class AlgorithmSpec:
   needs_proximal_strength: bool = False
   weighted_only: bool = False
   schedules: bool = False
+  constraints: str = ''
 
   @property
   def fed_avg_family(self) -> bool:
@@ -119,6 +122,10 @@ _SPECS = (
     AlgorithmSpec('mimelite', 'Mime Lite', 'Karimireddy et al., NeurIPS 2021, arXiv 2008.03606',
                   builder='build_mime_lite', tff_builder='`build_{weighted,unweighted}_mime_lite`',
                   client=OptimizerDefault('sgd', 0.1, {'momentum': 0.9}), server=_SGD_SERVER),
+    AlgorithmSpec('fednova', 'FedNova', 'Wang et al., NeurIPS 2020, arXiv 2007.07481',
+                  builder='build_fed_nova', tff_builder="none (fedtff's client work and "
+                  "finalizer, TFF's broadcast and mean)", client=_SGD_CLIENT, server=_SGD_SERVER,
+                  constraints='client sgd without momentum; mean aggregator only'),
 )
 REGISTRY: Mapping[str, AlgorithmSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
 ALGORITHMS = tuple(REGISTRY)
@@ -188,6 +195,8 @@ def _hyperparameters(spec: AlgorithmSpec) -> str:
   parts.append('weighted only' if spec.weighted_only else '`weighted` (True)')
   if spec.schedules:
     parts.append('client schedules')
+  if spec.constraints:
+    parts.append(spec.constraints)
   return '; '.join(parts)
 
 
