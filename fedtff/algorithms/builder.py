@@ -63,6 +63,11 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
                        f'use algorithm=\'fedavg\' for another server optimizer.')
 
 
+def check_adaptive(algorithm: str, adaptive_proximal_strength: bool) -> None:
+  if adaptive_proximal_strength and algorithm != 'fedprox':
+    raise ValueError(f'adaptive_proximal_strength adapts fedprox\'s mu; got algorithm={algorithm!r}.')
+
+
 def build_learning_process(model_fn: tff_model.KerasModelFn,
                            element_spec: tff_model.ElementSpecLike,
                            *,
@@ -75,6 +80,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                            metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                            weighted: bool = True,
                            aggregator: Optional[Aggregator] = None,
+                           adaptive_proximal_strength: bool = False,
                           ) -> tff.learning.templates.LearningProcess:
   """Builds the TFF learning process for `algorithm`.
 
@@ -95,6 +101,9 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     weighted: Whether client updates are weighted by their number of examples.
     aggregator: A `fedtff.AggregatorSpec`, or any `tff.aggregators` factory
       (used as it is); TFF's mean when `None`.
+    adaptive_proximal_strength: fedprox only: μ is held in the state
+      (`state.client_work`, starting at `proximal_strength`) for the runner to
+      adapt between rounds (`fed_prox.AdaptiveStrength`).
 
   Raises:
     ValueError, TypeError: On an unknown name or options that do not combine.
@@ -103,6 +112,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  client_optimizer=client_optimizer,
                  client_learning_rate_schedule=client_learning_rate_schedule,
                  proximal_strength=proximal_strength, weighted=weighted)
+  check_adaptive(algorithm, adaptive_proximal_strength)
   if algorithm == 'fednova':
     return fed_nova.build_fed_nova(model_fn, element_spec, client_optimizer=client_optimizer,
                                    server_optimizer=server_optimizer, loss=loss, metrics=metrics,
@@ -119,7 +129,8 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     return fed_sgd.build_fed_sgd(model_fn, element_spec, **common)
   if algorithm == 'fedprox':
     return fed_prox.build_fed_prox(model_fn, element_spec, proximal_strength=proximal_strength,
-                                   client_optimizer=client_optimizer, weighted=weighted, **common)
+                                   client_optimizer=client_optimizer, weighted=weighted,
+                                   adaptive=adaptive_proximal_strength, **common)
   if algorithm == 'mimelite':
     return mime_lite.build_mime_lite(model_fn, element_spec, base_optimizer=client_optimizer,
                                      weighted=weighted, **common)

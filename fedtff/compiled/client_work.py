@@ -192,7 +192,8 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     batches: The round's batches; the client's are `first .. first + count - 1`.
     first: The client's first batch.
     count: The client's number of batches.
-    proximal_strength: FedProx's mu, or None for FedAvg.
+    proximal_strength: FedProx's mu (a float, or a float32 scalar tensor: the state's
+      adaptive mu), or None for FedAvg.
     frozen_state: Mime Lite: every step uses `initial_state`, and the state
       each step returns is discarded.
   """
@@ -204,7 +205,7 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     with tf.GradientTape() as tape:
       output = model.forward(batch, mask)
     gradients = tape.gradient(output.loss, model.trainable)
-    if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
+    if tf.is_tensor(proximal_strength) or proximal_strength:  # FedProx: mu·(w − w0).
       gradients = local_steps.proximal_gradients(gradients, model.trainable, weights.trainable,
                                                  proximal_strength)
     # TFF's structures: model_delta_client_work flattens to tuples, Mime Lite keeps lists.

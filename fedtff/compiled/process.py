@@ -92,6 +92,7 @@ class _Algorithm:
   name: str
   proximal_strength: Optional[float]
   schedule: Optional[schedules.Schedule] = None  # FedAvg family: the client learning rate.
+  adaptive: bool = False  # FedProx: mu is the state's client_work (fed_prox.AdaptiveStrength).
 
   @property
   def sends_gradients(self) -> bool:  # FedSGD: the update is a gradient, not a model delta.
@@ -236,6 +237,8 @@ class CompiledProcess:
     """TFF's initial client work state (see `CompiledState.client_work`)."""
     if self._algorithm.schedule is not None:  # build_scheduled_client_work: the round number.
       return np.int32(0)
+    if self._algorithm.adaptive:  # fed_prox's adaptive client work: mu, float32.
+      return np.float32(self._algorithm.proximal_strength)
     if self._algorithm.is_fed_avg:  # As TFF's model_delta_client_work: a whimsy spec.
       whimsy = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
       return self._client_optimizer.get_hparams(whimsy)
@@ -346,7 +349,8 @@ class CompiledProcess:
         initial_state = client_work.fresh_optimizer_state(self._model, client_optimizer, hparams)
       update, stats = client_work.train_delta(
           self._model, client_optimizer, initial_state, weights, batches, first, count,
-          proximal_strength=self._algorithm.proximal_strength,
+          proximal_strength=(state.client_work if self._algorithm.adaptive
+                             else self._algorithm.proximal_strength),
           frozen_state=self._algorithm.is_mime_lite)
       weight = local_steps.client_weight(stats.num_examples, weighted=self._aggregation.weighted)
     if self._algorithm.is_fed_nova:  # FedNova's message (Δ/τ, τ), zeroed as one (as on TFF).
@@ -461,7 +465,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                        weighted: bool = True,
                        aggregator: Optional[builder.Aggregator] = None,
-                       jit_compile: Optional[bool] = None) -> CompiledProcess:
+                       jit_compile: Optional[bool] = None,
+                       adaptive_proximal_strength: bool = False) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
@@ -513,6 +518,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       run without it, each batch cut to its own shape (`fedtff.compiled.batch_at`),
       and with them True is refused. The distributed Skellam mean always runs
       without XLA (no Poisson kernel).
+    adaptive_proximal_strength: fedprox: mu is the state's `client_work`
+      (float32), as on TFF (`fedtff.build_learning_process`).
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
@@ -524,6 +531,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   _check_proximal_strength(proximal_strength)
   if algorithm == 'fednova':
     fed_nova.check_aggregator(aggregator)
+  builder.check_adaptive(algorithm, adaptive_proximal_strength)
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
       client_learning_rate_schedule=client_learning_rate_schedule,
@@ -552,7 +560,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   return CompiledProcess(
       model_fn, element_spec,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,
-                           client_learning_rate_schedule),
+                           client_learning_rate_schedule, adaptive_proximal_strength),
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,

@@ -82,7 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=0, sequence_length=0, vocab_size=10000, feed='auto', feed_dir=''))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
-      name='fedavg', weighted=True, proximal_strength=0.0))
+      name='fedavg', weighted=True, proximal_strength=0.0,
+      # fedprox: adapt mu after every round from the round's train/loss (Li et al.,
+      # Appendix C.3.3, as pfl-research; fedtff.algorithms.fed_prox.AdaptiveStrength).
+      adaptive_mu=False, adaptive_mu_step=0.1, adaptive_mu_patience=5))
   config.client = _optimizer_group()
   config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
                             lr_staircase=False, lr_warmup_rounds=0))
@@ -385,6 +388,13 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
                       f'client.lr_warmup_rounds={client["lr_warmup_rounds"]}), but {name} takes '
                       f'no client learning-rate schedule; schedules combine with the FedAvg '
                       f'family ({family}).')
+  if algorithm['adaptive_mu'] and name != 'fedprox':
+    raise ConfigError(f'Config key algorithm.adaptive_mu adapts fedprox\'s mu, but '
+                      f'algorithm.name is {name!r}.')
+  if not (algorithm['adaptive_mu_step'] > 0 and algorithm['adaptive_mu_patience'] >= 1):
+    raise ConfigError('Config keys algorithm.adaptive_mu_step and adaptive_mu_patience must be '
+                      f"positive, got {algorithm['adaptive_mu_step']} and "
+                      f"{algorithm['adaptive_mu_patience']}.")
   if name != 'fedprox' and algorithm['proximal_strength']:
     raise ConfigError(f'Config key algorithm.proximal_strength is used only by fedprox, '
                       f'but algorithm.name is {name!r}.')

@@ -32,6 +32,7 @@ from fedtff.runner import callbacks as callbacks_lib
 from fedtff.runner import checkpoints
 from fedtff.runner import client_metrics
 from fedtff.algorithms import evaluation as evaluation_lib
+from fedtff.algorithms import fed_prox
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff.runner import config as config_lib
@@ -191,6 +192,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
                                         **_optimizer_hparams(config.server)),
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
+      **({'adaptive_proximal_strength': True} if algorithm.adaptive_mu else {}),
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
       **task.learning_kwargs())
@@ -570,8 +572,10 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
   plans = _RoundPlans(config, task)
+  rounds = _AdaptiveStrengthRounds.wrap(config, engine.rounds, rows)
   columns = (['round', 'round_time_s', 'examples_per_s']
              + _train_metric_names(engine.tff_process) + plans.metric_names
+             + ([_STRENGTH_METRIC] if rounds is not engine.rounds else [])
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)
@@ -599,12 +603,12 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
                for write in writers + [progress_fn or _skip]]
     try:
       training.run_training(
-          engine.rounds, select, total_rounds=total_rounds,
+          rounds, select, total_rounds=total_rounds,
           state=engine.from_tff_state(tff_state),
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=_round_metrics_fn(plans, privacy),
+          round_metrics_fn=_round_metrics_fn(plans, privacy, rounds),
           has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
               [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
           callbacks=stopping.callbacks, history=rows)
@@ -645,12 +649,60 @@ class _RoundPlans:
     return plan.metrics() if plan else {}
 
 
-def _round_metrics_fn(plans: _RoundPlans, privacy: Optional[run_privacy.RunPrivacy]):
-  """A round's added metrics: the heterogeneity counts, then the privacy spent."""
-  if not plans.metric_names:
-    return privacy.metrics if privacy else None
-  return lambda round_num: {**plans.metrics(round_num),
-                            **(privacy.metrics(round_num) if privacy else {})}
+_STRENGTH_METRIC = 'train/proximal_strength'
+
+
+class _AdaptiveStrengthRounds:
+  """`rounds` with FedProx's mu adapted after every round (`config.algorithm.adaptive_mu`).
+
+  The round runs with the mu in its state (`state.client_work`, on either
+  engine); the next mu (`fed_prox.AdaptiveStrength`, from the round's
+  `train/loss`) is written into the state it returns, so checkpoints carry
+  it. The rule's count of improvements is replayed from the metrics rows of
+  the rounds before a resume.
+  """
+
+  def __init__(self, rounds, rule: fed_prox.AdaptiveStrength, history: Sequence[Mapping]):
+    self._rounds = rounds
+    self._rule = rule
+    self._previous, self._improvements = rule.replay([row['train/loss'] for row in history])
+    self._used = None
+
+  @classmethod
+  def wrap(cls, config, rounds, history):
+    """`rounds` wrapped if the config adapts mu, else `rounds` itself."""
+    algorithm = config.algorithm
+    if not algorithm.adaptive_mu:
+      return rounds
+    rule = fed_prox.AdaptiveStrength(algorithm.adaptive_mu_step, algorithm.adaptive_mu_patience)
+    return cls(rounds, rule, history)
+
+  def next(self, state, clients):
+    self._used = float(np.asarray(state.client_work))  # float32, as the state holds it.
+    output = self._rounds.next(state, clients)
+    loss = float(output.metrics['client_work']['train']['loss'])
+    strength, self._improvements = self._rule.next(self._used, loss, self._previous,
+                                                   self._improvements)
+    self._previous = loss
+    state = output.state._replace(client_work=np.float32(strength))
+    return tff.learning.templates.LearningProcessOutput(state, output.metrics)
+
+  def metrics(self, round_num: int) -> training.Metrics:
+    del round_num
+    return {_STRENGTH_METRIC: self._used}
+
+  def __getattr__(self, name):  # get_model_weights, start_round, ...
+    return getattr(self._rounds, name)
+
+
+def _round_metrics_fn(plans: _RoundPlans, privacy: Optional[run_privacy.RunPrivacy], rounds):
+  """A round's added metrics: the heterogeneity counts, mu, then the privacy spent."""
+  parts = ([plans.metrics] if plans.metric_names else []) + (
+      [rounds.metrics] if isinstance(rounds, _AdaptiveStrengthRounds) else []) + (
+      [privacy.metrics] if privacy else [])
+  if not parts:
+    return None
+  return lambda round_num: {k: v for part in parts for k, v in part(round_num).items()}
 
 
 def _skip(row) -> None:
