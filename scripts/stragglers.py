@@ -13,12 +13,17 @@ into ROOT/<fraction>_<method>_s<seed> (a finished run is read back, not
 rerun), and prints one markdown table: per method and straggler fraction,
 over the seeds, the global model's loss on every device's held-out 10%
 (`eval/loss`) at the end and its largest value over the second half of the
-rounds (how unstable the run is), and the final and best test accuracy
-(mean ± std). `train/loss` is not used: it averages the clients' losses
+rounds (how unstable the run is), the largest change of test accuracy
+between consecutive rounds over the second half (`largest late jump`,
+`fedtff.research.benchmarks.largest_jump`), and the final and best test
+accuracy (mean ± std). `train/loss` is not used: it averages the clients' losses
 during their local steps, over different clients for each method.
 
   .venv/bin/python scripts/stragglers.py [--root runs/stragglers] [--rounds 100]
-      [--seeds 0,1,2] [--fractions 0,0.5,0.9] [--engine compiled]
+      [--seeds 0,1,2] [--fractions 0,0.5,0.9] [--engine compiled] [--table-only]
+
+`--table-only` runs nothing: it prints the table from the metrics.csv of the
+runs under ROOT.
 """
 
 import argparse
@@ -33,6 +38,7 @@ import numpy as np
 
 from configs import fedprox
 import fedtff
+from fedtff.research import benchmarks
 from fedtff.runner import outputs
 
 # name -> (algorithm, mu, straggler policy)
@@ -48,6 +54,7 @@ def _parse(argv):
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--fractions', default='0,0.5,0.9')
   parser.add_argument('--engine', default='compiled')
+  parser.add_argument('--table-only', action='store_true')
   return parser.parse_args(argv)
 
 
@@ -67,11 +74,12 @@ def straggler_config(fraction: float, method: str, seed: int, rounds: int, engin
   return config
 
 
-def run_one(root, fraction, method, seed, rounds, engine):
-  """The run's metric rows (run now, or read back if finished)."""
+def run_one(root, fraction, method, seed, rounds, engine, table_only=False):
+  """The run's metric rows (run now, or read back if finished or `table_only`)."""
   algorithm, mu, _ = METHODS[method]
   workdir = os.path.join(root, f'{fraction:g}_{algorithm}_mu{mu:g}_s{seed}')
-  fedtff.run_experiment(straggler_config(fraction, method, seed, rounds, engine), workdir)
+  if not table_only:
+    fedtff.run_experiment(straggler_config(fraction, method, seed, rounds, engine), workdir)
   return outputs.read_metrics_csv(os.path.join(workdir, 'metrics.csv'))
 
 
@@ -84,7 +92,10 @@ def summary_cells(runs):
   """Final test loss, max test loss over the second half, final and best test accuracy."""
   final_loss = [rows[-1]['eval/loss'] for rows in runs]
   half = [max(r['eval/loss'] for r in rows[len(rows) // 2:]) for rows in runs]
-  return [_cell(final_loss), _cell(half), _cell([rows[-1]['eval/accuracy'] for rows in runs]),
+  jumps = [benchmarks.largest_jump(benchmarks.Run('', 0, '', 'complete', rows, None),
+                                   'eval/accuracy') for rows in runs]
+  return [_cell(final_loss), _cell(half), _cell(jumps),
+          _cell([rows[-1]['eval/accuracy'] for rows in runs]),
           _cell([max(r['eval/accuracy'] for r in rows) for rows in runs])]
 
 
@@ -93,12 +104,13 @@ def main(argv=None) -> int:
   seeds = [int(s) for s in args.seeds.split(',')]
   fractions = [float(f) for f in args.fractions.split(',')]
   print(f'| stragglers | method | final test loss | max test loss, rounds '
-        f'{args.rounds // 2 + 1}-{args.rounds} | final test accuracy | best test accuracy |')
-  print('|---|---|---|---|---|---|')
+        f'{args.rounds // 2 + 1}-{args.rounds} | largest late jump | final test accuracy | '
+        'best test accuracy |')
+  print('|---|---|---|---|---|---|---|')
   for fraction in fractions:
     for method in METHODS:
-      runs = [run_one(args.root, fraction, method, seed, args.rounds, args.engine)
-              for seed in seeds]
+      runs = [run_one(args.root, fraction, method, seed, args.rounds, args.engine,
+                      args.table_only) for seed in seeds]
       print(f'| {fraction:.0%} | {method} | ' + ' | '.join(summary_cells(runs)) + ' |',
             flush=True)
   print(f'\n{len(seeds)} seeds ({args.seeds}), {args.rounds} rounds, engine {args.engine}; '
