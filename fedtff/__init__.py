@@ -25,6 +25,7 @@ from fedtff.algorithms.attacks import AttackSpec
 from fedtff.algorithms import ALGORITHMS
 from fedtff.algorithms import build_evaluation
 from fedtff.algorithms import build_fed_avg
+from fedtff.algorithms import build_fed_nova
 from fedtff.algorithms import build_fed_prox
 from fedtff.algorithms import build_fed_sgd
 from fedtff.algorithms import build_learning_process

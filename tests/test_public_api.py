@@ -11,7 +11,7 @@ def test_exports_the_documented_api():
       'research',
       'build_evaluation', 'build_fed_avg', 'local_runtime', 'build_optimizer', 'run_experiment',
       'run_training', 'sample_clients', 'batch_fn', 'build_learning_process', 'build_fed_prox',
-      'build_fed_sgd', 'build_mime_lite', 'AggregatorSpec', 'AttackSpec', 'Schedule',
+      'build_fed_sgd', 'build_mime_lite', 'build_fed_nova', 'AggregatorSpec', 'AttackSpec', 'Schedule',
       'evaluate_checkpoint',
       'build_optimizer_fn', 'ALGORITHMS', 'TrainingDivergedError', 'RoundEnd',
       'restore_tff_context',

@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 from fedtff.algorithms import aggregators
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import fed_avg
+from fedtff.algorithms import fed_nova
 from fedtff.algorithms import fed_prox
 from fedtff.algorithms import fed_sgd
 from fedtff.algorithms import mime_lite
@@ -90,6 +91,11 @@ def _check_stateful_clients(spec: registry.AlgorithmSpec, population_size, aggre
                      'variates Δc_i would bypass a DP or robust aggregator of the model deltas.')
 
 
+def check_adaptive(algorithm: str, adaptive_proximal_strength: bool) -> None:
+  if adaptive_proximal_strength and algorithm != 'fedprox':
+    raise ValueError(f'adaptive_proximal_strength adapts fedprox\'s mu; got algorithm={algorithm!r}.')
+
+
 def build_learning_process(model_fn: tff_model.KerasModelFn,
                            element_spec: tff_model.ElementSpecLike,
                            *,
@@ -104,6 +110,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                            weighted: bool = True,
                            aggregator: Optional[Aggregator] = None,
                            population_size: Optional[int] = None,
+                           adaptive_proximal_strength: bool = False,
                           ) -> tff.learning.templates.LearningProcess:
   """Builds the TFF learning process for `algorithm`.
 
@@ -111,7 +118,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
-      fedyogi, fedprox, fedsgd, mimelite, scaffold, qfedavg.
+      fedyogi, fedprox, fedsgd, mimelite, scaffold, qfedavg, fednova.
     client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
@@ -129,6 +136,9 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
       by, and only by, scaffold, whose process is a
       `fedtff.algorithms.scaffold.ScaffoldProcess` (an `IterativeProcess`:
       its `next` also takes and returns the clients' control variates).
+    adaptive_proximal_strength: fedprox only: μ is held in the state
+      (`state.client_work`, starting at `proximal_strength`) for the runner to
+      adapt between rounds (`fed_prox.AdaptiveStrength`).
 
   Raises:
     ValueError, TypeError: On an unknown name or options that do not combine.
@@ -138,6 +148,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  client_learning_rate_schedule=client_learning_rate_schedule,
                  proximal_strength=proximal_strength, weighted=weighted,
                  population_size=population_size, q=q, aggregator=aggregator)
+  check_adaptive(algorithm, adaptive_proximal_strength)
   if algorithm == 'scaffold':
     return scaffold.build_scaffold(
         model_fn, element_spec, population_size=population_size,
@@ -147,6 +158,10 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     return q_fed_avg.build_q_fed_avg(model_fn, element_spec, q=q,
                                      client_optimizer=client_optimizer,
                                      server_optimizer=server_optimizer, loss=loss, metrics=metrics)
+  if algorithm == 'fednova':
+    return fed_nova.build_fed_nova(model_fn, element_spec, client_optimizer=client_optimizer,
+                                   server_optimizer=server_optimizer, loss=loss, metrics=metrics,
+                                   weighted=weighted, model_aggregator=aggregator)
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
   server_optimizer = server_optimizer or registry.default_server_optimizer(algorithm)
@@ -159,7 +174,8 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     return fed_sgd.build_fed_sgd(model_fn, element_spec, **common)
   if algorithm == 'fedprox':
     return fed_prox.build_fed_prox(model_fn, element_spec, proximal_strength=proximal_strength,
-                                   client_optimizer=client_optimizer, weighted=weighted, **common)
+                                   client_optimizer=client_optimizer, weighted=weighted,
+                                   adaptive=adaptive_proximal_strength, **common)
   if algorithm == 'mimelite':
     return mime_lite.build_mime_lite(model_fn, element_spec, base_optimizer=client_optimizer,
                                      weighted=weighted, **common)

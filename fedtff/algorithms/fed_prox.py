@@ -20,8 +20,10 @@ work calls.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+import math
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -46,6 +48,7 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
                    metrics: Optional[Sequence[tff_model.MetricLike]] = None,
                    weighted: bool = True,
                    model_aggregator: Optional[aggregators.AggregationFactory] = None,
+                   adaptive: bool = False,
                   ) -> tff.learning.templates.LearningProcess:
   """Builds FedProx as TFF's FedProx process, with the proximal term's sign corrected.
 
@@ -60,6 +63,9 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
     metrics: Keras metrics; defaults to accuracy, reported as `accuracy`.
     weighted: Whether client updates are weighted by their number of examples.
     model_aggregator: A `tff.aggregators` factory matching `weighted`.
+    adaptive: μ lives in the state (`state.client_work`, float32, starting at
+      `proximal_strength`) and is broadcast to the clients each round, so that
+      the runner can adapt it between rounds (`adapt_proximal_strength`).
   """
   if not proximal_strength >= 0:
     raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
@@ -79,7 +85,7 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
   client_work = build_proximal_client_work(
       learning_model_fn, client_optimizer, float(proximal_strength),
       tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
-      else tff.learning.ClientWeighting.UNIFORM)
+      else tff.learning.ClientWeighting.UNIFORM, adaptive=adaptive)
   return tff.learning.templates.compose_learning_process(
       initial_model_weights,
       tff.learning.templates.build_broadcast_process(weights_type),
@@ -100,6 +106,7 @@ def build_proximal_client_work(model_fn: LearningModelFn,
                                optimizer: optimizers.TffOptimizer,
                                proximal_strength: float,
                                weighting: tff.learning.ClientWeighting,
+                               *, normalized: bool = False, adaptive: bool = False,
                               ) -> tff.learning.templates.ClientWorkProcess:
   """FedProx's client work: local steps on loss + (μ/2)·‖w − w_t‖².
 
@@ -113,7 +120,13 @@ def build_proximal_client_work(model_fn: LearningModelFn,
     optimizer: The client's TFF optimizer, initialised anew on every client.
     proximal_strength: μ.
     weighting: How each client's update is weighted.
+    normalized: FedNova (`fedtff.algorithms.fed_nova`): the update is
+      `local_steps.normalized_update`'s `(delta / τ, τ)`, τ the client's steps.
+    adaptive: The state is μ (float32, initially `proximal_strength`), broadcast
+      to the clients; else the state is empty and μ fixed.
   """
+  if adaptive:
+    return _adaptive_client_work(model_fn, optimizer, proximal_strength, weighting)
   with tf.Graph().as_default():
     model = model_fn()
     aggregate_metrics = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
@@ -124,7 +137,8 @@ def build_proximal_client_work(model_fn: LearningModelFn,
   def client_update(server_weights, dataset):
     # tf.function orders the variable reads and writes (this body is graph code).
     train = tf.function(functools.partial(
-        _train_client, model_fn(), optimizer, proximal_strength, weighting))
+        _train_client, model_fn(), optimizer, proximal_strength, weighting,
+        normalized=normalized))
     return train(server_weights, dataset)
 
   @tff.federated_computation
@@ -143,20 +157,100 @@ def build_proximal_client_work(model_fn: LearningModelFn,
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
 
 
+def _adaptive_client_work(model_fn: LearningModelFn, optimizer: optimizers.TffOptimizer,
+                          initial_strength: float, weighting: tff.learning.ClientWeighting,
+                         ) -> tff.learning.templates.ClientWorkProcess:
+  """`build_proximal_client_work` with μ in the state, broadcast each round."""
+  with tf.Graph().as_default():
+    model = model_fn()
+    aggregate_metrics = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
+  weights_type = tff.learning.models.weights_type_from_model(model)
+  data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
+
+  @tff.tensorflow.computation
+  def initial_strength_fn():
+    return tf.constant(initial_strength, tf.float32)
+
+  @tff.tensorflow.computation(weights_type, data_type, np.float32)
+  def client_update(server_weights, dataset, proximal_strength):
+    client_model = model_fn()  # Outside tf.function: it creates variables.
+    train = tf.function(lambda weights, data, mu: _train_client(
+        client_model, optimizer, mu, weighting, weights, data))
+    return train(server_weights, dataset, proximal_strength)
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_eval(initial_strength_fn, tff.SERVER)
+
+  @tff.federated_computation(init_fn.type_signature.result,
+                             tff.FederatedType(weights_type, tff.CLIENTS),
+                             tff.FederatedType(data_type, tff.CLIENTS))
+  def next_fn(state, weights, client_data):
+    results, model_outputs = tff.federated_map(
+        client_update, (weights, client_data, tff.federated_broadcast(state)))
+    measurements = tff.federated_zip(
+        collections.OrderedDict(train=aggregate_metrics(model_outputs)))
+    return tff.templates.MeasuredProcessOutput(state, results, measurements)
+
+  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveStrength:
+  """Li et al.'s adaptive μ (arXiv 1812.06127, Appendix C.3.3), as pfl-research's
+  `AdaptMuOnMetricCallback` (`pfl/algorithm/fedprox.py`) implements it.
+
+  After each round, with the round's loss L and the previous round's L':
+  if L < L', one more improvement in a row, and once there are `patience` in a
+  row every further improvement lowers μ by `step` (to no less than 0);
+  otherwise the count restarts and μ rises by `step` (to no more than
+  `maximum`). Li et al.: step 0.1, 5 rounds; pfl-research's default patience is 1.
+
+  Attributes:
+    step: How much μ moves.
+    patience: Improvements in a row before μ decreases.
+    maximum: The largest μ (pfl-research: 1).
+  """
+  step: float = 0.1
+  patience: int = 5
+  maximum: float = 1.0
+
+  def next(self, strength: float, loss: float, previous_loss: float,
+           improvements: int) -> Tuple[float, int]:
+    """`(μ, improvements in a row)` after a round of loss `loss`."""
+    if loss < previous_loss:
+      improvements += 1
+      if improvements >= self.patience:
+        strength = max(0.0, strength - self.step)
+      return strength, improvements
+    return min(self.maximum, strength + self.step), 0
+
+  def replay(self, losses: Sequence[float]) -> Tuple[float, int]:
+    """`(last loss, improvements in a row)` after rounds of `losses` (a resume)."""
+    previous, improvements = math.inf, 0
+    for loss in losses:
+      _, improvements = self.next(0.0, loss, previous, improvements)
+      previous = loss
+    return previous, improvements
+
+
 def _train_client(model: tff.learning.models.VariableModel,
                   optimizer: optimizers.TffOptimizer,
                   proximal_strength: float,
                   weighting: tff.learning.ClientWeighting,
                   server_weights: tff.learning.models.ModelWeights,
-                  dataset: tf.data.Dataset):
-  """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics)."""
+                  dataset: tf.data.Dataset, *, normalized: bool = False):
+  """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics).
+
+  With `normalized` (FedNova) the update is `(delta / τ, τ)`, τ the number of batches.
+  """
   weights = tff.learning.models.ModelWeights.from_model(model)
   tf.nest.map_structure(lambda variable, value: variable.assign(value), weights, server_weights)
   trainable = tuple(tf.nest.flatten(weights.trainable))
   anchor = tuple(tf.nest.flatten(server_weights.trainable))
 
   def step(loop_state, batch):
-    num_examples, optimizer_state = loop_state
+    num_examples, num_steps, optimizer_state = loop_state
     with tf.GradientTape() as tape:
       output = model.forward_pass(batch, training=True)
     gradients = tape.gradient(output.loss, trainable)
@@ -166,12 +260,14 @@ def _train_client(model: tff.learning.models.VariableModel,
       num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
     else:
       num_examples += tf.cast(output.num_examples, tf.int64)
-    return num_examples, optimizer_state
+    return num_examples, num_steps + 1, optimizer_state
 
   specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-  num_examples, _ = dataset.reduce(
-      (tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  num_examples, num_steps, _ = dataset.reduce(
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
   update = local_steps.model_delta(server_weights.trainable, weights.trainable)
+  if normalized:
+    update = local_steps.normalized_update(update, num_steps)
   weight = local_steps.client_weight(
       num_examples, weighted=weighting == tff.learning.ClientWeighting.NUM_EXAMPLES)
   update, weight, _ = local_steps.zero_non_finite(update, weight)

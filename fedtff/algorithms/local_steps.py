@@ -21,6 +21,12 @@ algorithm) call these functions instead of each restating the arithmetic:
 * `add_loss` and `q_fair_update`: q-FedAvg's client loss F_k(w_t) and its
   update and weight (Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation
   in Federated Learning", ICLR 2020, arXiv 1905.10497, Algorithm 3).
+* `normalized_update` and `normalized_server_update`: FedNova's normalized
+  averaging (Wang, Liu, Liang, Joshi and Poor, "Tackling the Objective
+  Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS
+  2020, arXiv 2007.07481): client i sends d_i = Δ_i / τ_i (plain local SGD:
+  a_i is τ_i ones, ‖a_i‖₁ = τ_i) and its τ_i; the server applies
+  τ_eff · Σ p_i d_i with τ_eff = Σ p_i τ_i, the p_i the aggregation weights.
 
 Where fedtff calls TFF's own builders (FedAvg and its server-optimizer
 variants, FedSGD, Mime Lite), TFF's client work runs on the TFF engine and
@@ -196,3 +202,23 @@ def q_fair_update(delta: Sequence[tf.Tensor], loss_sums: Tuple[tf.Tensor, tf.Ten
   update = [tf.cast(tf.math.divide_no_nan(scale * g, h), d.dtype)
             for g, d in zip(gradient, delta)]
   return update, tf.cast(h, tf.float32)
+
+
+def normalized_update(delta: Any, num_steps: tf.Tensor) -> Tuple[Any, tf.Tensor]:
+  """FedNova's client message: `(Δ / τ leaf by leaf, τ as float32)`.
+
+  For plain local SGD, G_i a_i / ‖a_i‖₁ = Δ_i / (η τ_i) (Wang et al. 2020, eq. 7);
+  the learning rate η stays in Δ_i. A client with no step sends zeros (0/0 := 0).
+
+  Args:
+    delta: The model delta, initial − trained.
+    num_steps: τ_i, the client's local steps (its batches).
+  """
+  steps = tf.cast(num_steps, tf.float32)
+  return tf.nest.map_structure(lambda d: tf.math.divide_no_nan(d, steps), delta), steps
+
+
+def normalized_server_update(mean_normalized: Any, mean_steps: tf.Tensor) -> Any:
+  """FedNova's server update, τ_eff · Σ p_i d_i: the weighted means of the
+  clients' `normalized_update`s, the second (τ_eff = Σ p_i τ_i) times the first."""
+  return tf.nest.map_structure(lambda d: mean_steps * d, mean_normalized)

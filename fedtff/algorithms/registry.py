@@ -10,7 +10,7 @@ Papers: McMahan et al., AISTATS 2017 (arXiv 1602.05629); Hsu, Qi and Brown
 2019 (arXiv 1909.06335); Reddi et al., ICLR 2021 (arXiv 2003.00295); Li et
 al., MLSys 2020 (arXiv 1812.06127); Shokri and Shmatikov, CCS 2015;
 Karimireddy et al., NeurIPS 2021 (arXiv 2008.03606); Karimireddy et al., ICML 2020
-(arXiv 1910.06378).
+(arXiv 1910.06378); Wang et al., NeurIPS 2020 (arXiv 2007.07481).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class AlgorithmSpec:
     schedules: Whether client learning-rate schedules combine with it.
     stateful_clients: Whether each client keeps a state between its rounds
       (SCAFFOLD's control variate; `fedtff.runner.client_states`).
+    constraints: Further constraints, as the docs table states them.
   """
   name: str
   title: str
@@ -91,6 +92,7 @@ class AlgorithmSpec:
   schedules: bool = False
   stateful_clients: bool = False
   needs_q: bool = False
+  constraints: str = ''
 
   @property
   def fed_avg_family(self) -> bool:
@@ -133,6 +135,10 @@ _SPECS = (
     AlgorithmSpec('qfedavg', 'q-FedAvg', 'Li, Sanjabi, Beirami & Smith, ICLR 2020, arXiv 1905.10497',
                   builder='build_q_fed_avg', tff_builder='none (fedtff\'s own client work)',
                   client=_SGD_CLIENT, server=_SGD_SERVER, server_family='sgd', needs_q=True),
+    AlgorithmSpec('fednova', 'FedNova', 'Wang et al., NeurIPS 2020, arXiv 2007.07481',
+                  builder='build_fed_nova', tff_builder="none (fedtff's client work and "
+                  "finalizer, TFF's broadcast and mean)", client=_SGD_CLIENT, server=_SGD_SERVER,
+                  constraints='client sgd without momentum; mean aggregator only'),
 )
 REGISTRY: Mapping[str, AlgorithmSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
 ALGORITHMS = tuple(REGISTRY)
@@ -209,6 +215,8 @@ def _hyperparameters(spec: AlgorithmSpec) -> str:
   if spec.stateful_clients:
     parts.append('client sgd without momentum; a control variate per client '
                  '(`fedtff.runner.client_states`); mean aggregator only')
+  if spec.constraints:
+    parts.append(spec.constraints)
   return '; '.join(parts)
 
 

@@ -493,8 +493,11 @@ class PaddedClientData:
 
 
 def _is_tagged(tagged_id: str, known: frozenset) -> bool:
-  round_num, separator, client_id = tagged_id.partition(rounds.SEPARATOR)
-  return bool(separator) and round_num.isdigit() and client_id in known
+  try:
+    _, _, client_id = rounds.split_round_client_id(tagged_id)  # A straggler's cut included.
+  except ValueError:
+    return False
+  return client_id in known
 
 
 class RoundBatches:

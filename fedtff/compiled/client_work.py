@@ -200,7 +200,8 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     batches: The round's batches; the client's are `first .. first + count - 1`.
     first: The client's first batch.
     count: The client's number of batches.
-    proximal_strength: FedProx's mu, or None for FedAvg.
+    proximal_strength: FedProx's mu (a float, or a float32 scalar tensor: the state's
+      adaptive mu), or None for FedAvg.
     frozen_state: Mime Lite: every step uses `initial_state`, and the state
       each step returns is discarded.
     control: SCAFFOLD: `(c_i, c)`, the client's and the server's control
@@ -214,7 +215,7 @@ def train_delta(model: PaddedModel, optimizer: tff.learning.optimizers.Optimizer
     with tf.GradientTape() as tape:
       output = model.forward(batch, mask)
     gradients = tape.gradient(output.loss, model.trainable)
-    if proximal_strength:  # FedProx: the gradient of (mu/2)·‖w − w0‖² is mu·(w − w0).
+    if tf.is_tensor(proximal_strength) or proximal_strength:  # FedProx: mu·(w − w0).
       gradients = local_steps.proximal_gradients(gradients, model.trainable, weights.trainable,
                                                  proximal_strength)
     if control is not None:  # SCAFFOLD (Karimireddy et al. 2020): g − c_i + c.

@@ -16,7 +16,8 @@ FedYogi (the FedAvg family with a server optimizer, Reddi et al., ICLR 2021,
 arXiv 2003.00295), each with or without a client learning-rate schedule
 (`fedtff.Schedule`, Reddi et al.), FedProx (Li et al., MLSys 2020, arXiv
 1812.06127), FedSGD, Mime Lite (Karimireddy et al., NeurIPS 2021, arXiv
-2008.03606), and q-FedAvg (Li et al., ICLR 2020, arXiv 1905.10497).
+2008.03606), q-FedAvg (Li et al., ICLR 2020, arXiv 1905.10497), and FedNova (Wang
+et al., NeurIPS 2020, arXiv 2007.07481).
 
     process = fedtff.compiled.build_compiled_process(model_fn, element_spec, algorithm='fedadam')
     data = fedtff.compiled.PaddedClientData(client_data)
@@ -43,6 +44,7 @@ from tensorflow_federated.python.learning import tensor_utils
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import builder
 from fedtff.algorithms import fed_avg
+from fedtff.algorithms import fed_nova
 from fedtff.algorithms import local_steps
 from fedtff.algorithms import q_fed_avg
 from fedtff.algorithms import registry
@@ -94,6 +96,7 @@ class _Algorithm:
   schedule: Optional[schedules.Schedule] = None  # FedAvg family: the client learning rate.
   q: Optional[float] = None  # q-FedAvg: q, and η of L = 1/η.
   learning_rate: Optional[float] = None
+  adaptive: bool = False  # FedProx: mu is the state's client_work (fed_prox.AdaptiveStrength).
 
   @property
   def sends_gradients(self) -> bool:  # FedSGD: the update is a gradient, not a model delta.
@@ -106,6 +109,10 @@ class _Algorithm:
   @property
   def is_mime_lite(self) -> bool:  # The server's base-optimizer state, frozen on the clients.
     return self.name == 'mimelite'
+
+  @property
+  def is_fed_nova(self) -> bool:  # Updates normalized by their local steps (fedtff.algorithms.fed_nova).
+    return self.name == 'fednova'
 
 
 def _check_proximal_strength(proximal_strength) -> None:
@@ -165,7 +172,8 @@ class _ClientOutput(NamedTuple):
   weight: tf.Tensor        # Its weight: 0 if non-finite.
   stats: client_work.TrainStats
   non_finite: tf.Tensor    # bool: whether the update was non-finite.
-  gradient: Any            # Mime Lite: the full-batch gradient at the server model; else ().
+  gradient: Any            # Mime Lite: the full-batch gradient at the server model;
+                           # FedNova: [τ], the local steps; else ().
 
 
 class CompiledProcess:
@@ -243,6 +251,8 @@ class CompiledProcess:
     """TFF's initial client work state (see `CompiledState.client_work`)."""
     if self._algorithm.schedule is not None:  # build_scheduled_client_work: the round number.
       return np.int32(0)
+    if self._algorithm.adaptive:  # fed_prox's adaptive client work: mu, float32.
+      return np.float32(self._algorithm.proximal_strength)
     if self._algorithm.is_fed_avg:  # As TFF's model_delta_client_work: a whimsy spec.
       whimsy = self._client_optimizer.initialize(tf.TensorSpec([], tf.float32))
       return self._client_optimizer.get_hparams(whimsy)
@@ -355,12 +365,17 @@ class CompiledProcess:
         loss_sums = client_work.loss_sums(self._model, weights, batches, first, count)
       update, stats = client_work.train_delta(
           self._model, client_optimizer, initial_state, weights, batches, first, count,
-          proximal_strength=self._algorithm.proximal_strength,
+          proximal_strength=(state.client_work if self._algorithm.adaptive
+                             else self._algorithm.proximal_strength),
           frozen_state=self._algorithm.is_mime_lite)
       weight = local_steps.client_weight(stats.num_examples, weighted=self._aggregation.weighted)
       if self._algorithm.q is not None:  # Δ_k / h_k with weight h_k.
         update, weight = local_steps.q_fair_update(update, loss_sums, self._algorithm.q,
                                                    self._algorithm.learning_rate)
+    if self._algorithm.is_fed_nova:  # FedNova's message (Δ/τ, τ), zeroed as one (as on TFF).
+      (update, steps), weight, non_finite = local_steps.zero_non_finite(
+          local_steps.normalized_update(update, stats.num_batches), weight)
+      return _ClientOutput(update, weight, stats, non_finite, [steps])
     update, weight, non_finite = local_steps.zero_non_finite(update, weight)
     return _ClientOutput(update, weight, stats, non_finite, gradient)
 
@@ -375,7 +390,9 @@ class CompiledProcess:
       stats = tf.cond(output.non_finite, client_work.TrainStats.zeros, lambda: stats)
       for variable, value in zip(self._model.metric_variables, snapshot):
         variable.assign(tf.where(output.non_finite, value, variable.read_value()))
-    if self._algorithm.is_mime_lite:  # TFF's full_gradient_aggregator: the model delta's weight.
+    if self._algorithm.is_mime_lite or self._algorithm.is_fed_nova:
+      # Mime Lite: TFF's full_gradient_aggregator, the model delta's weight. FedNova: τ's
+      # mean, τ_eff = Σ p_i τ_i, with the update's weight (TFF means (Δ/τ, τ) as one).
       gradient_acc = aggregation_lib.accumulate(self._gradient_mean, gradient_acc,
                                                 output.gradient, output.weight)
     return (aggregation_lib.accumulate(self._aggregation, acc, output.update, output.weight,
@@ -425,7 +442,8 @@ class CompiledProcess:
     trainable = state.global_model_weights.trainable
     loop_vars = (aggregation_lib.initial(trainable, self._aggregation, noise_seed),
                  client_work.TrainStats.zeros(),
-                 aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else ())
+                 aggregation_lib.initial(trainable) if self._algorithm.is_mime_lite else
+                 aggregation_lib.initial([tf.zeros([])]) if self._algorithm.is_fed_nova else ())
     _, (acc, totals, gradient_acc) = tf.while_loop(
         lambda c, _: c < cohorts.num_clients(batches),
         lambda c, v: (c + 1, self._client_step(state, client_optimizer, batches, c, *v)),
@@ -435,6 +453,9 @@ class CompiledProcess:
     else:
       update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
                                                   state.aggregator)
+    if self._algorithm.is_fed_nova:  # τ_eff · Σ p_i d_i.
+      (mean_steps,), _ = aggregation_lib.result(self._gradient_mean, gradient_acc, noise_seed)
+      update = local_steps.normalized_server_update(update, mean_steps)
     new_state, non_finite = self._apply_server_update(state, update)
     new_state = new_state._replace(
         aggregator=clip_state,
@@ -465,7 +486,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        weighted: bool = True,
                        aggregator: Optional[builder.Aggregator] = None,
                        jit_compile: Optional[bool] = None,
-                       population_size: Optional[int] = None) -> CompiledProcess:
+                       population_size: Optional[int] = None,
+                       adaptive_proximal_strength: bool = False) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
@@ -483,7 +505,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       are those of the real rows.
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
-      fedadam, fedyogi, fedprox, fedsgd, mimelite, qfedavg, scaffold.
+      fedadam, fedyogi, fedprox, fedsgd, mimelite, qfedavg, scaffold, fednova.
       Mime Lite runs both its passes (the full gradient, then the training
       steps) over the same batches; TFF iterates a client's dataset twice, so
       the two match when the dataset gives one order on every iteration (the
@@ -522,6 +544,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
     population_size: SCAFFOLD's N; required by, and only by, scaffold, whose
       process is a `fedtff.compiled.scaffold.CompiledScaffold`
       (`next_with_controls` takes and returns the clients' control variates).
+    adaptive_proximal_strength: fedprox: mu is the state's `client_work`
+      (float32), as on TFF (`fedtff.build_learning_process`).
 
   Raises:
     ValueError, TypeError: On options that do not combine (the checks of
@@ -531,6 +555,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       examples of varying shape.
   """
   _check_proximal_strength(proximal_strength)
+  if algorithm == 'fednova':
+    fed_nova.check_aggregator(aggregator)
+  builder.check_adaptive(algorithm, adaptive_proximal_strength)
   builder._check_options(  # pylint: disable=protected-access  # The TFF builder's own checks.
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
       client_learning_rate_schedule=client_learning_rate_schedule,
@@ -551,6 +578,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   if registry.get(algorithm).client is not None:  # The defaults: fedtff.algorithms.registry.
     client_optimizer = optimizers.check(
         client_optimizer or registry.default_client_optimizer(algorithm), 'client')
+  if algorithm == 'fednova':
+    fed_nova.check_client_optimizer(client_optimizer)
   server_optimizer = optimizers.check(
       server_optimizer or registry.default_server_optimizer(algorithm), 'server')
   metric_fns = [tff_model._metric_constructor(m)  # pylint: disable=protected-access
@@ -563,7 +592,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,
                            client_learning_rate_schedule, q=q,
                            learning_rate=(q_fed_avg.client_learning_rate(client_optimizer)
-                                          if q is not None else None)),
+                                          if q is not None else None),
+                           adaptive=adaptive_proximal_strength),
       client_optimizer=client_optimizer, client_optimizer_fn=client_optimizer_fn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,

@@ -24,13 +24,17 @@ client's round stream, seeds that element's stateless augmentation
 `(dataset, seed=key)`. Its `serializable_dataset_fn` and `dataset_computation`
 take round-tagged ids, `round_client_id(round_num, client_id)` =
 `'<round>/<client id>'`; the id is everything after the first '/', so ids may
-contain '/' themselves.
+contain '/' themselves. A straggler's id carries its cut,
+`round_client_id(round_num, client_id, max_batches=k)` = `'<round>:<k>/<client
+id>'`: its round dataset is cut to its first k batches (`dataset.take(k)`, the
+same batches in the same order as the full round's), so both engines train it
+for k local steps (`fedtff.data.heterogeneity`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from tensorflow.python.eager import context  # pylint: disable=g-direct-tensorflow-import
@@ -39,15 +43,41 @@ import tensorflow_federated as tff
 ClientData = tff.simulation.datasets.ClientData
 SeededDatasetFn = Callable[..., tf.data.Dataset]
 SEPARATOR = '/'
+CUT_SEPARATOR = ':'  # '<round>:<max batches>/<client id>' (a straggler's cut).
 _ALG = 'philox'
 _MAX_FINGERPRINT = 2**63 - 1
 
 
-def round_client_id(round_num: int, client_id: str) -> str:
-  """The id that asks a `RoundClientData` for `client_id`'s dataset of `round_num`."""
+def round_client_id(round_num: int, client_id: str, *, max_batches: Optional[int] = None) -> str:
+  """The id that asks a `RoundClientData` for `client_id`'s dataset of `round_num`.
+
+  Args:
+    round_num: The round, from 0.
+    client_id: The plain client id.
+    max_batches: A straggler's number of batches k (at least 1): the dataset is
+      cut to its first k batches. None: the whole dataset.
+  """
   if isinstance(round_num, bool) or not isinstance(round_num, int) or round_num < 0:
     raise ValueError(f'round_num must be a non-negative int, got {round_num!r}.')
-  return f'{round_num}{SEPARATOR}{client_id}'
+  if max_batches is None:
+    return f'{round_num}{SEPARATOR}{client_id}'
+  if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+    raise ValueError(f'max_batches must be a positive int or None, got {max_batches!r}.')
+  return f'{round_num}{CUT_SEPARATOR}{max_batches}{SEPARATOR}{client_id}'
+
+
+def split_round_client_id(tagged_id: str) -> Tuple[int, Optional[int], str]:
+  """`(round, max_batches or None, client id)` of a `round_client_id` string (Python).
+
+  Raises:
+    ValueError: If `tagged_id` is not '<round>/<id>' or '<round>:<k>/<id>'.
+  """
+  head, separator, client_id = tagged_id.partition(SEPARATOR)
+  round_text, cut, batches_text = head.partition(CUT_SEPARATOR)
+  if not separator or not round_text.isdigit() or (cut and not batches_text.isdigit()):
+    raise ValueError(f"Expected a round-tagged id '<round>/<client id>' or "
+                     f"'<round>:<batches>/<client id>', got {tagged_id!r}.")
+  return int(round_text), int(batches_text) if cut else None, client_id
 
 
 def round_client_ids(round_num: int, client_ids: Sequence[str]) -> List[str]:
@@ -57,8 +87,17 @@ def round_client_ids(round_num: int, client_ids: Sequence[str]) -> List[str]:
 
 def parse_round_client_id(tagged: Any) -> Tuple[tf.Tensor, tf.Tensor]:
   """`(round int64, client id string)` tensors of a `round_client_id` string (TF ops)."""
+  round_num, _, client_id = _parse(tagged)
+  return round_num, client_id
+
+
+def _parse(tagged: Any) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """`(round int64, max batches int64 (-1: all), client id)` of a tagged id (TF ops)."""
   parts = tf.strings.split(tf.convert_to_tensor(tagged, tf.string), SEPARATOR, maxsplit=1)
-  return tf.strings.to_number(parts[0], tf.int64), parts[1]
+  head = tf.strings.split(parts[0], CUT_SEPARATOR, maxsplit=1)
+  fields = tf.concat([head, tf.constant(['-1'])], axis=0)  # '<round>' gets max batches -1.
+  return (tf.strings.to_number(fields[0], tf.int64), tf.strings.to_number(fields[1], tf.int64),
+          parts[1])
 
 
 def client_seed(seed: Any, round_num: Any, client_id: Any) -> tf.Tensor:
@@ -145,9 +184,10 @@ class RoundClientData(ClientData):
 
     def serializable_dataset_fn(tagged_id) -> tf.data.Dataset:
       with without_global_seed():  # The same datasets eagerly, traced, and in TFF.
-        round_num, client_id = parse_round_client_id(tagged_id)
+        round_num, max_batches, client_id = _parse(tagged_id)
         key = client_seed(self._seed, round_num, client_id)
-        return preprocess_fn(client_data.serializable_dataset_fn(client_id), seed=key)
+        dataset = preprocess_fn(client_data.serializable_dataset_fn(client_id), seed=key)
+        return dataset.take(max_batches)  # A straggler's first batches; -1: all.
 
     self._serializable_dataset_fn = serializable_dataset_fn
     self._element_type_structure = self.create_tf_dataset_for_client(

@@ -32,6 +32,7 @@ from fedtff import tasks
 from fedtff.algorithms import builder
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
+from fedtff.data import heterogeneity
 
 # Where rounds run: TFF's runtime, or fedtff.compiled's one-graph rounds (docs/performance.md).
 # Where the rounds run (docs/runner.md, "Choosing the engine"): 'auto' is the
@@ -64,6 +65,7 @@ _CHOICES = {
     'privacy.sampling': PRIVACY_SAMPLINGS,
     'privacy.accountant': PRIVACY_ACCOUNTANTS,
     'algorithm.client_states': CLIENT_STATES,
+    'heterogeneity.straggler_policy': heterogeneity.POLICIES,
 }
 
 
@@ -89,7 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_batch_size=0, sequence_length=0, vocab_size=10000, feed='auto', feed_dir=''))
   config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
   config.algorithm = ml_collections.ConfigDict(dict(
-      name='fedavg', weighted=True, proximal_strength=0.0))
+      name='fedavg', weighted=True, proximal_strength=0.0,
+      # fedprox: adapt mu after every round from the round's train/loss (Li et al.,
+      # Appendix C.3.3, as pfl-research; fedtff.algorithms.fed_prox.AdaptiveStrength).
+      adaptive_mu=False, adaptive_mu_step=0.1, adaptive_mu_patience=5))
   config.algorithm.q = _optional_float()  # q-FedAvg's q >= 0, required by (only) qfedavg.
   config.client = _optimizer_group()
   config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
@@ -111,6 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
       noise_seed=ml_collections.FieldReference(None, field_type=int),
       publish_client_metrics=False,
       ddp_bits=ml_collections.FieldReference(None, field_type=int)))
+  # Systems heterogeneity (fedtff.data.heterogeneity; Li et al. 2020, Section 5.2):
+  # the share of each round's clients that straggle (train on a random number of
+  # their batches) and that never report; 'auto' keeps a straggler's partial work
+  # for fedprox and fednova and drops the straggler for the other algorithms.
+  config.heterogeneity = ml_collections.ConfigDict(dict(
+      straggler_fraction=0.0, dropout_fraction=0.0, straggler_policy='auto'))
   config.total_rounds = 10
   config.clients_per_round = 10
   config.rounds_per_eval = 1
@@ -314,6 +325,7 @@ def validate(config: Any) -> None:
   _check_privacy(config)
   _check_stateful_clients(config)  # Before the attack checks: SCAFFOLD refuses any attack.
   _check_robust(config)
+  _check_heterogeneity(config)
   _check_stop(config)
   check_engine(config)
   _check_runtime(config['runtime'])
@@ -401,6 +413,13 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
                       f'client.lr_warmup_rounds={client["lr_warmup_rounds"]}), but {name} takes '
                       f'no client learning-rate schedule; schedules combine with the FedAvg '
                       f'family ({family}).')
+  if algorithm['adaptive_mu'] and name != 'fedprox':
+    raise ConfigError(f'Config key algorithm.adaptive_mu adapts fedprox\'s mu, but '
+                      f'algorithm.name is {name!r}.')
+  if not (algorithm['adaptive_mu_step'] > 0 and algorithm['adaptive_mu_patience'] >= 1):
+    raise ConfigError('Config keys algorithm.adaptive_mu_step and adaptive_mu_patience must be '
+                      f"positive, got {algorithm['adaptive_mu_step']} and "
+                      f"{algorithm['adaptive_mu_patience']}.")
   if name != 'fedprox' and algorithm['proximal_strength']:
     raise ConfigError(f'Config key algorithm.proximal_strength is used only by fedprox, '
                       f'but algorithm.name is {name!r}.')
@@ -460,6 +479,21 @@ def _check_q_fed_avg(config: Mapping[str, Any]) -> None:
   if aggregator['kind'] != 'mean':
     raise ConfigError(f"qfedavg needs aggregator.kind='mean' (its own weights h_k), got "
                       f"{aggregator['kind']!r}.")
+
+
+def _check_heterogeneity(config: Mapping[str, Any]) -> None:
+  """`heterogeneity.*`: fractions in range; not with DP (its accounting counts every sampled client)."""
+  group = config['heterogeneity']
+  for key, upper, closed in (('straggler_fraction', 1.0, True), ('dropout_fraction', 1.0, False)):
+    value = group[key]
+    if not (0.0 <= value <= upper if closed else 0.0 <= value < upper):
+      raise ConfigError(f'Config key heterogeneity.{key} must be in '
+                        f'[0, 1{"]" if closed else ")"}, got {value}.')
+  if (group['straggler_fraction'] or group['dropout_fraction']) and (
+      config['aggregator']['kind'] == 'dp'):
+    raise ConfigError("heterogeneity.straggler_fraction and heterogeneity.dropout_fraction do "
+                      "not combine with aggregator.kind='dp': its accounting assumes every "
+                      'sampled client reports; set both to 0.')
 
 
 def _check_privacy(config: Mapping[str, Any]) -> None:

@@ -35,10 +35,12 @@ from fedtff.runner import checkpoints
 from fedtff.runner import client_states
 from fedtff.runner import client_metrics
 from fedtff.algorithms import evaluation as evaluation_lib
+from fedtff.algorithms import fed_prox
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
 from fedtff.runner import config as config_lib
 from fedtff import data
+from fedtff.data import heterogeneity as heterogeneity_lib
 from fedtff.execution import distributed
 from fedtff import compiled
 from fedtff.algorithms import optimizers
@@ -202,6 +204,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       client_learning_rate_schedule=_schedule(config.client),
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       q=algorithm.q if algorithm.name == 'qfedavg' else None,
+      **({'adaptive_proximal_strength': True} if algorithm.adaptive_mu else {}),
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
       **_population_size(config, task),
@@ -479,7 +482,7 @@ class _CompiledRounds:
 
   def next(self, state, client_ids):
     noise_seed = None
-    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
+    round_num = (data.rounds.split_round_client_id(client_ids[0])[0] if client_ids
                  else self.start_round)
     self.start_round = round_num + 1
     if self._privacy:
@@ -678,8 +681,11 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   total_rounds = last_round if stopping.resume(last_round, metadata) else config.total_rounds
   rows = run_dir.resumed_rows(workdir, last_round, rounds_per_eval=config.rounds_per_eval,
                               total_rounds=config.total_rounds)
+  plans = _RoundPlans(config, task)
+  rounds = _AdaptiveStrengthRounds.wrap(config, engine.rounds, rows)
   columns = (['round', 'round_time_s', 'examples_per_s']
-             + _train_metric_names(engine.tff_process)
+             + _train_metric_names(engine.tff_process) + plans.metric_names
+             + ([_STRENGTH_METRIC] if rounds is not engine.rounds else [])
              + evaluate.metric_names + ([accounting.EPSILON_METRIC] if privacy else []))
   if privacy:
     columns = privacy.published_columns(columns)
@@ -687,7 +693,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   train_ids = task.train_data.client_ids
   if isinstance(engine.rounds, _CompiledRounds):  # The round of an empty cohort.
     engine.rounds.start_round = last_round + 1
-  select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
+  select = lambda round_num: plans.tagged_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
       sampling=config.privacy.sampling))
 
@@ -712,12 +718,12 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
                for write in writers + [progress_fn or _skip]]
     try:
       training.run_training(
-          engine.rounds, select, total_rounds=total_rounds,
+          rounds, select, total_rounds=total_rounds,
           state=engine.from_tff_state(tff_state),
           start_round=last_round + 1, evaluation_fn=evaluate,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
-          round_metrics_fn=privacy.metrics if privacy else None,
+          round_metrics_fn=_round_metrics_fn(plans, privacy, rounds),
           has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
               [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
           callbacks=stopping.callbacks, history=rows)
@@ -727,6 +733,91 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
           f'{e} The last good checkpoint ({"round " + str(kept[-1]) if kept else "none yet"}) '
           f'is kept in {checkpoint_dir}.') from None
   return elapsed_s + time.perf_counter() - start
+
+
+class _RoundPlans:
+  """The round-tagged ids of each round's cohort after `config.heterogeneity`
+  (`fedtff.data.heterogeneity`), and the round's `train/stragglers` and
+  `train/dropped` counts; without heterogeneity, the cohort's plain tagged ids."""
+
+  def __init__(self, config, task):
+    group = config.heterogeneity
+    self._heterogeneity = heterogeneity_lib.Heterogeneity(
+        group.straggler_fraction, group.dropout_fraction,
+        heterogeneity_lib.resolve_policy(group.straggler_policy, config.algorithm.name))
+    self._seed = config.seed
+    self._full_batches = heterogeneity_lib.FullBatches(task.train_data)
+    self._plans = {}
+    self.metric_names = ([heterogeneity_lib.STRAGGLERS_METRIC, heterogeneity_lib.DROPPED_METRIC]
+                         if self._heterogeneity.enabled else [])
+
+  def tagged_ids(self, round_num: int, cohort: Sequence[str]) -> list:
+    if not self._heterogeneity.enabled:
+      return data.round_client_ids(round_num, cohort)
+    plan = heterogeneity_lib.plan_round(cohort, self._heterogeneity, seed=self._seed,
+                                        round_num=round_num, full_batches_fn=self._full_batches)
+    self._plans[round_num] = plan
+    return plan.tagged_ids
+
+  def metrics(self, round_num: int) -> training.Metrics:
+    plan = self._plans.pop(round_num, None)
+    return plan.metrics() if plan else {}
+
+
+_STRENGTH_METRIC = 'train/proximal_strength'
+
+
+class _AdaptiveStrengthRounds:
+  """`rounds` with FedProx's mu adapted after every round (`config.algorithm.adaptive_mu`).
+
+  The round runs with the mu in its state (`state.client_work`, on either
+  engine); the next mu (`fed_prox.AdaptiveStrength`, from the round's
+  `train/loss`) is written into the state it returns, so checkpoints carry
+  it. The rule's count of improvements is replayed from the metrics rows of
+  the rounds before a resume.
+  """
+
+  def __init__(self, rounds, rule: fed_prox.AdaptiveStrength, history: Sequence[Mapping]):
+    self._rounds = rounds
+    self._rule = rule
+    self._previous, self._improvements = rule.replay([row['train/loss'] for row in history])
+    self._used = None
+
+  @classmethod
+  def wrap(cls, config, rounds, history):
+    """`rounds` wrapped if the config adapts mu, else `rounds` itself."""
+    algorithm = config.algorithm
+    if not algorithm.adaptive_mu:
+      return rounds
+    rule = fed_prox.AdaptiveStrength(algorithm.adaptive_mu_step, algorithm.adaptive_mu_patience)
+    return cls(rounds, rule, history)
+
+  def next(self, state, clients):
+    self._used = float(np.asarray(state.client_work))  # float32, as the state holds it.
+    output = self._rounds.next(state, clients)
+    loss = float(output.metrics['client_work']['train']['loss'])
+    strength, self._improvements = self._rule.next(self._used, loss, self._previous,
+                                                   self._improvements)
+    self._previous = loss
+    state = output.state._replace(client_work=np.float32(strength))
+    return tff.learning.templates.LearningProcessOutput(state, output.metrics)
+
+  def metrics(self, round_num: int) -> training.Metrics:
+    del round_num
+    return {_STRENGTH_METRIC: self._used}
+
+  def __getattr__(self, name):  # get_model_weights, start_round, ...
+    return getattr(self._rounds, name)
+
+
+def _round_metrics_fn(plans: _RoundPlans, privacy: Optional[run_privacy.RunPrivacy], rounds):
+  """A round's added metrics: the heterogeneity counts, mu, then the privacy spent."""
+  parts = ([plans.metrics] if plans.metric_names else []) + (
+      [rounds.metrics] if isinstance(rounds, _AdaptiveStrengthRounds) else []) + (
+      [privacy.metrics] if privacy else [])
+  if not parts:
+    return None
+  return lambda round_num: {k: v for part in parts for k, v in part(round_num).items()}
 
 
 def _skip(row) -> None:
