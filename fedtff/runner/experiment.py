@@ -426,8 +426,8 @@ class _Engine(NamedTuple):
     tff_process: The TFF process, or on the compiled engine with the mean
       aggregator its `_CompiledStateLayout`: its state is the checkpoint format
       and it names the training metric columns, on either engine.
-    rounds: What `training.run_training` drives: `next(state, client_ids)`,
-      `get_model_weights(state)`.
+    rounds: What `training.run_training` drives: `next(state, client_ids)` (on
+      the compiled engine `next(state, _Cohort)`), `get_model_weights(state)`.
     from_tff_state: A TFF state (initial, or a checkpoint) as a state of `rounds`.
     to_tff_state: `(state, tff_state)`: a state of `rounds` as a TFF state,
       with what it lacks (the aggregator's state) taken from `tff_state`.
@@ -440,14 +440,19 @@ class _Engine(NamedTuple):
   choice: config_lib.EngineChoice
 
 
-class _CompiledRounds:
-  """A compiled process fed round-tagged client ids like TFF's composed process;
-  each round's clients are read through TFF's pipeline and padded
-  (`fedtff.compiled.RoundBatches`), since their batches differ by round.
+class _Cohort(NamedTuple):
+  """A round's number (`training.run_training`'s) and its sampled, round-tagged client ids:
+  what the compiled engine's rounds take, since an empty (Poisson) cohort tags no id."""
+  round_num: int
+  client_ids: Sequence[str]
 
-  With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`, r read
-  off the round-tagged ids; an empty (Poisson) cohort's round is the one after
-  the previous round's (`start_round` before the first).
+
+class _CompiledRounds:
+  """A compiled process fed a round's `_Cohort`, as TFF's composed process is fed its
+  round-tagged client ids; each round's clients are read through TFF's pipeline and
+  padded (`fedtff.compiled.RoundBatches`), since their batches differ by round.
+
+  With DP, round r's noise is seeded by `privacy.round_noise_seed(r)`.
   """
 
   def __init__(self, process: compiled.CompiledProcess, client_data, batch_size: int,
@@ -455,16 +460,10 @@ class _CompiledRounds:
     self._process = process
     self._client_data = compiled.RoundBatches(client_data, batch_size=batch_size)
     self._privacy = privacy
-    self.start_round = 1
 
-  def next(self, state, client_ids):
-    noise_seed = None
-    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
-                 else self.start_round)
-    self.start_round = round_num + 1
-    if self._privacy:
-      noise_seed = self._privacy.round_noise_seed(round_num)
-    return self._process.next(state, self._client_data.tagged_batches(client_ids),
+  def next(self, state, cohort: _Cohort):
+    noise_seed = self._privacy.round_noise_seed(cohort.round_num) if self._privacy else None
+    return self._process.next(state, self._client_data.tagged_batches(cohort.client_ids),
                               noise_seed=noise_seed)
 
   def get_model_weights(self, state):
@@ -575,11 +574,12 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
     columns = privacy.published_columns(columns)
   stopping.publish_only(columns)
   train_ids = task.train_data.client_ids
-  if isinstance(engine.rounds, _CompiledRounds):  # The round of an empty cohort.
-    engine.rounds.start_round = last_round + 1
-  select = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
+  sample = lambda round_num: data.round_client_ids(round_num, training.sample_clients(
       train_ids, config.clients_per_round, round_num=round_num, seed=config.seed,
       sampling=config.privacy.sampling))
+  compiled_rounds = isinstance(engine.rounds, _CompiledRounds)
+  select = (lambda round_num: _Cohort(round_num, sample(round_num))) if compiled_rounds else sample
+  tagged_ids = lambda clients: clients.client_ids if compiled_rounds else clients
 
   def save(round_num, state):
     checkpoints.save(
@@ -603,8 +603,8 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
           round_metrics_fn=privacy.metrics if privacy else None,
-          has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
-              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
+          has_examples_fn=lambda clients: training.has_examples(  # The round's datasets.
+              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids(clients)]),
           callbacks=stopping.callbacks, history=rows)
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
