@@ -14,6 +14,7 @@ from fedtff.runner import config as config_lib
 from fedtff.compiled import differential
 from fedtff.runner import experiment
 from fedtff import tasks
+from fedtff.algorithms import batch_loss
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -135,3 +136,82 @@ def test_script_prints_each_outcome_and_the_tally():
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
       'differential.py: error: --rounds must be at least 3, got 2')
+
+
+def test_the_tolerance_is_absolute_plus_relative_to_tffs_value():
+  # 2 float32 ulps of 71.17 (the Adagrad preconditioner of reddi.py:stackoverflow_tag:fedadagrad)
+  # pass; the same difference near 0 does not.
+  value = np.float32(71.17462158)
+  two_ulps = float(2 * np.spacing(value))
+  assert two_ulps == pytest.approx(1.526e-5, rel=1e-3)
+  assert two_ulps <= differential.allowed_difference(float(value))
+  assert two_ulps > differential.allowed_difference(0.0) == differential.TOLERANCE
+  assert differential.allowed_difference(-1.0) == pytest.approx(1.1e-5)
+
+
+def _float64_adagrad_rounds(config, task, initial, rounds):
+  """Reddi et al.'s tag prediction (logistic regression, binary cross-entropy on logits summed
+  over the batch, averaged over tags; one client epoch of SGD; weighted mean; server Adagrad as
+  tff.learning.optimizers.build_adagrad) in float64 NumPy: each round's kernel, bias and
+  preconditioners."""
+  weights = [np.asarray(w, np.float64) for w in initial]
+  preconditioner = [np.zeros_like(w) for w in weights]
+  epsilon = float(np.float32(config.server.epsilon))  # TFF keeps it in float32.
+  out = []
+  for round_num in range(1, rounds + 1):
+    updates, total = [np.zeros_like(w) for w in weights], 0
+    for client_id in differential.client_ids(config, task, round_num):
+      local, count = [w.copy() for w in weights], 0
+      for batch in task.train_data.serializable_dataset_fn(client_id).as_numpy_iterator():
+        x, y = (np.asarray(t, np.float64) for t in batch_loss.inputs_and_labels(batch))
+        dz = (1 / (1 + np.exp(-(x @ local[0] + local[1]))) - y) / y.shape[1]
+        local = [local[0] - config.client.learning_rate * x.T @ dz,
+                 local[1] - config.client.learning_rate * dz.sum(0)]
+        count += len(x)
+      updates = [u + count * (l - w) for u, l, w in zip(updates, local, weights)]
+      total += count
+    gradients = [-u / total for u in updates]
+    preconditioner = [p + g ** 2 for p, g in zip(preconditioner, gradients)]
+    weights = [w - config.server.learning_rate * g / np.sqrt(p + epsilon)
+               for w, g, p in zip(weights, gradients, preconditioner)]
+    out.append(weights + preconditioner)
+  return out
+
+
+def test_reddi_adagrad_differs_by_float32_rounding_only():
+  """reddi.py:stackoverflow_tag:fedadagrad's engines differ by 1.53e-5 in the Adagrad
+  preconditioner (values up to 87): each engine is within a few float32 ulps of a float64
+  NumPy reference, and the harness's tolerance passes them."""
+  combination, = [c for c in differential.shipped_combinations(
+      os.path.join(conftest.REPO_ROOT, 'configs')) if c.name == 'reddi.py:stackoverflow_tag:fedadagrad']
+  config = config_lib.resolve(differential.shrink(combination.config))
+  task = tasks.build_task(config)
+  engines = differential._Engines(config, task, None)  # pylint: disable=protected-access
+  tff_state, compiled_state = engines.initial_states()
+  reference = _float64_adagrad_rounds(
+      config, task, engines.tff.get_model_weights(tff_state).trainable, 2)
+  largest = 0.0
+  for round_num, expected in enumerate(reference, 1):
+    tff_output, compiled_output = engines.next(round_num, tff_state, compiled_state)
+    tff_state, compiled_state = tff_output.state, compiled_output.state
+    found = differential._max_difference(  # pylint: disable=protected-access
+        tff_state, engines.compiled.to_tff_state(compiled_state, tff_state), 'state')
+    assert found.share <= 1, found
+    largest = max(largest, found.largest)
+    for state in (tff_state, engines.compiled.to_tff_state(compiled_state, tff_state)):
+      preconditioner = state.finalizer['preconditioner']
+      for actual, want in zip(preconditioner, expected[2:]):
+        ulps = np.abs(np.asarray(actual, np.float64) - want) / np.spacing(np.float32(want))
+        big = want > 1.0  # Small entries are sums of cancelling client updates: absolute error.
+        assert np.max(ulps[big], initial=0) <= 6
+        assert np.max(np.abs(np.asarray(actual) - want)) <= 2e-5
+  assert largest > differential.TOLERANCE  # The case the relative tolerance is for.
+
+
+def test_quantizing_compression_is_bounded_by_one_step_per_client():
+  config = tiny_config(aggregator__kind='compression', aggregator__quantization_bits=8,
+                       aggregator__quantization_threshold=10)  # The 64x8 kernel is quantized.
+  outcome = check('compression', config)
+  assert outcome.status == differential.PASSED, outcome.line()
+  assert 'round-1 quantization error tff ' in outcome.message
+  assert outcome.max_difference <= differential.TOLERANCE  # The unquantized twin.

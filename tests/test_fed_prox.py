@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import fedtff
+from fedtff import compiled
 from fedtff.algorithms import tff_model
 from tests import conftest
 
@@ -118,3 +119,19 @@ def test_a_client_with_a_non_finite_update_is_weighted_zero(client_datasets, ini
   expected = reference_fed_prox(initial_weights.trainable, client_datasets[1:], mu=MU, rounds=1)
   for a, b in zip(ours, expected):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('mu', [-0.5, float('nan')], ids=['negative', 'nan'])
+def test_every_builder_refuses_a_negative_or_nan_mu_in_one_sentence(mu, client_datasets):
+  """`fedtff.algorithms.fed_prox.check_proximal_strength`, called by both engines' builders."""
+  spec = client_datasets[0].element_spec
+  builders = (
+      lambda: fedtff.algorithms.fed_prox.build_fed_prox(keras_model, spec, proximal_strength=mu),
+      lambda: fedtff.build_learning_process(keras_model, spec, algorithm='fedprox',
+                                            proximal_strength=mu),
+      lambda: compiled.build_compiled_process(keras_model, spec, algorithm='fedprox',
+                                              proximal_strength=mu))
+  for build in builders:
+    with pytest.raises(ValueError) as raised:
+      build()
+    assert str(raised.value) == f'proximal_strength (mu) must be non-negative, got {mu}.'

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import fedtff
 from fedtff.runner import checkpoints
@@ -153,3 +154,16 @@ def test_sigkill_mid_run_then_resume_matches_a_straight_run(straight_run, tmp_pa
                  '--quiet'], cwd=conftest.REPO_ROOT, check=True, capture_output=True,
                  env=conftest.script_env(), timeout=300)
   assert_same_rows(comparable_rows(tmp_path), comparable_rows(reference))
+
+
+def test_specs_of_another_state_are_refused_naming_the_checkpoint_and_the_counts(tmp_path):
+  state = {'a': np.arange(3, dtype=np.float32), 'b': np.int64(7)}
+  checkpoints.save(str(tmp_path), 2, state, elapsed_s=0.5)
+  specs = {'a': tf.TensorSpec([3], tf.float32)}  # One leaf for a state of two.
+  with pytest.raises(checkpoints.CheckpointMismatchError) as raised:
+    checkpoints.restore_latest(str(tmp_path), state, specs=specs)
+  path = os.path.join(str(tmp_path), 'round-000002.npz')
+  assert str(raised.value) == (
+      f'Reading checkpoint {path}: the state specs have 1 leaves, the process state has 2; '
+      'pass state_specs of the same process.')
+  assert os.listdir(tmp_path) == ['round-000002.npz']  # Not taken for a damaged file.

@@ -58,6 +58,8 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
   if (proximal_strength is not None) != spec.needs_proximal_strength:
     raise ValueError('proximal_strength (mu) is required by fedprox and used by no other '
                      f'algorithm; got algorithm={algorithm!r}, proximal_strength={proximal_strength}.')
+  if proximal_strength is not None:
+    fed_prox.check_proximal_strength(proximal_strength)
   if spec.client is None and client_optimizer is not None:
     raise ValueError(f'{algorithm} has no client optimizer; drop client_optimizer.')
   if spec.weighted_only and not weighted:

@@ -38,6 +38,16 @@ from fedtff.algorithms import tff_model
 LearningModelFn = Callable[[], tff.learning.models.VariableModel]
 
 
+def check_proximal_strength(proximal_strength: float) -> None:
+  """Refuses a FedProx μ that is not a non-negative number (NaN included); both engines call it.
+
+  Raises:
+    ValueError: If `proximal_strength` is negative or NaN.
+  """
+  if not proximal_strength >= 0:
+    raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
+
+
 def build_fed_prox(model_fn: tff_model.KerasModelFn,
                    element_spec: tff_model.ElementSpecLike,
                    *,
@@ -67,8 +77,7 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
       `proximal_strength`) and is broadcast to the clients each round, so that
       the runner can adapt it between rounds (`adapt_proximal_strength`).
   """
-  if not proximal_strength >= 0:
-    raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
+  check_proximal_strength(proximal_strength)
   client_optimizer = optimizers.check(
       client_optimizer or registry.default_client_optimizer('fedprox'), 'client')
   server_optimizer = optimizers.check(

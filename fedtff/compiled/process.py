@@ -115,11 +115,6 @@ class _Algorithm:
     return self.name == 'fednova'
 
 
-def _check_proximal_strength(proximal_strength) -> None:
-  if proximal_strength is not None and proximal_strength < 0:
-    raise ValueError(f'proximal_strength (mu) must be non-negative, got {proximal_strength}.')
-
-
 def _jit_compile(element_spec: Any, jit_compile: Optional[bool]) -> bool:
   """Whether to compile the round with XLA: by default when every example has a
   fixed shape (XLA compiles fixed shapes); refuses anything but dense tensors."""
@@ -554,7 +549,6 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       or sparse examples, losses with reduction 'none'); jit_compile=True with
       examples of varying shape.
   """
-  _check_proximal_strength(proximal_strength)
   if algorithm == 'fednova':
     fed_nova.check_aggregator(aggregator)
   builder.check_adaptive(algorithm, adaptive_proximal_strength)

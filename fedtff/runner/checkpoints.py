@@ -154,9 +154,11 @@ def _load(path: str, template: Any, specs: Any = None) -> Restored:
   """Reads one checkpoint into `template`'s structure (every array read in full)."""
   with np.load(path, allow_pickle=False) as saved:
     template_leaves = tf.nest.flatten(template)
-    spec_leaves = tf.nest.flatten(specs) if specs is not None else []
+    spec_leaves = tf.nest.flatten(specs) if specs is not None else [None] * len(template_leaves)
     if len(spec_leaves) != len(template_leaves):
-      spec_leaves = [None] * len(template_leaves)
+      raise CheckpointMismatchError(
+          f'Reading checkpoint {path}: the state specs have {len(spec_leaves)} leaves, the '
+          f'process state has {len(template_leaves)}; pass state_specs of the same process.')
     keys = sorted(k for k in saved.files if k.startswith('leaf_'))
     if len(keys) != len(template_leaves):
       raise CheckpointMismatchError(
