@@ -23,7 +23,7 @@ import collections
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -136,6 +136,19 @@ def build_proximal_client_work(model_fn: LearningModelFn,
   """
   if adaptive:
     return _adaptive_client_work(model_fn, optimizer, proximal_strength, weighting)
+  return stateless_client_work(model_fn, functools.partial(
+      _train_client, optimizer=optimizer, proximal_strength=proximal_strength,
+      weighting=weighting, normalized=normalized))
+
+
+def stateless_client_work(model_fn: LearningModelFn, train: Callable[..., Any],
+                          ) -> tff.learning.templates.ClientWorkProcess:
+  """A stateless client work running `train(model, server_weights, dataset)` on each client.
+
+  `train` returns `(tff.learning.templates.ClientResult, unfinalized metrics)`; the
+  metrics are summed and finalized as `train` (TFF's `sum_then_finalize`). FedProx,
+  FedNova and q-FedAvg build their TFF client work with it.
+  """
   with tf.Graph().as_default():
     model = model_fn()
     aggregate_metrics = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
@@ -145,10 +158,7 @@ def build_proximal_client_work(model_fn: LearningModelFn,
   @tff.tensorflow.computation(weights_type, data_type)
   def client_update(server_weights, dataset):
     # tf.function orders the variable reads and writes (this body is graph code).
-    train = tf.function(functools.partial(
-        _train_client, model_fn(), optimizer, proximal_strength, weighting,
-        normalized=normalized))
-    return train(server_weights, dataset)
+    return tf.function(functools.partial(train, model_fn()))(server_weights, dataset)
 
   @tff.federated_computation
   def init_fn():
@@ -184,7 +194,8 @@ def _adaptive_client_work(model_fn: LearningModelFn, optimizer: optimizers.TffOp
   def client_update(server_weights, dataset, proximal_strength):
     client_model = model_fn()  # Outside tf.function: it creates variables.
     train = tf.function(lambda weights, data, mu: _train_client(
-        client_model, optimizer, mu, weighting, weights, data))
+        client_model, weights, data, optimizer=optimizer, proximal_strength=mu,
+        weighting=weighting))
     return train(server_weights, dataset, proximal_strength)
 
   @tff.federated_computation
@@ -244,11 +255,12 @@ class AdaptiveStrength:
 
 
 def _train_client(model: tff.learning.models.VariableModel,
+                  server_weights: tff.learning.models.ModelWeights,
+                  dataset: tf.data.Dataset, *,
                   optimizer: optimizers.TffOptimizer,
                   proximal_strength: float,
                   weighting: tff.learning.ClientWeighting,
-                  server_weights: tff.learning.models.ModelWeights,
-                  dataset: tf.data.Dataset, *, normalized: bool = False):
+                  normalized: bool = False):
   """Trains `model` from `server_weights` over `dataset`; returns (ClientResult, metrics).
 
   With `normalized` (FedNova) the update is `(delta / τ, τ)`, τ the number of batches.
@@ -258,22 +270,9 @@ def _train_client(model: tff.learning.models.VariableModel,
   trainable = tuple(tf.nest.flatten(weights.trainable))
   anchor = tuple(tf.nest.flatten(server_weights.trainable))
 
-  def step(loop_state, batch):
-    num_examples, num_steps, optimizer_state = loop_state
-    with tf.GradientTape() as tape:
-      output = model.forward_pass(batch, training=True)
-    gradients = tape.gradient(output.loss, trainable)
-    gradients = local_steps.proximal_gradients(gradients, trainable, anchor, proximal_strength)
-    optimizer_state = local_steps.local_step(optimizer, optimizer_state, trainable, gradients)
-    if output.num_examples is None:
-      num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
-    else:
-      num_examples += tf.cast(output.num_examples, tf.int64)
-    return num_examples, num_steps + 1, optimizer_state
-
-  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-  num_examples, num_steps, _ = dataset.reduce(
-      (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  num_examples, num_steps = local_steps.train_locally(
+      model, optimizer, trainable, dataset, lambda gradients: local_steps.proximal_gradients(
+          gradients, trainable, anchor, proximal_strength))
   update = local_steps.model_delta(server_weights.trainable, weights.trainable)
   if normalized:
     update = local_steps.normalized_update(update, num_steps)

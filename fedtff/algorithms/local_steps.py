@@ -222,3 +222,37 @@ def normalized_server_update(mean_normalized: Any, mean_steps: tf.Tensor) -> Any
   """FedNova's server update, τ_eff · Σ p_i d_i: the weighted means of the
   clients' `normalized_update`s, the second (τ_eff = Σ p_i τ_i) times the first."""
   return tf.nest.map_structure(lambda d: mean_steps * d, mean_normalized)
+
+
+def batch_examples(output: tff.learning.models.BatchOutput) -> tf.Tensor:
+  """A forward pass's examples (int64): its `num_examples`, or its predictions' rows."""
+  if output.num_examples is None:
+    return tf.shape(output.predictions, out_type=tf.int64)[0]
+  return tf.cast(output.num_examples, tf.int64)
+
+
+def train_locally(model: tff.learning.models.VariableModel, optimizer, trainable: Sequence[Any],
+                  dataset: tf.data.Dataset,
+                  correct: Callable[[List[tf.Tensor]], List[tf.Tensor]] = lambda g: g,
+                 ) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The TFF engine's local loop of fedtff's own client works (FedProx, FedNova,
+  SCAFFOLD, q-FedAvg): per batch, the forward pass, the loss's gradients,
+  `correct(gradients)` (FedProx's proximal term, SCAFFOLD's control variates),
+  and one `local_step` from a fresh optimizer state.
+
+  Returns:
+    `(examples, steps)`: the examples and batches trained on (int64).
+  """
+
+  def step(loop_state, batch):
+    num_examples, num_steps, optimizer_state = loop_state
+    with tf.GradientTape() as tape:
+      output = model.forward_pass(batch, training=True)
+    gradients = correct(tape.gradient(output.loss, trainable))
+    optimizer_state = local_step(optimizer, optimizer_state, trainable, gradients)
+    return num_examples + batch_examples(output), num_steps + 1, optimizer_state
+
+  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
+  num_examples, num_steps, _ = dataset.reduce(
+      (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  return num_examples, num_steps

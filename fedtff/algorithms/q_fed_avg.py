@@ -26,7 +26,6 @@ aggregators, and client learning-rate schedules do not apply.
 
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -35,6 +34,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import fed_prox
 from fedtff.algorithms import local_steps
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
@@ -149,40 +149,16 @@ def build_q_fair_client_work(model_fn: LearningModelFn, optimizer: optimizers.Tf
     optimizer: The client's plain SGD optimizer, initialised anew on every client.
     q: q ≥ 0.
   """
-  learning_rate = client_learning_rate(optimizer)
-  with tf.Graph().as_default():
-    model = model_fn()
-    aggregate_metrics = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
-  weights_type = tff.learning.models.weights_type_from_model(model)
-  data_type = tff.SequenceType(tff.types.tensorflow_to_type(model.input_spec))
-
-  @tff.tensorflow.computation(weights_type, data_type)
-  def client_update(server_weights, dataset):
-    train = tf.function(functools.partial(_train_client, model_fn(), optimizer, q, learning_rate))
-    return train(server_weights, dataset)
-
-  @tff.federated_computation
-  def init_fn():
-    return tff.federated_value((), tff.SERVER)
-
-  @tff.federated_computation(init_fn.type_signature.result,
-                             tff.FederatedType(weights_type, tff.CLIENTS),
-                             tff.FederatedType(data_type, tff.CLIENTS))
-  def next_fn(state, weights, client_data):
-    results, model_outputs = tff.federated_map(client_update, (weights, client_data))
-    measurements = tff.federated_zip(
-        collections.OrderedDict(train=aggregate_metrics(model_outputs)))
-    return tff.templates.MeasuredProcessOutput(state, results, measurements)
-
-  return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+  return fed_prox.stateless_client_work(model_fn, functools.partial(
+      _train_client, optimizer=optimizer, q=q, learning_rate=client_learning_rate(optimizer)))
 
 
 def _train_client(model: tff.learning.models.VariableModel,
+                  server_weights: tff.learning.models.ModelWeights,
+                  dataset: tf.data.Dataset, *,
                   optimizer: optimizers.TffOptimizer,
                   q: float,
-                  learning_rate: float,
-                  server_weights: tff.learning.models.ModelWeights,
-                  dataset: tf.data.Dataset):
+                  learning_rate: float):
   """F_k(w_t) over `dataset`, then SGD over it; returns (ClientResult, metrics).
 
   The dataset is read twice (the loss pass, then training), as TFF's Mime
@@ -194,20 +170,13 @@ def _train_client(model: tff.learning.models.VariableModel,
 
   def loss_step(sums, batch):
     output = model.forward_pass(batch, training=False)
-    return local_steps.add_loss(sums, output.loss, _num_examples(output))
+    return local_steps.add_loss(sums, output.loss, local_steps.batch_examples(output))
 
   loss_sums = dataset.reduce((tf.constant(0.0), tf.constant(0.0)), loss_step)
   with tf.control_dependencies(loss_sums):
     model.reset_metrics()  # The training metrics are the SGD steps', as FedAvg reports them.
 
-  def step(optimizer_state, batch):
-    with tf.GradientTape() as tape:
-      output = model.forward_pass(batch, training=True)
-    gradients = tape.gradient(output.loss, trainable)
-    return local_steps.local_step(optimizer, optimizer_state, trainable, gradients)
-
-  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-  dataset.reduce(optimizer.initialize(specs), step)
+  local_steps.train_locally(model, optimizer, trainable, dataset)
   delta = local_steps.model_delta(server_weights.trainable, weights.trainable)
   flat_update, weight = local_steps.q_fair_update(tf.nest.flatten(delta), loss_sums, q,
                                                   learning_rate)
@@ -215,9 +184,3 @@ def _train_client(model: tff.learning.models.VariableModel,
   update, weight, _ = local_steps.zero_non_finite(update, weight)
   return (tff.learning.templates.ClientResult(update=update, update_weight=weight),
           model.report_local_unfinalized_metrics())
-
-
-def _num_examples(output: tff.learning.models.BatchOutput) -> tf.Tensor:
-  if output.num_examples is None:
-    return tf.shape(output.predictions, out_type=tf.int64)[0]
-  return tf.cast(output.num_examples, tf.int64)

@@ -240,22 +240,9 @@ def _train_client(model: tff.learning.models.VariableModel, optimizer: optimizer
   trainable = tuple(tf.nest.flatten(weights.trainable))
   c_i, c = tuple(tf.nest.flatten(client_control)), tuple(tf.nest.flatten(server_control))
 
-  def step(loop_state, batch):
-    num_examples, num_steps, optimizer_state = loop_state
-    with tf.GradientTape() as tape:
-      output = model.forward_pass(batch, training=True)
-    gradients = tape.gradient(output.loss, trainable)
-    gradients = local_steps.scaffold_gradients(gradients, c_i, c)
-    optimizer_state = local_steps.local_step(optimizer, optimizer_state, trainable, gradients)
-    if output.num_examples is None:
-      num_examples += tf.shape(output.predictions, out_type=tf.int64)[0]
-    else:
-      num_examples += tf.cast(output.num_examples, tf.int64)
-    return num_examples, num_steps + 1, optimizer_state
-
-  specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in trainable)
-  num_examples, num_steps, _ = dataset.reduce(
-      (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
+  num_examples, num_steps = local_steps.train_locally(
+      model, optimizer, trainable, dataset,
+      lambda gradients: local_steps.scaffold_gradients(gradients, c_i, c))
   update = local_steps.model_delta(server_weights.trainable, weights.trainable)
   weight = local_steps.client_weight(num_examples, weighted=weighted)
   update, weight, non_finite = local_steps.zero_non_finite(update, weight)

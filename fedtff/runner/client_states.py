@@ -31,10 +31,11 @@ import glob
 import json
 import os
 import re
-import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from fedtff.runner import outputs
 
 ROWS_FILE, APPLIED_FILE = 'rows.f32', 'applied.json'
 _JOURNAL = re.compile(r'journal-(\d+)\.npz$')
@@ -42,27 +43,6 @@ _JOURNAL = re.compile(r'journal-(\d+)\.npz$')
 
 def _journal_path(directory: str, round_num: int) -> str:
   return os.path.join(directory, f'journal-{round_num:06d}.npz')
-
-
-def _write_atomically(path: str, write_fn) -> None:
-  """Writes `path` through a temporary file in its directory, fsynced, then renamed."""
-  directory = os.path.dirname(path)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-  dir_fd = os.open(directory, os.O_RDONLY)
-  try:
-    os.fsync(dir_fd)
-  finally:
-    os.close(dir_fd)
 
 
 class ClientStateStore:
@@ -134,7 +114,8 @@ class ClientStateStore:
              else np.zeros([0, self.state_size], np.float32))
     before = np.asarray(self._rows[rows]) if len(rows) else after.copy()
     path = _journal_path(self._directory, round_num)
-    _write_atomically(path, lambda f: np.savez(f, rows=rows, before=before, after=after))
+    outputs.atomic_write(path, lambda f: np.savez(f, rows=rows, before=before, after=after),
+                         binary=True, sync_directory=True)
     return path
 
   def apply(self, round_num: int) -> None:
@@ -239,7 +220,8 @@ class ClientStateStore:
 
   def _set_applied(self, round_num: int, *, applying: bool = False) -> None:
     text = json.dumps({'round': round_num, 'applying': applying}).encode()
-    _write_atomically(os.path.join(self._directory, APPLIED_FILE), lambda f: f.write(text))
+    outputs.atomic_write(os.path.join(self._directory, APPLIED_FILE), lambda f: f.write(text),
+                         binary=True, sync_directory=True)
 
   def disk_bytes(self) -> int:
     """Bytes the store's files occupy on disk (allocated blocks; sparse holes excluded)."""

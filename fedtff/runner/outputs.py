@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import IO, Any, Callable, Mapping, Sequence
 
 # Which way each metric improves, by its last name part ('eval/loss' -> 'loss'):
 # the best rounds in summary.json, the worst client, and early stopping read it.
@@ -45,14 +45,21 @@ def _umask() -> int:
   return mask
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Replaces `path` with `text` atomically."""
+def atomic_write(path: str, write_fn: Callable[[IO], None], *, binary: bool = False,
+                 sync_directory: bool = False) -> None:
+  """Replaces `path` atomically with what `write_fn(file)` writes.
+
+  The bytes go to a temporary file in the same directory, are fsynced, and the
+  file is renamed over `path`; an exception leaves `path` as it was. With
+  `sync_directory` the directory is fsynced too, so the rename survives a
+  power loss (the per-client state store's journals).
+  """
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp_path = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix=os.path.basename(path))
   try:
     os.fchmod(fd, 0o666 & ~_umask())
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb' if binary else 'w') as f:
+      write_fn(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp_path, path)
@@ -60,6 +67,17 @@ def atomic_write_text(path: str, text: str) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+  if sync_directory:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+      os.fsync(dir_fd)
+    finally:
+      os.close(dir_fd)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Replaces `path` with `text` atomically."""
+  atomic_write(path, lambda f: f.write(text))
 
 
 def write_json(path: str, value: Any) -> None:
