@@ -222,3 +222,34 @@ def normalized_server_update(mean_normalized: Any, mean_steps: tf.Tensor) -> Any
   """FedNova's server update, τ_eff · Σ p_i d_i: the weighted means of the
   clients' `normalized_update`s, the second (τ_eff = Σ p_i τ_i) times the first."""
   return tf.nest.map_structure(lambda d: mean_steps * d, mean_normalized)
+
+
+def ditto_initial_personal(row: tf.Tensor, server_trainable: Sequence[tf.Tensor]) -> List[tf.Tensor]:
+  """Ditto's personal model v_k from its state row `[v_k flattened, seen]`.
+
+  A row whose last value (the 'seen' flag) is 0 was never written (the store's
+  rows start at zero): v_k is then the round's global model w^t, the model the
+  client first meets (Li, Hu, Beirami and Smith, "Ditto: Fair and Robust
+  Federated Learning Through Personalization", ICML 2021, arXiv 2012.04221).
+
+  Args:
+    row: The client's float32 row, `[size + 1]`.
+    server_trainable: The round's global trainable weights w^t.
+  """
+  seen = row[-1] > 0.0
+  out, start = [], 0
+  for w in server_trainable:
+    size = tf.size(w)
+    part = tf.reshape(row[start:start + size], tf.shape(w))
+    out.append(tf.where(seen, part, w))
+    start += size
+  return out
+
+
+def ditto_row(personal: Sequence[Any], previous: Sequence[tf.Tensor]) -> tf.Tensor:
+  """The client's next state row `[v_k flattened, 1]`; a non-finite v_k keeps `previous`
+  (the v_k the personal steps started from), as a non-finite delta is zeroed."""
+  new = tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in personal]
+                  + [tf.ones([1], tf.float32)], 0)
+  old = tf.concat([tf.reshape(v, [-1]) for v in previous] + [tf.ones([1], tf.float32)], 0)
+  return tf.where(tf.reduce_all(tf.math.is_finite(new)), new, old)

@@ -205,6 +205,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       q=algorithm.q if algorithm.name == 'qfedavg' else None,
       **({'adaptive_proximal_strength': True} if algorithm.adaptive_mu else {}),
+      **({'ditto_lambda': algorithm.ditto_lambda} if algorithm.name == 'ditto' else {}),
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
       **_population_size(config, task),
@@ -213,7 +214,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
 
 def _population_size(config: ml_collections.ConfigDict, task: tasks.Task) -> Dict[str, int]:
   """SCAFFOLD's N, the task's training clients; no argument for other algorithms."""
-  if not algorithms.registry.get(config.algorithm.name).stateful_clients:
+  if not algorithms.registry.get(config.algorithm.name).needs_population_size:
     return {}
   return dict(population_size=len(task.train_data.client_ids))
 
