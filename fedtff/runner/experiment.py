@@ -49,6 +49,7 @@ from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 from fedtff.privacy import ledger
 from fedtff.privacy import run_privacy
+from fedtff.runner import personalized
 from fedtff.runner import run_dir
 from fedtff import tasks
 from fedtff.runner import training
@@ -670,6 +671,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   start = time.perf_counter()
   evaluate = evaluation_fn(task, engine.rounds, engine=engine.choice.name,
                            per_client=config.per_client_eval)
+  evaluate = personalized.wrap(evaluate, config, task, engine.rounds)  # Ditto's v_k.
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, engine.tff_process, checkpoint_dir)
