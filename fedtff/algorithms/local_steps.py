@@ -21,6 +21,10 @@ algorithm) call these functions instead of each restating the arithmetic:
 * `add_loss` and `q_fair_update`: q-FedAvg's client loss F_k(w_t) and its
   update and weight (Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation
   in Federated Learning", ICLR 2020, arXiv 1905.10497, Algorithm 3).
+* `ditto_initial_personal` and `ditto_row`: Ditto's personal model v_k from
+  and to its client-state row `[v_k, seen]` (Li, Hu, Beirami and Smith, ICML
+  2021, arXiv 2012.04221); its personal step's gradient g + λ(v − w^t) is
+  `proximal_gradients` with μ = λ.
 * `normalized_update` and `normalized_server_update`: FedNova's normalized
   averaging (Wang, Liu, Liang, Joshi and Poor, "Tackling the Objective
   Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS
