@@ -130,3 +130,34 @@ def test_refusals(client_datasets):
                                                          noise_multiplier=1.0))
   with pytest.raises(ValueError, match='ditto_lambda.*only by|used by no other'):
     fedtff.build_learning_process(keras_model, client_datasets[0], ditto_lambda=0.1)
+
+
+def test_personalized_evaluation_with_one_model_equals_the_compiled_evaluation(
+    client_datasets, initial_weights):
+  """Every client given the same model: `PersonalizedEvaluation` is `CompiledEvaluation`;
+  given its own, a client's metrics are those of `CompiledEvaluation` of that model."""
+  from fedtff.compiled import personalized  # pylint: disable=import-outside-toplevel
+  features, labels = conftest.tiny_classification_arrays(num_features=NUM_FEATURES)
+  client_data = fedtff.data.from_arrays(features, labels,
+                                        np.array_split(np.arange(90), POPULATION))
+  batched = client_data.preprocess(lambda ds: ds.batch(8))
+  plain = compiled.CompiledEvaluation(keras_model, batched)
+  mine = personalized.PersonalizedEvaluation(keras_model, batched)
+  same = mine([initial_weights.trainable] * POPULATION, initial_weights.non_trainable)
+  expected = plain(initial_weights)
+  assert same.pooled == pytest.approx(expected.pooled, abs=1e-6)
+  assert_close(list(same.per_client.values()), list(expected.per_client.values()), atol=1e-6)
+  other = [np.asarray(w) + 0.3 for w in initial_weights.trainable]
+  mixed = mine([initial_weights.trainable, other, initial_weights.trainable, other],
+               initial_weights.non_trainable)
+  shifted = plain(tff_model_weights(other, initial_weights.non_trainable))
+  for name in mixed.per_client:
+    np.testing.assert_allclose(mixed.per_client[name][[1, 3]], shifted.per_client[name][[1, 3]],
+                               atol=1e-6)
+    np.testing.assert_allclose(mixed.per_client[name][[0, 2]], expected.per_client[name][[0, 2]],
+                               atol=1e-6)
+
+
+def tff_model_weights(trainable, non_trainable):
+  import tensorflow_federated as tff  # pylint: disable=import-outside-toplevel
+  return tff.learning.models.ModelWeights(list(trainable), list(non_trainable))

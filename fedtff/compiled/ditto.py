@@ -60,6 +60,10 @@ class CompiledDitto(scaffold_compiled.CompiledScaffold):
     return process_lib.CompiledProcess._round_signature(self, round_template) + [  # pylint: disable=protected-access
         tf.TensorSpec([None, self.state_size], tf.float32)]
 
+  def next(self, state, client_batches, *, noise_seed=None):
+    raise TypeError("Ditto rounds take the clients' personal-model rows: call "
+                    'next_with_controls(state, client_batches, rows).')
+
   def _personal_steps(self, weights, batches, first, count, personal):
     """v_k ← v_k − η(∇F_k(v_k) + λ(v_k − w^t)) over the client's batches; returns v_k."""
     for variable, value in zip(self._model.trainable, personal):
