@@ -12,12 +12,14 @@ import fedtff
 from fedtff.runner import experiment
 from fedtff import compiled
 from fedtff import tasks
+from fedtff.algorithms import ditto
 from fedtff.algorithms import registry
 from fedtff.algorithms import scaffold
 
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, 'docs', 'algorithms.md')
 MU = 0.1  # FedProx's proximal strength, given explicitly at every entry point.
 Q = 1.0  # q-FedAvg's q, likewise.
+LAMBDA = 0.5  # Ditto's λ, likewise.
 
 
 def config_for(algorithm, **server):
@@ -30,6 +32,8 @@ def config_for(algorithm, **server):
     config.algorithm.proximal_strength = MU
   if algorithm == 'qfedavg':
     config.algorithm.q = Q
+  if algorithm == 'ditto':
+    config.algorithm.ditto_lambda = LAMBDA
   config.server.update(server)
   fedtff.runner.config.validate(config)
   return config
@@ -79,6 +83,9 @@ def one_round(process, initial, datasets):
   if isinstance(process, scaffold.ScaffoldProcess):  # SCAFFOLD on TFF: every c_i zero.
     controls = [process.control_template] * len(datasets)
     return process.get_model_weights(process.next(state, datasets, controls).state)
+  if isinstance(process, ditto.DittoProcess):  # Ditto on TFF: every client unseen.
+    controls = list(np.zeros([len(datasets), process.state_size], np.float32))
+    return process.get_model_weights(process.next(state, datasets, controls).state)
   return process.get_model_weights(process.next(state, datasets).state)
 
 
@@ -89,6 +96,8 @@ def extra_options(algorithm):
     return dict(proximal_strength=MU)
   if algorithm == 'qfedavg':
     return dict(q=Q)
+  if algorithm == 'ditto':
+    return dict(ditto_lambda=LAMBDA)
   if registry.REGISTRY[algorithm].stateful_clients:
     return dict(population_size=4)
   return {}

@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import ditto
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import fed_avg
 from fedtff.algorithms import fed_nova
@@ -45,9 +46,16 @@ def default_server_optimizer(algorithm: str) -> optimizers.TffOptimizer:
 
 def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
                    client_learning_rate_schedule, proximal_strength, weighted,
-                   population_size=None, q=None, aggregator=None) -> None:
+                   population_size=None, q=None, aggregator=None, ditto_lambda=None) -> None:
   spec = registry.get(algorithm)
   _check_stateful_clients(spec, population_size, aggregator)
+  if (ditto_lambda is not None) != (algorithm == 'ditto'):
+    raise ValueError('ditto_lambda (λ) is required by ditto and used by no other algorithm; got '
+                     f'algorithm={algorithm!r}, ditto_lambda={ditto_lambda}.')
+  if algorithm == 'ditto':
+    ditto.check_lambda(ditto_lambda)
+    if client_optimizer is not None:
+      ditto.check_client_optimizer(client_optimizer)
   if (q is not None) != spec.needs_q:
     raise ValueError('q is required by qfedavg and used by no other algorithm; got '
                      f'algorithm={algorithm!r}, q={q}.')
@@ -78,16 +86,22 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
 
 def _check_stateful_clients(spec: registry.AlgorithmSpec, population_size, aggregator) -> None:
   """SCAFFOLD's options: N required, only the mean (a DP or robust aggregator would see
-  the model deltas but not the control variates the clients also send)."""
-  if not spec.stateful_clients:
+  the model deltas but not the control variates the clients also send); Ditto: only the
+  mean (the robust and DP variants of its global model are not built)."""
+  if not spec.needs_population_size:
     if population_size is not None:
       raise ValueError('population_size (N) is used only by scaffold; got '
                        f'algorithm={spec.name!r}, population_size={population_size}.')
-    return
-  scaffold.check_population_size(population_size)
+    if not spec.stateful_clients:
+      return
+  else:
+    scaffold.check_population_size(population_size)
   kind = getattr(aggregator, 'kind', None if aggregator is None else type(aggregator).__name__)
   if getattr(aggregator, 'attack', None) is not None:  # An AttackSpec (fedtff.algorithms.attacks).
     kind = 'mean with an attack'
+  if kind not in (None, 'mean') and spec.name == 'ditto':
+    raise ValueError(f'Ditto takes the mean aggregator only, got {kind}: its robust and DP '
+                     'variants are not built here.')
   if kind not in (None, 'mean'):
     raise ValueError(f'SCAFFOLD takes the mean aggregator only, got {kind}: the control '
                      'variates Δc_i would bypass a DP or robust aggregator of the model deltas.')
@@ -113,6 +127,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                            aggregator: Optional[Aggregator] = None,
                            population_size: Optional[int] = None,
                            adaptive_proximal_strength: bool = False,
+                           ditto_lambda: Optional[float] = None,
                           ) -> tff.learning.templates.LearningProcess:
   """Builds the TFF learning process for `algorithm`.
 
@@ -120,7 +135,7 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
     model_fn: A no-argument function returning a new, uncompiled Keras model.
     element_spec: The batched client datasets' element spec, or one such dataset.
     algorithm: One of `ALGORITHMS`: fedavg, fedavgm, fedadagrad, fedadam,
-      fedyogi, fedprox, fedsgd, mimelite, scaffold, qfedavg, fednova.
+      fedyogi, fedprox, fedsgd, mimelite, scaffold, qfedavg, fednova, ditto.
     client_optimizer: A TFF optimizer (`fedtff.build_optimizer(...)`); for mimelite
       the base optimizer. With a schedule, `fedtff.build_optimizer_fn(...)`.
     server_optimizer: A TFF optimizer; the default depends on `algorithm`
@@ -138,6 +153,9 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
       by, and only by, scaffold, whose process is a
       `fedtff.algorithms.scaffold.ScaffoldProcess` (an `IterativeProcess`:
       its `next` also takes and returns the clients' control variates).
+    ditto_lambda: Ditto's λ ≥ 0; required by, and only by, ditto, whose process
+      is a `fedtff.algorithms.ditto.DittoProcess` (its `next` also takes and
+      returns the clients' personal-model rows).
     adaptive_proximal_strength: fedprox only: μ is held in the state
       (`state.client_work`, starting at `proximal_strength`) for the runner to
       adapt between rounds (`fed_prox.AdaptiveStrength`).
@@ -149,8 +167,13 @@ def build_learning_process(model_fn: tff_model.KerasModelFn,
                  client_optimizer=client_optimizer,
                  client_learning_rate_schedule=client_learning_rate_schedule,
                  proximal_strength=proximal_strength, weighted=weighted,
-                 population_size=population_size, q=q, aggregator=aggregator)
+                 population_size=population_size, q=q, aggregator=aggregator,
+                 ditto_lambda=ditto_lambda)
   check_adaptive(algorithm, adaptive_proximal_strength)
+  if algorithm == 'ditto':
+    return ditto.build_ditto(model_fn, element_spec, ditto_lambda=ditto_lambda,
+                             client_optimizer=client_optimizer, server_optimizer=server_optimizer,
+                             loss=loss, metrics=metrics, weighted=weighted)
   if algorithm == 'scaffold':
     return scaffold.build_scaffold(
         model_fn, element_spec, population_size=population_size,

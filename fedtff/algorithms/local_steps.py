@@ -21,6 +21,10 @@ algorithm) call these functions instead of each restating the arithmetic:
 * `add_loss` and `q_fair_update`: q-FedAvg's client loss F_k(w_t) and its
   update and weight (Li, Sanjabi, Beirami and Smith, "Fair Resource Allocation
   in Federated Learning", ICLR 2020, arXiv 1905.10497, Algorithm 3).
+* `ditto_initial_personal` and `ditto_row`: Ditto's personal model v_k from
+  and to its client-state row `[v_k, seen]` (Li, Hu, Beirami and Smith, ICML
+  2021, arXiv 2012.04221); its personal step's gradient g + λ(v − w^t) is
+  `proximal_gradients` with μ = λ.
 * `normalized_update` and `normalized_server_update`: FedNova's normalized
   averaging (Wang, Liu, Liang, Joshi and Poor, "Tackling the Objective
   Inconsistency Problem in Heterogeneous Federated Optimization", NeurIPS
@@ -236,8 +240,8 @@ def train_locally(model: tff.learning.models.VariableModel, optimizer, trainable
                   correct: Callable[[List[tf.Tensor]], List[tf.Tensor]] = lambda g: g,
                  ) -> Tuple[tf.Tensor, tf.Tensor]:
   """The TFF engine's local loop of fedtff's own client works (FedProx, FedNova,
-  SCAFFOLD, q-FedAvg): per batch, the forward pass, the loss's gradients,
-  `correct(gradients)` (FedProx's proximal term, SCAFFOLD's control variates),
+  SCAFFOLD, q-FedAvg, Ditto): per batch, the forward pass, the loss's gradients,
+  `correct(gradients)` (FedProx's and Ditto's proximal term, SCAFFOLD's control variates),
   and one `local_step` from a fresh optimizer state.
 
   Returns:
@@ -256,3 +260,34 @@ def train_locally(model: tff.learning.models.VariableModel, optimizer, trainable
   num_examples, num_steps, _ = dataset.reduce(
       (tf.constant(0, tf.int64), tf.constant(0, tf.int64), optimizer.initialize(specs)), step)
   return num_examples, num_steps
+
+
+def ditto_initial_personal(row: tf.Tensor, server_trainable: Sequence[tf.Tensor]) -> List[tf.Tensor]:
+  """Ditto's personal model v_k from its state row `[v_k flattened, seen]`.
+
+  A row whose last value (the 'seen' flag) is 0 was never written (the store's
+  rows start at zero): v_k is then the round's global model w^t, the model the
+  client first meets (Li, Hu, Beirami and Smith, "Ditto: Fair and Robust
+  Federated Learning Through Personalization", ICML 2021, arXiv 2012.04221).
+
+  Args:
+    row: The client's float32 row, `[size + 1]`.
+    server_trainable: The round's global trainable weights w^t.
+  """
+  seen = row[-1] > 0.0
+  out, start = [], 0
+  for w in server_trainable:
+    size = tf.size(w)
+    part = tf.reshape(row[start:start + size], tf.shape(w))
+    out.append(tf.where(seen, part, w))
+    start += size
+  return out
+
+
+def ditto_row(personal: Sequence[Any], previous: Sequence[tf.Tensor]) -> tf.Tensor:
+  """The client's next state row `[v_k flattened, 1]`; a non-finite v_k keeps `previous`
+  (the v_k the personal steps started from), as a non-finite delta is zeroed."""
+  new = tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in personal]
+                  + [tf.ones([1], tf.float32)], 0)
+  old = tf.concat([tf.reshape(v, [-1]) for v in previous] + [tf.ones([1], tf.float32)], 0)
+  return tf.where(tf.reduce_all(tf.math.is_finite(new)), new, old)

@@ -76,7 +76,8 @@ class AlgorithmSpec:
       algorithm.
     schedules: Whether client learning-rate schedules combine with it.
     stateful_clients: Whether each client keeps a state between its rounds
-      (SCAFFOLD's control variate; `fedtff.runner.client_states`).
+      (SCAFFOLD's control variate, Ditto's personal model; `fedtff.runner.client_states`).
+    needs_population_size: Whether N (`population_size`) is required (SCAFFOLD).
     constraints: Further constraints, as the docs table states them.
   """
   name: str
@@ -91,6 +92,7 @@ class AlgorithmSpec:
   weighted_only: bool = False
   schedules: bool = False
   stateful_clients: bool = False
+  needs_population_size: bool = False
   needs_q: bool = False
   constraints: str = ''
 
@@ -131,7 +133,8 @@ _SPECS = (
     AlgorithmSpec('scaffold', 'SCAFFOLD (option II)',
                   'Karimireddy et al., ICML 2020, arXiv 1910.06378', builder='build_scaffold',
                   tff_builder='none (fedtff composes it from TFF parts)', client=_SGD_CLIENT,
-                  server=_SGD_SERVER, server_family='sgd', stateful_clients=True),
+                  server=_SGD_SERVER, server_family='sgd', stateful_clients=True,
+                  needs_population_size=True),
     AlgorithmSpec('qfedavg', 'q-FedAvg', 'Li, Sanjabi, Beirami & Smith, ICLR 2020, arXiv 1905.10497',
                   builder='build_q_fed_avg', tff_builder='none (fedtff\'s own client work)',
                   client=_SGD_CLIENT, server=_SGD_SERVER, server_family='sgd', needs_q=True),
@@ -139,6 +142,14 @@ _SPECS = (
                   builder='build_fed_nova', tff_builder="none (fedtff's client work and "
                   "finalizer, TFF's broadcast and mean)", client=_SGD_CLIENT, server=_SGD_SERVER,
                   constraints='client sgd without momentum; mean aggregator only'),
+    AlgorithmSpec('ditto', 'Ditto (personalized)',
+                  'Li, Hu, Beirami & Smith, ICML 2021, arXiv 2012.04221', builder='build_ditto',
+                  tff_builder="none (fedtff's client work, TFF's broadcast, mean and finalizer)",
+                  client=_SGD_CLIENT, server=_SGD_SERVER, server_family='sgd',
+                  stateful_clients=True,
+                  constraints='λ `ditto_lambda` ≥ 0 (required); client sgd without momentum '
+                  '(global and personal steps); a personal model per client '
+                  '(`fedtff.runner.client_states`); mean aggregator only'),
 )
 REGISTRY: Mapping[str, AlgorithmSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
 ALGORITHMS = tuple(REGISTRY)
@@ -212,7 +223,7 @@ def _hyperparameters(spec: AlgorithmSpec) -> str:
   parts.append('weighted only' if spec.weighted_only else '`weighted` (True)')
   if spec.schedules:
     parts.append('client schedules')
-  if spec.stateful_clients:
+  if spec.needs_population_size:
     parts.append('client sgd without momentum; a control variate per client '
                  '(`fedtff.runner.client_states`); mean aggregator only')
   if spec.constraints:

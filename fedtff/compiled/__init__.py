@@ -20,4 +20,5 @@ from fedtff.compiled.process import CompiledState
 from fedtff.compiled.process import SUPPORTED_ALGORITHMS
 from fedtff.compiled.process import build_compiled_process
 from fedtff.compiled.scaffold import CompiledScaffold  # Registers SCAFFOLD's process class.
+from fedtff.compiled.ditto import CompiledDitto  # Registers Ditto's process class.
 from fedtff.compiled.evaluation import CompiledEvaluation

@@ -211,6 +211,8 @@ def grid_combinations() -> Iterator[Combination]:
       config.algorithm.proximal_strength = 0.5
     if algorithm == 'qfedavg':
       config.algorithm.q = 1.0
+    if algorithm == 'ditto':
+      config.algorithm.ditto_lambda = 0.5
     config.client.lr_schedule, config.client.lr_decay_steps = schedule, 2
     config.aggregator.kind = kind
     for key, value in GRID_AGGREGATORS[kind].items():  # Unvalidated: check() sorts out invalid.
@@ -267,7 +269,7 @@ class _Engines:
     self.stateful = _is_stateful(config) and self._stateful_rounds(task, config.data.batch_size)
 
   def _stateful_rounds(self, task, batch_size: int):
-    """SCAFFOLD: each engine's rounds as the runner drives them, each with its own store."""
+    """SCAFFOLD, Ditto: each engine's rounds as the runner drives them, each with its own store."""
     self._directories = [tempfile.TemporaryDirectory() for _ in range(2)]
     # pylint: disable=protected-access  # The runner's own stateful rounds.
     self.composed = experiment._TffStatefulRounds(self.tff, task.train_data.dataset_computation)
@@ -303,7 +305,8 @@ def _check_options(options: Dict[str, Any]) -> None:
       options['algorithm'], **{k: options[k] for k in (
           'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
           'proximal_strength', 'weighted')}, q=options.get('q'),
-      population_size=options.get('population_size'), aggregator=options['aggregator'])
+      population_size=options.get('population_size'), aggregator=options['aggregator'],
+      ditto_lambda=options.get('ditto_lambda'))
   if isinstance(options['aggregator'], aggregators.AggregatorSpec):
     aggregators.build_aggregator(options['aggregator'], weighted=options['weighted'])
 

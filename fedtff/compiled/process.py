@@ -482,7 +482,8 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
                        aggregator: Optional[builder.Aggregator] = None,
                        jit_compile: Optional[bool] = None,
                        population_size: Optional[int] = None,
-                       adaptive_proximal_strength: bool = False) -> CompiledProcess:
+                       adaptive_proximal_strength: bool = False,
+                       ditto_lambda: Optional[float] = None) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
@@ -500,7 +501,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       are those of the real rows.
     element_spec: The batched client datasets' element spec, or one dataset.
     algorithm: One of `SUPPORTED_ALGORITHMS`: fedavg, fedavgm, fedadagrad,
-      fedadam, fedyogi, fedprox, fedsgd, mimelite, qfedavg, scaffold, fednova.
+      fedadam, fedyogi, fedprox, fedsgd, mimelite, qfedavg, scaffold, fednova, ditto.
       Mime Lite runs both its passes (the full gradient, then the training
       steps) over the same batches; TFF iterates a client's dataset twice, so
       the two match when the dataset gives one order on every iteration (the
@@ -539,6 +540,9 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
     population_size: SCAFFOLD's N; required by, and only by, scaffold, whose
       process is a `fedtff.compiled.scaffold.CompiledScaffold`
       (`next_with_controls` takes and returns the clients' control variates).
+    ditto_lambda: Ditto's λ; required by, and only by, ditto, whose process is a
+      `fedtff.compiled.ditto.CompiledDitto` (`next_with_controls` takes and
+      returns the clients' personal-model rows).
     adaptive_proximal_strength: fedprox: mu is the state's `client_work`
       (float32), as on TFF (`fedtff.build_learning_process`).
 
@@ -556,7 +560,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       algorithm, server_optimizer=server_optimizer, client_optimizer=client_optimizer,
       client_learning_rate_schedule=client_learning_rate_schedule,
       proximal_strength=proximal_strength, weighted=weighted,
-      population_size=population_size, q=q, aggregator=aggregator)
+      population_size=population_size, q=q, aggregator=aggregator, ditto_lambda=ditto_lambda)
   client_optimizer_fn = None
   if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
     client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
@@ -579,8 +583,10 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   metric_fns = [tff_model._metric_constructor(m)  # pylint: disable=protected-access
                 for m in (tff_model.default_metrics() if metrics is None else metrics)]
   process_class, extra = PROCESS_CLASSES.get(algorithm, CompiledProcess), {}
-  if registry.get(algorithm).stateful_clients:
+  if registry.get(algorithm).needs_population_size:
     extra = dict(population_size=population_size)
+  if algorithm == 'ditto':
+    extra = dict(ditto_lambda=ditto_lambda)
   return process_class(
       model_fn, element_spec,
       algorithm=_Algorithm(algorithm, proximal_strength if algorithm == 'fedprox' else None,

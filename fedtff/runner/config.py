@@ -96,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
       # Appendix C.3.3, as pfl-research; fedtff.algorithms.fed_prox.AdaptiveStrength).
       adaptive_mu=False, adaptive_mu_step=0.1, adaptive_mu_patience=5))
   config.algorithm.q = _optional_float()  # q-FedAvg's q >= 0, required by (only) qfedavg.
+  # Ditto's λ >= 0 (Li et al., ICML 2021), required by (only) ditto.
+  config.algorithm.ditto_lambda = _optional_float()
   config.client = _optimizer_group()
   config.client.update(dict(lr_schedule='constant', lr_decay_rate=0.1, lr_decay_steps=1000,
                             lr_staircase=False, lr_warmup_rounds=0))
@@ -430,28 +432,46 @@ def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
 
 
 def _check_stateful_clients(config: Mapping[str, Any]) -> None:
-  """SCAFFOLD's refusals: what would mis-account its control variates, or is untested."""
+  """SCAFFOLD's and Ditto's refusals: what would mis-account their client states, or is untested."""
   name = config['algorithm']['name']
+  _check_ditto_lambda(config['algorithm'])
   if not registry.get(name).stateful_clients:
     return
+  what = {'scaffold': 'control variates', 'ditto': 'personal models'}.get(name, 'client states')
   if config['aggregator']['kind'] != 'mean':
+    reason = ('its control variates would bypass a DP, robust or compressing aggregator of the '
+              'model deltas' if name == 'scaffold' else
+              'its DP and robust variants are not built (the personal models would escape them)')
     raise ConfigError(f"{name} takes aggregator.kind='mean' only, got "
-                      f"{config['aggregator']['kind']!r}: its control variates would bypass a "
-                      'DP, robust or compressing aggregator of the model deltas.')
+                      f"{config['aggregator']['kind']!r}: {reason}.")
   client = registry.resolve_group(name, 'client', config['client'])
   if client['optimizer'] != 'sgd' or client['momentum']:
-    raise ConfigError(f"{name} needs client.optimizer='sgd' with client.momentum=0 (option II "
-                      f"divides by K·η_l), got {client['optimizer']!r} with momentum "
-                      f"{client['momentum']}.")
+    reason = ('option II divides by K·η_l' if name == 'scaffold' else
+              'its personal step is v ← v − η(∇F_k(v) + λ(v − w))')
+    raise ConfigError(f"{name} needs client.optimizer='sgd' with client.momentum=0 ({reason}), "
+                      f"got {client['optimizer']!r} with momentum {client['momentum']}.")
   attack = config.get('attack', {}).get('kind', 'none')  # attack.*: fedtff.algorithms.attacks.
   if attack != 'none':
     raise ConfigError(f"{name} takes no attack.kind (got {attack!r}): its rounds aggregate with "
                       'their own mean, so the attack would be skipped; use attack.kind=\'none\'.')
   if config['runtime']['workers']:
-    raise ConfigError(f'{name} keeps its clients\' control variates on this machine; '
+    raise ConfigError(f'{name} keeps its clients\' {what} on this machine; '
                       'runtime.workers is not supported with it (leave it empty).')
   if config['algorithm']['process']:
     raise ConfigError(f'algorithm.process replaces algorithm.name; {name} is not used with it.')
+
+
+def _check_ditto_lambda(algorithm: Mapping[str, Any]) -> None:
+  """Ditto's λ >= 0: required by ditto, refused by every other algorithm."""
+  value = algorithm.get('ditto_lambda')
+  if algorithm['name'] != 'ditto':
+    if value is not None:
+      raise ConfigError('Config key algorithm.ditto_lambda is used only by ditto, but '
+                        f"algorithm.name is {algorithm['name']!r}.")
+    return
+  if value is None or not value >= 0:
+    raise ConfigError(f'Config key algorithm.ditto_lambda must be set to λ >= 0 for ditto, got '
+                      f'{value!r}.')
 
 
 def _check_q_fed_avg(config: Mapping[str, Any]) -> None:

@@ -49,6 +49,7 @@ from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 from fedtff.privacy import ledger
 from fedtff.privacy import run_privacy
+from fedtff.runner import personalized
 from fedtff.runner import run_dir
 from fedtff import tasks
 from fedtff.runner import training
@@ -205,6 +206,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
       proximal_strength=algorithm.proximal_strength if algorithm.name == 'fedprox' else None,
       q=algorithm.q if algorithm.name == 'qfedavg' else None,
       **({'adaptive_proximal_strength': True} if algorithm.adaptive_mu else {}),
+      **({'ditto_lambda': algorithm.ditto_lambda} if algorithm.name == 'ditto' else {}),
       weighted=algorithm.weighted,
       aggregator=_aggregator(config, task, z),
       **_population_size(config, task),
@@ -213,7 +215,7 @@ def _process_options(config: ml_collections.ConfigDict, task: tasks.Task,
 
 def _population_size(config: ml_collections.ConfigDict, task: tasks.Task) -> Dict[str, int]:
   """SCAFFOLD's N, the task's training clients; no argument for other algorithms."""
-  if not algorithms.registry.get(config.algorithm.name).stateful_clients:
+  if not algorithms.registry.get(config.algorithm.name).needs_population_size:
     return {}
   return dict(population_size=len(task.train_data.client_ids))
 
@@ -669,6 +671,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
   start = time.perf_counter()
   evaluate = evaluation_fn(task, engine.rounds, engine=engine.choice.name,
                            per_client=config.per_client_eval)
+  evaluate = personalized.wrap(evaluate, config, task, engine.rounds)  # Ditto's v_k.
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   tff_state, last_round, elapsed_s, _, metadata = _initial_state(
       config, task, engine.tff_process, checkpoint_dir)
