@@ -10,7 +10,8 @@ stragglers (`fedtff.data.heterogeneity`).
 
 Runs, one after the other in this process, every (fraction, method, seed)
 into ROOT/<fraction>_<method>_s<seed> (a finished run is read back, not
-rerun), and prints one markdown table: per method and straggler fraction,
+rerun; a run of fewer rounds is extended from its checkpoint, taken every
+CHECKPOINT_EVERY rounds), and prints one markdown table: per method and straggler fraction,
 over the seeds, the global model's loss on every device's held-out 10%
 (`eval/loss`) at the end and its largest value over the second half of the
 rounds (how unstable the run is), the largest change of test accuracy
@@ -19,7 +20,7 @@ between consecutive rounds over the second half (`largest late jump`,
 accuracy (mean ± std). `train/loss` is not used: it averages the clients' losses
 during their local steps, over different clients for each method.
 
-  .venv/bin/python scripts/stragglers.py [--root runs/stragglers] [--rounds 100]
+  .venv/bin/python scripts/stragglers.py [--root runs/stragglers] [--rounds 200]
       [--seeds 0,1,2] [--fractions 0,0.5,0.9] [--engine compiled] [--table-only]
 
 `--table-only` runs nothing: it prints the table from the metrics.csv of the
@@ -50,12 +51,15 @@ METHODS = {'FedAvg (drop)': ('fedavg', 0.0, 'drop'),
 def _parse(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--root', default='runs/stragglers')
-  parser.add_argument('--rounds', type=int, default=100)
+  parser.add_argument('--rounds', type=int, default=200)
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--fractions', default='0,0.5,0.9')
   parser.add_argument('--engine', default='compiled')
   parser.add_argument('--table-only', action='store_true')
   return parser.parse_args(argv)
+
+
+CHECKPOINT_EVERY = 100
 
 
 def straggler_config(fraction: float, method: str, seed: int, rounds: int, engine: str):
@@ -67,7 +71,7 @@ def straggler_config(fraction: float, method: str, seed: int, rounds: int, engin
   config.heterogeneity.straggler_policy = policy
   config.total_rounds = rounds
   config.rounds_per_eval = 1
-  config.rounds_per_checkpoint = rounds
+  config.rounds_per_checkpoint = CHECKPOINT_EVERY  # Fixed, so that a run can be extended.
   config.seed = seed
   config.engine = engine
   config.output.tensorboard = False
