@@ -29,7 +29,6 @@ compiled engine (`fedtff/compiled/ditto.py`) calls the same functions.
 
 from __future__ import annotations
 
-import collections
 import functools
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
@@ -37,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedtff.algorithms import fed_prox
 from fedtff.algorithms import local_steps
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
@@ -106,12 +106,12 @@ def check_lambda(ditto_lambda) -> float:
 
 def check_client_optimizer(optimizer: optimizers.TffOptimizer) -> float:
   """η of a plain SGD client optimizer (the paper's personal step); refuses any other."""
-  try:
-    return scaffold.sgd_learning_rate(optimizer)
-  except ValueError:
+  learning_rate = optimizers.plain_sgd_learning_rate(optimizer)
+  if learning_rate is None:
     raise ValueError('Ditto needs a plain SGD client optimizer (its personal step is '
                      'v ← v − η(∇F_k(v) + λ(v − w))); use '
-                     "fedtff.build_optimizer('sgd', lr).") from None
+                     "fedtff.build_optimizer('sgd', lr).")
+  return learning_rate
 
 
 def build_ditto(model_fn: tff_model.KerasModelFn,
@@ -152,9 +152,8 @@ def build_ditto(model_fn: tff_model.KerasModelFn,
   weights_type = initial_model_weights.type_signature.result
   template = [np.zeros(t.shape, np.float32) for t in weights_type.trainable]
   row_type = tff.TensorType(np.float32, [personal_size(template) + 1])
-  aggregator = (tff.aggregators.MeanFactory() if weighted else
-                tff.aggregators.as_weighted_aggregator(tff.aggregators.UnweightedMeanFactory())
-                ).create(weights_type.trainable, tff.TensorType(np.float32))
+  aggregator = fed_prox.weighted_mean_factory(None, weighted).create(
+      weights_type.trainable, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer,
                                                                      weights_type)
   client_update = _client_update(learning_model_fn, weights_type, row_type, client_optimizer,
@@ -185,22 +184,12 @@ def build_ditto(model_fn: tff_model.KerasModelFn,
         global_model_weights=finalized.result, distributor=tff.federated_value((), tff.SERVER),
         client_work=tff.federated_value((), tff.SERVER), aggregator=aggregated.state,
         finalizer=finalized.state))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        distributor=tff.federated_value((), tff.SERVER),
-        client_work=tff.federated_zip(collections.OrderedDict(
-            train=aggregate_metrics(model_outputs))),
-        aggregator=aggregated.measurements, finalizer=finalized.measurements))
+    measurements = scaffold.round_measurements(aggregate_metrics(model_outputs), aggregated,
+                                               finalized)
     return DittoOutput(new_state, measurements, new_rows)
 
-  @tff.tensorflow.computation(state_type.member)
-  def get_model_weights(state):
-    return state.global_model_weights
-
-  @tff.tensorflow.computation(state_type.member, weights_type)
-  def set_model_weights(state, weights):
-    return tff.learning.templates.LearningAlgorithmState(
-        global_model_weights=weights, distributor=state.distributor,
-        client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
+  get_model_weights, set_model_weights = scaffold.model_weights_accessors(state_type,
+                                                                          weights_type)
 
   return DittoProcess(initialize_fn, next_fn, get_model_weights, set_model_weights,
                       personal_template=template, ditto_lambda=ditto_lambda)

@@ -41,9 +41,8 @@ from fedtff.algorithms import tff_model
 
 def check_client_optimizer(optimizer: optimizers.TffOptimizer) -> None:
   """Refuses a client optimizer other than plain SGD (a_i = τ_i needs it)."""
-  hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
-  if set(hparams) != {'learning_rate'} and not (
-      set(hparams) == {'learning_rate', 'momentum'} and float(hparams['momentum']) == 0.0):
+  if optimizers.plain_sgd_learning_rate(optimizer) is None:
+    hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
     raise ValueError('fednova normalizes plain local SGD (a_i = tau_i); client momentum and '
                      f'adaptive client optimizers are not implemented, got hyperparameters '
                      f'{sorted(hparams)}.')
@@ -102,7 +101,7 @@ def build_fed_nova(model_fn: tff_model.KerasModelFn,
       initial_model_weights,
       tff.learning.templates.build_broadcast_process(weights_type),
       client_work,
-      fed_prox._weighted_factory(None, weighted).create(  # pylint: disable=protected-access
+      fed_prox.weighted_mean_factory(None, weighted).create(
           update_type, tff.TensorType(np.float32)),
       _normalized_finalizer(server_optimizer, weights_type, update_type))
 

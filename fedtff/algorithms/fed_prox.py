@@ -99,12 +99,14 @@ def build_fed_prox(model_fn: tff_model.KerasModelFn,
       initial_model_weights,
       tff.learning.templates.build_broadcast_process(weights_type),
       client_work,
-      _weighted_factory(model_aggregator, weighted).create(
+      weighted_mean_factory(model_aggregator, weighted).create(
           weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))
 
 
-def _weighted_factory(model_aggregator, weighted: bool) -> tff.aggregators.WeightedAggregationFactory:
+def weighted_mean_factory(model_aggregator, weighted: bool
+                          ) -> tff.aggregators.WeightedAggregationFactory:
+  """`model_aggregator`, or the mean: example-weighted, or uniform as a weighted factory."""
   if weighted:
     return model_aggregator or tff.aggregators.MeanFactory()
   return tff.aggregators.as_weighted_aggregator(

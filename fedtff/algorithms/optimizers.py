@@ -7,7 +7,7 @@ of passing a Keras optimizer into a clear error.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -94,3 +94,15 @@ def check(optimizer: Any, role: str) -> TffOptimizer:
   raise TypeError(
       f'Expected a tff.learning.optimizers.Optimizer for the {role} optimizer, '
       f"got {optimizer!r}; build one with fedtff.build_optimizer('sgd', learning_rate=...).")
+
+
+def plain_sgd_learning_rate(optimizer: TffOptimizer) -> Optional[float]:
+  """The learning rate of a plain SGD optimizer (no momentum), else None.
+
+  SCAFFOLD's option II, FedNova's a_i = τ_i, q-FedAvg's L = 1/η and Ditto's
+  personal step all assume plain SGD; each refuses anything else in its own words.
+  """
+  hparams = dict(optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32))))
+  if set(hparams) - {'learning_rate', 'momentum'} or float(hparams.get('momentum') or 0.0):
+    return None
+  return float(hparams['learning_rate'])

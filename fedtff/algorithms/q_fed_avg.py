@@ -43,19 +43,10 @@ from fedtff.algorithms import tff_model
 LearningModelFn = Callable[[], tff.learning.models.VariableModel]
 
 
-def _hparams(optimizer: optimizers.TffOptimizer) -> dict:
-  return dict(optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32))))
-
-
-def _is_plain_sgd(optimizer: optimizers.TffOptimizer) -> bool:
-  sgd = type(optimizers.build('sgd', 0.1))
-  return type(optimizer) is sgd and not _hparams(optimizer).get('momentum')  # pylint: disable=unidiomatic-typecheck
-
-
 def client_learning_rate(client_optimizer: Optional[optimizers.TffOptimizer]) -> float:
   """η of q-FedAvg's plain-SGD client optimizer (its default when None); L = 1/η."""
   optimizer = client_optimizer or registry.default_client_optimizer('qfedavg')
-  return float(_hparams(optimizer)['learning_rate'])
+  return optimizers.plain_sgd_learning_rate(optimizer)
 
 
 def check_options(*, q: Any, client_optimizer: Any, server_optimizer: Any, weighted: bool,
@@ -71,12 +62,12 @@ def check_options(*, q: Any, client_optimizer: Any, server_optimizer: Any, weigh
   if q is None or not q >= 0:
     raise ValueError(f'qfedavg needs q >= 0 (Li et al. 2020), got q={q}.')
   if client_optimizer is not None and not (isinstance(client_optimizer, optimizers.TffOptimizer)
-                                           and _is_plain_sgd(client_optimizer)):
+                                           and optimizers.plain_sgd_learning_rate(client_optimizer) is not None):
     raise ValueError('qfedavg needs a plain SGD client optimizer (no momentum): its L = 1/eta '
                      "assumes SGD steps; pass fedtff.build_optimizer('sgd', eta).")
   if server_optimizer is not None and not (
-      isinstance(server_optimizer, optimizers.TffOptimizer) and _is_plain_sgd(server_optimizer)
-      and _hparams(server_optimizer)['learning_rate'] == 1.0):
+      isinstance(server_optimizer, optimizers.TffOptimizer)
+      and optimizers.plain_sgd_learning_rate(server_optimizer) == 1.0):
     raise ValueError("qfedavg's server step is w - sum(Delta)/sum(h) (Li et al. 2020); drop "
                      "server_optimizer or pass fedtff.build_optimizer('sgd', 1.0).")
   if not weighted:

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedtff.algorithms import fed_prox
 from fedtff.algorithms import local_steps
 from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
@@ -92,12 +93,12 @@ def unflatten(row: np.ndarray, template: Sequence[np.ndarray]) -> List[np.ndarra
 def sgd_learning_rate(optimizer: optimizers.TffOptimizer) -> float:
   """η_l of a plain SGD client optimizer; refuses any other optimizer (option II's
   c_i⁺ assumes y moved by −η_l per unit of corrected gradient)."""
-  hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32)))
-  momentum = float(hparams.get('momentum', 0.0) or 0.0)
-  if set(hparams) - {'learning_rate', 'momentum'} or momentum != 0.0:
+  learning_rate = optimizers.plain_sgd_learning_rate(optimizer)
+  if learning_rate is None:
+    hparams = dict(optimizer.get_hparams(optimizer.initialize(tf.TensorSpec([], tf.float32))))
     raise ValueError('SCAFFOLD needs a plain SGD client optimizer (option II divides by K·η_l); '
-                     f"got hyperparameters {dict(hparams)}; use fedtff.build_optimizer('sgd', lr).")
-  return float(hparams['learning_rate'])
+                     f"got hyperparameters {hparams}; use fedtff.build_optimizer('sgd', lr).")
+  return learning_rate
 
 
 def check_population_size(population_size) -> int:
@@ -143,9 +144,8 @@ def build_scaffold(model_fn: tff_model.KerasModelFn,
 
   weights_type = initial_model_weights.type_signature.result
   control_type = weights_type.trainable
-  aggregator = (tff.aggregators.MeanFactory() if weighted else
-                tff.aggregators.as_weighted_aggregator(tff.aggregators.UnweightedMeanFactory())
-                ).create(control_type, tff.TensorType(np.float32))
+  aggregator = fed_prox.weighted_mean_factory(None, weighted).create(
+      control_type, tff.TensorType(np.float32))
   finalizer = tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer,
                                                                      weights_type)
   client_update = _client_update(learning_model_fn, weights_type, learning_rate,
@@ -183,12 +183,19 @@ def build_scaffold(model_fn: tff_model.KerasModelFn,
     new_state = tff.federated_zip(tff.learning.templates.LearningAlgorithmState(
         global_model_weights=finalized.result, distributor=tff.federated_value((), tff.SERVER),
         client_work=new_control, aggregator=aggregated.state, finalizer=finalized.state))
-    measurements = tff.federated_zip(collections.OrderedDict(
-        distributor=tff.federated_value((), tff.SERVER),
-        client_work=tff.federated_zip(collections.OrderedDict(
-            train=aggregate_metrics(model_outputs))),
-        aggregator=aggregated.measurements, finalizer=finalized.measurements))
+    measurements = round_measurements(aggregate_metrics(model_outputs), aggregated, finalized)
     return ScaffoldOutput(new_state, measurements, new_controls)
+
+  get_model_weights, set_model_weights = model_weights_accessors(state_type, weights_type)
+
+  template = [np.zeros(t.shape, np.float32) for t in control_type]
+  return ScaffoldProcess(initialize_fn, next_fn, get_model_weights, set_model_weights,
+                         population_size=population_size, control_template=template)
+
+
+def model_weights_accessors(state_type, weights_type):
+  """`(get_model_weights, set_model_weights)` of a process whose state is TFF's
+  `LearningAlgorithmState` (SCAFFOLD's and Ditto's `IterativeProcess`es)."""
 
   @tff.tensorflow.computation(state_type.member)
   def get_model_weights(state):
@@ -200,9 +207,16 @@ def build_scaffold(model_fn: tff_model.KerasModelFn,
         global_model_weights=weights, distributor=state.distributor,
         client_work=state.client_work, aggregator=state.aggregator, finalizer=state.finalizer)
 
-  template = [np.zeros(t.shape, np.float32) for t in control_type]
-  return ScaffoldProcess(initialize_fn, next_fn, get_model_weights, set_model_weights,
-                         population_size=population_size, control_template=template)
+  return get_model_weights, set_model_weights
+
+
+def round_measurements(train_metrics, aggregated, finalized):
+  """A round's measurements in a `LearningProcess`'s layout: the client work's
+  `train` metrics, the aggregator's and the finalizer's (placed at SERVER)."""
+  return tff.federated_zip(collections.OrderedDict(
+      distributor=tff.federated_value((), tff.SERVER),
+      client_work=tff.federated_zip(collections.OrderedDict(train=train_metrics)),
+      aggregator=aggregated.measurements, finalizer=finalized.measurements))
 
 
 def _zeros_computation(weights_type):
