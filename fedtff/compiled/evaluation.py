@@ -133,14 +133,21 @@ class CompiledEvaluation:
     return values, results, examples, tf.cast(count, tf.int64)
 
   def _graph(self, weights, batches: batches_lib.ClientBatches):
+    self._model.assign(weights)
+    return self._evaluate_clients(batches)
+
+  def _evaluate_clients(self, batches: batches_lib.ClientBatches,
+                        set_client: Callable[[tf.Tensor], None] = lambda c: None):
+    """`(pooled, per_client)` metrics of every client of `batches`; `set_client(c)`
+    runs before client c (the personalized evaluation assigns client c's model)."""
     model = self._model
-    model.assign(weights)
     num_clients = tf.shape(batches.num_batches)[0]
     sums = [tf.zeros_like(v) for v in model.metric_variables]
     arrays = [tf.TensorArray(tf.float32, size=num_clients) for _ in model.metrics]
     arrays += [tf.TensorArray(tf.int64, size=num_clients) for _ in range(2)]
 
     def body(c, sums, arrays):
+      set_client(c)
       values, results, examples, count = self._client(batches, c)
       sums = [s + v for s, v in zip(sums, values)]
       outputs = [tf.cast(r, tf.float32) for r in results] + [examples, count]

@@ -68,23 +68,9 @@ class PersonalizedEvaluation(evaluation_lib.CompiledEvaluation):
     model = self._model
     for variable, value in zip(model.keras_model.non_trainable_variables, weights.non_trainable):
       variable.assign(value)
-    num_clients = tf.shape(batches.num_batches)[0]
-    sums = [tf.zeros_like(v) for v in model.metric_variables]
-    arrays = [tf.TensorArray(tf.float32, size=num_clients) for _ in model.metrics]
-    arrays += [tf.TensorArray(tf.int64, size=num_clients) for _ in range(2)]
 
-    def body(c, sums, arrays):
+    def set_client(c):
       for variable, value in zip(model.trainable, weights.trainable):
         variable.assign(value[c])
-      values, results, examples, count = self._client(batches, c)
-      sums = [s + v for s, v in zip(sums, values)]
-      outputs = [tf.cast(r, tf.float32) for r in results] + [examples, count]
-      return c + 1, sums, [a.write(c, o) for a, o in zip(arrays, outputs)]
 
-    _, sums, arrays = tf.while_loop(lambda c, *_: c < num_clients, body,
-                                    (tf.constant(0, tf.int32), sums, arrays))
-    per_client = [a.stack() for a in arrays]
-    pooled = [tf.cast(r, tf.float32) for r in model.finalized(sums).values()]
-    pooled += [tf.reduce_sum(per_client[-2]), tf.reduce_sum(per_client[-1])]
-    return (collections.OrderedDict(zip(self._names, pooled)),
-            collections.OrderedDict(zip(self._names, per_client)))
+    return self._evaluate_clients(batches, set_client)
