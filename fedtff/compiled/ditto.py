@@ -14,7 +14,6 @@ w^t) and `local_step`, the functions the TFF engine's client work calls.
 
 from __future__ import annotations
 
-import collections
 from typing import Any, List
 
 import numpy as np
@@ -113,11 +112,7 @@ class CompiledDitto(scaffold_compiled.CompiledScaffold):
                                                       state.aggregator)
     new_state, non_finite = self._apply_server_update(state, update)
     new_state = new_state._replace(aggregator=aggregator_state)
-    metrics = collections.OrderedDict(
-        distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
-        aggregator=aggregation_lib.measurements(self._aggregation, acc, aggregator_state,
-                                                round_state=state.aggregator),
-        finalizer=collections.OrderedDict(update_non_finite=non_finite))
+    metrics = self._stateful_round_metrics(totals, acc, aggregator_state, state, non_finite)
     return new_state, metrics, rows
 
 

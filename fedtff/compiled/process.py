@@ -426,6 +426,16 @@ class CompiledProcess:
     weights = Weights(trainable, list(state.global_model_weights.non_trainable))
     return state._replace(global_model_weights=weights, finalizer=optimizer_state), non_finite
 
+  def _stateful_round_metrics(self, totals: client_work.TrainStats, acc, aggregator_state,
+                              state: CompiledState, non_finite) -> collections.OrderedDict:
+    """The round metrics of the stateful-client rounds (SCAFFOLD, Ditto), in TFF's layout:
+    the training metrics, the mean's measurements and the finalizer's."""
+    return collections.OrderedDict(
+        distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
+        aggregator=aggregation_lib.measurements(self._aggregation, acc, aggregator_state,
+                                                round_state=state.aggregator),
+        finalizer=collections.OrderedDict(update_non_finite=non_finite))
+
   def _train_metrics(self, totals: client_work.TrainStats) -> collections.OrderedDict:
     return self._model.train_metrics(totals)
 

@@ -14,7 +14,6 @@ functions, which the TFF engine's client work calls too; the state's
 
 from __future__ import annotations
 
-import collections
 from typing import Any, List, Sequence, Tuple, Union
 
 import numpy as np
@@ -131,11 +130,7 @@ class CompiledScaffold(process_lib.CompiledProcess):
         aggregator=aggregator_state,
         client_work=local_steps.scaffold_server_control(list(state.client_work), delta_sum,
                                                         self.population_size))
-    metrics = collections.OrderedDict(
-        distributor=(), client_work=collections.OrderedDict(train=self._train_metrics(totals)),
-        aggregator=aggregation_lib.measurements(self._aggregation, acc, aggregator_state,
-                                                round_state=state.aggregator),
-        finalizer=collections.OrderedDict(update_non_finite=non_finite))
+    metrics = self._stateful_round_metrics(totals, acc, aggregator_state, state, non_finite)
     return new_state, metrics, rows
 
 
