@@ -72,8 +72,11 @@ class WorkerProcess:
 
   def __init__(self, *, port: Optional[int] = None,
                max_concurrent_computation_calls: int = -1,
-               log_path: Optional[str] = None):
+               log_path: Optional[str] = None, cwd: Optional[str] = None):
     self.port = port or portpicker.pick_unused_port()
+    # Relative paths in the graphs the worker runs (a site's data and masks,
+    # docs/cross_silo.md) resolve against `cwd`.
+    self._cwd = cwd
     self._args = [
         worker_binary_path(), f'--port={self.port}',
         f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
@@ -94,7 +97,7 @@ class WorkerProcess:
     with open(self._log_path or os.devnull, 'ab') as log:
       self._popen = subprocess.Popen(
           self._args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-          preexec_fn=_die_with_parent, close_fds=True)
+          preexec_fn=_die_with_parent, close_fds=True, cwd=self._cwd)
     with _live_workers_lock:
       _live_workers.add(self)
     return self
