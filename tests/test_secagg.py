@@ -194,3 +194,193 @@ def test_a_reused_nonce_and_bad_site_lists_are_refused(rounds, maskers):
   with pytest.raises(secagg.SecAggError, match="Site 'alice' refused secagg_round: .*nonce"):
     secagg.SecureRounds({'alice': lambda r: alice(dict(r, nonce=nonce))}).prepare_round(
         {'weight': 1})
+
+
+# Masked TFF rounds on three workers, one per site.
+
+@pytest.fixture(scope='module')
+def workers(run_dirs):
+  for run_dir in run_dirs.values():
+    os.makedirs(run_dir, exist_ok=True)
+  started = [runtime.WorkerProcess(cwd=run_dirs[site]).start() for site in SITES]
+  started.append(runtime.WorkerProcess(cwd=run_dirs['carol']).start())  # carol's stand-in, killed.
+  yield started
+  for worker in started:
+    worker.kill()
+  assert not any(worker.is_running() for worker in started)
+
+
+@pytest.fixture(scope='module')
+def addresses(workers):
+  return [worker.address for worker in workers[:3]]
+
+
+def test_a_masked_sum_is_the_sum_and_an_out_of_range_value_fails_the_round(rounds, addresses):
+  factory = masked_sum.MaskedSumFactory('value')
+  process = factory.create(tff.TensorType(np.float32, [4]))
+  values = np.random.default_rng(0).normal(scale=1000.0, size=(6, 4)).astype(np.float32)
+  rounds.prepare_round({'value': factory.stream_length(tff.TensorType(np.float32, [4]))})
+  state = process.initialize()
+  with distributed.remote_runtime(addresses):
+    summed = process.next(state, list(values)).result
+    exact = values.astype(np.float64).sum(axis=0)  # Off by float32 rounding, 6 · 2^-25 at most.
+    assert np.all(np.abs(summed - exact) <= np.abs(np.spacing(exact.astype(np.float32))) + 6 * 2.0**-25)
+    values[4, 1] = 2.0 ** 21
+    rounds.prepare_round({'value': 4})
+    with pytest.raises(distributed.WorkerError, match='stream=value: a client value is NaN, '
+                       'infinite or not below 2.09715e[+]06 in magnitude'):
+      process.next(state, list(values))
+
+
+# FedAvg with the masked weighted mean (McMahan et al. 2017) on the three sites.
+
+def keras_model():
+  return fedtff.models.logistic_regression((NUM_FEATURES,), NUM_CLASSES)
+
+
+@pytest.fixture(scope='module')
+def task():
+  """(model_fn, client datasets, seeded initial weights); clients of unequal size."""
+  features, labels = conftest.tiny_classification_arrays(
+      num_examples=sum(CLIENT_SIZES), num_features=NUM_FEATURES)
+  bounds = np.cumsum((0,) + CLIENT_SIZES)
+  datasets = [tf.data.Dataset.from_tensor_slices({'x': features[a:b], 'y': labels[a:b]}).batch(5)
+              for a, b in zip(bounds[:-1], bounds[1:])]
+  model_fn = tff_model.tff_model_fn(keras_model, datasets[0].element_spec)
+  return model_fn, datasets, tff_model.initial_weights(keras_model, seed=1)
+
+
+def fed_avg(model_fn, model_aggregator=None):
+  return tff.learning.algorithms.build_weighted_fed_avg(
+      model_fn, tff.learning.optimizers.build_sgdm(LEARNING_RATE),
+      tff.learning.optimizers.build_sgdm(1.0), model_aggregator=model_aggregator)
+
+
+@pytest.fixture(scope='module')
+def masked(task):
+  """(masked FedAvg process, its initial state, {stream: mask length})."""
+  model_fn, _, weights = task
+  factory = masked_sum.masked_mean_factory()
+  process = fed_avg(model_fn, factory)
+  value_type = tff.learning.models.weights_type_from_model(model_fn).trainable
+  state = process.set_model_weights(process.initialize(), weights)
+  return process, state, masked_sum.mean_stream_lengths(factory, value_type)
+
+
+def numpy_client_updates(weights, datasets):
+  """Each client's (example count, weighted delta n·(w_i − w)) of one local epoch of
+  SGD on the batch-mean cross-entropy of softmax regression, in float64."""
+  updates = []
+  for dataset in datasets:
+    kernel, bias = (np.asarray(w, np.float64).copy() for w in weights)
+    count = 0
+    for batch in dataset.as_numpy_iterator():
+      x, y = batch['x'].astype(np.float64), batch['y']
+      probs = np.exp(x @ kernel + bias - (x @ kernel + bias).max(axis=1, keepdims=True))
+      probs /= probs.sum(axis=1, keepdims=True)
+      probs[np.arange(len(y)), y] -= 1.0
+      kernel -= LEARNING_RATE * x.T @ probs / len(y)
+      bias -= LEARNING_RATE * probs.sum(axis=0) / len(y)
+      count += len(y)
+    delta = np.concatenate([(kernel - weights[0]).ravel(), (bias - weights[1]).ravel()])
+    updates.append((count, count * delta))
+  return updates
+
+
+def test_a_masked_fed_avg_round_equals_the_plain_round_and_numpy(rounds, addresses, task, masked):
+  model_fn, datasets, weights = task
+  process, state, lengths = masked
+  assert lengths == {'value': NUM_FEATURES * NUM_CLASSES + NUM_CLASSES, 'weight': 1}
+  rounds.prepare_round(lengths)
+  with distributed.remote_runtime(addresses):
+    ours = process.get_model_weights(process.next(state, datasets).state).trainable
+  plain = fed_avg(model_fn)
+  expected = plain.get_model_weights(plain.next(
+      plain.set_model_weights(plain.initialize(), weights), datasets).state).trainable
+  for a, b in zip(ours, expected):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  updates = numpy_client_updates(weights.trainable, datasets)
+  mean = sum(u for _, u in updates) / sum(n for n, _ in updates)
+  numpy_weights = np.concatenate([w.ravel() for w in weights.trainable]) + mean
+  np.testing.assert_allclose(np.concatenate([w.ravel() for w in ours]), numpy_weights, atol=1e-5)
+
+
+def _int64_vectors(value, length):
+  leaves = tff.structure.flatten(value) if isinstance(value, tff.structure.Struct) else (
+      tf.nest.flatten(value))
+  return [np.asarray(v) for v in leaves
+          if np.asarray(v).dtype == np.int64 and np.asarray(v).shape == (length,)]
+
+
+def _lift(values):
+  """Residues mod 2^62 as signed fixed point (scale 2^24) in float64."""
+  values = np.asarray(values, np.int64) & (MODULUS - 1)
+  return np.where(values >= MODULUS // 2, values - MODULUS, values) / 2.0**24
+
+
+def test_what_one_site_returns_is_masked(rounds, addresses, run_dirs, task, masked):
+  _, datasets, weights = task
+  process, state, lengths = masked
+  form = distributed.compile_to_mergeable_form(process.next)
+  [stub] = distributed.connect(addresses[:1])
+  context = distributed.WorkerContext(stub, distributed.SharedCompiler())
+  partials, masks = [], []
+  try:
+    for _ in range(2):  # A new round's mask is read anew, never cached by the worker.
+      rounds.prepare_round(lengths)
+      result = context.invoke_sync(form.up_to_merge, tff.structure.Struct.unnamed(
+          state, datasets[:2]))
+      [partial] = _int64_vectors(result, lengths['value'])
+      partials.append(partial)
+      masks.append(read_mask(run_dirs['alice'], 'value'))
+  finally:
+    stub.close()
+    context.close()
+  # TFF's FedAvg clients send w − w_i (the server optimizer steps against it).
+  true_sum = -sum(u for _, u in numpy_client_updates(weights.trainable, datasets[:2]))
+  for partial, mask in zip(partials, masks):
+    unmasked = (partial.astype(np.uint64) - mask.astype(np.uint64)) & np.uint64(MODULUS - 1)
+    np.testing.assert_allclose(_lift(unmasked), true_sum, atol=1e-5)  # Only the mask hides it.
+    assert np.mean(partial != unmasked.astype(np.int64)) > 0.99
+    assert 0.4 < np.mean(partial / MODULUS) < 0.6  # Uniform in [0, 2^62), not near 0.
+  assert np.all(partials[0] != partials[1])
+
+
+def test_a_site_without_its_mask_fails_the_round(rounds, addresses, run_dirs, task, masked):
+  _, datasets, _ = task
+  process, state, lengths = masked
+  rounds.prepare_round(lengths)
+  os.remove(secagg.mask_path(run_dirs['bob'], 'value'))
+  with distributed.remote_runtime(addresses):
+    with pytest.raises(distributed.WorkerError,
+                       match=f'{addresses[1]} failed a call: .*stream=value: this worker has no '
+                       'mask secagg/value.bin in its working directory'):
+      process.next(state, datasets)
+
+
+def _kill_once_busy(worker, killed, cpu_s=0.3, timeout_s=60):
+  """Kills `worker` once it has used `cpu_s` more CPU: mid-round."""
+  process = psutil.Process(worker.pid)
+  start, deadline = sum(process.cpu_times()[:2]), time.monotonic() + timeout_s
+  while sum(process.cpu_times()[:2]) < start + cpu_s and time.monotonic() < deadline:
+    time.sleep(0.01)
+  worker.kill()
+  killed.set()
+
+
+def test_a_site_that_drops_out_mid_round_fails_it(rounds, workers, addresses, task, masked):
+  _, datasets, _ = task
+  process, state, lengths = masked
+  victim = workers[3]
+  # The victim's two clients train long enough to be killed while they do.
+  slow = datasets[:4] + [dataset.repeat(400) for dataset in datasets[4:]]
+  rounds.prepare_round(lengths)
+  killed = threading.Event()
+  killer = threading.Thread(target=_kill_once_busy, args=(victim, killed))
+  with distributed.remote_runtime(addresses[:2] + [victim.address], connect_timeout_s=TIMEOUT_S):
+    killer.start()
+    with pytest.raises(distributed.WorkerUnavailableError,
+                       match=f'TFF worker {victim.address} is unavailable'):
+      process.next(state, slow)
+  killer.join()
+  assert killed.is_set() and not victim.is_running()

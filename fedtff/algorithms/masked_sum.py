@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -40,8 +41,9 @@ def _flat_tensor_types(value_type) -> list:
   flat = tff.structure.flatten(value_type) if isinstance(value_type, tff.StructType) else [
       value_type]
   for tensor_type in flat:
-    if (not isinstance(tensor_type, tff.TensorType) or not tensor_type.dtype.is_floating
-        or not tensor_type.shape.is_fully_defined()):
+    if (not isinstance(tensor_type, tff.TensorType)
+        or not np.issubdtype(tensor_type.dtype, np.floating)
+        or tensor_type.shape is None or None in tensor_type.shape):
       raise TypeError(f'MaskedSumFactory sums structures of floating tensors of static shape; '
                       f'got {value_type}.')
   return flat
@@ -49,7 +51,11 @@ def _flat_tensor_types(value_type) -> list:
 
 def num_elements(value_type) -> int:
   """How many numbers a value of `value_type` flattens to (a stream's mask length)."""
-  return int(sum(t.shape.num_elements() for t in _flat_tensor_types(value_type)))
+  return int(sum(_size(t) for t in _flat_tensor_types(value_type)))
+
+
+def _size(tensor_type) -> int:
+  return int(np.prod(tensor_type.shape, dtype=np.int64))
 
 
 class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
@@ -102,11 +108,11 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
   def _computations(self, value_type, length: int):
     flat_types = _flat_tensor_types(value_type)
     modulus_mask = (1 << self.modulus_bits) - 1
-    accumulator_type = (tff.TensorType(tf.int64, [length]), tff.TensorType(tf.int64))
+    accumulator_type = (tff.TensorType(np.int64, [length]), tff.TensorType(np.int64))
 
     @tff.tensorflow.computation(value_type)
     def quantize(value):
-      flat = value if isinstance(value_type, tff.TensorType) else tff.structure.flatten(value)
+      flat = [value] if isinstance(value_type, tff.TensorType) else tff.structure.flatten(value)
       joined = tf.concat([tf.reshape(tf.cast(t, tf.float64), [-1]) for t in flat], 0)
       return self._fixed_point(joined, modulus_mask)
 
@@ -125,18 +131,19 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
     @tff.tensorflow.computation(accumulator_type)
     def report(accumulator):
       values = self._dequantize(accumulator[0], accumulator[1], modulus_mask)
-      parts = tf.split(values, [t.shape.num_elements() for t in flat_types])
+      parts = tf.split(values, [_size(t) for t in flat_types])
       flat = [tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, flat_types)]
       if isinstance(value_type, tff.TensorType):
         return flat[0]
-      return tff.structure.pack_sequence_as(value_type, flat)
+      return tff.types.type_to_py_container(tff.structure.pack_sequence_as(value_type, flat),
+                                            value_type)
 
     return quantize, zero, accumulate, merge, report
 
   def _fixed_point(self, values: tf.Tensor, modulus_mask: int) -> tf.Tensor:
     """round(values·2^s) mod 2^modulus_bits; fails unless every |value| < bound."""
     in_range = tf.debugging.Assert(tf.reduce_all(tf.abs(values) < self.bound), [
-        f'MaskedSumFactory stream {self.stream!r}: a client value is NaN, infinite or not '
+        f'MaskedSumFactory stream={self.stream}: a client value is NaN, infinite or not '
         f'below {self.bound:g} in magnitude, which the fixed point (scale 2^{self.scale_bits}, '
         f'mod 2^{self.modulus_bits}) cannot sum; largest magnitude:',
         tf.reduce_max(tf.abs(values))], name='masked_sum_range')
@@ -151,13 +158,13 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
     path = tf.strings.join([self.path, tf.strings.substr(tf.strings.as_string(tf.timestamp()),
                                                          0, 0)])
     present = tf.debugging.Assert(tf.size(tf.io.matching_files(path)) > 0, [
-        f'MaskedSumFactory stream {self.stream!r}: this worker has no mask {self.path} in its '
+        f'MaskedSumFactory stream={self.stream}: this worker has no mask {self.path} in its '
         'working directory (the trainer must have every site write its masks first: '
         'fedtff.execution.secagg.SecureRounds.prepare_round).'], name='masked_sum_mask_present')
     with tf.control_dependencies([present]):
       raw = tf.io.read_file(path)
     right_size = tf.debugging.Assert(tf.equal(tf.strings.length(raw), 8 * length), [
-        f'MaskedSumFactory stream {self.stream!r}: mask {self.path} must hold {length} int64 '
+        f'MaskedSumFactory stream={self.stream}: mask {self.path} must hold {length} int64 '
         'values; its bytes:', tf.strings.length(raw)], name='masked_sum_mask_size')
     with tf.control_dependencies([right_size]):
       mask = tf.reshape(tf.io.decode_raw(raw, tf.int64, little_endian=True), [length])
@@ -166,7 +173,7 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
   def _dequantize(self, summed: tf.Tensor, count: tf.Tensor, modulus_mask: int) -> tf.Tensor:
     """The masked-off sum lifted to [-2^(m-1), 2^(m-1)) and divided by 2^s, as float64."""
     few_enough = tf.debugging.Assert(count <= 2 ** self.client_bits, [
-        f'MaskedSumFactory stream {self.stream!r}: more than 2^{self.client_bits} clients in a '
+        f'MaskedSumFactory stream={self.stream}: more than 2^{self.client_bits} clients in a '
         'round; clients:', count], name='masked_sum_client_count')
     with tf.control_dependencies([few_enough]):
       summed = tf.bitwise.bitwise_and(summed, modulus_mask)
@@ -200,4 +207,4 @@ def mean_stream_lengths(factory: tff.aggregators.MeanFactory, value_type) -> Dic
   value_sum = factory._value_sum_factory  # pylint: disable=protected-access
   weight_sum = factory._weight_sum_factory  # pylint: disable=protected-access
   return {value_sum.stream: value_sum.stream_length(value_type),
-          weight_sum.stream: weight_sum.stream_length(tff.TensorType(tf.float32))}
+          weight_sum.stream: weight_sum.stream_length(tff.TensorType(np.float32))}
