@@ -190,6 +190,7 @@ def test_a_reused_nonce_and_bad_site_lists_are_refused(rounds, maskers):
       'error': f"secagg: site 'alice' refuses nonce {nonce}: it was used before."}
   fresh = dict(request, nonce='ab' * 16)
   assert 'must list site' in alice(dict(fresh, sites=['bob', 'carol']))['error']
+  assert 'without other sites' in alice(dict(fresh, sites=['alice']))['error']
   assert 'has no key for dave' in alice(dict(fresh, sites=list(SITES) + ['dave']))['error']
   with pytest.raises(secagg.SecAggError, match="Site 'alice' refused secagg_round: .*nonce"):
     secagg.SecureRounds({'alice': lambda r: alice(dict(r, nonce=nonce))}).prepare_round(
@@ -219,14 +220,16 @@ def test_a_masked_sum_is_the_sum_and_an_out_of_range_value_fails_the_round(round
   factory = masked_sum.MaskedSumFactory('value')
   process = factory.create(tff.TensorType(np.float32, [4]))
   values = np.random.default_rng(0).normal(scale=1000.0, size=(6, 4)).astype(np.float32)
-  rounds.prepare_round({'value': factory.stream_length(tff.TensorType(np.float32, [4]))})
+  length = factory.stream_length(tff.TensorType(np.float32, [4]))
+  assert length == 5  # The values, and the check lane.
+  rounds.prepare_round({'value': length})
   state = process.initialize()
   with distributed.remote_runtime(addresses):
     summed = process.next(state, list(values)).result
     exact = values.astype(np.float64).sum(axis=0)  # Off by float32 rounding, 6 · 2^-25 at most.
     assert np.all(np.abs(summed - exact) <= np.abs(np.spacing(exact.astype(np.float32))) + 6 * 2.0**-25)
     values[4, 1] = 2.0 ** 21
-    rounds.prepare_round({'value': 4})
+    rounds.prepare_round({'value': length})
     with pytest.raises(distributed.WorkerError, match='stream=value: a client value is NaN, '
                        'infinite or not below 2.09715e[+]06 in magnitude'):
       process.next(state, list(values))
@@ -290,7 +293,7 @@ def numpy_client_updates(weights, datasets):
 def test_a_masked_fed_avg_round_equals_the_plain_round_and_numpy(rounds, addresses, task, masked):
   model_fn, datasets, weights = task
   process, state, lengths = masked
-  assert lengths == {'value': NUM_FEATURES * NUM_CLASSES + NUM_CLASSES, 'weight': 1}
+  assert lengths == {'value': NUM_FEATURES * NUM_CLASSES + NUM_CLASSES + 1, 'weight': 2}
   rounds.prepare_round(lengths)
   with distributed.remote_runtime(addresses):
     ours = process.get_model_weights(process.next(state, datasets).state).trainable
@@ -330,9 +333,9 @@ def test_what_one_site_returns_is_masked(rounds, addresses, run_dirs, task, mask
       rounds.prepare_round(lengths)
       result = context.invoke_sync(form.up_to_merge, tff.structure.Struct.unnamed(
           state, datasets[:2]))
-      [partial] = _int64_vectors(result, lengths['value'])
+      [partial] = _int64_vectors(result, lengths['value'] - 1)
       partials.append(partial)
-      masks.append(read_mask(run_dirs['alice'], 'value'))
+      masks.append(read_mask(run_dirs['alice'], 'value')[:-1])  # Without the check lane.
   finally:
     stub.close()
     context.close()
@@ -356,6 +359,15 @@ def test_a_site_without_its_mask_fails_the_round(rounds, addresses, run_dirs, ta
                        match=f'{addresses[1]} failed a call: .*stream=value: this worker has no '
                        'mask secagg/value.bin in its working directory'):
       process.next(state, datasets)
+
+
+def test_a_site_left_out_of_the_round_fails_it(rounds, addresses, task, masked):
+  _, datasets, _ = task
+  process, state, lengths = masked
+  rounds.prepare_round(lengths)
+  with distributed.remote_runtime(addresses):  # Two clients: the third worker gets none.
+    with pytest.raises(distributed.WorkerError, match='stream=value: the masks do not cancel'):
+      process.next(state, datasets[:2])
 
 
 def _kill_once_busy(worker, killed, cpu_s=0.3, timeout_s=60):

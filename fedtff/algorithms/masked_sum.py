@@ -14,7 +14,11 @@ backends/native/mergeable_comp_compiler.py), so each site returns
 mask_i + Σ q mod 2^62, uniformly distributed to whoever lacks the site's pair
 keys. `merge` adds mod 2^62 (both terms are below 2^62, so their int64 sum
 cannot overflow); the masks cancel, and `report` lifts the sum to
-[-2^61, 2^61) and divides by 2^s.
+[-2^61, 2^61) and divides by 2^s. Each mask has one more element than the
+value, a check lane the clients leave at 0: it sums to 0 only if every site of
+the round added its mask exactly once, so a site left out of the round (a
+worker given no clients) or a stale mask fails the round instead of
+corrupting the sum.
 
 Range and error, with the defaults (scale_bits=24, client_bits=16): every
 client value must satisfy |x| < 2^(61 - 24 - 16) = 2^21 = 2,097,152 and a
@@ -84,11 +88,16 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
     self.bound = 2.0 ** (modulus_bits - 1 - client_bits - scale_bits)
 
   def stream_length(self, value_type) -> int:
-    """The number of int64 mask elements this stream needs for `value_type`."""
-    return num_elements(value_type)
+    """The number of int64 mask elements this stream needs for `value_type`.
+
+    One per number of the flattened value, plus a check lane that clients
+    leave alone: the masks alone sum there, to 0 exactly when every site of
+    the round added its mask once (else the round fails, see `_dequantize`).
+    """
+    return num_elements(value_type) + 1
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
-    length = self.stream_length(value_type)
+    length = num_elements(value_type)
     quantize, zero, accumulate, merge, report = self._computations(value_type, length)
 
     @tff.federated_computation()
@@ -108,7 +117,9 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
   def _computations(self, value_type, length: int):
     flat_types = _flat_tensor_types(value_type)
     modulus_mask = (1 << self.modulus_bits) - 1
-    accumulator_type = (tff.TensorType(np.int64, [length]), tff.TensorType(np.int64))
+    # (masked sums, check lane, client count); see `stream_length`.
+    accumulator_type = (tff.TensorType(np.int64, [length]), tff.TensorType(np.int64),
+                        tff.TensorType(np.int64))
 
     @tff.tensorflow.computation(value_type)
     def quantize(value):
@@ -118,19 +129,22 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation
     def zero():
-      return self._read_mask(length, modulus_mask), tf.constant(0, tf.int64)
+      mask = self._read_mask(length + 1, modulus_mask)
+      return mask[:length], mask[length], tf.constant(0, tf.int64)
 
     @tff.tensorflow.computation(accumulator_type, accumulator_type[0])
     def accumulate(accumulator, quantized):
-      return tf.bitwise.bitwise_and(accumulator[0] + quantized, modulus_mask), accumulator[1] + 1
+      summed, check, count = accumulator
+      return tf.bitwise.bitwise_and(summed + quantized, modulus_mask), check, count + 1
 
     @tff.tensorflow.computation(accumulator_type, accumulator_type)
     def merge(a, b):
-      return tf.bitwise.bitwise_and(a[0] + b[0], modulus_mask), a[1] + b[1]
+      return (tf.bitwise.bitwise_and(a[0] + b[0], modulus_mask),
+              tf.bitwise.bitwise_and(a[1] + b[1], modulus_mask), a[2] + b[2])
 
     @tff.tensorflow.computation(accumulator_type)
     def report(accumulator):
-      values = self._dequantize(accumulator[0], accumulator[1], modulus_mask)
+      values = self._dequantize(*accumulator, modulus_mask)
       parts = tf.split(values, [_size(t) for t in flat_types])
       flat = [tf.cast(tf.reshape(p, t.shape), t.dtype) for p, t in zip(parts, flat_types)]
       if isinstance(value_type, tff.TensorType):
@@ -170,12 +184,22 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
       mask = tf.reshape(tf.io.decode_raw(raw, tf.int64, little_endian=True), [length])
     return tf.bitwise.bitwise_and(mask, modulus_mask)
 
-  def _dequantize(self, summed: tf.Tensor, count: tf.Tensor, modulus_mask: int) -> tf.Tensor:
-    """The masked-off sum lifted to [-2^(m-1), 2^(m-1)) and divided by 2^s, as float64."""
+  def _dequantize(self, summed: tf.Tensor, check: tf.Tensor, count: tf.Tensor,
+                  modulus_mask: int) -> tf.Tensor:
+    """The unmasked sum lifted to [-2^(m-1), 2^(m-1)) and divided by 2^s, as float64.
+
+    Fails unless the check lane is 0 (every site's mask, each once) and the
+    round had at most 2^client_bits clients.
+    """
+    complete = tf.debugging.Assert(tf.equal(check, 0), [
+        f'MaskedSumFactory stream={self.stream}: the masks do not cancel, so the sum would be '
+        'wrong: a site of the round did not add its mask (every site must run the aggregation '
+        'each round, even with no clients) or holds a mask of another round.'],
+        name='masked_sum_masks_cancel')
     few_enough = tf.debugging.Assert(count <= 2 ** self.client_bits, [
         f'MaskedSumFactory stream={self.stream}: more than 2^{self.client_bits} clients in a '
         'round; clients:', count], name='masked_sum_client_count')
-    with tf.control_dependencies([few_enough]):
+    with tf.control_dependencies([complete, few_enough]):
       summed = tf.bitwise.bitwise_and(summed, modulus_mask)
     half = tf.constant(1 << (self.modulus_bits - 1), tf.int64)
     centered = tf.where(summed >= half, summed - 2 * half, summed)

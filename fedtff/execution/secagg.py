@@ -257,6 +257,9 @@ class SiteMasker:
       raise ValueError(f'secagg: site {self.site!r} refuses nonce {nonce}: it was used before.')
     if isinstance(sites, str) or not isinstance(sites, Sequence) or self.site not in sites:
       raise ValueError(f'secagg: the round\'s sites {sites!r} must list site {self.site!r}.')
+    if len(set(sites)) < 2:
+      raise ValueError(f'secagg: site {self.site!r} refuses a round without other sites: its '
+                       'mask would be 0 and its sum in the clear.')
     unknown = sorted(set(sites) - set(self._pair_keys) - {self.site})
     if unknown:
       raise ValueError(f'secagg: site {self.site!r} has no key for {", ".join(unknown)} '
