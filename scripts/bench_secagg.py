@@ -92,8 +92,8 @@ def main():
           lambda: (masks(), masked_fn()))}, args.rounds, warmup=WARMUP))
   table = bt.markdown_table(['round', 'median s', 'x plain'], [
       [k, f'{v:.3f}', f'{v / times["plain"]:.2f}'] for k, v in times.items()])
-  print(f'{bt.machine_line()}\n{args.model} ({streams["value"]} parameters), {len(CLIENTS)} clients'
-        f' x {NUM_EXAMPLES} examples, 3 workers, {args.rounds} rounds each:\n{table}')
+  print(f'{bt.machine_line()}\n{args.model} ({streams["value"] - 1} parameters), {len(CLIENTS)} '
+        f'clients x {NUM_EXAMPLES} examples, 3 workers, {args.rounds} rounds each:\n{table}')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ and a `fedtff.execution.runtime.WorkerProcess` working in it; their
 through `fedtff.execution.distributed.remote_runtime`.
 """
 
+import base64
 import datetime
 import json
 import os
@@ -134,14 +135,14 @@ def test_two_sites_derive_the_same_pairwise_key(rounds, maskers):
 
 def _tampered_signature(announcement, ca, tmp_path):
   del ca, tmp_path
-  signature = bytearray(secagg._unb64(announcement['signature'], ''))  # pylint: disable=protected-access
+  signature = bytearray(base64.b64decode(announcement['signature']))
   signature[-1] ^= 1
-  return dict(announcement, signature=secagg._b64(bytes(signature)))  # pylint: disable=protected-access
+  return dict(announcement, signature=base64.b64encode(bytes(signature)).decode())
 
 
 def _swapped_key(announcement, ca, tmp_path):
   del ca, tmp_path
-  return dict(announcement, public_key=secagg._b64(bytes(32)))  # pylint: disable=protected-access
+  return dict(announcement, public_key=base64.b64encode(bytes(32)).decode())
 
 
 def _wrong_name_cert(announcement, ca, tmp_path):
@@ -192,9 +193,20 @@ def test_a_reused_nonce_and_bad_site_lists_are_refused(rounds, maskers):
   assert 'must list site' in alice(dict(fresh, sites=['bob', 'carol']))['error']
   assert 'without other sites' in alice(dict(fresh, sites=['alice']))['error']
   assert 'has no key for dave' in alice(dict(fresh, sites=list(SITES) + ['dave']))['error']
+  replay = {'alice': lambda r: alice(dict(r, nonce=nonce)), 'bob': json_control(maskers['bob'])}
   with pytest.raises(secagg.SecAggError, match="Site 'alice' refused secagg_round: .*nonce"):
-    secagg.SecureRounds({'alice': lambda r: alice(dict(r, nonce=nonce))}).prepare_round(
-        {'weight': 1})
+    secagg.SecureRounds(replay).prepare_round({'weight': 1})
+
+
+def test_the_trainer_relays_only_announcements_in_each_sites_own_name(maskers):
+  controls = {site: json_control(m) for site, m in maskers.items()}
+  announcements = {site: m.announcement() for site, m in maskers.items()}
+  assert secagg.SecureRounds(controls).setup(announcements) == announcements  # As in manifests.
+  announcements['carol'] = announcements['bob']
+  with pytest.raises(secagg.SecAggError, match="Site 'carol' has no announcement in its own name"):
+    secagg.SecureRounds(controls).setup(announcements)
+  with pytest.raises(ValueError, match='at least two sites'):
+    secagg.SecureRounds({'alice': controls['alice']})
 
 
 # Masked TFF rounds on three workers, one per site.
@@ -227,7 +239,8 @@ def test_a_masked_sum_is_the_sum_and_an_out_of_range_value_fails_the_round(round
   with distributed.remote_runtime(addresses):
     summed = process.next(state, list(values)).result
     exact = values.astype(np.float64).sum(axis=0)  # Off by float32 rounding, 6 · 2^-25 at most.
-    assert np.all(np.abs(summed - exact) <= np.abs(np.spacing(exact.astype(np.float32))) + 6 * 2.0**-25)
+    float32_ulp = np.abs(np.spacing(exact.astype(np.float32)))
+    assert np.all(np.abs(summed - exact) <= float32_ulp + 6 * 2.0**-25)
     values[4, 1] = 2.0 ** 21
     rounds.prepare_round({'value': length})
     with pytest.raises(distributed.WorkerError, match='stream=value: a client value is NaN, '
@@ -366,7 +379,8 @@ def test_a_site_left_out_of_the_round_fails_it(rounds, addresses, task, masked):
   process, state, lengths = masked
   rounds.prepare_round(lengths)
   with distributed.remote_runtime(addresses):  # Two clients: the third worker gets none.
-    with pytest.raises(distributed.WorkerError, match='stream=value: the masks do not cancel'):
+    with pytest.raises(distributed.WorkerError,
+                       match='stream=(value|weight): the masks do not cancel'):
       process.next(state, datasets[:2])
 
 

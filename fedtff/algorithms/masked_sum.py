@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-MASK_DIR = 'secagg'
+from fedtff.execution import secagg
 
 
 def _flat_tensor_types(value_type) -> list:
@@ -82,8 +82,9 @@ class MaskedSumFactory(tff.aggregators.UnweightedAggregationFactory):
     if scale_bits < 0 or client_bits < 0 or scale_bits + client_bits > modulus_bits - 1:
       raise ValueError(f'scale_bits ({scale_bits}) and client_bits ({client_bits}) must be '
                        f'nonnegative with a sum of at most modulus_bits - 1 ({modulus_bits - 1}).')
+    secagg.check_streams({stream: 1})
     self.stream = stream
-    self.path = f'{MASK_DIR}/{stream}.bin'
+    self.path = f'{secagg.MASK_DIR}/{stream}.bin'
     self.scale_bits, self.client_bits, self.modulus_bits = scale_bits, client_bits, modulus_bits
     self.bound = 2.0 ** (modulus_bits - 1 - client_bits - scale_bits)
 

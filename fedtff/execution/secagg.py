@@ -34,7 +34,7 @@ import os
 import re
 import secrets
 import tempfile
-from typing import Any, Callable, Dict, Iterable, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from cryptography import exceptions as crypto_exceptions
@@ -337,8 +337,8 @@ class SecureRounds:
   """
 
   def __init__(self, controls: Mapping[str, ControlFn]):
-    if not controls:
-      raise ValueError('SecureRounds needs at least one site.')
+    if len(controls) < 2:
+      raise ValueError(f'SecureRounds needs at least two sites, got {sorted(controls)}.')
     self._controls = dict(controls)
     self.sites = sorted(self._controls)
 
@@ -348,15 +348,26 @@ class SecureRounds:
       raise SecAggError(f'Site {site!r} refused {request["op"]}: {answer["error"]}')
     return answer
 
-  def setup(self) -> Dict[str, Dict[str, Any]]:
-    """Collects every site's signed key and gives each site all of them; returns them."""
-    announcements = {site: self._ask(site, {'op': 'secagg_announce'}) for site in self.sites}
-    for site, announcement in announcements.items():
-      if announcement.get('site') != site:
-        raise SecAggError(f'Site {site!r} announced itself as {announcement.get("site")!r}.')
+  def setup(self, announcements: Optional[Mapping[str, Mapping[str, Any]]] = None
+            ) -> Dict[str, Dict[str, Any]]:
+    """Gives every site all sites' signed keys; returns the announcements.
+
+    Args:
+      announcements: {site: announcement}, e.g. the `secagg` entries of the
+        sites' manifests; by default each site is asked (`secagg_announce`).
+
+    Raises:
+      SecAggError: Naming a site that refused, or that announced another name.
+    """
+    if announcements is None:
+      announcements = {site: self._ask(site, {'op': 'secagg_announce'}) for site in self.sites}
     for site in self.sites:
-      self._ask(site, {'op': 'secagg_setup', 'announcements': list(announcements.values())})
-    return announcements
+      if site not in announcements or announcements[site].get('site') != site:
+        raise SecAggError(f'Site {site!r} has no announcement in its own name.')
+    relayed = [dict(announcements[site]) for site in self.sites]
+    for site in self.sites:
+      self._ask(site, {'op': 'secagg_setup', 'announcements': relayed})
+    return {site: dict(announcements[site]) for site in self.sites}
 
   def prepare_round(self, streams: Mapping[str, int]) -> str:
     """Has every site write its masks for a fresh random nonce; returns the nonce."""
