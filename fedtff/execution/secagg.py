@@ -195,6 +195,19 @@ class SiteMasker:
   The X25519 key pair lives in memory only: a restarted site has new keys, so
   the trainer runs `SecureRounds.setup` again, and no mask of an earlier run
   can repeat even if a nonce did.
+
+  Args:
+    site: This site's name, as its certificate names it.
+    run_dir: The site's run directory (its worker's working directory); masks
+      go to `run_dir/secagg/<stream>.bin`.
+    tls_key_path: The site's TLS private key (PEM, ECDSA P-256), which signs
+      the announcement.
+    tls_cert_path: The site's TLS certificate (PEM), sent with the announcement.
+    ca_path: The federation CA (PEM) that must have issued every peer's certificate.
+
+  Raises:
+    ValueError: One line, if a file cannot be read or the site's own
+      certificate does not pass the checks its peers will make.
   """
 
   def __init__(self, site: str, run_dir: str, tls_key_path: str, tls_cert_path: str,
