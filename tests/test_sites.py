@@ -196,3 +196,14 @@ def test_sites_exclude_workers_and_the_compiled_engine():
     config_lib.validate(config)
   config.engine = 'auto'
   assert config_lib.engine_choice(config).name == 'tff'
+
+
+def test_a_site_without_data_gives_one_line(tmp_path):
+  worker = fedtff.execution.runtime.WorkerProcess(cwd=str(tmp_path)).start()
+  try:
+    with pytest.raises(fedtff.execution.distributed.WorkerError,
+                       match=r'^Site dana \(localhost:\d+\) has no readable site data '
+                             r'\(data/manifest\.json\): [^\n]*$'):
+      sites.fetch_manifests([f'dana={worker.address}'], timeout_s=10.0)
+  finally:
+    worker.stop()

@@ -139,6 +139,8 @@ class PlainConnector:
       _check_answered({site: stub}, timeout_s)
       context = distributed.WorkerContext(stub, runtime.compile_for_worker)
       text = context.invoke_sync(_read_manifest, None)
+    except distributed.WorkerUnavailableError:
+      raise
     except distributed.WorkerError as e:
       raise distributed.WorkerError(
           f'Site {site} ({address}) has no readable site data '
