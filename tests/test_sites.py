@@ -209,3 +209,18 @@ def test_a_site_without_data_gives_one_line(tmp_path):
       sites.fetch_manifests([f'dana={worker.address}'], timeout_s=10.0)
   finally:
     worker.stop()
+
+
+def test_a_lost_site_fails_the_round_naming_it(exported, plain_sites, routed):
+  federation, (site_process, _), state = routed
+  victim = sites.PlainSite(os.path.join(exported, 'carol')).start()
+  ids = fedtff.data.round_client_ids(1, federation['train_client_ids'][::10])
+  try:
+    with sites.site_runtime([s.spec for s in plain_sites[:2]] + [victim.spec],
+                            connect_timeout_s=3.0):
+      victim.worker.kill()
+      with pytest.raises(fedtff.execution.distributed.WorkerUnavailableError,
+                         match=r'^Site carol: TFF worker localhost:\d+ is unavailable: [^\n]*$'):
+        site_process.next(state, ids)
+  finally:
+    victim.stop()

@@ -480,7 +480,8 @@ def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
   timeout_s = runtime_config['connect_timeout_s']
   if sites:
     from fedtff.execution import sites as sites_lib  # pylint: disable=g-import-not-at-top
-    runtime_context = sites_lib.site_runtime(sites, connect_timeout_s=timeout_s)
+    runtime_context = sites_lib.site_runtime(
+        sites, connect=sites_lib.connector_for(runtime_config), connect_timeout_s=timeout_s)
   else:
     runtime_context = remote_runtime(workers, connect_timeout_s=timeout_s)
   with runtime_context as context:

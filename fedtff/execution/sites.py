@@ -168,6 +168,15 @@ def _check_answered(stubs: Mapping[str, distributed.WorkerStub], timeout_s: floa
         f'Cannot reach {len(failures)} of {len(stubs)} sites: {named}.', list(failures))
 
 
+def connector_for(runtime_config: Mapping[str, Any]) -> Connector:
+  """The connector a config's `runtime` group asks for: `PlainConnector()` for now.
+
+  The one place the runner chooses how to reach sites (mutual TLS joins here).
+  """
+  del runtime_config
+  return PlainConnector()
+
+
 def fetch_manifests(sites: Sequence[str], *, connect: Optional[Connector] = None,
                     timeout_s: float = 30.0) -> Dict[str, Dict[str, Any]]:
   """Every site's manifest, `{name: manifest}` in the order named."""
@@ -240,6 +249,13 @@ def _unroute(results: Sequence[Any], type_spec, assignment: Sequence[int]):
   return results[0]
 
 
+def _named(error: BaseException, site: str) -> BaseException:
+  """A site's `WorkerError` with the site's name in front; other errors as they are."""
+  if isinstance(error, distributed.WorkerError):
+    return type(error)(f'Site {site}: {error}', error.addresses)
+  return error
+
+
 class SiteRoutingContext(tff.framework.SyncContext):
   """Routes each call's clients to the sites that hold them (module docstring).
 
@@ -305,13 +321,13 @@ class SiteRoutingContext(tff.framework.SyncContext):
     return type_conversions.type_to_py_container(result, form.after_merge.type_signature.result)
 
   def _up_to_merge(self, form, site_args: Sequence[Any]) -> List[Any]:
-    """Runs `up_to_merge` at every site at once; raises the first site's error."""
+    """Runs `up_to_merge` at every site at once; raises the first failing site's error."""
     futures = [self._pool.submit(context.invoke_sync, form.up_to_merge, site_arg)
                for context, site_arg in zip(self._contexts, site_args)]
     done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-    for future in futures:
+    for name, future in zip(self._names, futures):
       if future in done and future.exception() is not None:
-        raise future.exception()
+        raise _named(future.exception(), name)
     return [future.result() for future in futures]
 
   def _merge(self, form, partials: Sequence[Any]):
@@ -328,7 +344,13 @@ class SiteRoutingContext(tff.framework.SyncContext):
     futures = [self._pool.submit(context.invoke_sync, form.after_merge,
                                  structure.Struct.unnamed(site_arg, merged))
                for context, site_arg in zip(self._contexts, site_args)]
-    return _unroute([future.result() for future in futures], result_type, assignment)
+    results = []
+    for name, future in zip(self._names, futures):
+      try:
+        results.append(future.result())
+      except distributed.WorkerError as e:
+        raise _named(e, name) from None
+    return _unroute(results, result_type, assignment)
 
   def close(self) -> None:
     self._pool.shutdown(wait=False)

@@ -413,7 +413,8 @@ def _site_federation(config, user) -> Optional[Dict[str, Any]]:
     raise config_lib.ConfigError("runtime.sites runs the config's own model on the sites' "
                                  'clients; pass no task of your own (task=, model.factory, '
                                  'data.source).')
-  return sites.federation(config.runtime.sites, timeout_s=config.runtime.connect_timeout_s)
+  return sites.federation(config.runtime.sites, connect=sites.connector_for(config.runtime),
+                          timeout_s=config.runtime.connect_timeout_s)
 
 
 def _has_examples_fn(task: tasks.Task, federation: Optional[Mapping[str, Any]]
