@@ -451,14 +451,14 @@ def _resume_hint(workdir: str) -> str:
 def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
   """The runtime an experiment config's `runtime` group asks for, as a context manager.
 
-  `sites`: `fedtff.execution.sites.site_runtime(sites, ...)`, each round's
-  clients routed to the sites that hold them. `workers`:
-  `remote_runtime(workers, connect_timeout_s=connect_timeout_s)`. Neither:
-  `fedtff.local_runtime()`, a worker process on this machine.
+  No `workers`: `fedtff.local_runtime()`, a worker process on this machine.
+  Otherwise `remote_runtime(workers, connect_timeout_s=connect_timeout_s)`.
+  (`runtime.sites` runs on `fedtff.execution.sites.site_runtime`, which the
+  runner enters itself.)
 
   Args:
-    runtime_config: `config.runtime` (a ConfigDict or mapping with `workers`,
-      `connect_timeout_s` and optionally `sites`).
+    runtime_config: `config.runtime` (a ConfigDict or mapping with `workers`
+      and `connect_timeout_s`).
     workdir: The run directory, if any. A `WorkerError` raised inside the
       block then also says which checkpoint is kept and how to resume.
 
@@ -472,18 +472,18 @@ def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
     WorkerError: If a worker fails a call inside the block.
   """
   workers = tuple(runtime_config['workers'])
-  sites = tuple(runtime_config.get('sites', ()))
-  if not workers and not sites:
+  if not workers:
     with runtime.local_runtime() as worker:
       yield worker
     return
-  timeout_s = runtime_config['connect_timeout_s']
-  if sites:
-    from fedtff.execution import sites as sites_lib  # pylint: disable=g-import-not-at-top
-    runtime_context = sites_lib.site_runtime(
-        sites, connect=sites_lib.connector_for(runtime_config), connect_timeout_s=timeout_s)
-  else:
-    runtime_context = remote_runtime(workers, connect_timeout_s=timeout_s)
+  with with_resume_hint(remote_runtime(
+      workers, connect_timeout_s=runtime_config['connect_timeout_s']), workdir) as context:
+    yield context
+
+
+@contextlib.contextmanager
+def with_resume_hint(runtime_context, workdir: Optional[str]) -> Iterator[Any]:
+  """Enters `runtime_context`; a `WorkerError` inside also says how to resume `workdir`."""
   with runtime_context as context:
     try:
       yield context

@@ -9,7 +9,7 @@ trainer names the sites, not the data:
     output = process.next(state, client_ids)
 
 `fedtff.run_experiment` does this when `config.runtime.sites` names sites
-(`fedtff.execution.distributed.runtime_for`).
+(`fedtff.runner.experiment`, with `distributed.with_resume_hint`).
 
 How a call runs (`SiteRoutingContext`). The computation is compiled to TFF's
 `MergeableCompForm` (`distributed.compile_to_mergeable_form`): `up_to_merge`
@@ -73,35 +73,6 @@ _logger = logging.getLogger(__name__)
 
 class UnknownClientError(ValueError):
   """A call names a client that no site holds."""
-
-
-def parse_sites(sites: Sequence[str]) -> List[Tuple[str, str]]:
-  """`[(name, 'host:port')]` of `sites`, 'name=host:port' strings.
-
-  Raises:
-    ValueError: One line naming the first malformed or repeated entry.
-  """
-  if isinstance(sites, str) or not sites:
-    raise ValueError(f"sites must be a non-empty list of 'name=host:port' strings, "
-                     f'got {sites!r}.')
-  parsed = []
-  for entry in sites:
-    name, equals, address = str(entry).partition('=')
-    if not equals or not name or not all(c.isalnum() or c in '-_' for c in name):
-      raise ValueError(f"A site is 'name=host:port' with a name of letters, digits, '-' and "
-                       f"'_', got {entry!r}.")
-    try:
-      runtime.parse_address(address)
-    except ValueError:
-      raise ValueError(f"A site is 'name=host:port' with a port in [1, 65535], got "
-                       f'{entry!r}.') from None
-    parsed.append((name, address))
-  for k, what in ((0, 'name'), (1, 'address')):
-    values = [p[k] for p in parsed]
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-      raise ValueError(f'Each site {what} must be listed once; repeated: {", ".join(repeated)}.')
-  return parsed
 
 
 class Connector(Protocol):
@@ -182,7 +153,7 @@ def fetch_manifests(sites: Sequence[str], *, connect: Optional[Connector] = None
   """Every site's manifest, `{name: manifest}` in the order named."""
   connect = connect or PlainConnector()
   return {name: connect.manifest(name, address, timeout_s=timeout_s)
-          for name, address in parse_sites(sites)}
+          for name, address in runtime.parse_sites(sites)}
 
 
 def federation(sites: Sequence[str], *, connect: Optional[Connector] = None,
@@ -412,7 +383,7 @@ def site_runtime(sites: Sequence[str], *, connect: Optional[Connector] = None,
   if not connect_timeout_s > 0:
     raise ValueError(f'connect_timeout_s must be positive, got {connect_timeout_s}.')
   connect = connect or PlainConnector()
-  named = parse_sites(sites)
+  named = runtime.parse_sites(sites)
   described = federation(sites, connect=connect, timeout_s=connect_timeout_s)
   compiler = distributed.SharedCompiler()
   with _trainer_worker(connect_timeout_s) as trainer_stub:

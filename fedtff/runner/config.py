@@ -421,9 +421,8 @@ def _check_sites(runtime: Mapping[str, Any]) -> None:
   if runtime['workers']:
     raise ConfigError('Config keys runtime.sites and runtime.workers are both set; the sites '
                       'run the rounds on their own data, so leave runtime.workers empty.')
-  from fedtff.execution import sites  # pylint: disable=g-import-not-at-top
   try:
-    sites.parse_sites(runtime['sites'])
+    runtime_lib.parse_sites(runtime['sites'])
   except ValueError as e:
     raise ConfigError(f'Config key runtime.sites: {e}') from None
 

@@ -438,6 +438,10 @@ def _runtime(config, engine, workdir: str):
   makes no TFF call (`_CompiledStateLayout`), else `config.runtime`'s."""
   if isinstance(engine.tff_process, _CompiledStateLayout):
     return contextlib.nullcontext()
+  if config.runtime.sites:
+    return distributed.with_resume_hint(sites.site_runtime(
+        config.runtime.sites, connect=sites.connector_for(config.runtime),
+        connect_timeout_s=config.runtime.connect_timeout_s), workdir)
   return distributed.runtime_for(config.runtime, workdir)
 
 
