@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -68,9 +68,6 @@ from fedtff.execution import distributed
 from fedtff.execution import runtime
 from fedtff.execution import site_data
 
-_logger = logging.getLogger(__name__)
-
-
 class UnknownClientError(ValueError):
   """A call names a client that no site holds."""
 
@@ -85,9 +82,11 @@ class Connector(Protocol):
     """A channel to the site's TFF worker."""
 
 
-@tff.tensorflow.computation
-def _read_manifest():
-  return tf.io.read_file(f'{site_data.DATA_LINK}/{site_data.MANIFEST}')
+@functools.lru_cache(maxsize=None)
+def _read_manifest_computation():
+  """A computation reading `data/manifest.json` where it runs (traced once, on first use)."""
+  return tff.tensorflow.computation(
+      lambda: tf.io.read_file(f'{site_data.DATA_LINK}/{site_data.MANIFEST}'))
 
 
 class PlainConnector:
@@ -109,7 +108,7 @@ class PlainConnector:
     try:
       _check_answered({site: stub}, timeout_s)
       context = distributed.WorkerContext(stub, runtime.compile_for_worker)
-      text = context.invoke_sync(_read_manifest, None)
+      text = context.invoke_sync(_read_manifest_computation(), None)
     except distributed.WorkerUnavailableError:
       raise
     except distributed.WorkerError as e:
