@@ -224,3 +224,43 @@ def test_a_lost_site_fails_the_round_naming_it(exported, plain_sites, routed):
         site_process.next(state, ids)
   finally:
     victim.stop()
+
+
+def test_masked_fedavg_over_sites_equals_the_plain_round(plain_sites, routed, tmp_path):
+  """Secure aggregation (fedtff.execution.secagg) through the routing: every site adds its
+  mask also in a round where carol holds no client, so the masks cancel."""
+  from fedtff.algorithms import masked_sum  # pylint: disable=g-import-not-at-top
+  from fedtff.execution import secagg  # pylint: disable=g-import-not-at-top
+  from tests import test_secagg  # pylint: disable=g-import-not-at-top
+  federation, _, _ = routed
+  authority = test_secagg.Authority('sites-test-ca')
+  maskers = {s.manifest['site']: secagg.SiteMasker(
+      s.manifest['site'], s.run_dir, *authority.issue(str(tmp_path / s.manifest['site']),
+                                                      s.manifest['site'])) for s in plain_sites}
+  secure = secagg.SecureRounds({site: test_secagg.json_control(m) for site, m in maskers.items()})
+  secure.setup()
+  config = quickstart()
+  tasks = [site_data.site_task(config, federation), fedtff.tasks.build_task(config)]
+  model_fn = fedtff.algorithms.tff_model.tff_model_fn(tasks[0].model_fn, tasks[0].element_spec)
+  factory = masked_sum.masked_mean_factory()
+
+  def composed(task, aggregator):
+    return tff.simulation.compose_dataset_computation_with_learning_process(
+        task.train_data.dataset_computation, tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, tff.learning.optimizers.build_sgdm(0.1),
+            tff.learning.optimizers.build_sgdm(1.0), model_aggregator=aggregator))
+
+  masked, plain = composed(tasks[0], factory), composed(tasks[1], None)
+  weights = fedtff.algorithms.tff_model.initial_weights(tasks[1].model_fn, 0)
+  ids = fedtff.data.round_client_ids(1, [i for i in federation['train_client_ids']
+                                         if federation['site_of'][i] != 'carol'][::6])
+  value_type = tff.learning.models.weights_type_from_model(model_fn).trainable
+  with sites.site_runtime([s.spec for s in plain_sites]):
+    state = masked.set_model_weights(masked.initialize(), weights)
+    secure.prepare_round(masked_sum.mean_stream_lengths(factory, value_type))
+    ours = masked.get_model_weights(masked.next(state, ids).state).trainable
+  with fedtff.local_runtime():
+    expected = plain.get_model_weights(plain.next(
+        plain.set_model_weights(plain.initialize(), weights), ids).state).trainable
+  for got, want in zip(ours, expected):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
