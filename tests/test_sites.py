@@ -33,6 +33,7 @@ def quickstart(site_specs=()):
   config.per_client_eval = True  # Results at CLIENTS: `after_merge` at each site.
   config.engine = 'tff'
   config.runtime.sites = tuple(site_specs)
+  config.runtime.secure_aggregation = False  # Plain-text sites: masks need TLS credentials.
   return config
 
 
@@ -183,6 +184,29 @@ def test_a_damaged_manifest_gives_one_line(exported, tmp_path):
 def test_bad_runtime_sites_give_one_line(value, message):
   config = quickstart(value)
   with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
+
+
+def test_secure_aggregation_options_are_checked_in_one_line(tmp_path):
+  config = quickstart(['alice=localhost:1'])
+  config.runtime.secure_aggregation = True
+  with pytest.raises(config_lib.ConfigError, match=r'^Config key runtime\.secure_aggregation '
+                     r'needs runtime\.credentials \(the sites sign'):
+    config_lib.validate(config)
+  config.runtime.credentials = str(tmp_path / 'missing')
+  with pytest.raises(config_lib.ConfigError, match=r"^Config key runtime\.credentials: '.*missing' "
+                     r"is not a directory; expected the trainer's credentials directory"):
+    config_lib.validate(config)
+  config.runtime.credentials = str(tmp_path)
+  config_lib.validate(config)
+  config.aggregator.kind = 'robust'
+  with pytest.raises(config_lib.ConfigError, match=r'^Config key runtime\.secure_aggregation '
+                     r"masks the weighted mean only, got aggregator\.kind='robust'"):
+    config_lib.validate(config)
+  config.aggregator.kind = 'mean'
+  config.algorithm.name = 'mimelite'
+  with pytest.raises(config_lib.ConfigError, match=r"^Config key runtime\.secure_aggregation "
+                     r"masks the model update, .*algorithm\.name='mimelite' aggregates more"):
     config_lib.validate(config)
 
 

@@ -55,7 +55,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Protocol,
+                    Sequence, Tuple)
 
 import grpc
 import tensorflow as tf
@@ -66,6 +67,7 @@ from tensorflow_federated.python.core.impl.types import type_conversions
 from fedtff.data import rounds
 from fedtff.execution import distributed
 from fedtff.execution import runtime
+from fedtff.execution import secagg
 from fedtff.execution import site_data
 
 class UnknownClientError(ValueError):
@@ -158,7 +160,10 @@ def fetch_manifests(sites: Sequence[str], *, connect: Optional[Connector] = None
 def federation(sites: Sequence[str], *, connect: Optional[Connector] = None,
                timeout_s: float = 30.0) -> Dict[str, Any]:
   """`site_data.merge_manifests` of the sites' manifests, plus 'sites': their names in order."""
-  manifests = fetch_manifests(sites, connect=connect, timeout_s=timeout_s)
+  return _federation_of(fetch_manifests(sites, connect=connect, timeout_s=timeout_s))
+
+
+def _federation_of(manifests: Mapping[str, Dict[str, Any]]) -> Dict[str, Any]:
   return dict(site_data.merge_manifests(manifests), sites=list(manifests))
 
 
@@ -234,10 +239,15 @@ class SiteRoutingContext(tff.framework.SyncContext):
     contexts: One `distributed.WorkerContext` per site, in the same order.
     trainer: A `WorkerContext` on a worker of the trainer's own (no data).
     site_of: `{client id: site name}` of every client the sites hold.
+    before_clients: Called before every call that runs clients, e.g. to have
+      the sites write this call's secure-aggregation masks
+      (`fedtff.execution.secagg.SecureRounds.prepare_round`).
   """
 
   def __init__(self, names: Sequence[str], contexts: Sequence[distributed.WorkerContext],
-               trainer: distributed.WorkerContext, site_of: Mapping[str, str]):
+               trainer: distributed.WorkerContext, site_of: Mapping[str, str], *,
+               before_clients: Optional[Callable[[], Any]] = None):
+    self._before_clients = before_clients
     self._names = list(names)
     self._contexts = list(contexts)
     self._trainer = trainer
@@ -286,6 +296,8 @@ class SiteRoutingContext(tff.framework.SyncContext):
                        'to route them by.')
     assignment = [self.site_index(i) for i in ids]
     site_args = _route(arg, parameter, assignment, len(self._contexts))
+    if self._before_clients is not None:
+      self._before_clients()
     merged = self._merge(form, self._up_to_merge(form, site_args))
     result = self._after_merge(form, arg, parameter, site_args, merged, assignment)
     return type_conversions.type_to_py_container(result, form.after_merge.type_signature.result)
@@ -358,9 +370,27 @@ def _trainer_worker(timeout_s: float) -> Iterator[distributed.WorkerStub]:
     shutil.rmtree(empty, ignore_errors=True)
 
 
+def _secure_rounds(named: Sequence[Tuple[str, str]], connect: Connector,
+                   manifests: Mapping[str, Mapping[str, Any]], streams: Mapping[str, int],
+                   timeout_s: float) -> Callable[[], Any]:
+  """Key agreement among the sites (`secagg.SecureRounds.setup`, the trainer relaying the
+  announcements of their manifests); returns what asks them for each call's masks."""
+  missing = [name for name, _ in named if not manifests[name].get('secagg')]
+  if missing:
+    raise secagg.SecAggError(f"Secure aggregation needs every site's key announcement; "
+                             f"{', '.join(missing)} announced none (a plain-text site?).")
+  controls = {name: functools.partial(connect.control, name, address, timeout_s=timeout_s)
+              for name, address in named}
+  secure = secagg.SecureRounds(controls)
+  secure.setup({name: manifests[name]['secagg'] for name, _ in named})
+  return functools.partial(secure.prepare_round, dict(streams))
+
+
 @contextlib.contextmanager
 def site_runtime(sites: Sequence[str], *, connect: Optional[Connector] = None,
-                 connect_timeout_s: float = 30.0) -> Iterator[SiteRoutingContext]:
+                 connect_timeout_s: float = 30.0,
+                 secure_streams: Optional[Mapping[str, int]] = None
+                ) -> Iterator[SiteRoutingContext]:
   """Runs TFF computations over sites that own their data (module docstring).
 
   Args:
@@ -369,6 +399,11 @@ def site_runtime(sites: Sequence[str], *, connect: Optional[Connector] = None,
     connect_timeout_s: How long to wait for each site at the start, and how
       long a site may stay silent later before the call in progress fails
       with `distributed.WorkerUnavailableError` naming it.
+    secure_streams: For secure aggregation: `{stream: mask length}` of the
+      process's masked sums (`fedtff.algorithms.masked_sum.mean_stream_lengths`).
+      The sites agree on pairwise keys at the start, and before every call
+      that runs clients each site writes its masks for a fresh nonce.
+      Needs a connector with a control channel (`TlsConnector`).
 
   Yields:
     The installed `SiteRoutingContext`; its `federation` attribute is
@@ -383,13 +418,17 @@ def site_runtime(sites: Sequence[str], *, connect: Optional[Connector] = None,
     raise ValueError(f'connect_timeout_s must be positive, got {connect_timeout_s}.')
   connect = connect or PlainConnector()
   named = runtime.parse_sites(sites)
-  described = federation(sites, connect=connect, timeout_s=connect_timeout_s)
+  manifests = fetch_manifests(sites, connect=connect, timeout_s=connect_timeout_s)
+  described = _federation_of(manifests)
+  before_clients = (_secure_rounds(named, connect, manifests, secure_streams, connect_timeout_s)
+                    if secure_streams else None)
   compiler = distributed.SharedCompiler()
   with _trainer_worker(connect_timeout_s) as trainer_stub:
     stubs = _connect(named, connect, connect_timeout_s)
     contexts = [distributed.WorkerContext(stub, compiler) for stub in stubs]
     trainer = distributed.WorkerContext(trainer_stub, compiler)
-    context = SiteRoutingContext([n for n, _ in named], contexts, trainer, described['site_of'])
+    context = SiteRoutingContext([n for n, _ in named], contexts, trainer, described['site_of'],
+                                 before_clients=before_clients)
     context.federation = described
     try:
       with tff.framework.get_context_stack().install(context):

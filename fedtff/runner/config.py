@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Tuple
 
 import ml_collections
@@ -139,7 +140,12 @@ def base_config() -> ml_collections.ConfigDict:
   # TFF workers ('host:port', see fedtff.execution.distributed); empty runs on this machine.
   # Sites that own their data ('name=host:port', see fedtff.execution.sites and
   # docs/cross_silo.md): the clients are the sites' and each round's are routed to them.
-  config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0, sites=()))
+  # With sites: `credentials`, the trainer's credentials directory (mutual TLS, written by
+  # `python -m fedtff.execution.certs`; '' connects in plain text, for tests on one
+  # machine only), and `secure_aggregation`, the sites' pairwise masks on the model
+  # update's mean (fedtff.execution.secagg; it needs credentials).
+  config.runtime = ml_collections.ConfigDict(dict(
+      workers=(), connect_timeout_s=30.0, sites=(), credentials='', secure_aggregation=True))
   # Your own model, data and algorithm by import path 'module:name' ('' = built in;
   # fedtff.runner.user_task): they replace model.name, data.dataset and algorithm.name.
   config.model.update(dict(factory='', loss='', metrics=''))
@@ -425,6 +431,22 @@ def _check_sites(runtime: Mapping[str, Any]) -> None:
     runtime_lib.parse_sites(runtime['sites'])
   except ValueError as e:
     raise ConfigError(f'Config key runtime.sites: {e}') from None
+  if runtime['credentials'] and not os.path.isdir(runtime['credentials']):
+    raise ConfigError(f"Config key runtime.credentials: {runtime['credentials']!r} is not a "
+                      'directory; expected the trainer\'s credentials directory (python -m '
+                      'fedtff.execution.certs writes one, docs/cross_silo.md).')
+  if runtime['secure_aggregation'] and not runtime['credentials']:
+    raise ConfigError('Config key runtime.secure_aggregation needs runtime.credentials (the '
+                      "sites sign their key-agreement keys with their TLS keys); set "
+                      'runtime.credentials to the trainer\'s credentials directory, or '
+                      'runtime.secure_aggregation=False for plain-text sites on one machine.')
+
+
+# The algorithms whose clients send the server nothing but the model update and
+# their metrics: secure aggregation masks the update (metrics stay in the clear,
+# docs/cross_silo.md). Mime Lite's full gradients, SCAFFOLD's control variates and
+# the others' extra sums would leave each site's share visible.
+_MASKED_ALGORITHMS = ('fedavg', 'fedprox', 'fedsgd')
 
 
 def _check_site_options(config: Mapping[str, Any]) -> None:
@@ -435,6 +457,18 @@ def _check_site_options(config: Mapping[str, Any]) -> None:
     raise ConfigError('heterogeneity.straggler_fraction does not combine with runtime.sites: a '
                       "straggler's cut needs its batch count, read from its data on the trainer; "
                       'set it to 0.')
+  if config['runtime']['secure_aggregation'] and (
+      config['algorithm']['name'] not in _MASKED_ALGORITHMS):
+    raise ConfigError('Config key runtime.secure_aggregation masks the model update, the only '
+                      f"aggregate of {', '.join(_MASKED_ALGORITHMS)}; algorithm.name="
+                      f"{config['algorithm']['name']!r} aggregates more, in the clear. Use one "
+                      'of those, or runtime.secure_aggregation=False.')
+  if config['runtime']['secure_aggregation'] and (
+      config['aggregator']['kind'] != 'mean' or not config['algorithm']['weighted']):
+    raise ConfigError('Config key runtime.secure_aggregation masks the weighted mean only, got '
+                      f"aggregator.kind={config['aggregator']['kind']!r}, algorithm.weighted="
+                      f"{config['algorithm']['weighted']!r}; use aggregator.kind='mean' with "
+                      'algorithm.weighted=True, or runtime.secure_aggregation=False.')
   if config['data']['source'] or config['data']['dataset'] in tasks.HOSTED_DATASETS:
     raise ConfigError('runtime.sites takes the clients of an array dataset (digits, '
                       f"synthetic_fedprox, synthetic_iid, npz_dir), got data.dataset="

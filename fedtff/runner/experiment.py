@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
+from fedtff.algorithms import masked_sum
 from fedtff.algorithms import attacks
 from fedtff.algorithms import robust
 from fedtff import algorithms
@@ -172,7 +173,25 @@ def _ddp_noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task,
   return z
 
 
+def _secure_aggregation(config: ml_collections.ConfigDict) -> bool:
+  """Whether the sites mask the model update's mean (`runtime.secure_aggregation`)."""
+  return bool(config.runtime.sites) and config.runtime.secure_aggregation
+
+
+def _secure_streams(config: ml_collections.ConfigDict, task: tasks.Task
+                   ) -> Optional[Dict[str, int]]:
+  """`{stream: mask length}` of the masked mean of the model's trainable weights, or None."""
+  if not _secure_aggregation(config):
+    return None
+  model = task.model_fn()
+  value_type = tff.to_type([tff.TensorType(v.dtype.as_numpy_dtype, v.shape.as_list())
+                            for v in model.trainable_variables])
+  return masked_sum.mean_stream_lengths(masked_sum.masked_mean_factory(), value_type)
+
+
 def _aggregator(config: ml_collections.ConfigDict, task: tasks.Task, z: Optional[float]):
+  if _secure_aggregation(config):  # The weighted mean, masked (config.py checks the options).
+    return masked_sum.masked_mean_factory()
   if config.aggregator.kind == 'dp' and config.privacy.mechanism == 'dp_ftrl':
     return ftrl.ftrl_aggregator(z, config.clients_per_round, config.aggregator.clip_norm,
                                 task.model_fn)
@@ -395,7 +414,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     if finished is not None:
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
-    with _runtime(config, engine, workdir):
+    with _runtime(config, engine, workdir, _secure_streams(config, task)):
       total_time_s = _train(config, task, engine, workdir, progress_fn, privacy, stopping,
                             _has_examples_fn(task, federation))
     extra = _engine_summary(engine.choice)
@@ -433,15 +452,17 @@ def _engine_summary(choice: config_lib.EngineChoice) -> Dict[str, str]:
   return {'engine': choice.name, **({'engine_reason': choice.reason} if choice.reason else {})}
 
 
-def _runtime(config, engine, workdir: str):
+def _runtime(config, engine, workdir: str, secure_streams: Optional[Dict[str, int]] = None):
   """The TFF runtime the run needs: none (no worker is started) for a compiled run that
-  makes no TFF call (`_CompiledStateLayout`), else `config.runtime`'s."""
+  makes no TFF call (`_CompiledStateLayout`), else `config.runtime`'s (with sites and
+  secure aggregation, the masked sums' `secure_streams`)."""
   if isinstance(engine.tff_process, _CompiledStateLayout):
     return contextlib.nullcontext()
   if config.runtime.sites:
     return distributed.with_resume_hint(sites.site_runtime(
         config.runtime.sites, connect=sites.connector_for(config.runtime),
-        connect_timeout_s=config.runtime.connect_timeout_s), workdir)
+        connect_timeout_s=config.runtime.connect_timeout_s, secure_streams=secure_streams),
+        workdir)
   return distributed.runtime_for(config.runtime, workdir)
 
 
