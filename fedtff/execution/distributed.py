@@ -99,12 +99,17 @@ class WorkerStub(tff.framework.RemoteExecutorGrpcStub):
   `WorkerUnavailableError`. A call failing with a retryable gRPC error waits
   until the worker answers again (then re-raises it so TFF retries) or is lost.
   Other gRPC errors become `WorkerError`s naming the worker.
+
+  `channel`, if given, is used (and closed by `close()`) instead of a plain
+  channel to `address`, e.g. a site's mutual-TLS channel
+  (`fedtff.execution.tls.secure_channel`).
   """
 
-  def __init__(self, address: str, *, timeout_s: float):
+  def __init__(self, address: str, *, timeout_s: float,
+               channel: Optional[grpc.Channel] = None):
     self.address = address
     self._timeout_s = timeout_s
-    self._channel = grpc.insecure_channel(address, runtime.GRPC_CHANNEL_OPTIONS)
+    self._channel = channel or grpc.insecure_channel(address, runtime.GRPC_CHANNEL_OPTIONS)
     super().__init__(self._channel)
     self._probe_stub = executor_pb2_grpc.ExecutorGroupStub(self._channel)
     self._last_answer = time.monotonic()
@@ -169,11 +174,11 @@ class WorkerStub(tff.framework.RemoteExecutorGrpcStub):
   def _call(self, method, request):
     if self._lost is not None:
       raise self._unavailable()
-    failed_at = time.monotonic()
     try:
       response = method(request)
     except tff.framework.RetryableError as e:
-      self._retry_allowed(e, failed_at)
+      # The time of the failure, not of the call: a long call may fail long after it started.
+      self._retry_allowed(e, time.monotonic())
       raise
     except (grpc.RpcError, ValueError) as e:  # A closed channel raises ValueError.
       if self._lost is not None:
