@@ -7,7 +7,6 @@ holds a certificate from the same CA that alice does not allow-list. Needs
 root (unshare, setns, ip netns), as CI has.
 """
 
-import contextlib
 import os
 import re
 import shutil
@@ -108,21 +107,9 @@ def trainer(federation):
   return tls.TrainerCredentials.load(federation[0]['trainer'])
 
 
-@contextlib.contextmanager
 def tls_runtime(credentials, sites, timeout_s=30.0):
-  """`distributed.remote_runtime`, over `tls.site_stub`s to `sites`."""
-  stubs = [tls.site_stub(credentials, s.name, s.address, timeout_s=timeout_s) for s in sites]
-  for stub in stubs:
-    stub.probe_future(timeout_s, wait_for_ready=True).result()
-    stub.start_monitor()
-  contexts = [distributed.WorkerContext(stub, distributed.SharedCompiler()) for stub in stubs]
-  try:
-    with tff.framework.get_context_stack().install(distributed.SplittingContext(contexts)):
-      yield
-  finally:
-    for stub, context in zip(stubs, contexts):
-      stub.close()
-      context.close()
+  return tls.secure_runtime(credentials, {s.name: s.address for s in sites},
+                            connect_timeout_s=timeout_s)
 
 
 def test_a_round_through_the_tls_front_end_equals_the_local_runtime(alice, trainer):

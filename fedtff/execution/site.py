@@ -191,7 +191,9 @@ def _relay(a: socket.socket, b: socket.socket, stopping: threading.Event) -> Non
       mask = (select.POLLIN if len(pending[other[sock]]) < RELAY_BUFFER_BYTES else 0) | (
           select.POLLOUT if pending[sock] else 0)
       poller.register(sock, mask)
-    ready = [a] if getattr(a, 'pending', lambda: 0)() else []
+    # Decrypted bytes OpenSSL holds do not wake poll(): take them first, room permitting.
+    ready = [a] if (len(pending[b]) < RELAY_BUFFER_BYTES
+                    and getattr(a, 'pending', lambda: 0)()) else []
     events = dict(poller.poll(_POLL_S * 1000)) if not ready else {}
     for sock in (a, b):
       if events.get(sock.fileno(), 0) & (select.POLLIN | select.POLLHUP | select.POLLERR):

@@ -15,6 +15,7 @@ raise `SiteConnectionError` with one line naming the site and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -22,9 +23,10 @@ import json
 import os
 import socket
 import ssl
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Mapping
 
 import grpc
+import tensorflow_federated as tff
 
 from fedtff.execution import distributed
 from fedtff.execution import runtime
@@ -218,3 +220,45 @@ def site_stub(credentials: TrainerCredentials, site: str, address: str, *,
   """fedtff's `WorkerStub` (probes, named errors) over `secure_channel`."""
   channel = secure_channel(credentials, site, address, timeout_s=timeout_s)
   return distributed.WorkerStub(address, timeout_s=timeout_s, channel=channel)
+
+
+def _wait_until_answering(stub: distributed.WorkerStub, site: str, timeout_s: float) -> None:
+  try:
+    stub.probe_future(timeout_s, wait_for_ready=True).result()
+  except grpc.RpcError as e:
+    raise distributed.WorkerUnavailableError(
+        f'site {site} at {stub.address} accepted our TLS connection but its worker did not '
+        f'answer within {timeout_s:g} s ({e.code().name}).', [stub.address]) from None
+
+
+@contextlib.contextmanager
+def secure_runtime(credentials: TrainerCredentials, sites: Mapping[str, str], *,
+                   connect_timeout_s: float = 30.0) -> Iterator[distributed.SplittingContext]:
+  """`distributed.remote_runtime` over mutual TLS to named sites (`{site: 'host:port'}`).
+
+  Raises:
+    SiteConnectionError: If a site cannot be reached, refuses us or fails its pin.
+    WorkerUnavailableError: If a site's worker does not answer within
+      `connect_timeout_s`, at the start or later (as `remote_runtime`).
+  """
+  stubs = []
+  try:
+    for site, address in sites.items():
+      stubs.append(site_stub(credentials, site, address, timeout_s=connect_timeout_s))
+      _wait_until_answering(stubs[-1], site, connect_timeout_s)
+  except Exception:
+    for stub in stubs:
+      stub.close()
+    raise
+  compiler = distributed.SharedCompiler()
+  contexts = [distributed.WorkerContext(stub, compiler) for stub in stubs]
+  for stub in stubs:
+    stub.start_monitor()
+  try:
+    context = distributed.SplittingContext(contexts)
+    with tff.framework.get_context_stack().install(context):
+      yield context
+  finally:
+    for stub, context in zip(stubs, contexts):
+      stub.close()
+      context.close()
