@@ -1,12 +1,11 @@
 """Benchmark: the cost of a site's mutual TLS and relay per round (docs/cross_silo.md).
 
 Starts a test CA, one site (`python -m fedtff.execution.site`: worker_binary in a private network
-namespace behind the TLS front end) and one plain `worker_binary` on loopback, then times, in
-alternating order after warm-up rounds, the same computations on both:
-  * a FedAvg round (Dense 784->10, synthetic clients built on the worker from their ids, as
-    scripts/bench_distributed.py);
+namespace behind the TLS front end) and a plain `worker_binary` on loopback, then times the same
+computations on both, alternating, after warm-up rounds:
+  * a FedAvg round (Dense 784->10, clients built on the worker, as scripts/bench_distributed.py);
   * a round trip of a --payload_mib float32 tensor (the relay's throughput).
-Prints medians, the TLS/plain ratio and the machine. Needs root (network namespaces).
+Prints medians and the TLS/plain ratio. Needs root (network namespaces).
 
   sudo .venv/bin/python scripts/bench_cross_silo.py [--clients 50] [--rounds 10]
 """
@@ -23,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import portpicker
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.execution import certs
@@ -64,7 +62,7 @@ def round_fns(context, num_clients: int, payload_mib: float) -> dict:
     with tff.framework.get_context_stack().install(context):
       echo(payload)
 
-  return {f'FedAvg round, {num_clients} clients': fedavg, f'{payload_mib:g} MiB round trip': round_trip}
+  return {f'FedAvg round, {num_clients} clients': fedavg, f'{payload_mib:g} MiB echo': round_trip}
 
 
 def main(argv):

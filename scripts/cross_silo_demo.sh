@@ -12,7 +12,8 @@
 # $WORK/data/NAME (prepare_site_data). The site's worker_binary runs in yet another namespace,
 # private to the site, that has only loopback. The trainer command sees FEDTFF_CREDENTIALS (its
 # credentials directory) and FEDTFF_SITES ('alice=10.231.8.11:8000,bob=...'). On exit, normal or
-# not, the trap stops the sites and deletes the namespaces, veths, bridge and $WORK.
+# not, the trap stops the sites and deletes the namespaces, veths, bridge and $WORK (certificates
+# and data); the site logs stay in $LOG_DIR.
 # Needs root (ip netns, ip link; the sites need CAP_SYS_ADMIN for their private namespaces).
 
 set -euo pipefail
@@ -24,6 +25,7 @@ PORT=8000
 BRIDGE=fxsbr0
 PYTHON=${PYTHON:-.venv/bin/python}
 WORK=$(mktemp -d /tmp/fedtff-xsilo.XXXXXX)
+LOG_DIR=$(mktemp -d /tmp/fedtff-xsilo-logs.XXXXXX)
 export TF_CPP_MIN_LOG_LEVEL=3
 
 namespaces=() links=() site_pids=()
@@ -38,9 +40,8 @@ cleanup() {
     ip netns del "$ns" 2>/dev/null || true  # Also deletes the veth end inside it, so its peer.
   done
   for link in "${links[@]}"; do ip link del "$link" 2>/dev/null || true; done
-  cp "$WORK"/*.log /tmp/ 2>/dev/null || true
   rm -rf "$WORK"
-  echo "cleaned up: namespaces ${namespaces[*]:-none}, links ${links[*]:-none}; site logs in /tmp/fedtff-site-*.log"
+  echo "cleaned up: namespaces ${namespaces[*]:-none}, links ${links[*]:-none}, $WORK; site logs in $LOG_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -83,12 +84,12 @@ prepare_site_data() {  # $1: site name. Hook: export the site's clients into $WO
 start_site() {  # $1: site number, $2: site name
   ip netns exec "fedtff-$2" "$PYTHON" -m fedtff.execution.site --site="$2" \
       --data="$WORK/data/$2" --port="$PORT" --host="$(site_address "$1")" \
-      --credentials="$WORK/certs/$2" 2>"$WORK/fedtff-site-$2.log" &
+      --credentials="$WORK/certs/$2" 2>"$LOG_DIR/$2.log" &
   site_pids+=($!)
 }
 
 wait_for_site() {  # $1: site number, $2: site name
-  local log="$WORK/fedtff-site-$2.log"
+  local log="$LOG_DIR/$2.log"
   for _ in $(seq 1200); do
     grep -q 'listening on' "$log" && { grep 'listening on' "$log"; return; }
     kill -0 "${site_pids[$1 - 1]}" 2>/dev/null || { cat "$log"; die "site $2 exited"; }

@@ -1,4 +1,4 @@
-"""fedtff.execution.site and fedtff.execution.tls: real processes, real TLS, real network namespaces.
+"""fedtff.execution.site and .tls: real processes, real TLS, real network namespaces.
 
 Two sites run as `python -m fedtff.execution.site` subprocesses (started at
 once, their TensorFlow imports overlapping): alice serves every test, bob is
@@ -82,7 +82,8 @@ def federation(tmp_path_factory):
   creds = certs.create_federation(str(root / 'certs'), ['alice', 'bob'], ['trainer', 'mallory'])
   os.remove(os.path.join(creds['alice'], 'allow', 'mallory.pem'))
   os.mkdir(root / 'data')
-  sites = {n: Site(n, creds[n], str(root / 'data'), str(root / f'{n}.log')) for n in ('alice', 'bob')}
+  sites = {n: Site(n, creds[n], str(root / 'data'), str(root / f'{n}.log'))
+           for n in ('alice', 'bob')}
   try:
     yield creds, sites
   finally:
@@ -137,7 +138,8 @@ def test_the_control_channel_answers_hello_and_names_unknown_ops(alice, trainer)
 
 def _one_site_line(alice, mark, reason_pattern):
   [line] = alice.new_lines(mark)
-  assert re.search(r' fedtff-site alice: refused 127\.0\.0\.1:\d+: ' + reason_pattern + '$', line), line
+  pattern = r' fedtff-site alice: refused 127\.0\.0\.1:\d+: ' + reason_pattern + '$'
+  assert re.search(pattern, line), line
 
 
 def test_a_trainer_not_on_the_allow_list_is_refused_with_one_line_each_side(federation, alice):
@@ -173,7 +175,8 @@ def test_an_outsider_certificate_is_refused(alice, federation, tmp_path):
   mark = len(alice.log())
   with pytest.raises(tls.SiteConnectionError) as raised:
     tls.control_request(tls.TrainerCredentials.load(other), 'alice', alice.address, {'op': 'hello'})
-  assert str(raised.value) == f'site alice at {alice.address} refused our certificate (tlsv1 alert unknown ca).'
+  assert str(raised.value) == (
+      f'site alice at {alice.address} refused our certificate (tlsv1 alert unknown ca).')
   _one_site_line(alice, mark, 'client certificate does not verify against ca.pem')
 
 
@@ -266,3 +269,24 @@ def test_killing_the_site_mid_call_raises_worker_unavailable(federation, trainer
   test_distributed.assert_gone([bob.binary])
   shutil.rmtree(bob.run_dir, ignore_errors=True)  # SIGKILL left it; the kernel took the rest.
 
+
+
+def test_the_test_ca_writes_the_layout_and_refuses_bad_input(tmp_path):
+  out = str(tmp_path / 'certs')
+  parties = certs.create_federation(out, ['alice'], ['trainer'])
+  files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+  assert files == ['alice/allow/trainer.pem', 'alice/ca.pem', 'alice/site.key', 'alice/site.pem',
+                   'ca/ca.key', 'ca/ca.pem', 'trainer/ca.pem', 'trainer/sites/alice.pem',
+                   'trainer/trainer.key', 'trainer/trainer.pem']
+  assert all(os.stat(os.path.join(out, f)).st_mode & 0o777 == 0o600
+             for f in files if f.endswith('.key'))
+  creds = tls.TrainerCredentials.load(parties['trainer'])
+  with open(os.path.join(parties['alice'], 'site.pem'), 'rb') as f:
+    assert creds.site_pins == {'alice': tls.pem_sha256(f.read())}
+  with pytest.raises(ValueError, match=f'^{out} already exists; choose a new --out directory.$'):
+    certs.create_federation(out, ['alice'], ['trainer'])
+  with pytest.raises(ValueError, match=r"must be a lowercase DNS label .* got 'Alice!'\.$"):
+    certs.create_federation(str(tmp_path / 'other'), ['Alice!'], ['trainer'])
+  os.remove(os.path.join(parties['trainer'], 'trainer.key'))
+  with pytest.raises(ValueError, match=r'^cannot read .*/trainer/trainer.key: No such file'):
+    tls.TrainerCredentials.load(parties['trainer'])
