@@ -100,6 +100,7 @@ from fedtff.algorithms import attacks
 from fedtff.algorithms import robust
 from fedtff.compiled import ddp as compiled_ddp
 from fedtff.compiled import quantize
+from fedtff.compiled import tree as tree_lib
 from fedtff.privacy import masking_simulation
 from fedtff.privacy import mechanisms
 
@@ -160,6 +161,9 @@ class Aggregation:
     adaptive: For DP with adaptive clipping: its parameters (then `clip_norm`
       and `noise_stddev` are None: they follow the state's clip norm).
     clip_quantile: For `robust` with adaptive clipping: its estimator.
+    tree: For DP-FTRL: the tree whose noise replaces DP-FedAvg's (then
+      `clip_norm`, `noise_stddev` and `denominator` are the tree's, and the
+      state is the tree's, advanced outside the round graph: `before_round`).
     zero_quantile: For adaptive zeroing: its estimator.
     secure_bound: For `secure`: the fixed per-coordinate bound.
     masking: For `masking_simulation`: its factory (clip bound, bits, levels).
@@ -183,6 +187,7 @@ class Aggregation:
   quantization_bits: Optional[int] = None
   robust_rule: Optional[robust.Rule] = None  # Gathered: a robust rule (or 'mean' with an attack).
   attack: Optional[attacks.AttackSpec] = None  # Gathered: the update-side attack.
+  tree: Optional[tree_lib.TreeAggregation] = None  # DP-FTRL: the tree's noise (fedtff.compiled.tree).
 
   @property
   def clips(self) -> bool:
@@ -202,6 +207,8 @@ class Aggregation:
     """The aggregator's part of the compiled state: the DP clip norm; or for
     adaptive robust norms, a dict of their estimates `C` ('clipping_norm',
     'zeroing_norm'); or ()."""
+    if self.tree is not None:
+      return self.tree.initial_state()
     if self.adaptive is not None:
       return tf.constant(self.adaptive.initial_clip, tf.float32)
     if self.skellam is not None:  # The rotation seed.
@@ -214,6 +221,32 @@ class Aggregation:
                                ('clipping_norm', self.clip_quantile),
                                ('secure_bound', self.secure_quantile)) if quantile is not None)
     return estimates or ()
+
+
+def round_state_template(aggregation: Aggregation, state: Any) -> Any:
+  """The aggregator state the round graph takes, shaped like a round's: for
+  DP-FTRL the round's tree noise (`tree.RoundNoise`) in place of the tree;
+  otherwise `state` itself."""
+  return aggregation.tree.round_noise_template(state) if aggregation.tree else state
+
+
+def before_round(aggregation: Aggregation, state: Any) -> Tuple[Any, Any]:
+  """Runs outside the round graph, before it: `(the aggregator state the round
+  takes, the aggregator state after the round if decided here, else None)`.
+
+  DP-FTRL's tree advances here (its level buffers change shape, which XLA does
+  not compile): the round takes the tree's noise, and the advanced tree is the
+  state after the round. Every other aggregation's state passes through.
+  """
+  if aggregation.tree is None:
+    return state, None
+  return aggregation.tree.advance(state)
+
+
+def after_round(round_state: Any, decided_before: Any) -> Any:
+  """The aggregator state after the round: what `before_round` decided, or what
+  the round graph returned."""
+  return round_state if decided_before is None else decided_before
 
 
 def xla_compatible(aggregation: Aggregation) -> bool:
@@ -235,6 +268,10 @@ def from_spec(aggregator: Any, *, weighted: bool) -> Aggregation:
   """
   if aggregator is None:
     return Aggregation(weighted)
+  tree = tree_lib.from_factory(aggregator)
+  if tree is not None:  # DP-FedAvg's clipping and sum; the tree's noise.
+    return Aggregation(weighted, clip_norm=tree.clip_norm, noise_stddev=tree.noise_stddev,
+                       denominator=tree.denominator, tree=tree)
   skellam = compiled_ddp.from_factory(aggregator)
   if skellam is not None:
     aggregators.check_weighting(aggregator, weighted=weighted, algorithm='The distributed '
@@ -592,7 +629,10 @@ def _noised(value: tf.Tensor, stddev, noise_seed: tf.Tensor, index: int) -> tf.T
 def result(aggregation: Aggregation, acc: Accumulator, noise_seed: tf.Tensor,
            clip_state: Any = ()) -> Tuple[List[tf.Tensor], Any]:
   """The aggregate (the (weighted) mean, or the DP mean noised from `noise_seed`,
-  int64 [2]) and the next clip state."""
+  int64 [2]) and the next clip state (DP-FTRL: its mean with the round's tree
+  noise, `clip_state`; see `before_round`)."""
+  if aggregation.tree is not None:
+    return tree_lib.mean(aggregation.tree, acc.value_sum, clip_state), ()
   if aggregation.adaptive is not None:
     return _adaptive_result(aggregation, acc, clip_state, noise_seed)
   if aggregation.robust_rule is not None:
@@ -660,6 +700,8 @@ def measurements(aggregation: Aggregation, acc: Accumulator,
   `round_state` the state the round started from (adaptive robust norms are
   reported as used in the round).
   """
+  if aggregation.tree is not None:
+    return tree_lib.measurements(aggregation.tree)
   if aggregation.adaptive is not None:
     return collections.OrderedDict(dp_query_metrics=collections.OrderedDict(clip=clip_state),
                                    dp=())
@@ -699,6 +741,8 @@ def to_tff_state(aggregation: Aggregation, clip_state: Any, template: Any) -> An
   and the quantile estimator's `current_estimate`. Otherwise the state is
   constant and `template` is returned.
   """
+  if aggregation.tree is not None:
+    return tree_lib.to_tff_state(clip_state, template)
   if aggregation.secure_quantile is not None:
     return _to_tff_secure_state(aggregation, clip_state, template)
   if aggregation.skellam is not None:
@@ -771,6 +815,8 @@ def _secure_estimate(aggregation: Aggregation, tff_state: Any) -> Any:
 
 def from_tff_state(aggregation: Aggregation, tff_state: Any) -> Any:
   """The compiled state's clip norm from TFF's aggregator state (see `to_tff_state`)."""
+  if aggregation.tree is not None:
+    return tree_lib.from_tff_state(aggregation.tree, tff_state)
   if aggregation.secure_quantile is not None:
     return _secure_estimate(aggregation, tff_state)
   if aggregation.skellam is not None:

@@ -54,7 +54,6 @@ from fedtff.compiled import aggregation as aggregation_lib
 from fedtff.compiled import batches as batches_lib
 from fedtff.compiled import client_work
 from fedtff.compiled import cohorts
-from fedtff.compiled import tree as tree_lib
 
 Weights = tff.learning.models.ModelWeights
 SUPPORTED_ALGORITHMS = registry.ALGORITHMS
@@ -182,8 +181,7 @@ class CompiledProcess:
                client_optimizer: Optional[optimizers.TffOptimizer],
                server_optimizer: optimizers.TffOptimizer,
                aggregation: aggregation_lib.Aggregation, loss, metrics, jit_compile: bool,
-               client_optimizer_fn: Optional[Callable[[Any], optimizers.TffOptimizer]] = None,
-               tree: Optional[tree_lib.TreeAggregation] = None):
+               client_optimizer_fn: Optional[Callable[[Any], optimizers.TffOptimizer]] = None):
     self._model_fn = model_fn
     self._element_spec = element_spec
     self._algorithm = algorithm
@@ -193,14 +191,10 @@ class CompiledProcess:
     self._gradient_mean = aggregation_lib.Aggregation(aggregation.weighted)
     self._server_optimizer = server_optimizer
     self._aggregation = aggregation
-    self._tree = tree  # DP-FTRL: the tree advances outside the round graph.
-    self._advance_tree = tree_lib.build_advance(tree) if tree else None
     self._model = client_work.PaddedModel(model_fn(), loss, metrics)
     self._template = self.initialize()
-    round_template = self._template
-    if tree:  # The round graph takes the round's tree noise in place of the tree.
-      round_template = round_template._replace(
-          aggregator=tree.round_noise_template(self._template.aggregator))
+    round_template = self._template._replace(aggregator=aggregation_lib.round_state_template(
+        aggregation, self._template.aggregator))
     self._round = tf.function(
         self._round_graph, jit_compile=jit_compile, autograph=False,
         input_signature=self._round_signature(round_template))
@@ -232,8 +226,7 @@ class CompiledProcess:
     specs = [tf.TensorSpec(w.shape, w.dtype) for w in weights.trainable]
     return _tensors(CompiledState(weights, self._initial_client_work(specs),
                               self._server_optimizer.initialize(specs),
-                              self._tree.initial_state() if self._tree
-                              else self._aggregation.initial_state()))
+                              self._aggregation.initial_state()))
 
   def _gradient_mean_state(self) -> Any:
     """The (empty) state of Mime Lite's full-gradient mean, in TFF's nesting:
@@ -290,13 +283,11 @@ class CompiledProcess:
     if noise_seed is None:
       noise_seed = [secrets.randbits(63), secrets.randbits(63)]
     state = self._check_state(state)
-    next_tree = None
-    if self._tree:
-      noise, next_tree = self._advance_tree(state.aggregator)
-      state = state._replace(aggregator=noise)
-    new_state, metrics = self._round(state, client_batches, tf.constant(noise_seed, tf.int64))
-    if self._tree:
-      new_state = new_state._replace(aggregator=next_tree)
+    round_aggregator, decided = aggregation_lib.before_round(self._aggregation, state.aggregator)
+    new_state, metrics = self._round(state._replace(aggregator=round_aggregator), client_batches,
+                                     tf.constant(noise_seed, tf.int64))
+    new_state = new_state._replace(
+        aggregator=aggregation_lib.after_round(new_state.aggregator, decided))
     return tff.learning.templates.LearningProcessOutput(new_state, _numpy(metrics))
 
   def to_tff_state(self, state: CompiledState,
@@ -316,9 +307,8 @@ class CompiledProcess:
     state = _numpy(self._check_state(state))
     fields = {field: _pack_like(getattr(template, field), getattr(state, field), f'state {field}')
               for field in _COPIED_FIELDS}
-    fields['aggregator'] = (
-        tree_lib.to_tff_state(state.aggregator, template.aggregator) if self._tree else
-        aggregation_lib.to_tff_state(self._aggregation, state.aggregator, template.aggregator))
+    fields['aggregator'] = aggregation_lib.to_tff_state(self._aggregation, state.aggregator,
+                                                        template.aggregator)
     return template._replace(**fields)
 
   def from_tff_state(self, tff_state: Any) -> CompiledState:
@@ -327,8 +317,7 @@ class CompiledProcess:
     copied = [_pack_like(_numpy(getattr(self._template, field)), getattr(tff_state, field),
                          f'TFF state {field}') for field in _COPIED_FIELDS]
     return _tensors(CompiledState(
-        *copied, tree_lib.from_tff_state(self._tree, tff_state.aggregator) if self._tree
-        else aggregation_lib.from_tff_state(self._aggregation, tff_state.aggregator)))
+        *copied, aggregation_lib.from_tff_state(self._aggregation, tff_state.aggregator)))
 
   def _check_state(self, state: Any) -> CompiledState:
     if not isinstance(state, CompiledState):
@@ -453,11 +442,8 @@ class CompiledProcess:
         lambda c, _: c < cohorts.num_clients(batches),
         lambda c, v: (c + 1, self._client_step(state, client_optimizer, batches, c, *v)),
         (tf.constant(0, tf.int32), loop_vars))
-    if self._tree:
-      update, clip_state = tree_lib.mean(self._tree, acc.value_sum, state.aggregator), ()
-    else:
-      update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
-                                                  state.aggregator)
+    update, clip_state = aggregation_lib.result(self._aggregation, acc, noise_seed,
+                                                state.aggregator)
     if self._algorithm.is_fed_nova:  # τ_eff · Σ p_i d_i.
       (mean_steps,), _ = aggregation_lib.result(self._gradient_mean, gradient_acc, noise_seed)
       update = local_steps.normalized_server_update(update, mean_steps)
@@ -470,9 +456,8 @@ class CompiledProcess:
       client_metrics['client_learning_rate'] = learning_rate
     metrics = collections.OrderedDict(
         distributor=(), client_work=client_metrics,
-        aggregator=(tree_lib.measurements(self._tree) if self._tree else
-                    aggregation_lib.measurements(self._aggregation, acc, clip_state,
-                                                 round_state=state.aggregator)),
+        aggregator=aggregation_lib.measurements(self._aggregation, acc, clip_state,
+                                                round_state=state.aggregator),
         finalizer=collections.OrderedDict(update_non_finite=non_finite))
     return new_state, metrics
 
@@ -575,11 +560,7 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
   if client_learning_rate_schedule is not None:  # fed_avg's checks; a whimsy optimizer, as TFF.
     client_optimizer_fn = fed_avg.scheduled_optimizer_fn(client_optimizer, weighted=weighted)
     client_optimizer = client_optimizer_fn(1.0)
-  tree = tree_lib.from_factory(aggregator)
-  aggregation = (aggregation_lib.Aggregation(  # DP-FedAvg's clipping and sum; the tree's noise.
-      weighted, clip_norm=tree.clip_norm, noise_stddev=tree.noise_stddev,
-      denominator=tree.denominator) if tree
-                 else aggregation_lib.from_spec(aggregator, weighted=weighted))
+  aggregation = aggregation_lib.from_spec(aggregator, weighted=weighted)
   element_spec = tff_model.element_spec_of(element_spec)
   jit_compile = _jit_compile(element_spec, jit_compile)
   tff_model.tff_model_fn(model_fn, element_spec, loss=loss, metrics=metrics)  # Checks the model.
@@ -608,4 +589,4 @@ def build_compiled_process(model_fn: tff_model.KerasModelFn,
       server_optimizer=server_optimizer,
       aggregation=aggregation, loss=tff_model.default_loss() if loss is None else loss,
       metrics=[fn() for fn in metric_fns],
-      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation), tree=tree, **extra)
+      jit_compile=jit_compile and aggregation_lib.xla_compatible(aggregation), **extra)

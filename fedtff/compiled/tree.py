@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -68,6 +69,11 @@ class TreeAggregation:
     """A new tree: TF Privacy's initial global state (seeded by the factory's
     `noise_seed`, which `fedtff.privacy.ftrl.ftrl_aggregator` draws from the OS)."""
     return _tensors(self.query.initial_global_state())
+
+  @functools.cached_property
+  def advance(self):
+    """`state -> (RoundNoise, state after the round)`, built once (`build_advance`)."""
+    return build_advance(self)
 
   def round_noise_template(self, state: Any) -> RoundNoise:
     """A `RoundNoise` of the shapes every round's has (from a state)."""

@@ -482,11 +482,16 @@ class _CompiledRounds:
     self._privacy = privacy
     self.start_round = 1
 
-  def next(self, state, client_ids):
-    noise_seed = None
+  def _round_of(self, client_ids: Sequence[str]) -> int:
+    """The round these (round-tagged) ids train in; advances `start_round` past it."""
     round_num = (data.rounds.split_round_client_id(client_ids[0])[0] if client_ids
                  else self.start_round)
     self.start_round = round_num + 1
+    return round_num
+
+  def next(self, state, client_ids):
+    noise_seed = None
+    round_num = self._round_of(client_ids)
     if self._privacy:
       noise_seed = self._privacy.round_noise_seed(round_num)
     return self._process.next(state, self._client_data.tagged_batches(client_ids),
@@ -513,9 +518,7 @@ class _CompiledStatefulRounds(_CompiledRounds):
   store: client_states.ClientStateStore
 
   def next(self, state, client_ids):
-    round_num = (int(client_ids[0].partition(data.rounds.SEPARATOR)[0]) if client_ids
-                 else self.start_round)
-    self.start_round = round_num + 1
+    self._round_of(client_ids)
     ids = _untagged(client_ids)
     output, rows = self._process.next_with_controls(
         state, self._client_data.tagged_batches(client_ids), self.store.get(ids))
