@@ -24,10 +24,12 @@ import psutil
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
+from cryptography import x509
 
 import fedtff
 from fedtff.execution import certs
 from fedtff.execution import distributed
+from fedtff.execution import secagg
 from fedtff.execution import site
 from fedtff.execution import tls
 from tests import conftest
@@ -128,12 +130,15 @@ def test_a_round_through_the_tls_front_end_equals_the_local_runtime(alice, train
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_the_control_channel_answers_hello_and_names_unknown_ops(alice, trainer):
+def test_the_control_channel_answers_hello_secagg_and_names_unknown_ops(alice, trainer):
   assert tls.control_request(trainer, 'alice', alice.address, {'op': 'hello'}) == {
       'site': 'alice', 'format': 'fedtff-control/1'}
   with pytest.raises(tls.SiteConnectionError) as raised:
     tls.control_request(trainer, 'alice', alice.address, {'op': 'nope'})
   assert str(raised.value).startswith(f"site alice at {alice.address}: unknown op 'nope'; ")
+  announcement = tls.control_request(trainer, 'alice', alice.address, {'op': 'secagg_announce'})
+  ca = x509.load_pem_x509_certificate(trainer.ca_pem)
+  assert len(secagg.verify_announcement(announcement, ca)) == 32  # alice's signed X25519 key.
 
 
 def _one_site_line(alice, mark, reason_pattern):

@@ -15,7 +15,8 @@
   creating the upstream socket inside the binary's namespace (setns on a
   short-lived thread), and answers ALPN `fedtff-control/1` connections with
   one JSON request/answer (`{"op": "manifest"}`, `{"op": "hello"}`, and the
-  ops of `control_handlers`);
+  ops of `control_handlers`; the command line adds secure aggregation's,
+  `add_secure_aggregation`);
 * refuses anything else (plain text, no or unknown client certificate, a
   certificate not on the allow-list, another ALPN) with one log line,
   `fedtff-site alice: refused <peer>: <reason>`, and closes the connection;
@@ -46,6 +47,7 @@ import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
 
 from fedtff.execution import runtime
+from fedtff.execution import secagg
 from fedtff.execution import tls
 
 PROGRAM = 'fedtff-site'
@@ -499,6 +501,29 @@ def _manifest_provider(site: str, data_dir: str) -> Callable[[], Dict[str, Any]]
   return manifest
 
 
+def add_secure_aggregation(server: SiteServer, credentials: str) -> secagg.SiteMasker:
+  """Serves secure aggregation's control ops (docs/cross_silo.md) on a started `server`.
+
+  Its masks go to `server.secagg_dir`; the manifest gains `"secagg"`, the
+  site's signed key announcement.
+
+  Raises:
+    SiteStartError: If the site's certificate cannot sign announcements.
+  """
+  path = lambda name: os.path.join(credentials, name)
+  try:
+    masker = secagg.SiteMasker(server.site, server.run_dir, path('site.key'), path('site.pem'),
+                               path('ca.pem'))
+  except ValueError as e:
+    raise SiteStartError(str(e)) from None
+  server.control_handlers.update(masker.control_handlers())
+  manifest = server.manifest
+  if manifest is not None:
+    server.manifest = lambda: dict(manifest() if callable(manifest) else manifest,
+                                   secagg=masker.announcement())
+  return masker
+
+
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog=PROGRAM, description="Serves TFF computations on a site's own data over mutual TLS.")
@@ -547,6 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         manifest=_manifest_provider(args.site, args.data),
                         worker_port=args.worker_port, worker_log=args.worker_log)
     server.start(args.startup_timeout_s, stop)
+    add_secure_aggregation(server, args.credentials)
     return server.serve(stop)
   except SiteStartError as e:
     print(f'{PROGRAM} {args.site}: error: {e}', file=sys.stderr, flush=True)
