@@ -519,13 +519,24 @@ def build_task(config: ml_collections.ConfigDict) -> Task:
     data.check_labels(train.labels, num_classes)
   features = train.features
   input_shape = np.shape(features)[1:] if not isinstance(features, dict) else None
-  eval_fn = data.ClientPreprocessing(batch_size=max(config.data.batch_size, 64)).build()
   feed_options = dict(feed=feed(config), feed_dir=config.data.feed_dir or None)
+  return array_task(config, train.to_client_data(**feed_options),
+                    evaluation.to_client_data(allow_empty_clients=True, **feed_options),
+                    input_shape=input_shape, num_classes=num_classes)
+
+
+def array_task(config: ml_collections.ConfigDict, train: ClientData, test: ClientData, *,
+               input_shape, num_classes: int) -> Task:
+  """The task of an array dataset (`build_task`) over raw client data `train` and `test`.
+
+  The raw datasets are `from_arrays`'s elements (`x`, `y`) from anywhere, e.g.
+  read at a site (`fedtff.execution.site_data`); the preprocessing and model are
+  the config's, the same as `build_task`'s.
+  """
+  eval_fn = data.ClientPreprocessing(batch_size=max(config.data.batch_size, 64)).build()
   return Task(
-      train_data=_by_round(train.to_client_data(**feed_options),
-                           _label_flipping(config, _preprocessing(config.data).build(),
-                                           num_classes), config),
-      test_data=evaluation.to_client_data(allow_empty_clients=True, **feed_options).preprocess(
-          eval_fn),
+      train_data=_by_round(train, _label_flipping(config, _preprocessing(config.data).build(),
+                                                  num_classes), config),
+      test_data=test.preprocess(eval_fn),
       model_fn=_model_fn(config.model, input_shape, num_classes, config.data.weight_decay),
       num_classes=num_classes)

@@ -75,7 +75,7 @@ def _running(process: psutil.Process) -> bool:
     return False
 
 
-def assert_gone(processes, timeout_s=10):
+def assert_gone(processes, timeout_s=30):  # A loaded machine takes seconds to reap TF processes.
   deadline = time.monotonic() + timeout_s
   while any(_running(p) for p in processes) and time.monotonic() < deadline:
     time.sleep(0.1)

@@ -1,9 +1,11 @@
 """The project cites papers and its own files, never a path on someone's machine."""
 
 import ast
+import json
 import os
 import re
 import subprocess
+import sys
 
 from tests import conftest
 
@@ -145,8 +147,20 @@ def test_the_import_graph_finds_a_cycle_hidden_in_a_function():
   assert _imported(relative[1], 'fedtff.privacy.mechanisms', False, modules) == ['fedtff.runner.config']
 
 
+def _import_graph_in_a_fresh_process():
+  """`import_graph()` computed in a new interpreter: CPython 3.11's `ast.parse`
+  keeps its recursion depth in state shared by threads, so a parse can fail
+  ("AST constructor recursion depth mismatch") while a thread left by an
+  earlier test in this process (TFF's, tracing with AutoGraph) parses too."""
+  script = ('import json, sys; sys.path.insert(0, sys.argv[1]); from tests import test_hygiene; '
+            'print(json.dumps({m: sorted(t) for m, t in test_hygiene.import_graph().items()}))')
+  listed = subprocess.run([sys.executable, '-c', script, conftest.REPO_ROOT],
+                          cwd=conftest.REPO_ROOT, capture_output=True, text=True, check=True)
+  return {module: set(targets) for module, targets in json.loads(listed.stdout).items()}
+
+
 def test_the_package_has_no_import_cycles():
-  cycles = import_cycles(import_graph())
+  cycles = import_cycles(_import_graph_in_a_fresh_process())
   assert not cycles, 'import cycles in fedtff:\n' + '\n'.join(
       f'{" -> ".join(cycle)} (modules that import each other, directly or not: '
       f'{", ".join(component)})'

@@ -56,7 +56,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import grpc
 import tensorflow_federated as tff
@@ -99,16 +99,12 @@ class WorkerStub(tff.framework.RemoteExecutorGrpcStub):
   `WorkerUnavailableError`. A call failing with a retryable gRPC error waits
   until the worker answers again (then re-raises it so TFF retries) or is lost.
   Other gRPC errors become `WorkerError`s naming the worker.
-
-  `channel`, if given, is used (and closed by `close()`) instead of a plain
-  channel to `address`, e.g. a site's mutual-TLS channel
-  (`fedtff.execution.tls.secure_channel`).
   """
 
-  def __init__(self, address: str, *, timeout_s: float,
-               channel: Optional[grpc.Channel] = None):
+  def __init__(self, address: str, *, timeout_s: float, channel: Optional[grpc.Channel] = None):
     self.address = address
     self._timeout_s = timeout_s
+    # A given channel (e.g. a site's, docs/cross_silo.md) is closed with the stub.
     self._channel = channel or grpc.insecure_channel(address, runtime.GRPC_CHANNEL_OPTIONS)
     super().__init__(self._channel)
     self._probe_stub = executor_pb2_grpc.ExecutorGroupStub(self._channel)
@@ -247,6 +243,18 @@ def _unreachable_reason(stub: WorkerStub, error: grpc.RpcError, timeout_s: float
   return f'no answer within {timeout_s:g} s'
 
 
+def unanswered(stubs: Sequence[WorkerStub], timeout_s: float) -> Dict[str, str]:
+  """Probes every stub at once; `{address: why}` of those not answering within `timeout_s`."""
+  probes = [stub.probe_future(timeout_s, wait_for_ready=True) for stub in stubs]
+  failures = {}
+  for stub, probe in zip(stubs, probes):
+    try:
+      probe.result()
+    except grpc.RpcError as e:
+      failures[stub.address] = _unreachable_reason(stub, e, timeout_s)
+  return failures
+
+
 def connect(workers: Sequence[str], *, timeout_s: float = 30.0) -> List[WorkerStub]:
   """Connects to every worker at once and waits up to `timeout_s` for all.
 
@@ -258,13 +266,7 @@ def connect(workers: Sequence[str], *, timeout_s: float = 30.0) -> List[WorkerSt
     WorkerUnavailableError: Naming every worker that did not answer in time.
   """
   stubs = [WorkerStub(address, timeout_s=timeout_s) for address in check_workers(workers)]
-  probes = [stub.probe_future(timeout_s, wait_for_ready=True) for stub in stubs]
-  failures = {}
-  for stub, probe in zip(stubs, probes):
-    try:
-      probe.result()
-    except grpc.RpcError as e:
-      failures[stub.address] = _unreachable_reason(stub, e, timeout_s)
+  failures = unanswered(stubs, timeout_s)
   if failures:
     for stub in stubs:
       stub.close()
@@ -451,6 +453,8 @@ def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
 
   No `workers`: `fedtff.local_runtime()`, a worker process on this machine.
   Otherwise `remote_runtime(workers, connect_timeout_s=connect_timeout_s)`.
+  (`runtime.sites` runs on `fedtff.execution.sites.site_runtime`, which the
+  runner enters itself.)
 
   Args:
     runtime_config: `config.runtime` (a ConfigDict or mapping with `workers`
@@ -472,7 +476,15 @@ def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
     with runtime.local_runtime() as worker:
       yield worker
     return
-  with remote_runtime(workers, connect_timeout_s=runtime_config['connect_timeout_s']) as context:
+  with with_resume_hint(remote_runtime(
+      workers, connect_timeout_s=runtime_config['connect_timeout_s']), workdir) as context:
+    yield context
+
+
+@contextlib.contextmanager
+def with_resume_hint(runtime_context, workdir: Optional[str]) -> Iterator[Any]:
+  """Enters `runtime_context`; a `WorkerError` inside also says how to resume `workdir`."""
+  with runtime_context as context:
     try:
       yield context
     except WorkerError as e:

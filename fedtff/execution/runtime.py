@@ -360,3 +360,32 @@ def check_workers(workers: Sequence[str]) -> List[str]:
     raise ValueError(f'Each worker must be listed once; listed more than once: '
                      f'{", ".join(repeated)}.')
   return list(workers)
+
+
+def parse_sites(sites: Sequence[str]) -> List[Tuple[str, str]]:
+  """`[(name, 'host:port')]` of `sites`, 'name=host:port' strings.
+
+  Raises:
+    ValueError: One line naming the first malformed or repeated entry.
+  """
+  if isinstance(sites, str) or not sites:
+    raise ValueError(f"sites must be a non-empty list of 'name=host:port' strings, "
+                     f'got {sites!r}.')
+  parsed = []
+  for entry in sites:
+    name, equals, address = str(entry).partition('=')
+    if not equals or not name or not all(c.isalnum() or c in '-_' for c in name):
+      raise ValueError(f"A site is 'name=host:port' with a name of letters, digits, '-' and "
+                       f"'_', got {entry!r}.")
+    try:
+      parse_address(address)
+    except ValueError:
+      raise ValueError(f"A site is 'name=host:port' with a port in [1, 65535], got "
+                       f'{entry!r}.') from None
+    parsed.append((name, address))
+  for k, what in ((0, 'name'), (1, 'address')):
+    values = [p[k] for p in parsed]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+      raise ValueError(f'Each site {what} must be listed once; repeated: {", ".join(repeated)}.')
+  return parsed

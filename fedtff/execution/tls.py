@@ -30,6 +30,7 @@ import tensorflow_federated as tff
 
 from fedtff.execution import distributed
 from fedtff.execution import runtime
+from fedtff.execution import site_data
 
 CONTROL_ALPN = 'fedtff-control/1'
 MAX_CONTROL_BYTES = 64 * 1024 * 1024
@@ -179,7 +180,9 @@ def control_request(credentials: TrainerCredentials, site: str, address: str,
     conn.sendall(json.dumps(request).encode() + b'\n')
     line = _read_line(conn)
   except ssl.SSLError as e:  # TLS 1.3: the site checks our certificate after our handshake.
-    reason = (e.reason or str(e)).lower().replace('_', ' ')
+    # Its alert names the reason; if it closed before we read the alert, we see only EOF.
+    reason = ('it closed the connection' if isinstance(e, ssl.SSLEOFError)
+              else (e.reason or str(e)).lower().replace('_', ' '))
     raise SiteConnectionError(f'{where} refused our certificate ({reason}).') from None
   except OSError as e:
     raise SiteConnectionError(f'{where} closed the connection: {e}.') from None
@@ -262,3 +265,21 @@ def secure_runtime(credentials: TrainerCredentials, sites: Mapping[str, str], *,
     for stub, context in zip(stubs, contexts):
       stub.close()
       context.close()
+
+
+class TlsConnector:
+  """`fedtff.execution.sites.Connector` over mutual TLS: pinned channels, manifests by control.
+
+  `sites.site_runtime(specs, connect=TlsConnector(credentials))` reaches sites
+  served by `fedtff.execution.site` (docs/cross_silo.md).
+  """
+
+  def __init__(self, credentials: TrainerCredentials):
+    self.credentials = credentials
+
+  def channel(self, site: str, address: str) -> grpc.Channel:
+    return secure_channel(self.credentials, site, address)
+
+  def manifest(self, site: str, address: str, *, timeout_s: float) -> Dict[str, Any]:
+    answer = control_request(self.credentials, site, address, {'op': 'manifest'}, timeout_s)
+    return site_data.check_manifest(answer, f'site {site} ({address})')

@@ -137,7 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
       metric='', target=_optional_float(), patience=0, min_delta=0.0, mode='auto'))
   config.engine = 'auto'
   # TFF workers ('host:port', see fedtff.execution.distributed); empty runs on this machine.
-  config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0))
+  # Sites that own their data ('name=host:port', see fedtff.execution.sites and
+  # docs/cross_silo.md): the clients are the sites' and each round's are routed to them.
+  config.runtime = ml_collections.ConfigDict(dict(workers=(), connect_timeout_s=30.0, sites=()))
   # Your own model, data and algorithm by import path 'module:name' ('' = built in;
   # fedtff.runner.user_task): they replace model.name, data.dataset and algorithm.name.
   config.model.update(dict(factory='', loss='', metrics=''))
@@ -203,6 +205,9 @@ def tff_only_options(config: Mapping[str, Any]) -> List[str]:
   if config['runtime']['workers']:
     options.append("runtime.workers needs engine='tff': the compiled engine runs on this "
                    'machine only.')
+  if config['runtime']['sites']:
+    options.append("runtime.sites needs engine='tff': the compiled engine runs on this "
+                   'machine only, and the sites hold the data.')
   if config['algorithm']['process']:
     options.append("engine='compiled' compiles fedtff's own algorithms only; run a user's "
                    "learning process (algorithm.process) with engine='tff'.")
@@ -292,6 +297,8 @@ def describe_type(key: str) -> str:
     return 'a string or None' if key in _CHOICES else 'a number or None'
   if isinstance(default, bool):
     return 'true or false'
+  if key == 'runtime.sites':
+    return 'a tuple of quoted \'name=host:port\' strings such as "(\'alice=host1:8000\',)"'
   if key == 'runtime.workers':
     return 'a tuple of quoted \'host:port\' strings such as "(\'host1:8000\',\'host2:8000\')"'
   if isinstance(default, (tuple, list)):
@@ -331,6 +338,7 @@ def validate(config: Any) -> None:
   _check_stop(config)
   check_engine(config)
   _check_runtime(config['runtime'])
+  _check_site_options(config)
 
 
 def _check_finite(key: str, value: Any) -> None:
@@ -400,9 +408,37 @@ def _check_runtime(runtime: Mapping[str, Any]) -> None:
       runtime_lib.check_workers(runtime['workers'])
     except ValueError as e:
       raise ConfigError(f'Config key runtime.workers: {e}') from None
+  _check_sites(runtime)
   if not runtime['connect_timeout_s'] > 0:
     raise ConfigError(f'Config key runtime.connect_timeout_s must be positive, got '
                       f"{runtime['connect_timeout_s']!r}.")
+
+
+def _check_sites(runtime: Mapping[str, Any]) -> None:
+  """`runtime.sites`: 'name=host:port' each, and not with `runtime.workers`."""
+  if not runtime.get('sites'):
+    return
+  if runtime['workers']:
+    raise ConfigError('Config keys runtime.sites and runtime.workers are both set; the sites '
+                      'run the rounds on their own data, so leave runtime.workers empty.')
+  try:
+    runtime_lib.parse_sites(runtime['sites'])
+  except ValueError as e:
+    raise ConfigError(f'Config key runtime.sites: {e}') from None
+
+
+def _check_site_options(config: Mapping[str, Any]) -> None:
+  """What needs client data on the trainer, which `runtime.sites` does not give it."""
+  if not config['runtime'].get('sites'):
+    return
+  if config['heterogeneity']['straggler_fraction']:
+    raise ConfigError('heterogeneity.straggler_fraction does not combine with runtime.sites: a '
+                      "straggler's cut needs its batch count, read from its data on the trainer; "
+                      'set it to 0.')
+  if config['data']['source'] or config['data']['dataset'] in tasks.HOSTED_DATASETS:
+    raise ConfigError('runtime.sites takes the clients of an array dataset (digits, '
+                      f"synthetic_fedprox, synthetic_iid, npz_dir), got data.dataset="
+                      f"{config['data']['dataset']!r}{' with data.source' if config['data']['source'] else ''}.")
 
 
 def _check_algorithm(algorithm: Mapping[str, Any], server: Mapping[str, Any],
@@ -454,9 +490,10 @@ def _check_stateful_clients(config: Mapping[str, Any]) -> None:
   if attack != 'none':
     raise ConfigError(f"{name} takes no attack.kind (got {attack!r}): its rounds aggregate with "
                       'their own mean, so the attack would be skipped; use attack.kind=\'none\'.')
-  if config['runtime']['workers']:
+  if config['runtime']['workers'] or config['runtime'].get('sites'):
     raise ConfigError(f'{name} keeps its clients\' {what} on this machine; '
-                      'runtime.workers is not supported with it (leave it empty).')
+                      'runtime.workers and runtime.sites are not supported with it (leave them '
+                      'empty).')
   if config['algorithm']['process']:
     raise ConfigError(f'algorithm.process replaces algorithm.name; {name} is not used with it.')
 

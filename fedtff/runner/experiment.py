@@ -42,6 +42,8 @@ from fedtff.runner import config as config_lib
 from fedtff import data
 from fedtff.data import heterogeneity as heterogeneity_lib
 from fedtff.execution import distributed
+from fedtff.execution import site_data
+from fedtff.execution import sites
 from fedtff import compiled
 from fedtff.algorithms import optimizers
 from fedtff.privacy import accounting
@@ -379,7 +381,9 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_lib.resolve(config)  # config.json holds the defaults the run used.
   config, user, user_process = user_task.resolve(config, task=task, process=process)
   run_dir.check_config(workdir, config, overwrite=overwrite)  # Cheap refusals first.
-  task = user_task.build_task(config, user)
+  federation = _site_federation(config, user)
+  task = (site_data.site_task(config, federation) if federation
+          else user_task.build_task(config, user))
   check_task(config, task)
   z = noise_multiplier(config, task)
   privacy = _run_privacy(config, task, z)
@@ -392,12 +396,36 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
       return finished
     run_dir.prepare(workdir, config, overwrite=overwrite)
     with _runtime(config, engine, workdir):
-      total_time_s = _train(config, task, engine, workdir, progress_fn, privacy, stopping)
+      total_time_s = _train(config, task, engine, workdir, progress_fn, privacy, stopping,
+                            _has_examples_fn(task, federation))
     extra = _engine_summary(engine.choice)
     if privacy:
       extra['privacy'] = privacy.summary(engine.choice.name)
     extra.update(stopping.summary(workdir))
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
+
+
+def _site_federation(config, user) -> Optional[Dict[str, Any]]:
+  """The sites' clients (`fedtff.execution.sites.federation`) with `runtime.sites`, else None."""
+  if not config.runtime.sites:
+    return None
+  if user is not None:
+    raise config_lib.ConfigError("runtime.sites runs the config's own model on the sites' "
+                                 'clients; pass no task of your own (task=, model.factory, '
+                                 'data.source).')
+  return sites.federation(config.runtime.sites, connect=sites.connector_for(config.runtime),
+                          timeout_s=config.runtime.connect_timeout_s)
+
+
+def _has_examples_fn(task: tasks.Task, federation: Optional[Mapping[str, Any]]
+                    ) -> Callable[[Sequence[str]], bool]:
+  """Whether a round's (round-tagged) clients hold an example: from their datasets, or
+  with sites from the counts the sites announce (the trainer cannot read their data)."""
+  if federation:
+    counts = federation['counts']['train']
+    return lambda tagged_ids: any(counts[i] > 0 for i in _untagged(tagged_ids))
+  return lambda tagged_ids: training.has_examples(
+      [task.train_data.serializable_dataset_fn(i) for i in tagged_ids])
 
 
 def _engine_summary(choice: config_lib.EngineChoice) -> Dict[str, str]:
@@ -410,6 +438,10 @@ def _runtime(config, engine, workdir: str):
   makes no TFF call (`_CompiledStateLayout`), else `config.runtime`'s."""
   if isinstance(engine.tff_process, _CompiledStateLayout):
     return contextlib.nullcontext()
+  if config.runtime.sites:
+    return distributed.with_resume_hint(sites.site_runtime(
+        config.runtime.sites, connect=sites.connector_for(config.runtime),
+        connect_timeout_s=config.runtime.connect_timeout_s), workdir)
   return distributed.runtime_for(config.runtime, workdir)
 
 
@@ -669,7 +701,8 @@ def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Re
 
 def _train(config, task, engine: _Engine, workdir: str, progress_fn,
            privacy: Optional[run_privacy.RunPrivacy],
-           stopping: callbacks_lib.Stopping) -> float:
+           stopping: callbacks_lib.Stopping,
+           has_examples_fn: Callable[[Sequence[str]], bool]) -> float:
   """Runs the remaining rounds; returns the run's total training seconds."""
   start = time.perf_counter()
   evaluate = evaluation_fn(task, engine.rounds, engine=engine.choice.name,
@@ -730,8 +763,7 @@ def _train(config, task, engine: _Engine, workdir: str, progress_fn,
           rounds_per_eval=config.rounds_per_eval, metrics_writers=writers,
           checkpoint_fn=save, rounds_per_checkpoint=config.rounds_per_checkpoint,
           round_metrics_fn=_round_metrics_fn(plans, privacy, rounds),
-          has_examples_fn=lambda tagged_ids: training.has_examples(  # The round's datasets.
-              [task.train_data.serializable_dataset_fn(i) for i in tagged_ids]),
+          has_examples_fn=has_examples_fn,
           callbacks=stopping.callbacks, history=rows)
     except training.TrainingDivergedError as e:
       kept = checkpoints.rounds(checkpoint_dir)
