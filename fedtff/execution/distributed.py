@@ -170,11 +170,11 @@ class WorkerStub(tff.framework.RemoteExecutorGrpcStub):
   def _call(self, method, request):
     if self._lost is not None:
       raise self._unavailable()
-    failed_at = time.monotonic()
     try:
       response = method(request)
     except tff.framework.RetryableError as e:
-      self._retry_allowed(e, failed_at)
+      # The time of the failure, not of the call: a long call may fail long after it started.
+      self._retry_allowed(e, time.monotonic())
       raise
     except (grpc.RpcError, ValueError) as e:  # A closed channel raises ValueError.
       if self._lost is not None:

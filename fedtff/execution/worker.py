@@ -19,6 +19,10 @@ log, and must be an address of this machine. Limit who can connect with a
 firewall, a private network or a network namespace (docs/distributed.md).
 
 Trainers connect with `fedtff.execution.distributed.remote_runtime(['host:8000', ...])`.
+
+`fedtff-worker --site=NAME --data=DIR --port=... --credentials=DIR` runs a site
+instead: its own data, the binary in a private network namespace behind
+mutual TLS (`fedtff.execution.site`, docs/cross_silo.md).
 """
 
 from __future__ import annotations
@@ -188,7 +192,14 @@ def _configure_logging() -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """The `fedtff-worker` console script and `python -m fedtff.execution.worker`."""
+  """The `fedtff-worker` console script and `python -m fedtff.execution.worker`.
+
+  With `--site=NAME`, runs the mutual-TLS site server instead (`fedtff.execution.site`).
+  """
+  arguments = sys.argv[1:] if argv is None else list(argv)
+  if any(a == '--site' or a.startswith('--site=') for a in arguments):
+    from fedtff.execution import site  # pylint: disable=g-import-not-at-top
+    return site.main(arguments)
   args = _parse_args(argv)
   _configure_logging()
   stop = threading.Event()
