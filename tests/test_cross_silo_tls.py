@@ -43,8 +43,9 @@ TIMEOUT_S = 3.0
 class Site:
   """A `python -m fedtff.execution.site` subprocess on a free port."""
 
-  def __init__(self, name, creds_dir, data_dir, log_path):
-    self.name, self.port = name, portpicker.pick_unused_port()
+  def __init__(self, name, creds_dir, data_dir, log_path, port=None):
+    self.name, self.port = name, port or portpicker.pick_unused_port()
+    self.data_dir = data_dir
     self.worker_port = portpicker.pick_unused_port()  # Free here, so a refusal here means a lot.
     self.address = f'127.0.0.1:{self.port}'
     self.log_path = log_path

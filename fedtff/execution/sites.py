@@ -69,6 +69,7 @@ from fedtff.execution import distributed
 from fedtff.execution import runtime
 from fedtff.execution import secagg
 from fedtff.execution import site_data
+from fedtff.execution import tls
 
 class UnknownClientError(ValueError):
   """A call names a client that no site holds."""
@@ -141,11 +142,13 @@ def _check_answered(stubs: Mapping[str, distributed.WorkerStub], timeout_s: floa
 
 
 def connector_for(runtime_config: Mapping[str, Any]) -> Connector:
-  """The connector a config's `runtime` group asks for: `PlainConnector()` for now.
+  """The connector a config's `runtime` group asks for: mutual TLS with the credentials
+  of `runtime.credentials` (`fedtff.execution.tls.TlsConnector`), else `PlainConnector()`.
 
-  The one place the runner chooses how to reach sites (mutual TLS joins here).
+  The one place the runner chooses how to reach sites.
   """
-  del runtime_config
+  if runtime_config.get('credentials'):
+    return tls.TlsConnector(tls.TrainerCredentials.load(runtime_config['credentials']))
   return PlainConnector()
 
 
@@ -370,6 +373,20 @@ def _trainer_worker(timeout_s: float) -> Iterator[distributed.WorkerStub]:
     shutil.rmtree(empty, ignore_errors=True)
 
 
+def _site_control(connect: Connector, site: str, address: str,
+                  timeout_s: float) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
+  """A site's control requests; a site that cannot be reached fails the call as a lost
+  worker does (`distributed.WorkerUnavailableError`, one line naming it)."""
+
+  def control(request: Dict[str, Any]) -> Dict[str, Any]:
+    try:
+      return connect.control(site, address, request, timeout_s=timeout_s)
+    except ConnectionError as e:  # tls.SiteConnectionError names the site already.
+      raise distributed.WorkerUnavailableError(str(e), [address]) from None
+
+  return control
+
+
 def _secure_rounds(named: Sequence[Tuple[str, str]], connect: Connector,
                    manifests: Mapping[str, Mapping[str, Any]], streams: Mapping[str, int],
                    timeout_s: float) -> Callable[[], Any]:
@@ -379,8 +396,7 @@ def _secure_rounds(named: Sequence[Tuple[str, str]], connect: Connector,
   if missing:
     raise secagg.SecAggError(f"Secure aggregation needs every site's key announcement; "
                              f"{', '.join(missing)} announced none (a plain-text site?).")
-  controls = {name: functools.partial(connect.control, name, address, timeout_s=timeout_s)
-              for name, address in named}
+  controls = {name: _site_control(connect, name, address, timeout_s) for name, address in named}
   secure = secagg.SecureRounds(controls)
   secure.setup({name: manifests[name]['secagg'] for name, _ in named})
   return functools.partial(secure.prepare_round, dict(streams))

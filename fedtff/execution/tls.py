@@ -283,3 +283,9 @@ class TlsConnector:
   def manifest(self, site: str, address: str, *, timeout_s: float) -> Dict[str, Any]:
     answer = control_request(self.credentials, site, address, {'op': 'manifest'}, timeout_s)
     return site_data.check_manifest(answer, f'site {site} ({address})')
+
+  def control(self, site: str, address: str, request: Dict[str, Any], *,
+              timeout_s: float = 30.0) -> Dict[str, Any]:
+    """One request on the site's control channel (`control_request`), e.g. secure
+    aggregation's (`fedtff.execution.secagg.SecureRounds`)."""
+    return control_request(self.credentials, site, address, request, timeout_s)
