@@ -31,6 +31,7 @@ from fedtff.execution import certs
 from fedtff.execution import distributed
 from fedtff.execution import secagg
 from fedtff.execution import site_data
+from fedtff.execution import sites
 from fedtff.execution import site
 from fedtff.execution import tls
 from tests import conftest
@@ -89,16 +90,16 @@ def federation(tmp_path_factory):
   clients = fedtff.data.from_arrays(features, labels, np.array_split(np.arange(40), 4))
   site_data.write_site(str(root / 'data'), 'alice', clients, clients, clients.client_ids,
                        num_classes=3)
-  sites = {n: Site(n, creds[n], str(root / 'data'), str(root / f'{n}.log'))
+  servers = {n: Site(n, creds[n], str(root / 'data'), str(root / f'{n}.log'))
            for n in ('alice', 'bob')}
   try:
-    yield creds, sites
+    yield creds, servers
   finally:
-    for s in sites.values():
+    for s in servers.values():
       if s.proc.poll() is None:
         s.proc.terminate()
-    test_distributed.assert_gone([p for s in sites.values() for p in (s.wrapper, s.binary) if p])
-  alice = sites['alice']
+    test_distributed.assert_gone([p for s in servers.values() for p in (s.wrapper, s.binary) if p])
+  alice = servers['alice']
   if alice.run_dir:  # SIGTERM stopped the binary and removed the run directory.
     assert alice.proc.wait(timeout=15) == 0
     assert not os.path.exists(alice.run_dir)
@@ -150,6 +151,19 @@ def test_the_tls_connector_reads_the_manifest_with_the_secagg_announcement(alice
   manifest = tls.TlsConnector(trainer).manifest('alice', alice.address, timeout_s=10)
   assert manifest['train_client_ids'] == ['0', '1', '2', '3']
   assert manifest['secagg']['site'] == 'alice'
+
+
+def test_site_runtime_routes_clients_to_a_site_over_tls(alice, trainer):
+  length = tff.tensorflow.computation(lambda s: tf.strings.length(s), np.str_)
+
+  @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
+  def total_length(client_ids):
+    return tff.federated_sum(tff.federated_map(length, client_ids))
+
+  before = alice.binary.cpu_times().user
+  with sites.site_runtime([f'alice={alice.address}'], connect=tls.TlsConnector(trainer)):
+    assert total_length(['0', '1', '3']) == 3
+  assert alice.binary.cpu_times().user > before
 
 
 def _one_site_line(alice, mark, reason_pattern):
