@@ -170,7 +170,7 @@ def test_the_captures_would_see_the_canary_if_an_example_left_alice(world, feder
 
   @tff.tensorflow.computation(tf.string)
   def first_example(client_id):
-    return next(iter(dataset_fn(client_id)))['x']
+    return dataset_fn(client_id).take(1).get_single_element()['x']
 
   trainer_link, alice_link = captures({'alice': alice})
   credentials = tls.TrainerCredentials.load(creds['trainer'])

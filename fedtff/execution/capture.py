@@ -139,7 +139,7 @@ class TrafficCapture:
     with sock:
       while not self._stop.is_set():
         try:
-          frame = sock.recv(1 << 16)
+          frame = sock.recv(1 << 18)  # More than a 64 KiB packet with its headers.
         except socket.timeout:
           continue
         self.frames += 1
