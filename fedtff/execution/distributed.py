@@ -435,7 +435,7 @@ def remote_runtime(workers: Sequence[str], *,
       context.close()
 
 
-def _resume_hint(workdir: str) -> str:
+def _resume_hint(workdir: str, where: str) -> str:
   checkpoint_dir = os.path.join(workdir, run_dir.CHECKPOINTS)
   kept = checkpoints.rounds(checkpoint_dir)
   if kept:
@@ -444,7 +444,12 @@ def _resume_hint(workdir: str) -> str:
   else:
     kept_text = (f'No checkpoint was written yet; rerun the same config on {workdir} to start '
                  'over')
-  return f'{kept_text}, on the restarted worker or on others (runtime.workers may change).'
+  return f'{kept_text}, {where}.'
+
+
+# Where a run resumes after a lost worker, and after a lost site (whose data no other holds).
+WORKERS_RESUME = 'on the restarted worker or on others (runtime.workers may change)'
+SITES_RESUME = 'once the site is back'
 
 
 @contextlib.contextmanager
@@ -482,12 +487,14 @@ def runtime_for(runtime_config, workdir: Optional[str] = None) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def with_resume_hint(runtime_context, workdir: Optional[str]) -> Iterator[Any]:
-  """Enters `runtime_context`; a `WorkerError` inside also says how to resume `workdir`."""
+def with_resume_hint(runtime_context, workdir: Optional[str],
+                     where: str = WORKERS_RESUME) -> Iterator[Any]:
+  """Enters `runtime_context`; a `WorkerError` inside also says how to resume `workdir`
+  (`where`: on which workers)."""
   with runtime_context as context:
     try:
       yield context
     except WorkerError as e:
       if workdir is None:
         raise
-      raise type(e)(f'{e} {_resume_hint(workdir)}', e.addresses) from e
+      raise type(e)(f'{e} {_resume_hint(workdir, where)}', e.addresses) from e

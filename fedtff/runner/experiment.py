@@ -462,7 +462,7 @@ def _runtime(config, engine, workdir: str, secure_streams: Optional[Dict[str, in
     return distributed.with_resume_hint(sites.site_runtime(
         config.runtime.sites, connect=sites.connector_for(config.runtime),
         connect_timeout_s=config.runtime.connect_timeout_s, secure_streams=secure_streams),
-        workdir)
+        workdir, distributed.SITES_RESUME)
   return distributed.runtime_for(config.runtime, workdir)
 
 
