@@ -13,6 +13,7 @@ import os
 import pytest
 
 import fedtff
+from fedtff.research import sweeps
 from tests import conftest
 
 
@@ -41,7 +42,7 @@ def _cases():
 def test_config_runs_one_round(path, variant, tmp_path):
   module = _load(path)
   config = module.get_config(variant) if variant else module.get_config()
-  config = fedtff.research.sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
+  config = sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
   config.total_rounds = 2 if SMOKE_ALL else 1
   summary = fedtff.run_experiment(config, str(tmp_path))
   assert summary['rounds_completed'] == config.total_rounds
