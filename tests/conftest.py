@@ -87,7 +87,10 @@ def run_scripts_forked(argvs, preload, tmp_dir, *, timeout=300):
   input): each still runs its script as __main__ with its own argv, exit code,
   stdout and stderr, but pays the imports of `preload` once instead of per
   line. Output the imports themselves print is not in any line's stderr;
-  check that with one `run_script`.
+  check that with one `run_script`. The preloaded modules saw the driver's
+  argv and environment when imported (experiments.quiet_tf decides verbosity
+  then), so a line that needs other ones (--verbosity, FEDTFF_VERBOSE) needs
+  `run_script`.
   """
   spec = dict(argvs=[list(a) for a in argvs], preload=list(preload), dir=str(tmp_dir))
   driver = run_script(['-c', _FORKED_DRIVER, json.dumps(spec)], timeout=timeout)
