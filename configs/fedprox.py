@@ -25,6 +25,9 @@ VARIANTS = tuple(f'{d}:{a}' for d in DATASETS for a in ALGORITHMS)
 SHORTENED = {'total_rounds': 15}
 # What tests/test_configs_smoke.py applies: one local epoch instead of 20.
 SMOKE_OVERRIDES = {'data.client_epochs': 1}
+# The variants it runs a round of: both data generators and both algorithms (the
+# others differ from these in alpha and beta only; it validates them and builds their data).
+SMOKE_VARIANTS = ('synthetic_1_1:fedprox', 'synthetic_iid:fedavg')
 
 
 def get_config(variant: str = 'synthetic_1_1:fedprox'):

@@ -32,6 +32,10 @@ VARIANTS = tuple(f'{s}:{a}' for s in SPLITS for a in ALGORITHMS)
 # target are then even numbers; runs that miss it show '>30').
 SHORTENED = {'total_rounds': 30, 'rounds_per_eval': 2}
 SMOKE_OVERRIDES = {}
+# The variants tests/test_configs_smoke.py runs a round of: both splits, FedSGD on a
+# full batch and FedAvg with E = 5, B = 10 (the others differ in E and B only; it
+# validates them and builds their data).
+SMOKE_VARIANTS = ('iid:fedsgd', 'noniid:fedavg_e5_b10')
 CLIENT_LR = 0.1
 FEDSGD_LR = 0.5
 

@@ -77,15 +77,28 @@ def test_script_writes_the_default_png_of_one_run(two_runs):
   assert png_size(os.path.join(two_runs[0], 'metrics.png'))[0] > 500
 
 
-def test_missing_metrics_csv_gets_one_line_and_nonzero_exit(tmp_path):
-  result = conftest.run_script(['scripts/plot_metrics.py', str(tmp_path)])
+@pytest.fixture(scope='module')
+def refused(tmp_path_factory):
+  """scripts/plot_metrics.py's refused command lines, in one subprocess
+  (conftest.run_scripts_forked; test_script_writes_the_default_png_of_one_run
+  runs it in a fresh one): (not a run directory, its result, no arguments' result)."""
+  not_a_run = tmp_path_factory.mktemp('not_a_run')
+  missing_csv, no_argument = conftest.run_scripts_forked(
+      [['scripts/plot_metrics.py', str(not_a_run)], ['scripts/plot_metrics.py']],
+      ['experiments.quiet_tf', 'experiments.cli', 'fedtff.research.plots'],
+      tmp_path_factory.mktemp('refused'))
+  return not_a_run, missing_csv, no_argument
+
+
+def test_missing_metrics_csv_gets_one_line_and_nonzero_exit(refused):
+  not_a_run, result, _ = refused
   assert result.returncode != 0
-  assert result.stderr == (f'plot_metrics.py: error: {tmp_path}/metrics.csv does not exist; '
-                           f'is {tmp_path} a run directory?\n')
+  assert result.stderr == (f'plot_metrics.py: error: {not_a_run}/metrics.csv does not exist; '
+                           f'is {not_a_run} a run directory?\n')
 
 
-def test_no_run_directory_gets_one_line_and_exit_2():
-  result = conftest.run_script(['scripts/plot_metrics.py'])
+def test_no_run_directory_gets_one_line_and_exit_2(refused):
+  result = refused[2]
   assert (result.returncode, result.stderr) == (
       2, 'plot_metrics.py: error: Give at least one run directory: '
       'plot_metrics.py RUN_DIR [RUN_DIR ...]\n')

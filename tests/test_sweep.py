@@ -121,14 +121,29 @@ def test_sweep_png_compares_the_points(swept):
   assert np.unique(image.reshape(-1, image.shape[2]), axis=0).shape[0] > 10  # Not blank.
 
 
-def test_bad_metric_gets_one_line_before_any_run(tmp_path):
-  result = conftest.run_script(['experiments/sweep.py', '--config=configs/quickstart.py',
-                                f'--workdir={tmp_path}', '--grid', 'seed=0', '--metric=accuracy'])
+@pytest.fixture(scope='module')
+def refused(tmp_path_factory):
+  """experiments/sweep.py's refused command lines, in one subprocess (conftest.run_scripts_forked):
+  {name: (workdir, CompletedProcess)}."""
+  cases = {
+      'bad_metric': ['--grid', 'seed=0', '--metric=accuracy'],
+      'unknown_grid_key': ['--grid', 'server.lr=0.1,1.0'],
+  }
+  workdirs = {name: tmp_path_factory.mktemp(name) for name in cases}
+  results = conftest.run_scripts_forked(
+      [['experiments/sweep.py', '--config=configs/quickstart.py', f'--workdir={workdirs[name]}']
+       + args for name, args in cases.items()],
+      ['experiments.quiet_tf', 'experiments.cli', 'fedtff'], tmp_path_factory.mktemp('refused'))
+  return {name: (workdirs[name], result) for name, result in zip(cases, results)}
+
+
+def test_bad_metric_gets_one_line_before_any_run(refused):
+  workdir, result = refused['bad_metric']
   assert result.returncode == 2
   assert result.stderr == ("sweep.py: error: The sweep's metric must be a metrics column "
                            "'train/<name>' or 'eval/<name>', e.g. 'eval/accuracy', got "
                            "'accuracy'.\n")
-  assert os.listdir(tmp_path) == []
+  assert os.listdir(workdir) == []
 
 
 def test_rerun_skips_complete_points(swept):
@@ -153,14 +168,13 @@ def test_diverging_point_is_recorded_and_the_sweep_goes_on(tmp_path):
   assert '| diverged |' in (tmp_path / 'sweep.md').read_text()
 
 
-def test_unknown_grid_key_gets_one_line_and_nonzero_exit(tmp_path):
-  result = conftest.run_script(['experiments/sweep.py', '--config=configs/quickstart.py',
-                                f'--workdir={tmp_path}', '--grid', 'server.lr=0.1,1.0'])
+def test_unknown_grid_key_gets_one_line_and_nonzero_exit(refused):
+  workdir, result = refused['unknown_grid_key']
   assert result.returncode != 0
   assert result.stderr.startswith('sweep.py: error: Unknown config key server.lr; valid keys '
                                   'here are: server.beta_1, server.beta_2, ')
   assert len(result.stderr.splitlines()) == 1
-  assert os.listdir(tmp_path) == []
+  assert os.listdir(workdir) == []
 
 
 def test_grid_values_take_the_schema_type():

@@ -38,54 +38,86 @@ def test_trains_and_writes_the_run_directory(tmp_path):
   assert result.stderr == ''
 
 
-@pytest.mark.parametrize(
-    'args, message',
-    [
-        (['experiments/train.py', '--config=configs/missing.py', '--workdir=/tmp/x'],
-         'config file configs/missing.py does not exist'),
-        (TRAIN + ['--workdir=/tmp/x', '--config.client.lr=0.1'],
-         'Unknown config key client.lr; valid keys here are: client.beta_1, client.beta_2, '
-         'client.epsilon, client.initial_accumulator, client.learning_rate, '),
-        (TRAIN + ['--workdir=/tmp/x', '--config.total_rounds=many'],
-         "Config key total_rounds must be an integer, got 'many'."),
-        (TRAIN + ['--workdir=/proc/fedtff-cannot-write'],
-         'Cannot write to the run directory /proc/fedtff-cannot-write'),
-        (TRAIN + ['--workdir=/tmp/x', '--config.data.dataset=mnist'],
-         "Config key data.dataset is 'mnist'; expected one of: digits, "),
-        (TRAIN + ['--workdir=/tmp/x', '--config.seed=-1'],
-         'Config key seed must be at least 0, got -1.'),
-        (TRAIN + ['--workdir=/tmp/x', '--config.data.num_test_clients=60'],
-         'Config key data.num_test_clients must be less than the 60 clients (at most 59), '
-         'got 60.'),
-        (['experiments/train.py', '--config=configs/quickstart.py:nope', '--workdir=/tmp/x'],
-         'config file configs/quickstart.py has no variants, got configs/quickstart.py:nope; '
-         'use --config=configs/quickstart.py'),
-        (['experiments/train.py', '--config=configs/quickstart_dp.py:nope', '--workdir=/tmp/x'],
-         "config file configs/quickstart_dp.py:nope: Unknown variant 'nope'; expected one of "
-         'eps1, eps8, noiseless, poisson_eps1, poisson_eps8, poisson_noiseless, ftrl_eps1, '
-         'ftrl_eps8, ftrl_noiseless, ddp_eps1, ddp_eps8, ddp_noiseless.'),
-        (TRAIN + ['--workdir=/tmp/x', 'extra'],
-         "Unexpected argument 'extra': every input is a --flag, see --help."),
-        (TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
-         "Config key seed must be an integer, got 'None'."),
-        (TRAIN + ['--workdir=/tmp/x', '--config.stop.metric=eval/auc', '--config.stop.target=0.9'],
-         "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
-         "set stop.mode='max' or 'min'."),
-        (TRAIN + ['--workdir=/tmp/x', '--config.engine=compiled',
-                  '--config.runtime.workers=localhost:8000'],
-         "runtime.workers needs engine='tff': the compiled engine runs on this machine only."),
-    ],
-    ids=['missing_config', 'unknown_key', 'wrong_type', 'unwritable_workdir', 'bad_choice',
-         'negative_seed', 'too_many_test_clients', 'variant_of_a_plain_config',
-         'unknown_variant', 'extra_argument', 'none_for_an_integer', 'stop_metric_direction',
-         'workers_on_compiled'])
-def test_bad_input_gets_one_line_and_nonzero_exit(args, message):
-  result = conftest.run_script(args)
-  assert result.returncode == 2
+# Refused command lines and the line each gets. One subprocess runs them all
+# (conftest.run_scripts_forked: imports paid once, each line a fork running
+# train.py as __main__); `unknown_key` also runs as a plain subprocess, so one
+# refusal is checked with the imports' own output on stderr too.
+BAD_INPUT = {
+    'missing_config': (
+        ['experiments/train.py', '--config=configs/missing.py', '--workdir=/tmp/x'],
+        'config file configs/missing.py does not exist'),
+    'unknown_key': (
+        TRAIN + ['--workdir=/tmp/x', '--config.client.lr=0.1'],
+        'Unknown config key client.lr; valid keys here are: client.beta_1, client.beta_2, '
+        'client.epsilon, client.initial_accumulator, client.learning_rate, '),
+    'wrong_type': (
+        TRAIN + ['--workdir=/tmp/x', '--config.total_rounds=many'],
+        "Config key total_rounds must be an integer, got 'many'."),
+    'unwritable_workdir': (
+        TRAIN + ['--workdir=/proc/fedtff-cannot-write'],
+        'Cannot write to the run directory /proc/fedtff-cannot-write'),
+    'bad_choice': (
+        TRAIN + ['--workdir=/tmp/x', '--config.data.dataset=mnist'],
+        "Config key data.dataset is 'mnist'; expected one of: digits, "),
+    'negative_seed': (
+        TRAIN + ['--workdir=/tmp/x', '--config.seed=-1'],
+        'Config key seed must be at least 0, got -1.'),
+    'too_many_test_clients': (
+        TRAIN + ['--workdir=/tmp/x', '--config.data.num_test_clients=60'],
+        'Config key data.num_test_clients must be less than the 60 clients (at most 59), '
+        'got 60.'),
+    'variant_of_a_plain_config': (
+        ['experiments/train.py', '--config=configs/quickstart.py:nope', '--workdir=/tmp/x'],
+        'config file configs/quickstart.py has no variants, got configs/quickstart.py:nope; '
+        'use --config=configs/quickstart.py'),
+    'unknown_variant': (
+        ['experiments/train.py', '--config=configs/quickstart_dp.py:nope', '--workdir=/tmp/x'],
+        "config file configs/quickstart_dp.py:nope: Unknown variant 'nope'; expected one of "
+        'eps1, eps8, noiseless, poisson_eps1, poisson_eps8, poisson_noiseless, ftrl_eps1, '
+        'ftrl_eps8, ftrl_noiseless, ddp_eps1, ddp_eps8, ddp_noiseless.'),
+    'extra_argument': (
+        TRAIN + ['--workdir=/tmp/x', 'extra'],
+        "Unexpected argument 'extra': every input is a --flag, see --help."),
+    'none_for_an_integer': (
+        TRAIN + ['--workdir=/tmp/x', '--config.seed=None'],
+        "Config key seed must be an integer, got 'None'."),
+    'stop_metric_direction': (
+        TRAIN + ['--workdir=/tmp/x', '--config.stop.metric=eval/auc', '--config.stop.target=0.9'],
+        "Config key stop.metric is 'eval/auc', whose better direction fedtff does not know; "
+        "set stop.mode='max' or 'min'."),
+    'workers_on_compiled': (
+        TRAIN + ['--workdir=/tmp/x', '--config.engine=compiled',
+                 '--config.runtime.workers=localhost:8000'],
+        "runtime.workers needs engine='tff': the compiled engine runs on this machine only."),
+}
+
+
+@pytest.fixture(scope='module')
+def bad_input_results(tmp_path_factory):
+  results = conftest.run_scripts_forked(
+      [args for args, _ in BAD_INPUT.values()],
+      ['experiments.quiet_tf', 'experiments.cli', 'fedtff'], tmp_path_factory.mktemp('bad_input'))
+  return dict(zip(BAD_INPUT, results))
+
+
+def _assert_one_line_refusal(result, message):
+  assert result.returncode == 2, result.stderr
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith('train.py: error: ')
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('case', list(BAD_INPUT))
+def test_bad_input_gets_one_line_and_nonzero_exit(bad_input_results, case):
+  _assert_one_line_refusal(bad_input_results[case], BAD_INPUT[case][1])
+
+
+def test_bad_input_in_a_fresh_process_gets_one_line_and_nonzero_exit():
+  args, message = BAD_INPUT['unknown_key']
+  result = conftest.run_script(args)
+  _assert_one_line_refusal(result, message)
+  assert result.stdout == ''
 
 
 def test_none_sets_an_optional_number_back_to_its_default(tmp_path):
