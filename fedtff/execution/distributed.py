@@ -422,7 +422,13 @@ def remote_runtime(workers: Sequence[str], *,
   """
   if not connect_timeout_s > 0:
     raise ValueError(f'connect_timeout_s must be positive, got {connect_timeout_s}.')
-  stubs = connect(workers, timeout_s=connect_timeout_s)
+  with splitting_runtime(connect(workers, timeout_s=connect_timeout_s)) as context:
+    yield context
+
+
+@contextlib.contextmanager
+def splitting_runtime(stubs: Sequence[WorkerStub]) -> Iterator[SplittingContext]:
+  """Installs a `SplittingContext` over connected `stubs` for the block; closes them after."""
   compiler = SharedCompiler()
   contexts = [WorkerContext(stub, compiler) for stub in stubs]
   try:

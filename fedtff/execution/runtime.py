@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -162,6 +163,20 @@ def kill_all_workers() -> None:
 def _raise_system_exit(signum, frame):
   del frame
   raise SystemExit(128 + signum)
+
+
+def install_stop_handlers(stop: threading.Event, logger: logging.Logger) -> None:
+  """SIGINT and SIGTERM set `stop` (logged on `logger`), for a server's main loop;
+  installed before a worker binary starts, so that it does not inherit an
+  ignored SIGINT from a shell's `&`."""
+
+  def handler(signum, frame):
+    del frame
+    logger.info('received %s, stopping', signal.Signals(signum).name)
+    stop.set()
+
+  signal.signal(signal.SIGINT, handler)
+  signal.signal(signal.SIGTERM, handler)
 
 
 def install_signal_handlers() -> None:

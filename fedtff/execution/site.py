@@ -37,7 +37,6 @@ import logging
 import os
 import select
 import shutil
-import signal
 import socket
 import ssl
 import sys
@@ -558,14 +557,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   _configure_logging(args.site)
   stop = threading.Event()
-
-  def handler(signum, frame):
-    del frame
-    _logger.info('received %s, stopping', signal.Signals(signum).name)
-    stop.set()
-
-  signal.signal(signal.SIGINT, handler)
-  signal.signal(signal.SIGTERM, handler)
+  runtime.install_stop_handlers(stop, _logger)
   server = None
   try:
     server = SiteServer(args.site, args.data, args.credentials, port=args.port, host=args.host,

@@ -26,7 +26,6 @@ import ssl
 from typing import Any, Dict, Iterator, Mapping
 
 import grpc
-import tensorflow_federated as tff
 
 from fedtff.execution import distributed
 from fedtff.execution import runtime
@@ -253,18 +252,10 @@ def secure_runtime(credentials: TrainerCredentials, sites: Mapping[str, str], *,
     for stub in stubs:
       stub.close()
     raise
-  compiler = distributed.SharedCompiler()
-  contexts = [distributed.WorkerContext(stub, compiler) for stub in stubs]
   for stub in stubs:
     stub.start_monitor()
-  try:
-    context = distributed.SplittingContext(contexts)
-    with tff.framework.get_context_stack().install(context):
-      yield context
-  finally:
-    for stub, context in zip(stubs, contexts):
-      stub.close()
-      context.close()
+  with distributed.splitting_runtime(stubs) as context:
+    yield context
 
 
 class TlsConnector:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -137,19 +136,6 @@ def _advertised(host: str, port: int) -> str:
   return f'[{name}]:{port}' if ':' in name else f'{name}:{port}'
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
-  """SIGINT and SIGTERM set `stop`; installed before the binary starts, so it
-  does not inherit an ignored SIGINT from a shell's `&`."""
-
-  def handler(signum, frame):
-    del frame
-    _logger.info('received %s, stopping', signal.Signals(signum).name)
-    stop.set()
-
-  signal.signal(signal.SIGINT, handler)
-  signal.signal(signal.SIGTERM, handler)
-
-
 def serve(port: int, *, host: str = '0.0.0.0', max_concurrent_computation_calls: int = -1,
           worker_log: Optional[str] = None, startup_timeout_s: float = 60.0,
           stop: Optional[threading.Event] = None) -> int:
@@ -203,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
   _configure_logging()
   stop = threading.Event()
-  _install_stop_handlers(stop)
+  runtime.install_stop_handlers(stop, _logger)
   try:
     return serve(args.port, host=args.host,
                  max_concurrent_computation_calls=args.max_concurrent_computation_calls,
