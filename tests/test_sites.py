@@ -111,6 +111,25 @@ def routed(plain_sites):
   return federation, processes, state
 
 
+def test_dp_accounting_over_sites_is_the_local_runs(plain_sites, tmp_path):
+  """DP-FedAvg over the sites (secure aggregation off: it masks the plain mean only) reports
+  the privacy/epsilon of the same run on one machine, round by round."""
+  def dp(config):
+    config.total_rounds, config.rounds_per_eval, config.per_client_eval = 2, 2, False
+    config.algorithm.weighted = False
+    config.aggregator.kind = 'dp'
+    config.aggregator.clip_norm = 1.0
+    config.aggregator.noise_multiplier = 0.5
+    return config
+
+  local, _ = run(dp(quickstart()), str(tmp_path / 'local'))
+  federated, _ = run(dp(quickstart([s.spec for s in plain_sites])), str(tmp_path / 'sites'))
+  assert [r['round'] for r in federated] == [1, 2]
+  assert [r['privacy/epsilon'] for r in federated] == pytest.approx(
+      [r['privacy/epsilon'] for r in local], rel=1e-12)
+  assert federated[-1]['privacy/epsilon'] > 0
+
+
 def test_a_site_without_clients_in_the_round_still_runs(plain_sites, routed):
   federation, (site_process, local_process), state = routed
   held = lambda site: [i for i in federation['train_client_ids']
