@@ -131,7 +131,8 @@ def test_script_prints_each_outcome_and_the_tally():
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('passed   quickstart_dp.py:ftrl_noiseless: max |diff| ')
-  assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0'
+  assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0, not run 0'
+  assert lines[-2].split()[:7] == ['quickstart_dp.py', '1', '1', '0', '0', '0', '0']
   bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (

@@ -76,6 +76,8 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
     family = ', '.join(s.name for s in registry.REGISTRY.values() if s.schedules)
     raise ValueError('Client learning-rate schedules combine with the FedAvg family '
                      f'({family}), not with {algorithm}.')
+  if client_learning_rate_schedule is not None:
+    fed_avg.check_scheduled_weighting(weighted)
   expected = spec.server_family
   if server_optimizer is not None and expected:
     family = _optimizer_family(server_optimizer)
