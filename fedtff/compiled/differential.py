@@ -680,7 +680,7 @@ def family(name: str) -> str:
   if name.startswith('grid:'):
     return 'grid ' + name.rsplit('/', 1)[1]
   if name.startswith('dropout:'):
-    return 'dropout rate'
+    return 'dropout'
   parts = name.split(':')
   return ':'.join(parts[:2]) if parts[0] == 'reddi.py' else parts[0]
 
