@@ -54,7 +54,7 @@ naming the option. Nothing else is invalid: a TypeError, or any exception
 from a build or a round, is a failure.
 `shipped_combinations` enumerates configs/*.py and their variants,
 `grid_combinations` algorithm x aggregator x weighting x schedule x model
-kind. scripts/differential.py runs them; docs/algorithms.md has the tally.
+kind. scripts/differential.py runs them; docs/performance.md has the tally.
 """
 
 from __future__ import annotations
