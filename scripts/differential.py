@@ -90,7 +90,8 @@ def main(argv=None):
   names = [name for name, _ in selected]
   outcomes = [o for o in differential.load_outcomes(args.results) if o.name in set(names)] if (
       args.results) else []
-  done, fingerprint, changed = {o.name for o in outcomes}, differential.source_fingerprint(REPO), False
+  done, changed = {o.name for o in outcomes}, False
+  fingerprint = differential.source_fingerprint(REPO)
   for name, run in ([] if args.report else selected):
     if name in done:
       continue

@@ -595,7 +595,8 @@ def check(combination: Combination, *, rounds: int = ROUNDS,
     z = experiment.noise_multiplier(config, task)
     noised, quantizes = _noised(config), _quantizes(config, task)
     twin, twin_z = _twin(config, task, noised, quantizes), 0.0 if noised else z
-    _check_options(experiment._process_options(twin, task, twin_z))  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    _check_options(experiment._process_options(twin, task, twin_z))
   except ValueError as e:
     return Outcome(combination.name, INVALID, message=str(e))
   try:
