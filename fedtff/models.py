@@ -340,6 +340,9 @@ _FACTORIES: dict[str, Callable[..., tf.keras.Model]] = {
     'resnet18_group_norm': resnet18_group_norm,
 }
 MODEL_NAMES = tuple(_FACTORIES)
+# The models with dropout layers; their factory takes `dropout=False` to leave them out
+# (config key model.dropout).
+DROPOUT_MODELS = ('emnist_cnn',)
 
 
 def build(name: str, **kwargs) -> tf.keras.Model:

@@ -226,6 +226,8 @@ def _with_l2(model_fn: Callable[[], tf.keras.Model], scale: float) -> Callable[[
 def _model_fn(config: ml_collections.ConfigDict, input_shape, num_classes: int,
               weight_decay: float = 0.0):
   kwargs = {'hidden_units': tuple(config.hidden_units)} if config.name == 'mlp' else {}
+  if config.name in models.DROPOUT_MODELS:
+    kwargs['dropout'] = config.dropout
   model_fn = functools.partial(models.build, config.name, input_shape=tuple(input_shape),
                                num_classes=num_classes, **kwargs)
   return _with_l2(model_fn, weight_decay) if weight_decay else model_fn

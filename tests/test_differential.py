@@ -131,7 +131,8 @@ def test_script_prints_each_outcome_and_the_tally():
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('passed   quickstart_dp.py:ftrl_noiseless: max |diff| ')
-  assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0'
+  assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0, not run 0'
+  assert lines[-2].split()[:7] == ['quickstart_dp.py', '1', '1', '0', '0', '0', '0']
   bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
@@ -215,3 +216,65 @@ def test_quantizing_compression_is_bounded_by_one_step_per_client():
   assert outcome.status == differential.PASSED, outcome.line()
   assert 'round-1 quantization error tff ' in outcome.message
   assert outcome.max_difference <= differential.TOLERANCE  # The unquantized twin.
+
+
+def test_an_exception_from_a_build_is_a_failure_with_its_traceback():
+  """Only validation steps make a config invalid: a TypeError raised while building the
+  compiled engine (a client optimizer of the wrong type) is a failure, printed in full."""
+  outcome = check('broken', tiny_config(), compiled_options={'client_optimizer': 'sgd'})
+  assert outcome.status == differential.FAILED, outcome.line()
+  assert outcome.max_difference is None
+  assert outcome.message.split(':')[0].endswith('Error')
+  assert outcome.traceback.startswith('Traceback (most recent call last):')
+
+
+def test_dropout_rate_is_the_layers_on_both_engines():
+  outcome = differential.check_dropout_rate(0.5)
+  assert outcome.status == differential.PASSED, outcome.line() + outcome.traceback
+  assert outcome.message.startswith('tff 0.') and '; compiled 0.' in outcome.message
+
+
+def test_dropout_fraction_rejects_another_rate_or_scaling():
+  mask = np.random.default_rng(0).random(4000) >= 0.25  # Kept with probability 0.75.
+  assert differential.dropout_fraction(mask * 0.5 / 0.75, 0.25)[0]
+  assert not differential.dropout_fraction(mask * 0.5 / 0.75, 0.5)[0]  # Another rate.
+  assert not differential.dropout_fraction(mask * 0.5, 0.25)[0]  # Kept ones not scaled.
+  assert not differential.dropout_fraction(np.full(4000, 0.5), 0.25)[0]  # No dropout.
+
+
+def test_model_dropout_false_leaves_out_the_dropout_layers():
+  config = config_lib.resolve(tiny_config(data__dataset='emnist_digits', model__name='emnist_cnn',
+                                          data__synthetic_standin=True))
+  layers = lambda c: [type(l).__name__ for l in tasks.build_task(c).model_fn().layers]
+  with_dropout = layers(config)
+  config.model.dropout = False
+  assert with_dropout.count('Dropout') == 2
+  assert layers(config) == [l for l in with_dropout if l != 'Dropout']
+
+
+def test_results_are_a_checkpoint_and_report_counts_what_did_not_run(tmp_path):
+  results = str(tmp_path / 'results.jsonl')
+  differential.save_outcome(results, differential.Outcome(
+      'mcmahan_digits.py:iid:fedsgd', differential.PASSED, 2e-7, 'round 3 state x', share=0.02))
+  differential.save_outcome(results, differential.Outcome('dropout:rate=0.5', differential.FAILED,
+                                                          message='tff 0.1 dropped'))
+  two_digits = r'^mcmahan_digits\.py:iid:(fedsgd|fedavg_e1_binf)$'
+  result = conftest.run_script(['scripts/differential.py', '--results', results, '--report',
+                                '--filter', two_digits + '|^dropout:'])
+  assert result.returncode == 1, result.stderr
+  lines = result.stdout.strip().splitlines()
+  table = {line.split()[0]: line.split()[1:] for line in lines[1:-1]}
+  # checked passed failed refused invalid not-run, largest |diff| (share).
+  assert table['mcmahan_digits.py'][:6] == ['1', '1', '0', '0', '0', '1']
+  assert table['mcmahan_digits.py'][6:] == ['2e-07', '(0.02)']
+  assert table['dropout'][:6] == ['1', '0', '1', '0', '0', '1']
+  assert lines[-1] == 'checked 2, passed 1, failed 1, refused 0, invalid 0, not run 2'
+
+
+def test_the_source_fingerprint_sees_an_edit(tmp_path):
+  package = tmp_path / 'fedtff' / 'algorithms'
+  package.mkdir(parents=True)
+  (package / 'fed_prox.py').write_text('def f():\n  pass\n')
+  before = differential.source_fingerprint(str(tmp_path))
+  (package / 'fed_prox.py').write_text('# moved\ndef f():\n  pass\n')
+  assert differential.source_fingerprint(str(tmp_path)) != before

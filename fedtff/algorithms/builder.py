@@ -56,6 +56,10 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
     ditto.check_lambda(ditto_lambda)
     if client_optimizer is not None:
       ditto.check_client_optimizer(client_optimizer)
+  if algorithm == 'fednova':
+    fed_nova.check_aggregator(aggregator)
+    if client_optimizer is not None:
+      fed_nova.check_client_optimizer(client_optimizer)
   if (q is not None) != spec.needs_q:
     raise ValueError('q is required by qfedavg and used by no other algorithm; got '
                      f'algorithm={algorithm!r}, q={q}.')
@@ -76,6 +80,8 @@ def _check_options(algorithm: str, *, server_optimizer, client_optimizer,
     family = ', '.join(s.name for s in registry.REGISTRY.values() if s.schedules)
     raise ValueError('Client learning-rate schedules combine with the FedAvg family '
                      f'({family}), not with {algorithm}.')
+  if client_learning_rate_schedule is not None:
+    fed_avg.check_scheduled_weighting(weighted)
   expected = spec.server_family
   if server_optimizer is not None and expected:
     family = _optimizer_family(server_optimizer)

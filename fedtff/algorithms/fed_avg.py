@@ -41,6 +41,14 @@ def default_server_optimizer() -> optimizers.TffOptimizer:
   return registry.default_server_optimizer('fedavg')
 
 
+def check_scheduled_weighting(weighted: bool) -> None:
+  """Refuses a client learning-rate schedule with `weighted=False` (one-line ValueError):
+  TFF builds scheduled FedAvg only with example weighting."""
+  if not weighted:
+    raise ValueError('Client learning-rate schedules need weighted=True (TFF builds '
+                     'scheduled FedAvg only with example weighting).')
+
+
 def scheduled_optimizer_fn(client_optimizer: Optional[ClientOptimizer], *, weighted: bool
                           ) -> Callable[[float], optimizers.TffOptimizer]:
   """The client optimizer of a scheduled FedAvg as a function of the learning rate.
@@ -56,9 +64,7 @@ def scheduled_optimizer_fn(client_optimizer: Optional[ClientOptimizer], *, weigh
     ValueError: If `weighted` is False.
     TypeError: If `client_optimizer` is an optimizer, not a function.
   """
-  if not weighted:
-    raise ValueError('Client learning-rate schedules need weighted=True (TFF builds '
-                     'scheduled FedAvg only with example weighting).')
+  check_scheduled_weighting(weighted)
   if client_optimizer is None:
     return optimizers.build_fn('sgd')
   if isinstance(client_optimizer, optimizers.TffOptimizer):

@@ -35,27 +35,45 @@ against its bound (`check_quantization`): one quantization step per client,
 `sum_i step_i / sum_i w_i` per coordinate of the weighted mean, as
 tests/test_compiled_quantize.py bounds the sums.
 
+Dropout draws each engine's own unseeded masks too, so a model with dropout
+layers (`fedtff.models.DROPOUT_MODELS`) is compared with the config key
+`model.dropout=False` on both engines (`_twin`: the same model without its
+dropout layers), and `check_dropout_rate` checks separately that with dropout
+on, both engines drop activations at the layer's rate and scale the kept ones
+by `1/(1-rate)` (Srivastava et al., JMLR 2014): a statement about the rate and
+the scaling, not about equal masks.
+
 Each combination ends as one `Outcome`: passed; failed (the largest
-difference and where); refused by the compiled engine (its one-line reason:
-the engine's remaining gaps); or invalid (the config itself is refused).
+difference and where, or an exception raised while building or running
+either engine, with its traceback); refused by the compiled engine (its
+one-line reason, a `ConfigError` ending "use engine='tff'.": the engine's
+remaining gaps); or invalid: refused by a validation step the runner runs
+before building anything (`config_lib.validate`'s `ConfigError`, the task's
+checks, the TFF builder's option checks `builder._check_options`), one line
+naming the option. Nothing else is invalid: a TypeError, or any exception
+from a build or a round, is a failure.
 `shipped_combinations` enumerates configs/*.py and their variants,
 `grid_combinations` algorithm x aggregator x weighting x schedule x model
-kind. scripts/differential.py runs them; docs/algorithms.md has the tally.
+kind. scripts/differential.py runs them; docs/performance.md has the tally.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import glob
 import itertools
+import json
 import math
 import os
 import tempfile
+import traceback as traceback_lib
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff.algorithms import aggregators
@@ -63,12 +81,14 @@ from fedtff.research import benchmarks
 from fedtff.runner import client_states
 from fedtff.runner import config as config_lib
 from fedtff import data
+from fedtff import models
 from fedtff.runner import experiment
 from fedtff import compiled
 from fedtff.research import sweeps
 from fedtff import tasks
 from fedtff.runner import training
 from fedtff.algorithms import builder
+from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -86,6 +106,9 @@ TOLERANCE = 1e-5
 RELATIVE_TOLERANCE = 1e-6
 ROUNDS = 3
 PASSED, FAILED, REFUSED, INVALID = 'passed', 'failed', 'refused', 'invalid'
+# The rates of the dropout layers of the shipped models (emnist_cnn's), probed by
+# `check_dropout_rate`.
+DROPOUT_RATES = (0.25, 0.5)
 _USE_TFF = "use engine='tff'."
 STATUSES = (PASSED, FAILED, REFUSED, INVALID)
 # A statistic passes within this many standard errors.
@@ -122,6 +145,7 @@ class Outcome:
     share: The largest difference as a share of its value's tolerance
       (`allowed_difference`; passed needs at most 1), or None.
     share_where: Where that share occurred.
+    traceback: The traceback of an exception that made the check fail, or ''.
   """
   name: str
   status: str
@@ -130,6 +154,7 @@ class Outcome:
   message: str = ''
   share: Optional[float] = None
   share_where: str = ''
+  traceback: str = ''
 
   def line(self) -> str:
     """One line: `<status> <name>: <detail>`."""
@@ -241,7 +266,7 @@ def _validate(config: ml_collections.ConfigDict) -> Optional[Outcome]:
     candidate.engine = engine
     try:
       config_lib.validate(candidate)
-    except ValueError as e:
+    except config_lib.ConfigError as e:
       return Outcome('', status, message=str(e))
   return None
 
@@ -258,7 +283,6 @@ class _Engines:
 
   def __init__(self, config, task, z: Optional[float], *, compiled_options=None):
     options = experiment._process_options(config, task, z)  # pylint: disable=protected-access
-    _check_options(options)
     self.config, self.task = config, task
     self.compiled = experiment.build_compiled_process(config, task, options=dict(options,
                                                                          **(compiled_options or {})))
@@ -300,7 +324,8 @@ def _is_stateful(config) -> bool:
 
 
 def _check_options(options: Dict[str, Any]) -> None:
-  """The TFF builder's own checks (ValueError: invalid), before the compiled engine's refusals."""
+  """The TFF builder's own option checks (a one-line ValueError: invalid), run before either
+  engine is built, so that an error from a build is never taken for one of them."""
   builder._check_options(  # pylint: disable=protected-access
       options['algorithm'], **{k: options[k] for k in (
           'server_optimizer', 'client_optimizer', 'client_learning_rate_schedule',
@@ -524,6 +549,22 @@ def _randomized_checks(config, task, z, engines: _Engines, noised: bool,
   return all(ok for ok, _ in results), '; '.join(message for _, message in results)
 
 
+def _without_dropout(config: ml_collections.ConfigDict) -> Tuple[ml_collections.ConfigDict, bool]:
+  """`config` with `model.dropout=False` (both engines' model without its dropout layers), and
+  whether that changed the model: each engine draws its own dropout masks, unseeded."""
+  if config.model.name not in models.DROPOUT_MODELS or not config.model.dropout:
+    return config, False
+  config = config.copy_and_resolve_references()
+  config.model.dropout = False
+  return config, True
+
+
+def _failure(name: str, error: BaseException) -> Outcome:
+  """A check that raised: failed, with the exception's one line and its traceback."""
+  return Outcome(name, FAILED, message=f'{type(error).__name__}: {error}'.splitlines()[0],
+                 traceback=''.join(traceback_lib.format_exception(error)))
+
+
 def check(combination: Combination, *, rounds: int = ROUNDS,
           tolerance: float = TOLERANCE, compiled_options: Optional[Dict[str, Any]] = None
          ) -> Outcome:
@@ -535,35 +576,166 @@ def check(combination: Combination, *, rounds: int = ROUNDS,
     tolerance: The absolute part `atol` of `allowed_difference`.
     compiled_options: Builder options overriding the compiled engine's only, to
       test the harness itself (e.g. another client optimizer).
+
+  Returns:
+    The `Outcome`. An exception raised after the validation steps (building
+    either engine, a round, a statistical check) is a failed outcome carrying
+    its traceback, never invalid; only the compiled engine's own refusal
+    (a `ConfigError` ending "use engine='tff'.") is refused.
   """
   config = shrink(combination.config, rounds=rounds)
   refusal = _validate(config)
   if refusal:
     return dataclasses.replace(refusal, name=combination.name)
-  config = config_lib.resolve(config)  # The algorithm's defaults, as run_experiment fills them.
-  try:
+  # The algorithm's defaults, as run_experiment fills them; dropout off on both engines.
+  config, dropout_off = _without_dropout(config_lib.resolve(config))
+  try:  # The runner's checks before anything is built: a one-line ValueError each.
     task = tasks.build_task(config)
     experiment.check_task(config, task)
     z = experiment.noise_multiplier(config, task)
+    noised, quantizes = _noised(config), _quantizes(config, task)
+    twin, twin_z = _twin(config, task, noised, quantizes), 0.0 if noised else z
+    # pylint: disable-next=protected-access
+    _check_options(experiment._process_options(twin, task, twin_z))
   except ValueError as e:
     return Outcome(combination.name, INVALID, message=str(e))
-  noised, quantizes = _noised(config), _quantizes(config, task)
   try:
-    engines = _Engines(_twin(config, task, noised, quantizes), task, 0.0 if noised else z,
-                       compiled_options=compiled_options)
-  except (ValueError, TypeError) as e:
-    # The compiled engine's refusals end "...; use engine='tff'."; any other error is
-    # a check both engines share (e.g. the builders'), so the config is invalid.
-    refused = isinstance(e, config_lib.ConfigError) and str(e).endswith(_USE_TFF)
-    return Outcome(combination.name, REFUSED if refused else INVALID, message=str(e))
-  found = compare_rounds(engines, rounds, atol=max(tolerance, rounding_tolerance(
-      config, task, rounds)))
-  ok, message = _randomized_checks(config, task, z, engines, noised, quantizes)
+    try:
+      engines = _Engines(twin, task, twin_z, compiled_options=compiled_options)
+    except config_lib.ConfigError as e:
+      if str(e).endswith(_USE_TFF):  # The compiled engine's refusal: one of its gaps.
+        return Outcome(combination.name, REFUSED, message=str(e))
+      raise
+    found = compare_rounds(engines, rounds, atol=max(tolerance, rounding_tolerance(
+        config, task, rounds)))
+    ok, message = _randomized_checks(config, task, z, engines, noised, quantizes)
+  except Exception as e:  # pylint: disable=broad-except  # Any other error is a failure.
+    return _failure(combination.name, e)
+  if dropout_off:
+    message = '; '.join(m for m in ('dropout off on both engines (model.dropout=False)',
+                                    message) if m)
   return Outcome(combination.name, PASSED if ok and found.share <= 1 else FAILED, found.largest,
                  found.where, message, found.share, found.share_where)
+
+
+def _dropout_probe(features: int, rate: float) -> tf.keras.Model:
+  """All-ones input -> Dropout(rate) -> a 2-logit linear layer, zero kernel, no bias."""
+  return tf.keras.Sequential([
+      tf.keras.layers.InputLayer(input_shape=(features,)), tf.keras.layers.Dropout(rate),
+      tf.keras.layers.Dense(2, use_bias=False, kernel_initializer='zeros')])
+
+
+def dropout_fraction(kernel_column: np.ndarray, rate: float) -> Tuple[bool, str]:
+  """Whether a probe's trained kernel column shows dropout at `rate`.
+
+  One SGD step at learning rate 1 on one example of label 0 from the zero
+  kernel gives row i of column 0 the value `h_i / 2`, where `h_i` is input 1
+  after dropout: 0 with probability `rate`, else `1 / (1 - rate)`. So the
+  share of zero rows must be `rate` within `NOISE_SIGMAS` standard errors,
+  and every other row exactly `0.5 / (1 - rate)` (`allowed_difference`).
+  """
+  n = kernel_column.size
+  zero = np.abs(kernel_column) <= allowed_difference(0.0)
+  kept = 0.5 / (1 - rate)
+  share = float(np.mean(zero))
+  scaled = bool(np.all(np.abs(kernel_column[~zero] - kept) <= allowed_difference(kept)))
+  ok = scaled and abs(share - rate) <= NOISE_SIGMAS * math.sqrt(rate * (1 - rate) / n)
+  return ok, (f'{share:.4f} of {n} dropped (rate {rate}), kept ones '
+              + ('' if scaled else 'not ') + f'scaled to {kept:.4g}')
+
+
+def check_dropout_rate(rate: float, *, features: int = 4000) -> Outcome:
+  """With dropout on, both engines drop inputs at `rate` and scale the rest by `1/(1-rate)`.
+
+  Each engine runs one FedAvg round (client and server SGD at learning rate 1,
+  one client with one example of `features` ones and label 0) of
+  `_dropout_probe`; `dropout_fraction` reads its dropout from the new kernel.
+  The masks are each engine's own draws, so this checks the rate, the scaling
+  and that training applies dropout, not that the engines' masks are equal.
+  """
+  name = f'dropout:rate={rate}'
+  try:
+    dataset = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+        x=np.ones((1, features), np.float32), y=np.zeros((1,), np.int32))).batch(1)
+    model_fn = functools.partial(_dropout_probe, features, rate)
+    options = dict(algorithm='fedavg', client_optimizer=optimizers.build('sgd', 1.0),
+                   server_optimizer=optimizers.build('sgd', 1.0))
+    tff_process = builder.build_learning_process(model_fn, dataset, **options)
+    compiled_process = compiled.build_compiled_process(model_fn, dataset, **options)
+    kernels = {
+        'tff': tff_process.get_model_weights(
+            tff_process.next(tff_process.initialize(), [dataset]).state).trainable[0],
+        'compiled': compiled_process.get_model_weights(compiled_process.next(
+            compiled_process.initialize(), compiled.from_datasets([dataset])).state).trainable[0]}
+    results = {engine: dropout_fraction(np.asarray(kernel)[:, 0], rate)
+               for engine, kernel in kernels.items()}
+  except Exception as e:  # pylint: disable=broad-except  # Any error is a failure.
+    return _failure(name, e)
+  return Outcome(name, PASSED if all(ok for ok, _ in results.values()) else FAILED,
+                 message='; '.join(f'{engine} {m}' for engine, (_, m) in results.items()))
+
+
+def family(name: str) -> str:
+  """The row of the results table a combination counts in: its config file (Reddi et al.:
+  file and task), the grid's model kind, or the dropout-rate checks."""
+  if name.startswith('grid:'):
+    return 'grid ' + name.rsplit('/', 1)[1]
+  if name.startswith('dropout:'):
+    return 'dropout'
+  parts = name.split(':')
+  return ':'.join(parts[:2]) if parts[0] == 'reddi.py' else parts[0]
 
 
 def tally(outcomes: List[Outcome]) -> Dict[str, int]:
   """{'checked': n, 'passed': ..., 'failed': ..., 'refused': ..., 'invalid': ...}."""
   counts = collections.Counter(o.status for o in outcomes)
   return dict(checked=len(outcomes), **{s: counts[s] for s in STATUSES})
+
+
+def tally_by_family(outcomes: List[Outcome], names: List[str]) -> Dict[str, Dict[str, Any]]:
+  """`tally` per `family` of `names` (the selected combinations), with 'not run' (selected,
+  no outcome) and the largest difference and share of its tolerance of those compared."""
+  by_name = {o.name: o for o in outcomes}
+  rows = {}
+  for fam in dict.fromkeys(family(n) for n in names):
+    chosen = [n for n in names if family(n) == fam]
+    done = [by_name[n] for n in chosen if n in by_name]
+    compared = [o for o in done if o.max_difference is not None]
+    rows[fam] = dict(tally(done), **{'not run': len(chosen) - len(done)}, largest=max(
+        (o.max_difference for o in compared), default=None), share=max(
+            (o.share for o in compared if o.share is not None), default=None))
+  return rows
+
+
+def save_outcome(path: str, outcome: Outcome) -> None:
+  """Appends `outcome` to the JSON-lines results file `path` (a checkpoint: one line each)."""
+  with open(path, 'a') as f:
+    f.write(json.dumps(dataclasses.asdict(outcome)) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def load_outcomes(path: str) -> List[Outcome]:
+  """The outcomes saved in `path` (the last one per name), or [] if it does not exist."""
+  if not os.path.exists(path):
+    return []
+  found = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        outcome = Outcome(**json.loads(line))
+        found[outcome.name] = outcome
+  return list(found.values())
+
+
+def source_fingerprint(root: str) -> Dict[str, Tuple[int, int]]:
+  """(mtime, size) of each .py file of fedtff/ and configs/ under `root`.
+
+  A run must not see its source change: autograph reads a function's source
+  from disk when it first converts it (`inspect.getsource`, by line number),
+  so after an edit it converts whatever now stands at the old line. That was
+  the FedProx TypeError (docs/performance.md).
+  """
+  paths = glob.glob(os.path.join(root, 'fedtff', '**', '*.py'), recursive=True)
+  paths += glob.glob(os.path.join(root, 'configs', '*.py'))
+  return {p: (os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in sorted(paths)}

@@ -90,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
       drop_remainder=False, weight_decay=0.0,
       cache_dir='', allow_download=False, synthetic_standin=False, max_test_clients=0,
       eval_batch_size=0, sequence_length=0, vocab_size=10000, feed='auto', feed_dir=''))
-  config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,)))
+  # dropout=False leaves out a built-in model's dropout layers (emnist_cnn's): the
+  # differential harness compares the engines with it off (fedtff.compiled.differential).
+  config.model = ml_collections.ConfigDict(dict(name='mlp', hidden_units=(64,), dropout=True))
   config.algorithm = ml_collections.ConfigDict(dict(
       name='fedavg', weighted=True, proximal_strength=0.0,
       # fedprox: adapt mu after every round from the round's train/loss (Li et al.,
