@@ -1,13 +1,10 @@
 """The default trainer step of scripts/cross_silo_demo.sh (docs/cross_silo.md, "The demo").
 
-Trains the quickstart (configs/quickstart.py, --rounds rounds, evaluated at the last) twice with
-experiments/train.py on the TFF engine: over the sites in $FEDTFF_SITES with the credentials in
-$FEDTFF_CREDENTIALS (mutual TLS, secure aggregation on), while capturing every TCP stream on
---bridge; and on this machine alone. Then checks that every metrics row agrees within 1e-5 (all
-columns but the timing ones), and that the capture, complete, holds no copy of the needle: the
-float32 bytes of the first training example in alice's data directory (which the positive control
-finds in alice's clients.sqlite). Prints PASS or FAIL; exits 1 on FAIL.
-"""
+Trains the quickstart (--rounds rounds, evaluated at the last) with experiments/train.py on the TFF
+engine over the sites in $FEDTFF_SITES with $FEDTFF_CREDENTIALS (mutual TLS, secure aggregation),
+capturing every TCP stream on --bridge, then on this machine alone. PASS (else FAIL, exit 1): all
+metrics rows agree within 1e-5 (timing columns aside), and the complete capture holds no copy of
+the float32 bytes of alice's first training example (found in her clients.sqlite as a control)."""
 
 import argparse
 import os
