@@ -4,7 +4,7 @@ Trains the quickstart (--rounds rounds, evaluated at the last) with experiments/
 engine over the sites in $FEDTFF_SITES with $FEDTFF_CREDENTIALS (mutual TLS, secure aggregation),
 capturing every TCP stream on --bridge, then on this machine alone. PASS (else FAIL, exit 1): all
 metrics rows agree within 1e-5 (timing columns aside), and the complete capture holds no copy of
-the float32 bytes of alice's first training example (found in her clients.sqlite as a control)."""
+the float32 bytes of the first site's first training example (in its clients.sqlite: a control)."""
 
 import argparse
 import os
@@ -71,11 +71,12 @@ def main():
   parser.add_argument('--rounds', type=int, default=5)
   args = parser.parse_args()
   sites = os.environ['FEDTFF_SITES'].split(',')
-  client, canary = needle(os.path.join(args.data, 'alice'))
-  with open(os.path.join(args.data, 'alice', site_data.EXAMPLES), 'rb') as f:
+  first = sites[0].split('=')[0]  # alice, by default.
+  client, canary = needle(os.path.join(args.data, first))
+  with open(os.path.join(args.data, first, site_data.EXAMPLES), 'rb') as f:
     on_disk = canary in f.read()
-  print(f'needle: the {len(canary)} bytes of client {client}\'s first example at alice '
-        f'(found in alice\'s clients.sqlite: {on_disk})')
+  print(f'needle: the {len(canary)} bytes of client {client}\'s first example at {first} '
+        f'(found in {first}\'s clients.sqlite: {on_disk})')
   with capture.TrafficCapture(args.bridge) as seen:
     federated = train(os.path.join(args.workdir, 'sites'), args.rounds,
                       f'--config.runtime.sites={tuple(sites)!r}',
