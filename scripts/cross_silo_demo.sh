@@ -2,16 +2,20 @@
 # Cross-silo on one machine: sites alice, bob and carol, each in a network namespace of its own,
 # serving over mutual TLS; the trainer in this (root) namespace (docs/cross_silo.md).
 #
-#   sudo scripts/cross_silo_demo.sh                 # default trainer step: check every site
+#   sudo scripts/cross_silo_demo.sh                 # default trainer step: the quickstart
 #   sudo scripts/cross_silo_demo.sh CMD ARGS...     # run CMD as the trainer instead
 #
 # As scripts/netns_demo.sh: a bridge here (address .1 of a private /24, 10.231.8.0/24 unless
 # SUBNET=a.b.c) joins one veth per namespace; no packet leaves the machine. Each site runs
 # `python -m fedtff.execution.site --site=NAME --port=8000 --host=<its address>` with the
 # credentials `python -m fedtff.execution.certs` made for it in $WORK/certs/NAME, and its data in
-# $WORK/data/NAME (prepare_site_data). The site's worker_binary runs in yet another namespace,
-# private to the site, that has only loopback. The trainer command sees FEDTFF_CREDENTIALS (its
-# credentials directory) and FEDTFF_SITES ('alice=10.231.8.11:8000,bob=...'). On exit, normal or
+# $WORK/data/NAME (export_site_data: the quickstart's clients, split over the sites). The site's
+# worker_binary runs in yet another namespace, private to the site, that has only loopback. The
+# trainer command sees FEDTFF_CREDENTIALS (its credentials directory) and FEDTFF_SITES
+# ('alice=10.231.8.11:8000,bob=...'). The default trainer step (train_quickstart) trains the
+# quickstart ($ROUNDS rounds, 5 by default) over the sites, capturing the bridge, and on this
+# machine alone, and prints PASS if every metrics row agrees within 1e-5 and a needle from
+# alice's data is absent from the capture (scripts/cross_silo_demo.py). On exit, normal or
 # not, the trap stops the sites and deletes the namespaces, veths, bridge and $WORK (certificates
 # and data); the site logs stay in $LOG_DIR.
 # Needs root (ip netns, ip link; the sites need CAP_SYS_ADMIN for their private namespaces).
@@ -23,6 +27,8 @@ SITES=(${SITES:-alice bob carol})
 SUBNET=${SUBNET:-10.231.8}
 PORT=8000
 BRIDGE=fxsbr0
+DEMO_CONFIG=configs/quickstart.py
+ROUNDS=${ROUNDS:-5}
 PYTHON=${PYTHON:-.venv/bin/python}
 WORK=$(mktemp -d /tmp/fedtff-xsilo.XXXXXX)
 LOG_DIR=$(mktemp -d /tmp/fedtff-xsilo-logs.XXXXXX)
@@ -77,8 +83,9 @@ make_credentials() {
   "$PYTHON" -m fedtff.execution.certs --out="$WORK/certs" --sites "${SITES[@]}" --trainers trainer
 }
 
-prepare_site_data() {  # $1: site name. Hook: export the site's clients into $WORK/data/$1.
-  mkdir -p "$WORK/data/$1"
+export_site_data() {  # Every site's clients of $DEMO_CONFIG into $WORK/data/<site>.
+  "$PYTHON" -m fedtff.execution.site_data export --config="$DEMO_CONFIG" --out="$WORK/data" \
+      --sites "${SITES[@]}"
 }
 
 start_site() {  # $1: site number, $2: site name
@@ -120,16 +127,22 @@ with tls.secure_runtime(creds, sites, connect_timeout_s=60):
 PY
 }
 
-run_trainer() {  # The trainer, in this namespace: "$@", or check_sites without arguments.
-  if [[ $# -eq 0 ]]; then check_sites; else "$@"; fi
+train_quickstart() {  # The default trainer step: scripts/cross_silo_demo.py (PASS or FAIL).
+  check_sites
+  "$PYTHON" scripts/cross_silo_demo.py --bridge="$BRIDGE" --data="$WORK/data" \
+      --workdir="$WORK/runs" --rounds="$ROUNDS"
+}
+
+run_trainer() {  # The trainer, in this namespace: "$@", or train_quickstart without arguments.
+  if [[ $# -eq 0 ]]; then train_quickstart; else "$@"; fi
 }
 
 add_bridge
 make_credentials
+export_site_data
 for i in "${!SITES[@]}"; do
   name=${SITES[$i]}
   add_namespace $((i + 1)) "$name"
-  prepare_site_data "$name"
   start_site $((i + 1)) "$name"
 done
 for i in "${!SITES[@]}"; do wait_for_site $((i + 1)) "${SITES[$i]}"; done

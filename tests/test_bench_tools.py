@@ -3,12 +3,16 @@
 import glob
 import math
 import os
+import socket
 
 import numpy as np
+import portpicker
+import psutil
 import pytest
 
 from fedtff.research import bench_tools
 from tests import conftest
+from tests import test_distributed
 
 MAX_SCRIPT_LINES = 100
 
@@ -84,3 +88,20 @@ def test_population_run_reports_round_time_and_memory_in_a_fresh_process():
 def test_run_in_subprocess_names_the_failure():
   with pytest.raises(RuntimeError, match=r"population_run\(0, 5, 1\) failed"):
     bench_tools.run_in_subprocess('population_run', 0, 5, 1)
+
+
+def test_listening_servers_waits_for_each_server_and_stops_it_with_its_worker(tmp_path):
+  port = portpicker.pick_unused_port()
+  with bench_tools.listening_servers([('fedtff.execution.worker', f'--port={port}')],
+                                     str(tmp_path)) as (proc,):
+    assert proc.poll() is None and 'listening on' in (tmp_path / 'server0.log').read_text()
+    [binary] = [p for p in psutil.Process(proc.pid).children() if p.name() == 'worker_binary']
+    socket.create_connection(('127.0.0.1', port), timeout=10).close()
+  assert proc.poll() is not None
+  test_distributed.assert_gone([binary])
+
+
+def test_listening_servers_names_a_server_that_exits(tmp_path):
+  with pytest.raises(RuntimeError, match='fedtff.execution.worker did not start'):
+    with bench_tools.listening_servers([('fedtff.execution.worker', '--port=0')], str(tmp_path)):
+      pass

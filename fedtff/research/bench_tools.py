@@ -52,6 +52,9 @@ from tensorflow_federated.python.core.impl.executors import value_serialization
 import fedtff
 from fedtff import compiled
 from fedtff.execution import runtime
+from fedtff.execution import site_data
+from fedtff.execution import sites
+from fedtff.runner import experiment
 
 TUTORIAL_BATCH_SIZE, TUTORIAL_LEARNING_RATE = 20, 0.02  # TFF's FedAvg tutorial.
 MIB = 2**20
@@ -437,6 +440,49 @@ def tff_workers(addresses: Sequence[str]) -> Iterator[tuple]:
   finally:
     for worker in started:
       worker.stop()
+
+
+@contextlib.contextmanager
+def listening_servers(commands: Sequence[Sequence[str]], log_dir: str,
+                      timeout_s: float = 240.0) -> Iterator[List[subprocess.Popen]]:
+  """Runs `python -m <command...>` for each command (e.g. `fedtff.execution.worker` or
+  `fedtff.execution.site`), stderr to `log_dir/server<i>.log`, until each logs 'listening on';
+  stops them all (SIGTERM, then SIGKILL after 30 s) on exit.
+
+  Raises:
+    RuntimeError: If one exits or is not listening within `timeout_s` (its log in the message).
+  """
+  procs, logs = [], []
+  try:
+    for i, command in enumerate(commands):
+      logs.append(os.path.join(log_dir, f'server{i}.log'))
+      with open(logs[-1], 'w') as log:
+        procs.append(subprocess.Popen([sys.executable, '-m', *command], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=log))
+    deadline = time.monotonic() + timeout_s
+    for proc, log_path, command in zip(procs, logs, commands):
+      while 'listening on' not in open(log_path).read():
+        if proc.poll() is not None or time.monotonic() > deadline:
+          raise RuntimeError(f'{command[0]} did not start: {open(log_path).read()[-2000:]}')
+        time.sleep(0.2)
+    yield procs
+  finally:
+    for proc in procs:
+      proc.terminate()
+    for proc in procs:
+      try:
+        proc.wait(30)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def site_round_bytes(config, specs: Sequence[str]) -> int:
+  """Bytes of the serialized round the trainer sends to the sites `specs` ('name=host:port')."""
+  task = site_data.site_task(config, sites.federation(specs))
+  process = tff.simulation.compose_dataset_computation_with_learning_process(
+      task.train_data.dataset_computation, experiment.build_process(config, task))
+  return len(tff.framework.ConcreteComputation.get_proto(process.next).SerializeToString())
 
 
 # Runs in a fresh process.
