@@ -43,8 +43,6 @@ from fedtff.runner import config as config_lib
 from fedtff import data
 from fedtff.data import heterogeneity as heterogeneity_lib
 from fedtff.execution import distributed
-from fedtff.execution import site_data
-from fedtff.execution import sites
 from fedtff import compiled
 from fedtff.algorithms import optimizers
 from fedtff.privacy import accounting
@@ -401,7 +399,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
   config, user, user_process = user_task.resolve(config, task=task, process=process)
   run_dir.check_config(workdir, config, overwrite=overwrite)  # Cheap refusals first.
   federation = _site_federation(config, user)
-  task = (site_data.site_task(config, federation) if federation
+  task = (_site_modules()[0].site_task(config, federation) if federation
           else user_task.build_task(config, user))
   check_task(config, task)
   z = noise_multiplier(config, task)
@@ -424,6 +422,16 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *,
     return run_dir.write_summary(workdir, total_time_s=total_time_s, extra=extra)
 
 
+def _site_modules():
+  """(`fedtff.execution.site_data`, `fedtff.execution.sites`), imported when a run has
+  sites: importing fedtff must not import site_data, or its command line
+  (`python -m fedtff.execution.site_data export`) starts with runpy's warning that
+  the module was imported before it ran."""
+  from fedtff.execution import site_data  # pylint: disable=g-import-not-at-top
+  from fedtff.execution import sites  # pylint: disable=g-import-not-at-top
+  return site_data, sites
+
+
 def _site_federation(config, user) -> Optional[Dict[str, Any]]:
   """The sites' clients (`fedtff.execution.sites.federation`) with `runtime.sites`, else None."""
   if not config.runtime.sites:
@@ -432,6 +440,7 @@ def _site_federation(config, user) -> Optional[Dict[str, Any]]:
     raise config_lib.ConfigError("runtime.sites runs the config's own model on the sites' "
                                  'clients; pass no task of your own (task=, model.factory, '
                                  'data.source).')
+  sites = _site_modules()[1]
   return sites.federation(config.runtime.sites, connect=sites.connector_for(config.runtime),
                           timeout_s=config.runtime.connect_timeout_s)
 
@@ -459,6 +468,7 @@ def _runtime(config, engine, workdir: str, secure_streams: Optional[Dict[str, in
   if isinstance(engine.tff_process, _CompiledStateLayout):
     return contextlib.nullcontext()
   if config.runtime.sites:
+    sites = _site_modules()[1]
     return distributed.with_resume_hint(sites.site_runtime(
         config.runtime.sites, connect=sites.connector_for(config.runtime),
         connect_timeout_s=config.runtime.connect_timeout_s, secure_streams=secure_streams),
