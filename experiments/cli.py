@@ -11,13 +11,15 @@ from absl import logging
 from experiments import stopping
 from fedtff.runner import config as config_lib
 from fedtff.execution import distributed
+from fedtff.execution import secagg
 from fedtff.runner import progress
 from fedtff.runner import training
 
 # Errors a user can fix or must know of: shown as one line, no traceback. A
-# WorkerError names the worker (and, from run_experiment, the checkpoint kept).
+# WorkerError names the worker (and, from run_experiment, the checkpoint kept); a
+# SecAggError the site that refused secure aggregation (e.g. a peer's certificate).
 USER_ERRORS = (config_lib.ConfigError, OSError, ValueError, TypeError, KeyError,
-               training.TrainingDivergedError, distributed.WorkerError)
+               training.TrainingDivergedError, distributed.WorkerError, secagg.SecAggError)
 
 
 def reject_extra_args(argv) -> None:
