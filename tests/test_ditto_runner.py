@@ -111,7 +111,7 @@ def test_resume_matches_a_straight_run(straight_run, tmp_path):
 @pytest.mark.parametrize('changes, message', [
     (dict(aggregator=dict(kind='robust', clip_norm=1.0)), "takes aggregator.kind='mean' only"),
     (dict(client=dict(momentum=0.9)), "needs client.optimizer='sgd' with client.momentum=0"),
-    (dict(runtime=dict(workers=('localhost:1',))), 'runtime.workers is not supported'),
+    (dict(runtime=dict(workers=('localhost:1',))), 'runtime.workers and runtime.sites are not supported'),
     (dict(attack=dict(kind='sign_flipping', fraction=0.5)), "takes no attack.kind"),
     (dict(algorithm=dict(ditto_lambda=None)), 'algorithm.ditto_lambda must be set'),
 ], ids=['robust', 'momentum', 'workers', 'attack', 'no-lambda'])

@@ -100,7 +100,7 @@ def test_sigkill_mid_run_then_resume_matches_a_straight_run(straight_run, tmp_pa
     (dict(aggregator=dict(kind='robust', clip_norm=1.0)), "takes aggregator.kind='mean' only"),
     (dict(client=dict(momentum=0.9)), "needs client.optimizer='sgd' with client.momentum=0"),
     (dict(client=dict(optimizer='adam')), "needs client.optimizer='sgd'"),
-    (dict(runtime=dict(workers=('localhost:1',))), 'runtime.workers is not supported'),
+    (dict(runtime=dict(workers=('localhost:1',))), 'runtime.workers and runtime.sites are not supported'),
     (dict(attack=dict(kind='sign_flipping', fraction=0.5)), "takes no attack.kind \\(got 'sign_flipping'\\)"),
 ], ids=['robust', 'momentum', 'adam', 'workers', 'attack'])
 def test_refusals(changes, message):
