@@ -18,6 +18,7 @@ canary: 64 random pixels. The same config then runs three ways:
 Needs root (network namespaces, packet capture), as CI has.
 """
 
+import contextlib
 import os
 import threading
 
@@ -137,13 +138,10 @@ def captures(sites):
 def federated(world, tmp_path_factory):
   """(rows, the captures) of the run over the sites."""
   seen = captures(world[1])
-  for c in seen:
-    c.__enter__()
-  try:
-    rows = run(site_config(world), str(tmp_path_factory.mktemp('sites')))
-  finally:
+  with contextlib.ExitStack() as stack:
     for c in seen:
-      c.__exit__(None, None, None)
+      stack.enter_context(c)
+    rows = run(site_config(world), str(tmp_path_factory.mktemp('sites')))
   return rows, seen
 
 
