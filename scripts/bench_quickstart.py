@@ -4,7 +4,9 @@ Runs README's quickstart command (`scripts/quickstart.sh`, the environment
 already set up) `--runs` times in each of two checkouts, alternating in ABBA
 order so that the load of a shared machine hits both alike: "before", a git
 ref checked out in a temporary worktree that uses this checkout's .venv, and
-"after", this working tree. Each run writes a fresh run directory. Prints
+"after", this working tree. Each run writes a fresh run directory. Both run in this
+checkout's venv, set up (untimed) first, the "before" worktree with this
+checkout's setup files: no timed run may reinstall (bench_tools.share_setup). Prints
 every wall time, with the job's CPU time (user + sys, less sensitive to the
 machine's load) and the load average at its start, the medians, their ratios
 (after / before), and the machine.
@@ -49,6 +51,9 @@ def _job(checkout: str, scratch: str, log: list):
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
     if done.returncode:
       raise RuntimeError(f'The quickstart in {checkout} failed:\n{done.stderr[-2000:]}')
+    if 'is up to date' not in done.stderr.partition('\n')[0]:
+      raise RuntimeError(f'scripts/setup.sh installed in a timed run in {checkout}:\n'
+                         f'{done.stderr[:2000]}')
     log.append((wall, cpu, load))
     print(f'{checkout}: {wall:.2f} s wall, {cpu:.2f} s CPU (load {load:.2f}); '
           f'{done.stdout.strip().splitlines()[-1]}', flush=True)
@@ -67,6 +72,9 @@ def main(argv):
     _git('worktree', 'add', '--detach', before, commit)
     try:
       os.symlink(os.path.realpath(os.path.join(REPO, '.venv')), os.path.join(before, '.venv'))
+      for name in bt.share_setup(before, REPO):
+        print(f'before ({commit}) runs with the working tree\'s {name} (one venv, one stamp)')
+      subprocess.run([os.path.join(REPO, 'scripts', 'setup.sh')], check=True)
       logs = {f'before ({commit})': [], 'after (working tree)': []}
       checkouts = dict(zip(logs, (before, REPO)))
       bt.alternate({name: _job(checkouts[name], scratch, log) for name, log in logs.items()},

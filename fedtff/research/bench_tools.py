@@ -17,6 +17,8 @@ The scripts are glue over these pieces:
   where a TFF round's time goes;
 * memory and CPU: `rss_bytes`, `worker_rss_bytes`, `PeakRss`, `cpu_seconds`;
 * TFF workers to run on: `tff_workers`;
+* checkouts sharing one venv: `share_setup`, so that the quickstart benchmark's
+  two checkouts both pass scripts/setup.sh's stamp check;
 * runs in a fresh Python process (`run_in_subprocess`), for memory figures
   that do not mix: `scale_run` (`fedtff.run_experiment` on an `npz_dir`
   population) and `population_run` (the compiled engine's round loop over a
@@ -35,6 +37,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -483,6 +486,30 @@ def site_round_bytes(config, specs: Sequence[str]) -> int:
   process = tff.simulation.compose_dataset_computation_with_learning_process(
       task.train_data.dataset_computation, experiment.build_process(config, task))
   return len(tff.framework.ConcreteComputation.get_proto(process.next).SerializeToString())
+
+
+# scripts/setup.sh installs unless the venv's stamp is the fingerprint of these files.
+SETUP_FILES = ('setup.cfg', 'pyproject.toml', os.path.join('scripts', 'setup.sh'))
+
+
+def share_setup(checkout: str, reference: str) -> List[str]:
+  """Copies `reference`'s setup files over `checkout`'s where they differ; their names.
+
+  Two checkouts running in one venv (scripts/bench_quickstart.py's "before"
+  worktree and the working tree) then both find it up to date. Otherwise, when
+  their setup files differ, scripts/setup.sh in each finds the other's stamp and
+  reinstalls the pinned stack and fedtff (about 14 s of CPU) at every switch
+  between them, and the last one leaves the venv's editable fedtff pointing at
+  its checkout.
+  """
+  copied = []
+  for name in SETUP_FILES:
+    source, target = os.path.join(reference, name), os.path.join(checkout, name)
+    with open(source, 'rb') as theirs, open(target, 'rb') as ours:
+      if theirs.read() != ours.read():
+        shutil.copy2(source, target)
+        copied.append(name)
+  return copied
 
 
 # Runs in a fresh process.
