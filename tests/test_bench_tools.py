@@ -92,7 +92,7 @@ def test_share_setup_lets_two_checkouts_share_one_venv_without_reinstalling(tmp_
 
   Setup files that differ (a "before" commit's setup.cfg lacking a later
   requirement) made each switch reinstall, which was the quickstart
-  benchmark's slow mode: about 14 s of CPU in pip in every other run.
+  benchmark's slow mode: about 15 s of CPU in pip and an import check in about every other run.
   """
   log, venv = tmp_path / 'python.log', tmp_path / 'venv'
   (venv / 'bin').mkdir(parents=True)

@@ -498,7 +498,7 @@ def share_setup(checkout: str, reference: str) -> List[str]:
   Two checkouts running in one venv (scripts/bench_quickstart.py's "before"
   worktree and the working tree) then both find it up to date. Otherwise, when
   their setup files differ, scripts/setup.sh in each finds the other's stamp and
-  reinstalls the pinned stack and fedtff (about 14 s of CPU) at every switch
+  reinstalls the pinned stack and fedtff (about 15 s of CPU) at every switch
   between them, and the last one leaves the venv's editable fedtff pointing at
   its checkout.
   """
