@@ -238,6 +238,14 @@ def test_pld_calibration_verifies_a_coarse_guess_in_two_evaluations(monkeypatch)
   z = accounting.noise_multiplier_for_epsilon(target, m, n, rounds, delta, sampling=sampling,
                                              accountant=accountant)
   assert len(fine_calls) == 2, fine_calls  # guess + tolerance/2, guess - tolerance/2.
+  # The check of z and the tracker reuse the calibration's one-round PLD.
+  built = accounting.round_pld.cache_info().misses
+  spent = accounting.check_guarantee(
+      noise_multiplier=z, clients_per_round=m, num_clients=n, weighted=False, rounds=rounds,
+      target_epsilon=target, delta=delta, sampling=sampling, accountant=accountant)
+  tracker = privacy.PrivacyTracker(z, m, n, delta, sampling=sampling, accountant=accountant)
+  assert tracker.epsilon(rounds) == pytest.approx(spent, rel=1e-9)  # Without the identity PLD.
+  assert accounting.round_pld.cache_info().misses == built
   direct = lambda z: _dp_accounting_epsilon(z, m, n, rounds, delta, sampling=sampling,
                                             accountant=accountant)
   assert direct(z) <= target < direct(z - accounting.DEFAULT_TOLERANCE)

@@ -410,7 +410,7 @@ class PrivacyTracker:
   def _round_pld(self):
     if self._one_round_pld is None:  # What PLDAccountant builds for one round's event.
       self._one_round_pld = round_pld(self._event.event.noise_multiplier,
-                                      self._event.sampling_probability)
+                                      self._event.sampling_probability, PLD_DISCRETIZATION)
     return self._one_round_pld
 
 
