@@ -284,10 +284,12 @@ def test_smallest_noise_multiplier_on_known_curves(spends, exact, guess):
     assert len(calls) == 2
 
 
-def test_smallest_noise_multiplier_refuses_an_unreachable_target():
+def test_smallest_noise_multiplier_refuses_an_unreachable_target_and_a_bad_guess():
   with pytest.raises(ValueError, match='No noise multiplier up to 1.04858e[+]06 reaches epsilon '
                                        '1.0 in 7 rounds'):
     accounting.smallest_noise_multiplier(lambda z: 2.0, 1.0, 7)
+  with pytest.raises(ValueError, match='guess must be a positive noise multiplier, got 0.0'):
+    accounting.smallest_noise_multiplier(lambda z: 1 / z, 1.0, 7, guess=0.0)
 
 
 def test_pld_epsilon_and_tracker_are_dp_accountings_pld_exactly():

@@ -226,7 +226,8 @@ def _pld_epsilon(noise_multiplier: float, *, clients_per_round: int, num_clients
   return pld.compose(one_round.self_compose(rounds)).get_epsilon_for_delta(delta)
 
 
-@functools.lru_cache(maxsize=8)  # Seconds each; the calibration, the check and the tracker share them.
+# Seconds each: the calibration, `check_guarantee` and `PrivacyTracker` share them.
+@functools.lru_cache(maxsize=8)
 def round_pld(noise_multiplier: float, sampling_probability: float,
               interval: float = PLD_DISCRETIZATION
              ) -> dp_accounting.pld.privacy_loss_distribution.PrivacyLossDistribution:
@@ -249,10 +250,10 @@ def smallest_noise_multiplier(spends: Callable[[float], float], target_epsilon: 
   It steps by secant on `log(epsilon)` against `log(z)`, nearly a line for
   the Gaussian mechanisms, with the safeguards of Brent's zeroin (Brent,
   "Algorithms for Minimization without Derivatives", 1973, chapter 4): a
-  bisection when the bracket did not halve in two steps, a step of
-  `tolerance` next to an end the root is estimated to be near, so that the
-  last two evaluations straddle the root. Before both ends are found it
-  extrapolates, overshooting the estimate a little.
+  bisection when the steps stop halving, and a step of just under `tolerance`
+  next to an end the root is estimated to be near, so that the last two
+  evaluations straddle the root. Before both ends are found it extrapolates,
+  overshooting the estimate a little.
 
   Args:
     spends: `z -> epsilon`, non-increasing.
@@ -266,6 +267,8 @@ def smallest_noise_multiplier(spends: Callable[[float], float], target_epsilon: 
   Raises:
     ValueError: If no multiplier up to 2**20 reaches `target_epsilon`.
   """
+  if guess is not None and not 0 < guess < math.inf:
+    raise ValueError(f'guess must be a positive noise multiplier, got {guess}.')
   search = _Bracket(target_epsilon, tolerance, guess is not None)
   z = 1.0 if guess is None else guess + tolerance / 2
   while True:
