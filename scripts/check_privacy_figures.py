@@ -29,9 +29,9 @@ from tensorflow_privacy.privacy.analysis import tree_aggregation_accountant
 N, M, T = 50, 10, 100
 DELTA = 0.01 / N  # fedtff's default delta (docs/privacy.md).
 # docs/privacy.md's figures: z for epsilon = 1 and for epsilon = 8.
-FIGURES = {'fixed': (27.507, 4.786), 'poisson_rdp': (6.831, 1.371),
-           'poisson_pld': (6.158, 1.275), 'dp_ftrl': (72.095, 12.187),
-           'ddp_skellam': (69.854, 11.391)}
+FIGURES = {'fixed': (27.507, 4.786), 'poisson_rdp': (6.830, 1.371),
+           'poisson_pld': (6.158, 1.275), 'dp_ftrl': (72.094, 12.186),
+           'ddp_skellam': (69.854, 11.390)}
 DIM = 4810  # The quickstart MLP's trainable coordinates (64*64 + 64 + 64*10 + 10).
 
 

@@ -185,9 +185,120 @@ def test_pld_tracker_matches_the_accountant_every_round_and_refuses_fixed_sampli
     privacy.PrivacyTracker(1.0, 10, 50, accountant='pld')
 
 
-def test_noise_multiplier_for_epsilon_with_pld_is_the_smallest_within_tolerance():
-  z = privacy.noise_multiplier_for_epsilon(8.0, 10, 50, 20, sampling='poisson', accountant='pld',
-                                          tolerance=0.05)
-  assert privacy.epsilon(z, 10, 50, 20, sampling='poisson', accountant='pld') <= 8.0
-  smaller = z - 0.05
-  assert privacy.epsilon(smaller, 10, 50, 20, sampling='poisson', accountant='pld') > 8.0
+def _dp_accounting_epsilon(z, clients_per_round, num_clients, rounds, delta, *, sampling,
+                           accountant):
+  """dp_accounting's own accountant on the event built here (see the module docstring of
+  fedtff.privacy.accounting), not by fedtff."""
+  if sampling == 'poisson':
+    one_round = dp_accounting.PoissonSampledDpEvent(clients_per_round / num_clients,
+                                                    dp_accounting.GaussianDpEvent(z))
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+  else:
+    one_round = dp_accounting.SampledWithoutReplacementDpEvent(
+        num_clients, clients_per_round, dp_accounting.GaussianDpEvent(z / 2))
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE
+  if accountant == 'pld':
+    account = dp_accounting.pld.PLDAccountant(relation, value_discretization_interval=1e-4)
+  else:
+    account = dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
+  return account.compose(dp_accounting.SelfComposedDpEvent(one_round, rounds)).get_epsilon(delta)
+
+
+CALIBRATION_CASES = {  # target epsilon, m, N, T, delta, sampling, accountant
+    'rdp_fixed_eps1': (1.0, 10, 50, 100, 2e-4, 'without_replacement', 'rdp'),
+    'rdp_fixed_eps8': (8.0, 10, 50, 100, 2e-4, 'without_replacement', 'rdp'),
+    'rdp_poisson_eps8': (8.0, 10, 50, 100, 2e-4, 'poisson', 'rdp'),
+    'pld_poisson_eps2': (2.0, 10, 50, 10, 2e-4, 'poisson', 'pld'),
+}
+
+
+@pytest.mark.parametrize('case', list(CALIBRATION_CASES))
+def test_smallest_noise_multiplier_meets_its_contract_in_few_evaluations(case):
+  target, m, n, rounds, delta, sampling, accountant = CALIBRATION_CASES[case]
+  calls = []
+  def spends(z):
+    calls.append(z)
+    return _dp_accounting_epsilon(z, m, n, rounds, delta, sampling=sampling,
+                                  accountant=accountant)
+  z = accounting.smallest_noise_multiplier(spends, target, rounds)
+  # Bisection from [0, 1] or [1, 2] alone takes 10 evaluations to a bracket of 1e-3.
+  assert len(calls) <= 8, calls
+  assert spends(z) <= target < spends(z - accounting.DEFAULT_TOLERANCE)
+
+
+def test_pld_calibration_verifies_a_coarse_guess_in_two_evaluations(monkeypatch):
+  target, m, n, rounds, delta, sampling, accountant = CALIBRATION_CASES['pld_poisson_eps2']
+  fine_calls = []
+  def counted_epsilon(z, *args, **kwargs):
+    fine_calls.append(z)
+    return epsilon(z, *args, **kwargs)
+  epsilon = accounting.epsilon
+  monkeypatch.setattr(accounting, 'epsilon', counted_epsilon)
+  accounting.noise_multiplier_for_epsilon.cache_clear()
+  z = accounting.noise_multiplier_for_epsilon(target, m, n, rounds, delta, sampling=sampling,
+                                             accountant=accountant)
+  assert len(fine_calls) == 2, fine_calls  # guess + tolerance/2, guess - tolerance/2.
+  # The check of z and the tracker reuse the calibration's one-round PLD.
+  built = accounting.round_pld.cache_info().misses
+  spent = accounting.check_guarantee(
+      noise_multiplier=z, clients_per_round=m, num_clients=n, weighted=False, rounds=rounds,
+      target_epsilon=target, delta=delta, sampling=sampling, accountant=accountant)
+  tracker = privacy.PrivacyTracker(z, m, n, delta, sampling=sampling, accountant=accountant)
+  assert tracker.epsilon(rounds) == pytest.approx(spent, rel=1e-9)  # Without the identity PLD.
+  assert accounting.round_pld.cache_info().misses == built
+  direct = lambda z: _dp_accounting_epsilon(z, m, n, rounds, delta, sampling=sampling,
+                                            accountant=accountant)
+  assert direct(z) <= target < direct(z - accounting.DEFAULT_TOLERANCE)
+
+
+def _bisection_evaluations(spends, target, tolerance):
+  """How many evaluations the search fedtff had before takes (doubling, then bisection)."""
+  calls, low, high = 1, 0.0, 1.0
+  while spends(high) > target:
+    low, high, calls = high, 2 * high, calls + 1
+  while high - low > tolerance:
+    middle, calls = (low + high) / 2, calls + 1
+    low, high = (low, middle) if spends(middle) <= target else (middle, high)
+  return calls
+
+
+@pytest.mark.parametrize('spends, exact, guess', [
+    (lambda z: 10 / z**2, math.sqrt(10), None),
+    (lambda z: 100 * math.exp(-z), math.log(100), None),
+    (lambda z: 0.5 / z, 0.5, None),  # Below 1.
+    (lambda z: 4e5 / z, 4e5, None),  # Far above 1.
+    (lambda z: 2.0 if z < 3.3 else 0.5, 3.3, None),  # A step: no secant helps.
+    (lambda z: 1.5 - math.tanh(z - 5), 5 + math.atanh(0.5), None),  # Flat, then steep, then flat.
+    (lambda z: 10 / z**2, math.sqrt(10), 30.0),  # A bad guess, too high.
+    (lambda z: 10 / z**2, math.sqrt(10), 0.01),  # A bad guess, too low.
+    (lambda z: 10 / z**2, math.sqrt(10), math.sqrt(10) + 4e-4),  # A guess within tolerance/2.
+], ids=['inverse_square', 'exponential', 'root_below_1', 'root_4e5', 'step', 'tanh',
+        'guess_high', 'guess_low', 'guess_close'])
+def test_smallest_noise_multiplier_on_known_curves(spends, exact, guess):
+  calls = []
+  counted = lambda z: calls.append(z) or spends(z)
+  z = accounting.smallest_noise_multiplier(counted, 1.0, 1, tolerance=1e-3, guess=guess)
+  assert exact <= z <= exact + 1e-3
+  assert len(calls) <= _bisection_evaluations(spends, 1.0, 1e-3) + 2
+  if guess == math.sqrt(10) + 4e-4:
+    assert len(calls) == 2
+
+
+def test_smallest_noise_multiplier_refuses_an_unreachable_target_and_a_bad_guess():
+  with pytest.raises(ValueError, match='No noise multiplier up to 1.04858e[+]06 reaches epsilon '
+                                       '1.0 in 7 rounds'):
+    accounting.smallest_noise_multiplier(lambda z: 2.0, 1.0, 7)
+  with pytest.raises(ValueError, match='guess must be a positive noise multiplier, got 0.0'):
+    accounting.smallest_noise_multiplier(lambda z: 1 / z, 1.0, 7, guess=0.0)
+
+
+def test_pld_epsilon_and_tracker_are_dp_accountings_pld_exactly():
+  accountant = dp_accounting.pld.PLDAccountant(
+      dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, value_discretization_interval=1e-4)
+  event = dp_accounting.PoissonSampledDpEvent(0.2, dp_accounting.GaussianDpEvent(1.5))
+  expected = accountant.compose(dp_accounting.SelfComposedDpEvent(event, 3)).get_epsilon(2e-4)
+  assert privacy.epsilon(1.5, 10, 50, 3, 2e-4, sampling='poisson', accountant='pld') == expected
+  one_round = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+      1.5, sampling_prob=0.2, value_discretization_interval=1e-4)
+  tracker = privacy.PrivacyTracker(1.5, 10, 50, 2e-4, sampling='poisson', accountant='pld')
+  assert tracker.epsilon(3) == one_round.self_compose(3).get_epsilon_for_delta(2e-4)

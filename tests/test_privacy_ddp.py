@@ -122,10 +122,17 @@ def test_epsilon_is_an_independent_composition_of_the_papers_bound():
   assert ddp.epsilon(0.0, 10, clip=1.0, dim=MODEL_DIM, rounds=3, delta=delta) == math.inf
 
 
-def test_noise_multiplier_for_epsilon_is_the_smallest_within_tolerance():
-  options = dict(clip=1.0, dim=MODEL_DIM, rounds=100, delta=2e-4)
-  z = ddp.noise_multiplier_for_epsilon(8.0, 10, **options)
-  assert ddp.epsilon(z, 10, **options) <= 8.0 < ddp.epsilon(z - 1e-3, 10, **options)
+def test_noise_multiplier_for_epsilon_is_the_smallest_within_tolerance(monkeypatch):
+  target, options = 8.0, dict(clip=1.0, dim=MODEL_DIM, rounds=100, delta=2e-4)
+  calls, epsilon = [], ddp.epsilon
+  monkeypatch.setattr(ddp, 'epsilon', lambda z, *args, **kwargs: calls.append(z) or epsilon(
+      z, *args, **kwargs))
+  ddp.noise_multiplier_for_epsilon.cache_clear()
+  z = ddp.noise_multiplier_for_epsilon(target, 10, **options)
+  assert len(calls) <= 8, calls  # Doubling, then bisection, took 18.
+  assert epsilon(z, 10, **options) <= target < epsilon(z - 1e-3, 10, **options)
+  independent = lambda z: independent_epsilon(z, 10, 1.0, 20, MODEL_DIM, 100, 2e-4)
+  assert independent(z) <= target * (1 + 1e-5) and independent(z - 1e-3) > target
 
 
 def test_without_amplification_ddp_spends_more_than_dp_fedavg_at_the_same_z():

@@ -57,9 +57,14 @@ def test_participation_of_the_cyclic_schedule():
       'cohorts': 5, 'max_participation': 3, 'min_separation': 4}
 
 
-def test_noise_multiplier_for_epsilon_is_the_smallest_within_tolerance():
-  z = ftrl.noise_multiplier_for_epsilon(8.0, 10, 50, 100)
-  assert ftrl.epsilon(z, 10, 50, 100) <= 8.0 < ftrl.epsilon(z - 1e-3, 10, 50, 100)
+@pytest.mark.parametrize('target', [1.0, 8.0])
+def test_noise_multiplier_for_epsilon_is_the_smallest_within_tolerance(target, monkeypatch):
+  calls, epsilon = [], ftrl.epsilon
+  monkeypatch.setattr(ftrl, 'epsilon', lambda z, *args: calls.append(z) or epsilon(z, *args))
+  ftrl.noise_multiplier_for_epsilon.cache_clear()
+  z = ftrl.noise_multiplier_for_epsilon(target, 10, 50, 100)
+  assert len(calls) <= 8, calls  # Doubling, then bisection, took 18 (target 8) and 24.
+  assert epsilon(z, 10, 50, 100) <= target < epsilon(z - 1e-3, 10, 50, 100)
 
 
 def test_tracker_and_zero_noise():

@@ -66,6 +66,8 @@ RDP = 'rdp'
 PLD = 'pld'
 ACCOUNTANTS = (RDP, PLD)
 PLD_DISCRETIZATION = 1e-4  # dp_accounting's PLDAccountant default.
+# Coarser PLDs whose calibrations seed the one at PLD_DISCRETIZATION (guesses only).
+PLD_GUESS_DISCRETIZATIONS = (1e-2, 1e-3)
 EPSILON_METRIC = 'privacy/epsilon'
 DEFAULT_TOLERANCE = 1e-3
 _MAX_NOISE_MULTIPLIER = 2.0**20
@@ -147,6 +149,10 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
   _check_accountant(accountant, sampling)
   if noise_multiplier == 0:
     return math.inf
+  if accountant == PLD:
+    return _pld_epsilon(noise_multiplier, clients_per_round=clients_per_round,
+                        num_clients=num_clients, rounds=rounds, delta=delta,
+                        interval=PLD_DISCRETIZATION)
   return make_accountant(accountant, sampling).compose(event).get_epsilon(delta)
 
 
@@ -169,9 +175,13 @@ def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
                                  tolerance: float = DEFAULT_TOLERANCE) -> float:
   """The smallest noise multiplier that keeps `rounds` rounds within `target_epsilon`.
 
-  Epsilon falls as the noise multiplier grows, so a binary search finds it:
-  doubling from 1 until epsilon is within the target, then halving the bracket
-  until it is narrower than `tolerance`.
+  Epsilon falls as the noise multiplier grows, so `smallest_noise_multiplier`
+  brackets it. With `accountant='pld'` each evaluation takes seconds (the
+  one-round PLD at a discretization of `PLD_DISCRETIZATION`), so the search
+  starts from the multiplier that PLDs of coarser discretizations
+  (`PLD_GUESS_DISCRETIZATIONS`, each seeding the next) calibrate to: a guess
+  only, which the accountant at `PLD_DISCRETIZATION` then verifies from both
+  sides (docs/privacy.md, "Calibration").
 
   Args:
     target_epsilon: The epsilon not to exceed; positive.
@@ -193,26 +203,161 @@ def noise_multiplier_for_epsilon(target_epsilon: float, clients_per_round: int,
     raise ValueError(f'tolerance must be positive, got {tolerance}.')
   spends = lambda z: epsilon(z, clients_per_round, num_clients, rounds, delta, sampling=sampling,
                              accountant=accountant)
-  return smallest_noise_multiplier(spends, target_epsilon, rounds, tolerance=tolerance)
+  guess = None
+  if accountant == PLD:
+    _check_accountant(accountant, sampling)
+    for interval in PLD_GUESS_DISCRETIZATIONS:
+      coarse = functools.partial(_pld_epsilon, clients_per_round=clients_per_round,
+                                 num_clients=num_clients, rounds=rounds,
+                                 delta=resolve_delta(delta, num_clients), interval=interval)
+      guess = smallest_noise_multiplier(coarse, target_epsilon, rounds, tolerance=tolerance / 4,
+                                        guess=guess)
+  return smallest_noise_multiplier(spends, target_epsilon, rounds, tolerance=tolerance,
+                                   guess=guess)
+
+
+def _pld_epsilon(noise_multiplier: float, *, clients_per_round: int, num_clients: int,
+                 rounds: int, delta: float, interval: float) -> float:
+  """What `make_accountant(PLD, POISSON)` (at discretization `interval`) composing
+  `dp_event(...)` reports, step for step, with the one-round PLD from `round_pld`."""
+  pld = dp_accounting.pld.privacy_loss_distribution.identity(
+      value_discretization_interval=interval)
+  one_round = round_pld(noise_multiplier, clients_per_round / num_clients, interval)
+  return pld.compose(one_round.self_compose(rounds)).get_epsilon_for_delta(delta)
+
+
+# Seconds each: the calibration, `check_guarantee` and `PrivacyTracker` share them.
+@functools.lru_cache(maxsize=8)
+def round_pld(noise_multiplier: float, sampling_probability: float,
+              interval: float = PLD_DISCRETIZATION
+             ) -> dp_accounting.pld.privacy_loss_distribution.PrivacyLossDistribution:
+  """The pessimistic PLD of one Poisson-sampled Gaussian round, as `PLDAccountant` builds it."""
+  return dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
+      standard_deviation=noise_multiplier, value_discretization_interval=interval,
+      sampling_prob=sampling_probability)
 
 
 def smallest_noise_multiplier(spends: Callable[[float], float], target_epsilon: float,
-                              rounds: int, *, tolerance: float = DEFAULT_TOLERANCE) -> float:
+                              rounds: int, *, tolerance: float = DEFAULT_TOLERANCE,
+                              guess: Optional[float] = None) -> float:
   """The smallest `z` (within `tolerance` above) with `spends(z) <= target_epsilon`.
 
   `spends` maps a noise multiplier to the epsilon of `rounds` rounds and must
-  fall as the multiplier grows; see `noise_multiplier_for_epsilon`.
+  fall as the multiplier grows; see `noise_multiplier_for_epsilon`. The search
+  keeps a bracket `low < high` with `spends(low) > target_epsilon >=
+  spends(high)` (`low = 0` counts as epsilon infinity), each end a point where
+  `spends` was evaluated, and returns `high` once `high - low <= tolerance`.
+  It steps by secant on `log(epsilon)` against `log(z)`, nearly a line for
+  the Gaussian mechanisms, with the safeguards of Brent's zeroin (Brent,
+  "Algorithms for Minimization without Derivatives", 1973, chapter 4): a
+  bisection when the steps stop halving, and a step of just under `tolerance`
+  next to an end the root is estimated to be near, so that the last two
+  evaluations straddle the root. Before both ends are found it extrapolates,
+  overshooting the estimate a little.
+
+  Args:
+    spends: `z -> epsilon`, non-increasing.
+    target_epsilon: The epsilon not to exceed.
+    rounds: The rounds `spends` composes (for the error message only).
+    tolerance: The largest `z - z*` allowed.
+    guess: An estimate of `z*`; the search starts at `guess + tolerance / 2`
+      (then `guess - tolerance / 2`), so a guess within `tolerance / 2` of
+      `z*` costs two evaluations. From 1 when `None`.
+
+  Raises:
+    ValueError: If no multiplier up to 2**20 reaches `target_epsilon`.
   """
-  low, high = 0.0, 1.0
-  while spends(high) > target_epsilon:
-    low, high = high, 2 * high
-    if high > _MAX_NOISE_MULTIPLIER:
+  if guess is not None and not 0 < guess < math.inf:
+    raise ValueError(f'guess must be a positive noise multiplier, got {guess}.')
+  search = _Bracket(target_epsilon, tolerance, guess is not None)
+  z = 1.0 if guess is None else guess + tolerance / 2
+  while True:
+    search.add(z, spends(z))
+    if search.done():
+      return search.high
+    if search.high is None and search.low >= _MAX_NOISE_MULTIPLIER:
       raise ValueError(f'No noise multiplier up to {_MAX_NOISE_MULTIPLIER:g} reaches '
                        f'epsilon {target_epsilon} in {rounds} rounds.')
-  while high - low > tolerance:
-    middle = (low + high) / 2
-    low, high = (low, middle) if spends(middle) <= target_epsilon else (middle, high)
-  return high
+    z = search.next_point()
+
+
+_TYPICAL_SLOPE = -1.5  # d log(epsilon) / d log(z) near epsilon 1-10 here; only speed depends on it.
+_MAX_STEP_RATIO = 16.0  # An extrapolation moves z by at most this factor.
+_OVERSHOOT = 0.1  # An extrapolation goes this fraction of its step beyond the estimate.
+
+
+class _Bracket:
+  """The state of `smallest_noise_multiplier`'s search: evaluated points and the bracket."""
+
+  def __init__(self, target_epsilon: float, tolerance: float, guessed: bool):
+    self.target, self.tolerance, self.guessed = target_epsilon, tolerance, guessed
+    self.reach = tolerance * (1 - 1e-6)  # A step that leaves a bracket within tolerance.
+    self.low, self.high, self.low_epsilon, self.high_epsilon = 0.0, None, math.inf, None
+    self.points = []
+
+  def add(self, z: float, spent: float) -> None:
+    self.points.append((z, spent))
+    if spent <= self.target:
+      self.high, self.high_epsilon = z, spent
+    else:
+      self.low, self.low_epsilon = z, spent
+
+  def done(self) -> bool:
+    return self.high is not None and self.high - self.low <= self.tolerance
+
+  def next_point(self) -> float:
+    if self.high is None:
+      return self._extrapolate_up()
+    if self.guessed and len(self.points) == 1:
+      return self.high - self.reach  # The guess's other side.
+    if self.low == 0:
+      return self._extrapolate_down()
+    return self._inside()
+
+  def _extrapolate_up(self) -> float:
+    low = self.low
+    estimate = self._estimate(self.points[-2:]) or 2 * low  # Doubling, as a last resort.
+    if estimate <= low + self.tolerance:  # Straddle the root: this step may end the search.
+      return low + self.reach
+    z = min(estimate + _OVERSHOOT * (estimate - low) + self.tolerance / 2, _MAX_STEP_RATIO * low)
+    return min(max(z, low + self.reach), _MAX_NOISE_MULTIPLIER)
+
+  def _extrapolate_down(self) -> float:
+    high = self.high
+    estimate = self._estimate(self.points[-2:]) or high / 2
+    if estimate >= high - self.tolerance:  # Straddle the root: this step may end the search.
+      return high - self.reach
+    z = max(estimate - _OVERSHOOT * (high - estimate) - self.tolerance / 2,
+            high / _MAX_STEP_RATIO)
+    return min(z, high - self.reach)
+
+  def _inside(self) -> float:
+    low, high, tol = self.low, self.high, self.tolerance
+    estimate = self._estimate(self.points[-2:])
+    if estimate is None or not low < estimate < high:
+      estimate = self._estimate([(low, self.low_epsilon), (high, self.high_epsilon)])
+    if estimate is None or not low < estimate < high:
+      return (low + high) / 2
+    if estimate >= high - tol / 2:  # Straddle the root: this step may end the search.
+      return high - self.reach
+    if estimate <= low + tol / 2:
+      return low + self.reach
+    if len(self.points) >= 3 and (abs(estimate - self.points[-1][0])
+                                  > abs(self.points[-2][0] - self.points[-3][0]) / 2):
+      return (low + high) / 2  # Steps are not halving (Brent's test): bisect.
+    return estimate
+
+  def _estimate(self, points) -> Optional[float]:
+    """Where the secant on (log z, log epsilon) through `points` (one: `_TYPICAL_SLOPE`) meets
+    the target; None if it does not fall."""
+    logs = [(math.log(z), math.log(e)) for z, e in points if z > 0 and 0 < e < math.inf]
+    if len(logs) != len(points) or not logs:
+      return None
+    (x1, y1), (x2, y2) = logs[0], logs[-1]
+    slope = (y2 - y1) / (x2 - x1) if len(logs) == 2 and x2 != x1 else _TYPICAL_SLOPE
+    if not slope < 0:
+      return None
+    return math.exp(x2 + (math.log(self.target) - y2) / slope)
 
 
 class PrivacyTracker:
@@ -267,10 +412,8 @@ class PrivacyTracker:
 
   def _round_pld(self):
     if self._one_round_pld is None:  # What PLDAccountant builds for one round's event.
-      self._one_round_pld = dp_accounting.pld.privacy_loss_distribution.from_gaussian_mechanism(
-          standard_deviation=self._event.event.noise_multiplier,
-          value_discretization_interval=PLD_DISCRETIZATION,
-          sampling_prob=self._event.sampling_probability)
+      self._one_round_pld = round_pld(self._event.event.noise_multiplier,
+                                      self._event.sampling_probability, PLD_DISCRETIZATION)
     return self._one_round_pld
 
 

@@ -24,6 +24,9 @@ The scripts are glue over these pieces:
   population) and `population_run` (the compiled engine's round loop over a
   generated population);
 * client datasets built per round: `dataset_round_fn`;
+* DP noise calibration (scripts/bench_calibration.py): `bisection_noise_multiplier`,
+  the search fedtff used before, and `timed_calibration`, which counts the
+  accountant evaluations of a calibration;
 * reporting: `machine_line`, `markdown_table`, `markdown_row`, `max_abs_difference`,
   `window_ratio_line`.
 """
@@ -57,6 +60,7 @@ from fedtff import compiled
 from fedtff.execution import runtime
 from fedtff.execution import site_data
 from fedtff.execution import sites
+from fedtff.privacy import accounting
 from fedtff.runner import experiment
 
 TUTORIAL_BATCH_SIZE, TUTORIAL_LEARNING_RATE = 20, 0.02  # TFF's FedAvg tutorial.
@@ -635,6 +639,58 @@ def population_run(num_clients: int, clients_per_round: int, rounds: int,
 
 
 # Reporting.
+
+# DP noise calibration.
+
+def bisection_noise_multiplier(spends: Callable[[float], float], target_epsilon: float, *,
+                               tolerance: float = accounting.DEFAULT_TOLERANCE) -> float:
+  """`accounting.smallest_noise_multiplier` as it was until commit eb15f10: doubling
+  from 1 until `spends(z) <= target_epsilon`, then bisection until the bracket is
+  narrower than `tolerance`; one evaluation per step."""
+  low, high = 0.0, 1.0
+  while spends(high) > target_epsilon:
+    low, high = high, 2 * high
+  while high - low > tolerance:
+    middle = (low + high) / 2
+    low, high = (low, middle) if spends(middle) <= target_epsilon else (middle, high)
+  return high
+
+
+def timed_calibration(calibrate: Callable[[], float], modules: Sequence[Any]
+                     ) -> Dict[str, Any]:
+  """`{'z', 'seconds', 'evaluations', 'pld_guesses'}` of `calibrate()`.
+
+  `evaluations` counts calls of `module.epsilon` (what the searches evaluate)
+  for each of `modules`, patched for the call; `pld_guesses` counts the coarse
+  PLD evaluations of `accounting.PLD_GUESS_DISCRETIZATIONS`. The caches of
+  `accounting.round_pld` and the `noise_multiplier_for_epsilon`s are cleared
+  first, so nothing is reused from an earlier calibration.
+  """
+  counts = collections.Counter()
+  def counted(key, function):
+    def wrapper(*args, **kwargs):
+      counts[key if key != 'pld' else kwargs['interval']] += 1
+      return function(*args, **kwargs)
+    return wrapper
+  originals = [(module, 'epsilon', module.epsilon) for module in modules]
+  originals.append((accounting, '_pld_epsilon', accounting._pld_epsilon))  # pylint: disable=protected-access
+  for module, name, function in originals:
+    module_key = 'pld' if name == '_pld_epsilon' else 'epsilon'
+    setattr(module, name, counted(module_key, function))
+    calibration_fn = getattr(module, 'noise_multiplier_for_epsilon', None)
+    if calibration_fn is not None:
+      calibration_fn.cache_clear()
+  accounting.round_pld.cache_clear()
+  try:
+    start = time.perf_counter()
+    z = calibrate()
+    seconds = time.perf_counter() - start
+  finally:
+    for module, name, function in originals:
+      setattr(module, name, function)
+  return dict(z=z, seconds=seconds, evaluations=counts['epsilon'],
+              pld_guesses=sum(counts[i] for i in accounting.PLD_GUESS_DISCRETIZATIONS))
+
 
 def machine_line() -> str:
   """When and where: UTC time, cores, machine, versions, load average."""
