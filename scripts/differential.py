@@ -12,9 +12,16 @@ With --results FILE each outcome is appended to FILE as it ends, and a rerun
 skips the combinations FILE already holds (a checkpoint: a run stopped by
 `timeout` resumes); --report prints FILE's table over the selection, running nothing.
 
+--dtype float64 runs both engines in float64 (their models, and so weights,
+optimizer states and aggregates), where two engines doing the same maths differ
+by float64 rounding; the default, auto, does so only for the models of
+`differential.FLOAT64_MODELS` (the ResNet-18, whose float32 rounding alone
+exceeds 1e-5; docs/performance.md).
+
   python scripts/differential.py                       # everything
   python scripts/differential.py --set shipped --filter quickstart --limit 5
   python scripts/differential.py --results out.jsonl --report
+  python scripts/differential.py --set shipped --filter cifar100 --dtype float32   # the rounding
 """
 
 import argparse
@@ -44,6 +51,9 @@ def parse_args(argv):
                       help='rounds per combination (at least 3)')
   parser.add_argument('--results', default='',
                       help='JSON-lines checkpoint: outcomes are appended, and those in it skipped')
+  parser.add_argument('--dtype', choices=('auto',) + differential.DTYPES, default='auto',
+                      help='float type of both engines; auto: float64 for the models of '
+                      'FLOAT64_MODELS only')
   parser.add_argument('--report', action='store_true',
                       help="print --results' table over the selection; run nothing")
   args = parser.parse_args(argv)
@@ -67,7 +77,9 @@ def checks(args):
     chosen += differential.shipped_combinations(os.path.join(REPO, 'configs'))
   if args.set in ('all', 'grid'):
     chosen += differential.grid_combinations()
-  pairs = [(c.name, lambda c=c: differential.check(c, rounds=args.rounds)) for c in chosen]
+  dtype = None if args.dtype == 'auto' else args.dtype
+  pairs = [(c.name, lambda c=c: differential.check(c, rounds=args.rounds, dtype=dtype))
+           for c in chosen]
   if args.set in ('all', 'dropout'):
     pairs += [(f'dropout:rate={rate}', lambda rate=rate: differential.check_dropout_rate(rate))
               for rate in differential.DROPOUT_RATES]

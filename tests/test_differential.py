@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedtff import AggregatorSpec
@@ -207,6 +208,47 @@ def test_reddi_adagrad_differs_by_float32_rounding_only():
         assert np.max(ulps[big], initial=0) <= 6
         assert np.max(np.abs(np.asarray(actual) - want)) <= 2e-5
   assert largest > differential.TOLERANCE  # The case the relative tolerance is for.
+
+
+class _ScaledLoss(tf.keras.losses.SparseCategoricalCrossentropy):
+  """fedtff's default loss (cross-entropy on logits) times `scale`."""
+
+  def __init__(self, scale: float):
+    super().__init__(from_logits=True)
+    self._scale = scale
+
+  def __call__(self, y_true, y_pred, sample_weight=None):
+    return self._scale * super().__call__(y_true, y_pred, sample_weight)
+
+
+def test_float64_mode_decides_what_float32_rounding_hides():
+  """In float64 both engines agree within FLOAT64_TOLERANCE (1e-9 + 1e-12 |tff|), and a compiled
+  engine whose loss is 1 + 1e-6 times TFF's fails there although every value it changes stays
+  within the float32 tolerance (1e-5)."""
+  config = tiny_config()
+  same = check('tiny', config, rounds=1, dtype='float64')
+  assert same.status == differential.PASSED and same.dtype == 'float64', same.line()
+  assert same.line().startswith('passed   tiny [float64]: max |diff| ')
+  scaled = check('scaled', config, rounds=1, dtype='float64',
+                 compiled_options={'loss': _ScaledLoss(1 + 1e-6)})
+  assert scaled.status == differential.FAILED, scaled.line()
+  assert scaled.share > 10
+  assert scaled.share_where.startswith('round 1 state global_model_weights/trainable/')
+  assert scaled.max_difference < differential.TOLERANCE  # What float32 mode would pass.
+
+
+def test_float64_is_the_default_for_the_resnet_only_and_floatx_is_restored():
+  configs = {c.name: c.config for c in differential.shipped_combinations(
+      os.path.join(conftest.REPO_ROOT, 'configs'))}
+  dtypes = {name: differential.default_dtype(c) for name, c in configs.items()}
+  assert {n for n, d in dtypes.items() if d == 'float64'} == {
+      n for n in configs if n.startswith('reddi.py:cifar100_image:')}
+  model_fn = tasks.build_task(config_lib.resolve(tiny_config())).model_fn
+  with differential.keras_floatx('float64'):
+    assert {v.dtype for v in model_fn().trainable_variables} == {tf.float64}
+  assert tf.keras.backend.floatx() == 'float32'
+  with pytest.raises(ValueError, match="dtype must be one of float32, float64 or None, got 'f16'"):
+    check('tiny', tiny_config(), dtype='f16')
 
 
 def test_quantizing_compression_is_bounded_by_one_step_per_client():

@@ -202,9 +202,10 @@ class KerasModel(tff.learning.models.VariableModel):
 
 def training_counters() -> List[tf.keras.metrics.Metric]:
   """The metrics `from_keras_model` adds after the Keras ones: `loss` (a mean of
-  the batch losses weighted by rows), `num_examples` and `num_batches`."""
-  return [tf.keras.metrics.Mean(name='loss'), tff.learning.metrics.NumExamplesCounter(),
-          tff.learning.metrics.NumBatchesCounter()]
+  the batch losses weighted by rows, float32 as TFF's whatever the model's dtype),
+  `num_examples` and `num_batches`."""
+  return [tf.keras.metrics.Mean(name='loss', dtype=tf.float32),
+          tff.learning.metrics.NumExamplesCounter(), tff.learning.metrics.NumBatchesCounter()]
 
 
 def finalize_metrics(metrics: Sequence[tf.keras.metrics.Metric],

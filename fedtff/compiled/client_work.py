@@ -75,8 +75,11 @@ class TrainStats(NamedTuple):
                tf.constant(0, tf.int64))
 
   def add_batch(self, output: BatchOutput) -> 'TrainStats':
+    """The sums with one batch added; the loss in float32, as TFF's float32 `loss` metric
+    (`from_keras_model`'s `_WeightedMeanLossMetric`) casts it, whatever the model's dtype."""
     examples = tf.cast(output.num_examples, tf.float32)
-    return TrainStats(self.loss_sum + output.data_loss * examples, self.loss_count + examples,
+    data_loss = tf.cast(output.data_loss, tf.float32)
+    return TrainStats(self.loss_sum + data_loss * examples, self.loss_count + examples,
                       self.num_examples + tf.cast(output.num_examples, tf.int64),
                       self.num_batches + 1)
 
