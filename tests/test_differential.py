@@ -126,14 +126,22 @@ def test_enumeration_covers_every_shipped_variant_and_the_whole_grid():
   assert len({c.name for c in shipped + grid}) == len(shipped) + len(grid)
 
 
-def test_script_prints_each_outcome_and_the_tally():
-  result = conftest.run_script(['scripts/differential.py', '--set', 'shipped',
-                                '--filter', r'quickstart_dp\.py:ftrl_noiseless$'])
+def test_script_prints_each_outcome_and_the_tally(tmp_path):
+  # In a child process (--per-process), whose outcome the parent reads back from --results.
+  results = str(tmp_path / 'results.jsonl')
+  selection = ['scripts/differential.py', '--set', 'shipped', '--results', results,
+               '--filter', r'quickstart_dp\.py:ftrl_noiseless$']
+  result = conftest.run_script(selection + ['--per-process', '1'])
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('passed   quickstart_dp.py:ftrl_noiseless: max |diff| ')
   assert lines[-1] == 'checked 1, passed 1, failed 0, refused 0, invalid 0, not run 0'
   assert lines[-2].split()[:7] == ['quickstart_dp.py', '1', '1', '0', '0', '0', '0']
+  assert [o.name for o in differential.load_outcomes(results)] == [
+      'quickstart_dp.py:ftrl_noiseless']
+  report = conftest.run_script(selection + ['--report'])
+  assert report.returncode == 0, report.stderr
+  assert report.stdout.strip().splitlines() == lines[1:]  # The table only: nothing rerun.
   bad = conftest.run_script(['scripts/differential.py', '--rounds', '2'])
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1] == (
