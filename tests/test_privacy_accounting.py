@@ -8,6 +8,7 @@ from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
 
 from fedtff import privacy
 from fedtff.privacy import accounting
+from fedtff.research import bench_tools
 
 
 @pytest.mark.parametrize('noise_multiplier, clients_per_round, num_clients, rounds, delta', [
@@ -253,13 +254,10 @@ def test_pld_calibration_verifies_a_coarse_guess_in_two_evaluations(monkeypatch)
 
 def _bisection_evaluations(spends, target, tolerance):
   """How many evaluations the search fedtff had before takes (doubling, then bisection)."""
-  calls, low, high = 1, 0.0, 1.0
-  while spends(high) > target:
-    low, high, calls = high, 2 * high, calls + 1
-  while high - low > tolerance:
-    middle, calls = (low + high) / 2, calls + 1
-    low, high = (low, middle) if spends(middle) <= target else (middle, high)
-  return calls
+  calls = []
+  bench_tools.bisection_noise_multiplier(lambda z: calls.append(z) or spends(z), target,
+                                         tolerance=tolerance)
+  return len(calls)
 
 
 @pytest.mark.parametrize('spends, exact, guess', [
