@@ -26,6 +26,7 @@ from fedtff.privacy import accounting
 from fedtff.privacy import ddp
 from fedtff.privacy import ftrl
 from fedtff.research import bench_tools
+from fedtff.runner import experiment
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STACKOVERFLOW = dict(clients_per_round=50, num_clients=342477, rounds=1500)
@@ -51,8 +52,7 @@ def quickstart_cases():
                                        dim=dim, rounds=rounds, delta=accounting.default_delta(n))
     else:
       kwargs = dict(clients_per_round=m, num_clients=n, rounds=rounds,
-                    sampling={'fixed': 'without_replacement'}.get(config.privacy.sampling,
-                                                                  config.privacy.sampling),
+                    sampling=experiment.ACCOUNTING_SAMPLINGS[config.privacy.sampling],
                     accountant=config.privacy.accountant)
       yield variant, target, accounting, kwargs
       if variant == 'poisson_eps8':

@@ -110,7 +110,7 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
     return _ftrl_noise_multiplier(config, num_clients)
   if config.privacy.mechanism == ddp.MECHANISM:
     return _ddp_noise_multiplier(config, task, num_clients)
-  sampling = _SAMPLINGS[config.privacy.sampling]
+  sampling = ACCOUNTING_SAMPLINGS[config.privacy.sampling]
   if z is None:
     z = accounting.noise_multiplier_for_epsilon(
         config.privacy.target_epsilon, config.clients_per_round, num_clients,
@@ -125,7 +125,7 @@ def noise_multiplier(config: ml_collections.ConfigDict, task: tasks.Task) -> Opt
 
 
 # privacy.sampling -> fedtff.privacy.accounting's sampling.
-_SAMPLINGS = {'fixed': accounting.WITHOUT_REPLACEMENT, 'poisson': accounting.POISSON}
+ACCOUNTING_SAMPLINGS = {'fixed': accounting.WITHOUT_REPLACEMENT, 'poisson': accounting.POISSON}
 
 
 def _ftrl_noise_multiplier(config: ml_collections.ConfigDict, num_clients: int) -> float:
@@ -498,8 +498,8 @@ def _run_privacy(config, task, z: Optional[float]) -> Optional[run_privacy.RunPr
   mechanism = ledger.RoundMechanism(
       noise_multiplier=z, clients_per_round=config.clients_per_round,
       num_clients=len(task.train_data.client_ids), clip_norm=config.aggregator.clip_norm,
-      sampling=_SAMPLINGS.get(privacy.sampling, privacy.sampling), mechanism=privacy.mechanism,
-      accountant=privacy.accountant)
+      sampling=ACCOUNTING_SAMPLINGS.get(privacy.sampling, privacy.sampling),
+      mechanism=privacy.mechanism, accountant=privacy.accountant)
   if privacy.mechanism == ddp.MECHANISM:
     mechanism = dataclasses.replace(mechanism, bits=_ddp_bits(config),
                                     dim=ddp.model_dim(task.model_fn))
