@@ -71,12 +71,17 @@ SWALLOWING = textwrap.dedent('''\
     from experiments import quiet_tf  # Installs the handlers, as in every script.
     from experiments import stopping
 
+    announced = False
+
     def slow_gc_callback(phase, info):  # Where JAX's _xla_gc_callback loses a signal.
+      global announced
+      if not announced:  # Announced from in here, so the test's signal lands in here too.
+        announced = True
+        print('ready', flush=True)
       time.sleep(0.01)
 
     gc.callbacks.append(slow_gc_callback)
     with stopping.protected():
-      print('ready', flush=True)
       while True:
         try:
           gc.collect()
