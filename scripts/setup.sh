@@ -71,6 +71,10 @@ if [[ -x "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
   step "remove $VENV (its Python is not 3.9-3.11)"
   rm -rf "$VENV"
 fi
+if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  step "remove $VENV (it has no pip: its creation was interrupted)"
+  rm -rf "$VENV"
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
   step "create $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"

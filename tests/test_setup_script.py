@@ -43,3 +43,16 @@ def test_a_failing_step_is_named(tmp_path):
   result = run_setup({'FEDTFF_VENV': str(blocker / 'venv')})
   assert result.returncode != 0
   assert f'error: step "create {blocker}/venv' in result.stderr
+
+
+def test_a_venv_left_without_pip_by_an_interrupted_creation_is_made_again(tmp_path):
+  venv = tmp_path / 'venv'
+  subprocess.run([shutil.which('python3'), '-m', 'venv', '--without-pip', str(venv)], check=True)
+  unreachable_index = {'PIP_INDEX_URL': 'http://127.0.0.1:9/simple', 'PIP_RETRIES': '0',
+                       'PIP_TIMEOUT': '1', 'FEDTFF_VENV': str(venv)}
+  result = run_setup(unreachable_index)  # Stops at the first install: no index here.
+  assert f'[setup] remove {venv} (it has no pip: its creation was interrupted)' in result.stderr
+  assert 'error: step "install the pinned TFF dependency set' in result.stderr
+  pip = subprocess.run([str(venv / 'bin' / 'python'), '-m', 'pip', '--version'],
+                       capture_output=True, text=True)
+  assert pip.returncode == 0, pip.stderr
