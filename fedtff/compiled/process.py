@@ -463,22 +463,22 @@ class CompiledProcess:
 
 
 def build_compiled_process(model_fn: tff_model.KerasModelFn,
-                       element_spec: tff_model.ElementSpecLike,
-                       *,
-                       algorithm: str = 'fedavg',
-                       client_optimizer: Optional[fed_avg.ClientOptimizer] = None,
-                       server_optimizer: Optional[optimizers.TffOptimizer] = None,
-                       client_learning_rate_schedule: Optional[schedules.Schedule] = None,
-                       proximal_strength: Optional[float] = None,
-                       q: Optional[float] = None,
-                       loss: Optional[tf.keras.losses.Loss] = None,
-                       metrics: Optional[Sequence[tff_model.MetricLike]] = None,
-                       weighted: bool = True,
-                       aggregator: Optional[builder.Aggregator] = None,
-                       jit_compile: Optional[bool] = None,
-                       population_size: Optional[int] = None,
-                       adaptive_proximal_strength: bool = False,
-                       ditto_lambda: Optional[float] = None) -> CompiledProcess:
+                           element_spec: tff_model.ElementSpecLike,
+                           *,
+                           algorithm: str = 'fedavg',
+                           client_optimizer: Optional[fed_avg.ClientOptimizer] = None,
+                           server_optimizer: Optional[optimizers.TffOptimizer] = None,
+                           client_learning_rate_schedule: Optional[schedules.Schedule] = None,
+                           proximal_strength: Optional[float] = None,
+                           q: Optional[float] = None,
+                           loss: Optional[tf.keras.losses.Loss] = None,
+                           metrics: Optional[Sequence[tff_model.MetricLike]] = None,
+                           weighted: bool = True,
+                           aggregator: Optional[builder.Aggregator] = None,
+                           jit_compile: Optional[bool] = None,
+                           population_size: Optional[int] = None,
+                           adaptive_proximal_strength: bool = False,
+                           ditto_lambda: Optional[float] = None) -> CompiledProcess:
   """Builds the compiled process of `fedtff.build_learning_process`'s arguments.
 
   With the same initial weights and the same client batches in the same
