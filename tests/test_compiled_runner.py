@@ -97,7 +97,7 @@ def test_shortened_quickstart_reaches_the_tff_accuracy(quickstart_runs):
 @pytest.mark.parametrize('written_on, resumed_on', [('compiled', 'compiled'), ('compiled', 'tff'),
                                                     ('tff', 'compiled')])
 def test_resume_from_a_checkpoint_on_either_engine(quickstart_runs, tmp_path, written_on,
-                                                    resumed_on):
+                                                   resumed_on):
   workdir = str(tmp_path / 'run')
   shutil.copytree(quickstart_runs[written_on][0], workdir)
   checkpoint_dir = os.path.join(workdir, 'checkpoints')

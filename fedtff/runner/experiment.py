@@ -250,7 +250,7 @@ def build_process(config: ml_collections.ConfigDict, task: tasks.Task, *,
 
 
 def build_compiled_process(config: ml_collections.ConfigDict, task: tasks.Task, *,
-                       options: Optional[Dict[str, Any]] = None) -> compiled.CompiledProcess:
+                           options: Optional[Dict[str, Any]] = None) -> compiled.CompiledProcess:
   """`build_process`'s process on the compiled engine (`fedtff.compiled.build_compiled_process`).
 
   Raises:
@@ -329,7 +329,7 @@ def _tff_per_client_fn(task: tasks.Task) -> Callable[[Any], training.Metrics]:
 
 
 def _compiled_evaluation_fn(task: tasks.Task, training_process,
-                        per_client: bool) -> Callable[[Any, int], training.Metrics]:
+                            per_client: bool) -> Callable[[Any, int], training.Metrics]:
   """`evaluation_fn` on the compiled engine."""
   evaluation = compiled.CompiledEvaluation(task.model_fn, task.test_data, **task.learning_kwargs())
 
