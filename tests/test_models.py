@@ -175,11 +175,30 @@ def test_word_lstm_output_counts_oov_buckets_and_special_tokens():
 
 def test_resnet_uses_group_norm_and_tff_weight_decay():
   model = models.resnet18_group_norm()
-  norms = [l for l in model.layers if isinstance(l, tf.keras.layers.GroupNormalization)]
+  norms = [l for l in model.layers if isinstance(l, models.GroupNormalization)]
   assert norms and {l.groups for l in norms} == {2}
   assert not any(isinstance(l, tf.keras.layers.BatchNormalization) for l in model.layers)
   assert len(model.losses) == len(resnet_models.create_resnet18((24, 24, 3), 100).losses)
   assert not models.resnet18_group_norm(weight_decay=0.0).losses
+
+
+@pytest.mark.parametrize('shape, groups', [((3, 6, 6, 32), 2), ((2, 4, 4, 8), 8), ((2, 5, 16), 4)])
+def test_group_norm_gives_keras_outputs_and_gradients(shape, groups):
+  inputs = tf.constant(np.random.RandomState(0).normal(3.0, 2.0, size=shape), tf.float32)
+  ours, keras = models.GroupNormalization(groups=groups), tf.keras.layers.GroupNormalization(groups)
+  for layer in (ours, keras):
+    layer.build(shape)
+    layer.set_weights([np.random.RandomState(i).normal(size=shape[-1]) for i in (1, 2)])
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(inputs)
+    outputs = [layer(inputs) for layer in (ours, keras)]
+    losses = [tf.reduce_sum(tf.sin(y)) for y in outputs]
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=1e-6)
+  for ours_grad, keras_grad in zip(tape.gradient(losses[0], [inputs] + ours.weights),
+                                   tape.gradient(losses[1], [inputs] + keras.weights)):
+    np.testing.assert_allclose(ours_grad, keras_grad, rtol=0, atol=1e-5)
+  mask = tf.constant(np.random.RandomState(3).rand(*shape) > 0.3)  # Masked calls are Keras's own.
+  np.testing.assert_array_equal(ours(inputs, mask=mask), keras(inputs, mask=mask))
 
 
 def test_token_models_fit_fedtff_model_fn():
