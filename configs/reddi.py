@@ -69,9 +69,11 @@ EPSILON = {  # Adagrad / Adam / Yogi
 }
 VARIANTS = tuple(f'{task}:{algo}' for task in TASKS for algo in ALGORITHMS)
 # What tests/test_configs_smoke.py applies before its one-round run: TFF's
-# synthetic stand-in (no cache needed) and as many clients as it has.
+# synthetic stand-in (no cache needed), as many clients as it has, and no XLA,
+# whose compilation of these models takes longer than a round or two runs
+# (ResNet-18: 88 s against 21 s of CPU; docs/performance.md).
 SMOKE_OVERRIDES = {'data.synthetic_standin': True, 'clients_per_round': 2,
-                   'data.max_elements': 8}
+                   'data.max_elements': 8, 'jit_compile': False}
 # One variant per task for a one-round smoke run: the 30 differ only in
 # optimizer settings (all validated by tests/test_benchmarks.py), and a TFF run
 # of the LSTMs or the ResNet takes 30-90 s here even on the stand-ins.

@@ -93,6 +93,21 @@ def test_auto_runs_the_compiled_engine_unless_the_config_needs_tff():
     config_lib.validate(config)
 
 
+def test_jit_compile_reaches_the_compiled_engine_and_is_refused_on_tff(task):
+  config = config_lib.base_config()
+  assert config.jit_compile is None  # XLA when every example has one fixed shape.
+  assert experiment.build_compiled_process(config, task).jit_compile
+  config.jit_compile = False
+  assert not experiment.build_compiled_process(config, task).jit_compile
+  config.engine = 'tff'
+  with pytest.raises(config_lib.ConfigError, match=r'^jit_compile=False applies to the compiled '
+                     r'engine, but this config runs on TFF; leave jit_compile unset \(None\)\.$'):
+    config_lib.validate(config)
+  config.engine, config.runtime.workers = 'auto', ('localhost:8000',)
+  with pytest.raises(config_lib.ConfigError, match=r'runs on TFF \(runtime.workers needs'):
+    config_lib.validate(config)
+
+
 def test_privacy_noise_seed_needs_the_run_on_the_compiled_engine():
   config = config_lib.base_config()
   config.aggregator.kind, config.aggregator.clip_norm = 'dp', 1.0

@@ -120,6 +120,9 @@ def test_enumeration_covers_every_shipped_variant_and_the_whole_grid():
     expected += len(getattr(module, 'VARIANTS', (None,)))
   assert len(shipped) == expected
   assert any(c.name.startswith('reddi.py:shakespeare_character') for c in shipped)
+  reddi = [c for c in shipped if c.name.startswith('reddi.py:')]
+  assert reddi and all(c.config.data.synthetic_standin and c.config.jit_compile is None
+                       for c in reddi)  # The smoke overrides but XLA's: checked as runs use it.
   grid = list(differential.grid_combinations())
   assert len(grid) == (len(registry.ALGORITHMS) * len(differential.GRID_AGGREGATORS) * 2
                        * len(schedules.SCHEDULES) * len(differential.MODEL_KINDS))

@@ -242,13 +242,16 @@ def shrink(config: ml_collections.ConfigDict, *, rounds: int = ROUNDS,
 
 
 def shipped_combinations(configs_dir: str) -> Iterator[Combination]:
-  """Every config in `configs_dir` and each of its `VARIANTS`, with its `SMOKE_OVERRIDES`."""
+  """Every config in `configs_dir` and each of its `VARIANTS`, with its `SMOKE_OVERRIDES`
+  but `jit_compile`: the compiled engine is checked as runs use it, XLA by default."""
   for path in sorted(glob.glob(os.path.join(configs_dir, '*.py'))):
     module = benchmarks.load_config_file(path)
     base = os.path.basename(path)
+    overrides = {key: value for key, value in getattr(module, 'SMOKE_OVERRIDES', {}).items()
+                 if key != 'jit_compile'}
     for variant in getattr(module, 'VARIANTS', (None,)):
       config = module.get_config(variant) if variant else module.get_config()
-      config = sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
+      config = sweeps.point_config(config, overrides)
       yield Combination(base + (f':{variant}' if variant else ''), config)
 
 

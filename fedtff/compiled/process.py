@@ -192,6 +192,7 @@ class CompiledProcess:
     self._server_optimizer = server_optimizer
     self._aggregation = aggregation
     self._model = client_work.PaddedModel(model_fn(), loss, metrics)
+    self.jit_compile = jit_compile  # Whether XLA compiles the round.
     self._template = self.initialize()
     round_template = self._template._replace(aggregator=aggregation_lib.round_state_template(
         aggregation, self._template.aggregator))

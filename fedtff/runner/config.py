@@ -70,6 +70,9 @@ _CHOICES = {
 }
 
 
+# Keys that are true, false or None (unset).
+_OPTIONAL_BOOLS = frozenset({'jit_compile'})
+
 # Integer keys with a lower bound (a seed is a NumPy seed: non-negative).
 _MINIMUMS = {'total_rounds': 1, 'clients_per_round': 1, 'rounds_per_eval': 1,
              'rounds_per_checkpoint': 1, 'seed': 0, 'data.num_test_clients': 0}
@@ -139,6 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.stop = ml_collections.ConfigDict(dict(
       metric='', target=_optional_float(), patience=0, min_delta=0.0, mode='auto'))
   config.engine = 'auto'
+  # The compiled engine's XLA compilation (fedtff.compiled.build_compiled_process's
+  # jit_compile): None compiles when every example has one fixed shape.
+  config.jit_compile = ml_collections.FieldReference(None, field_type=bool)
   # TFF workers ('host:port', see fedtff.execution.distributed); empty runs on this machine.
   # Sites that own their data ('name=host:port', see fedtff.execution.sites and
   # docs/cross_silo.md): the clients are the sites' and each round's are routed to them.
@@ -219,8 +225,6 @@ def tff_only_options(config: Mapping[str, Any]) -> List[str]:
   if config['algorithm']['process']:
     options.append("engine='compiled' compiles fedtff's own algorithms only; run a user's "
                    "learning process (algorithm.process) with engine='tff'.")
-  if config['aggregator']['kind'] == 'dp':
-    privacy = config['privacy']
   return options
 
 
@@ -233,10 +237,16 @@ def engine_choice(config: Mapping[str, Any]) -> EngineChoice:
 
 
 def check_engine(config: Mapping[str, Any]) -> None:
-  """Refuses `engine='compiled'` with an option only TFF runs (`tff_only_options`)."""
+  """Refuses `engine='compiled'` with an option only TFF runs (`tff_only_options`), and
+  `jit_compile` set for a run on TFF."""
   options = tff_only_options(config)
   if config['engine'] == 'compiled' and options:
     raise ConfigError(options[0])
+  choice = engine_choice(config)
+  if config['jit_compile'] is not None and choice.name == 'tff':
+    reason = f' ({choice.reason})' if choice.reason else ''
+    raise ConfigError(f"jit_compile={config['jit_compile']} applies to the compiled engine, but "
+                      f"this config runs on TFF{reason}; leave jit_compile unset (None).")
 
 
 def leaves(config: Mapping[str, Any], prefix: str = '') -> Iterator[Tuple[str, Any]]:
@@ -254,6 +264,8 @@ def _type_name(value: Any) -> str:
 def _check_type(key: str, value: Any, default: Any) -> None:
   if default is None and key in _CHOICES:
     ok = value is None or isinstance(value, str)
+  elif key in _OPTIONAL_BOOLS:
+    ok = value is None or isinstance(value, bool)
   elif default is None:
     ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
   elif isinstance(default, bool) or isinstance(value, bool):
@@ -301,6 +313,8 @@ def takes_string(key: str) -> bool:
 def describe_type(key: str) -> str:
   """What kind of value the schema's `key` takes, e.g. 'an integer'."""
   default = schema_defaults()[key]
+  if key in _OPTIONAL_BOOLS:
+    return 'true, false or None'
   if default is None:
     return 'a string or None' if key in _CHOICES else 'a number or None'
   if isinstance(default, bool):

@@ -258,6 +258,7 @@ def build_compiled_process(config: ml_collections.ConfigDict, task: tasks.Task, 
       engine does not implement (one sentence naming it and engine='tff').
   """
   options = options or _process_options(config, task, noise_multiplier(config, task))
+  options = {'jit_compile': config.jit_compile, **options}
   try:
     return compiled.build_compiled_process(task.model_fn, task.element_spec, **options)
   except ValueError as e:  # What compiled does not implement: "...; use engine='tff'."
@@ -700,8 +701,9 @@ def _engine(config, task, options: Dict[str, Any],
     try:  # First: its refusals come before TFF builds.
       compiled_process = build_compiled_process(config, task, options=options)
     except config_lib.ConfigError as e:
-      if config.engine != 'auto' or config.privacy.noise_seed is not None:
-        raise  # privacy.noise_seed seeds the compiled engine's noise only.
+      if (config.engine != 'auto' or config.privacy.noise_seed is not None
+          or config.jit_compile is not None):
+        raise  # privacy.noise_seed and jit_compile apply to the compiled engine only.
       choice = config_lib.EngineChoice('tff', str(e))
     else:
       tff_process = (_CompiledStateLayout(compiled_process) if _aggregator_state_is_empty(config)

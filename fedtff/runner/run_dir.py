@@ -37,9 +37,10 @@ SUMMARY = 'summary.json'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
 LOCK = '.lock'
-# Keys a resumed run may change: more rounds, the engine, other machines to run
-# on, or how their workers get the data; none of them changes the results.
-_EXTENDABLE_KEYS = ('total_rounds', 'engine', 'runtime.workers', 'runtime.connect_timeout_s',
+# Keys a resumed run may change: more rounds, the engine or its XLA compilation, other
+# machines to run on, or how their workers get the data; none of them changes the
+# results beyond float32 rounding.
+_EXTENDABLE_KEYS = ('total_rounds', 'engine', 'jit_compile', 'runtime.workers', 'runtime.connect_timeout_s',
                     'runtime.credentials', 'data.feed', 'data.feed_dir')
 # Early stopping (fedtff.runner.callbacks) may change too: a stopped run is extended past its stop.
 _EXTENDABLE_KEYS += tuple(k for k in config_lib.schema_defaults() if k.startswith('stop.'))
