@@ -187,8 +187,8 @@ def test_a_site_killed_mid_round_fails_the_run_in_one_line_and_resume_repeats_it
   workdir = str(tmp_path / 'run')
 
   def kill_carol_during_round_2(end):
-    if end.round_num == 1:  # Round 2 starts as this returns; carol dies 0.3 s into it.
-      threading.Timer(0.3, carol.proc.kill).start()
+    if end.round_num == 1:  # Round 2 starts as this returns; carol dies 0.05 s into it
+      threading.Timer(0.05, carol.proc.kill).start()  # (a round takes well under 1 s here).
 
   config = site_config(world)
   config.runtime.connect_timeout_s = 5.0  # How long a silent site is waited for.

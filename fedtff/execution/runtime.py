@@ -41,11 +41,16 @@ import portpicker
 import tensorflow_federated as tff
 
 _GRPC_MAX_MESSAGE_BYTES = 2 * 1000 * 1000 * 1000
+# A worker just started is not listening yet, and gRPC waits 1 s by default before
+# its second connection attempt: 0.1 s instead made a local worker ready in
+# ~0.1 s rather than ~1 s. Later attempts still back off exponentially.
+_GRPC_FIRST_RECONNECT_MS = 100
 GRPC_CHANNEL_OPTIONS = (
     ('grpc.max_message_length', _GRPC_MAX_MESSAGE_BYTES),
     ('grpc.max_receive_message_length', _GRPC_MAX_MESSAGE_BYTES),
     ('grpc.max_send_message_length', _GRPC_MAX_MESSAGE_BYTES),
-)
+    ('grpc.initial_reconnect_backoff_ms', _GRPC_FIRST_RECONNECT_MS),
+)  # Not grpc.min_reconnect_backoff_ms: it is also each connection attempt's timeout.
 _PR_SET_PDEATHSIG = 1
 _live_workers: set['WorkerProcess'] = set()
 _live_workers_lock = threading.Lock()
