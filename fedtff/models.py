@@ -257,10 +257,11 @@ class GroupNormalization(_layers.GroupNormalization):
 
   Without a mask, Keras weighs every element by a tensor of ones
   (`tf.nn.weighted_moments`); when XLA compiles a round with fixed shapes those
-  ones are a constant that it folds element by element, which made compiling a
-  ResNet-18 round several times slower than running it. `tf.nn.moments` gives the
-  same mean and variance (to float rounding) and the same variables, so
-  checkpoints and masked calls are unchanged. Wu & He 2018, Group Normalization,
+  ones are a constant that it folds element by element (one ResNet-18 round on
+  the CIFAR-100 stand-in: 107 s of CPU with Keras's layer, 88 s with this one;
+  docs/performance.md). `tf.nn.moments` gives the same mean and variance (to
+  float rounding) and the same variables, so checkpoints and masked calls are
+  unchanged. Wu & He 2018, Group Normalization,
   arXiv 1803.08494.
   """
 

@@ -67,12 +67,14 @@ fi
 step "find a Python 3.9-3.11 interpreter"
 PYTHON="$(find_python)" || fail "no Python 3.9, 3.10 or 3.11 found (TensorFlow Federated 0.87 needs one); install one or set FEDTFF_PYTHON=/path/to/python3.11"
 
+unusable=""
 if [[ -x "$VENV/bin/python" ]] && ! python_ok "$VENV/bin/python"; then
-  step "remove $VENV (its Python is not 3.9-3.11)"
-  rm -rf "$VENV"
+  unusable="its Python is not 3.9-3.11"
+elif [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  unusable="it has no pip: its creation was interrupted"
 fi
-if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
-  step "remove $VENV (it has no pip: its creation was interrupted)"
+if [[ -n "$unusable" ]]; then
+  step "remove $VENV ($unusable)"
   rm -rf "$VENV"
 fi
 if [[ ! -x "$VENV/bin/python" ]]; then
