@@ -16,6 +16,7 @@ from fedtff.compiled import differential
 from fedtff.runner import experiment
 from fedtff import tasks
 from fedtff.algorithms import batch_loss
+from fedtff.algorithms import optimizers
 from fedtff.algorithms import registry
 from fedtff.algorithms import schedules
 from fedtff.algorithms import tff_model
@@ -246,6 +247,32 @@ def test_float64_mode_decides_what_float32_rounding_hides():
   assert scaled.share > 10
   assert scaled.share_where.startswith('round 1 state global_model_weights/trainable/')
   assert scaled.max_difference < differential.TOLERANCE  # What float32 mode would pass.
+
+
+def test_float64_server_momentum_steps_as_numpy_and_both_engines_agree():
+  """TFF's SGD momentum step casts neither hyperparameter, so fedtff's optimizer holds them in
+  float64 under a float64 floatx: two steps on float64 weights, its state held as tensors, equal NumPy's `a = m a + g;
+  w -= lr a`, and float64 FedAvgM passes the harness over 3 rounds (momentum acts from round 2)."""
+  gradient = np.array([0.1, 0.3])
+  with differential.keras_floatx('float64'):
+    sgdm = optimizers.build('sgd', 0.7, momentum=0.9)
+    # A TFF process holds the state as tensors: a Python float becomes a float32 one.
+    state = tf.nest.map_structure(tf.convert_to_tensor,
+                                  sgdm.initialize(tf.TensorSpec([2], tf.float64)))
+    weights = tf.constant([0.5, -1.25], tf.float64)
+    for _ in range(2):
+      state, weights = sgdm.next(state, weights, tf.constant(gradient))
+  accumulator, expected = np.zeros(2), np.array([0.5, -1.25])
+  for _ in range(2):
+    accumulator = 0.9 * accumulator + gradient
+    expected = expected - 0.7 * accumulator
+  assert weights.dtype == tf.float64
+  np.testing.assert_array_equal(weights.numpy(), expected)
+  assert optimizers.build('sgd', 0.7, momentum=0.9).initialize(
+      tf.TensorSpec([2], tf.float32))['momentum'] == 0.9  # float32 floatx: a Python float, as given
+  outcome = check('fedavgm', tiny_config(algorithm__name='fedavgm', server__momentum=0.9),
+                  dtype='float64')
+  assert outcome.status == differential.PASSED, outcome.line()
 
 
 def test_float64_is_the_default_for_the_resnet_only_and_floatx_is_restored():

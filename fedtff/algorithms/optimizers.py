@@ -7,8 +7,9 @@ of passing a Keras optimizer into a clear error.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -48,6 +49,21 @@ def _tff_hparams(name: str, hparams: Dict[str, Any]) -> Dict[str, Any]:
   return hparams
 
 
+def _momentum_in_floatx(name: str, learning_rate: Any,
+                        hparams: Dict[str, Any]) -> Tuple[Any, Dict[str, Any]]:
+  """SGD with momentum under a float64 Keras floatx gets float64 hyperparameters.
+
+  TFF 0.87's SGD momentum step (`a = momentum * a + g; w = w - lr * a`) casts
+  neither hyperparameter to the accumulator's dtype, so float32 hyperparameters
+  fail on a float64 model. Every other case is returned unchanged: the other
+  optimizers cast their hyperparameters to each value's dtype themselves.
+  """
+  if name != 'sgd' or not hparams.get('momentum') or tf.keras.backend.floatx() != 'float64':
+    return learning_rate, hparams
+  as_float64 = lambda v: tf.cast(v, tf.float64) if tf.is_tensor(v) else np.float64(v)
+  return as_float64(learning_rate), {**hparams, 'momentum': as_float64(hparams['momentum'])}
+
+
 def build(name: str, learning_rate: float, **hparams: Any) -> TffOptimizer:
   """Returns the TFF optimizer called `name`.
 
@@ -59,7 +75,9 @@ def build(name: str, learning_rate: float, **hparams: Any) -> TffOptimizer:
       `tff.learning.optimizers.build_*` function: `momentum` for sgd;
       `beta_1`, `beta_2`, `epsilon` (Reddi et al.'s τ) and
       `initial_accumulator` for the adaptive ones, whose defaults are
-      `ADAPTIVE_DEFAULTS` (Reddi et al. 2021), not TFF's.
+      `ADAPTIVE_DEFAULTS` (Reddi et al. 2021), not TFF's. Under a float64
+      Keras floatx, SGD with momentum holds its hyperparameters in float64
+      (TFF's momentum step does not cast them); all else is as given.
 
   Raises:
     ValueError: If `name` is unknown or a hyperparameter does not apply.
@@ -67,7 +85,9 @@ def build(name: str, learning_rate: float, **hparams: Any) -> TffOptimizer:
   if name not in _BUILDERS:
     raise ValueError(f'Unknown optimizer {name!r}; expected one of {", ".join(OPTIMIZER_NAMES)}.')
   try:
-    return _BUILDERS[name](learning_rate=learning_rate, **_tff_hparams(name, hparams))
+    learning_rate, tff_hparams = _momentum_in_floatx(name, learning_rate,
+                                                     _tff_hparams(name, hparams))
+    return _BUILDERS[name](learning_rate=learning_rate, **tff_hparams)
   except TypeError as e:
     raise ValueError(f'Optimizer {name!r} does not take {sorted(hparams)}: {e}') from None
 
