@@ -5,9 +5,15 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before TensorFlow loads: no C++ banners.
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import atexit
 import json
+import select
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -36,69 +42,130 @@ def script_env(**extra):
   return env
 
 
-def run_script(args, *, timeout=300, **popen_kwargs):
-  """Runs `python args...` from the repo root; returns CompletedProcess."""
-  return subprocess.run([sys.executable] + list(args), cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=timeout, env=script_env(), **popen_kwargs)
+# Every `run_script` without options of its own runs in a fork of one
+# preloaded interpreter per test process (`_Zygote`): TensorFlow, TFF and
+# fedtff are imported once (~7 s of CPU) instead of in every subprocess.
+# A child runs its command line as `python argv...` would: its own process
+# group, argv, `sys.path[0]`, stdin (/dev/null), stdout and stderr files, the
+# signal handlers and default TFF context a fresh import would install (their
+# threads do not survive a fork), atexit handlers, and its exit code.
+_ZYGOTE = r'''
+import atexit, json, os, runpy, sys, traceback
+import experiments.quiet_tf  # Before TensorFlow, as every script imports it.
+from experiments import stopping
+import tensorflow, tensorflow_federated, fedtff, fedtff.runner
+from fedtff.execution import runtime
 
 
-# Runs in one `python -c` subprocess: imports `preload` once (TensorFlow, TFF,
-# fedtff: ~6 s), then runs each command line as `python argv...` would, in a
-# fork of that process: `argv[0]` as __main__ with a fresh sys.argv, its own
-# stdout and stderr files, and its exit code. Flags a script defines are
-# defined in the child only, so each child parses its command line afresh.
-_FORKED_DRIVER = r'''
-import json, os, runpy, sys, traceback
-spec = json.loads(sys.argv[1])
-sys.path.insert(0, os.getcwd())
-for module in spec['preload']:
-  __import__(module)
-results = []
-for i, argv in enumerate(spec['argvs']):
-  out, err = (os.path.join(spec['dir'], f'{i}.{s}') for s in ('out', 'err'))
+def run(request):
+  code = 0
+  try:
+    os.setpgid(0, 0)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for fd, path in ((1, request['out']), (2, request['err'])):
+      os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    stopping.install()
+    runtime.install_default_context()
+    argv = request['argv']
+    if argv[0] == '-m':
+      sys.argv, sys.path[0] = argv[1:], os.getcwd()
+      runpy.run_module(argv[1], run_name='__main__', alter_sys=True)
+    else:
+      sys.argv, sys.path[0] = list(argv), os.path.dirname(os.path.abspath(argv[0]))
+      runpy.run_path(argv[0], run_name='__main__')
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if not isinstance(e.code, (int, type(None))):
+      print(e.code, file=sys.stderr)
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    code = 1
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  sys.stdout.flush(), sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+for line in sys.stdin:
   sys.stdout.flush(), sys.stderr.flush()
   pid = os.fork()
   if pid == 0:
-    code = 0
-    try:
-      for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-      sys.argv = list(argv)
-      runpy.run_path(argv[0], run_name='__main__')
-    except SystemExit as e:
-      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-      if not isinstance(e.code, (int, type(None))):
-        print(e.code, file=sys.stderr)
-    except BaseException:
-      traceback.print_exc()
-      code = 1
-    sys.stdout.flush(), sys.stderr.flush()
-    os._exit(code)
-  _, status = os.waitpid(pid, 0)
-  results.append(os.waitstatus_to_exitcode(status))
-print(json.dumps(results))
+    run(json.loads(line))
+  print(pid, flush=True)
+  print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
 '''
 
 
-def run_scripts_forked(argvs, preload, tmp_dir, *, timeout=300):
-  """Like `[run_script(argv) for argv in argvs]`, sharing one interpreter's imports.
+class _Zygote:
+  """A preloaded interpreter that runs each command line in a fork of itself."""
 
-  For command lines that fail or finish before any TensorFlow work (refused
-  input): each still runs its script as __main__ with its own argv, exit code,
-  stdout and stderr, but pays the imports of `preload` once instead of per
-  line. Output the imports themselves print is not in any line's stderr;
-  check that with one `run_script`. The preloaded modules saw the driver's
-  argv and environment when imported (experiments.quiet_tf decides verbosity
-  then), so a line that needs other ones (--verbosity, FEDTFF_VERBOSE) needs
-  `run_script`.
+  def __init__(self):
+    self._dir = tempfile.mkdtemp(prefix='fedtff-zygote-')
+    self._log = open(os.path.join(self._dir, 'zygote.err'), 'w')  # pylint: disable=consider-using-with
+    self._proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [sys.executable, '-c', _ZYGOTE], cwd=REPO_ROOT, env=script_env(), text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+    self._runs = 0
+    atexit.register(self.close)
+
+  def _read_line(self, deadline):
+    fd = self._proc.stdout.fileno()
+    line = b''
+    while not line.endswith(b'\n'):
+      if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        return None
+      chunk = os.read(fd, 1)
+      if not chunk:
+        with open(self._log.name) as log:
+          raise RuntimeError(f'the test zygote exited: {log.read()[-3000:]}')
+      line += chunk
+    return int(line)
+
+  def run(self, args, timeout):
+    """`subprocess.run([python] + args)` as a fork; TimeoutExpired after `timeout` s."""
+    self._runs += 1
+    out, err = (os.path.join(self._dir, f'{self._runs}.{s}') for s in ('out', 'err'))
+    self._proc.stdin.write(json.dumps(dict(argv=list(args), out=out, err=err)) + '\n')
+    self._proc.stdin.flush()
+    pid = self._read_line(time.monotonic() + 10)
+    code = self._read_line(time.monotonic() + timeout)
+    if code is None:
+      os.killpg(pid, signal.SIGKILL)
+      self._read_line(time.monotonic() + 10)
+    with open(out) as o, open(err) as e:
+      stdout, stderr = o.read(), e.read()
+    if code is None:
+      raise subprocess.TimeoutExpired(args, timeout, stdout, stderr)
+    return subprocess.CompletedProcess([sys.executable] + list(args), code, stdout, stderr)
+
+  def close(self):
+    if self._proc.poll() is None:
+      self._proc.stdin.close()
+      try:
+        self._proc.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        self._proc.kill()
+        self._proc.wait()
+    self._log.close()
+    shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_zygote = None
+
+
+def run_script(args, *, timeout=300, fresh=False, **popen_kwargs):
+  """Runs `python args...` from the repo root; returns CompletedProcess.
+
+  A script path or `-m module` runs in a fork of this test process's
+  preloaded interpreter (`_Zygote`), unless `fresh` is true or `popen_kwargs`
+  are given: then in a new `python` process. Output the imports themselves
+  print (TensorFlow's warnings) appears only in a fresh process's stderr, so
+  a test that checks that stderr is empty of them passes `fresh=True`, as does
+  one that asks for verbose output (the preloaded imports were quiet).
   """
-  spec = dict(argvs=[list(a) for a in argvs], preload=list(preload), dir=str(tmp_dir))
-  driver = run_script(['-c', _FORKED_DRIVER, json.dumps(spec)], timeout=timeout)
-  assert driver.returncode == 0, driver.stderr
-  codes = json.loads(driver.stdout.strip().splitlines()[-1])
-  results = []
-  for i, (argv, code) in enumerate(zip(argvs, codes)):
-    with open(os.path.join(tmp_dir, f'{i}.out')) as out, open(
-        os.path.join(tmp_dir, f'{i}.err')) as err:
-      results.append(subprocess.CompletedProcess(list(argv), code, out.read(), err.read()))
-  return results
+  global _zygote
+  if fresh or popen_kwargs or args[0] == '-c':
+    return subprocess.run([sys.executable] + list(args), cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=script_env(), **popen_kwargs)
+  if _zygote is None:
+    _zygote = _Zygote()
+  return _zygote.run(args, timeout)

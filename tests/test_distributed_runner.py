@@ -9,8 +9,6 @@ their clean SIGINT/SIGTERM stop) and asserts that none of them, nor any
 
 import os
 import socket
-import subprocess
-import sys
 import time
 
 from absl import flags
@@ -206,13 +204,12 @@ def test_unquoted_addresses_on_the_command_line_get_a_hint():
 def test_train_script_names_unreachable_workers_on_one_line(tmp_path, silent_address):
   refused, mute = f'127.0.0.1:{portpicker.pick_unused_port()}', silent_address
   start = time.monotonic()
-  result = subprocess.run(
-      [sys.executable, 'experiments/train.py', '--config=configs/quickstart.py',
+  result = conftest.run_script(
+      ['experiments/train.py', '--config=configs/quickstart.py',
        f'--workdir={tmp_path}', '--config.total_rounds=2', '--config.data.num_clients=20',
        '--config.data.num_test_clients=4', '--config.runtime.connect_timeout_s=2',
        f"--config.runtime.workers=('{refused}','{mute}')"],
-      cwd=conftest.REPO_ROOT, capture_output=True, text=True, timeout=240,
-      env=conftest.script_env())
+      timeout=240)
   elapsed = time.monotonic() - start
   assert result.returncode != 0
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -32,7 +32,7 @@ def test_script_writes_the_same_metrics_as_json(trained_run, tmp_path):
   workdir, final_eval = trained_run
   output = tmp_path / 'eval.json'
   result = conftest.run_script(['experiments/evaluate.py', f'--workdir={workdir}',
-                                f'--output={output}'])
+                                f'--output={output}'], fresh=True)
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   assert result.stdout == f'wrote the metrics of checkpoint round 2 to {output}\n'

@@ -71,7 +71,7 @@ def test_default_output():
 
 
 def test_script_writes_the_default_png_of_one_run(two_runs):
-  result = conftest.run_script(['scripts/plot_metrics.py', two_runs[0]])
+  result = conftest.run_script(['scripts/plot_metrics.py', two_runs[0]], fresh=True)
   assert result.returncode == 0, result.stderr
   assert result.stdout == f'wrote {two_runs[0]}/metrics.png\n' and result.stderr == ''
   assert png_size(os.path.join(two_runs[0], 'metrics.png'))[0] > 500
@@ -79,14 +79,11 @@ def test_script_writes_the_default_png_of_one_run(two_runs):
 
 @pytest.fixture(scope='module')
 def refused(tmp_path_factory):
-  """scripts/plot_metrics.py's refused command lines, in one subprocess
-  (conftest.run_scripts_forked; test_script_writes_the_default_png_of_one_run
-  runs it in a fresh one): (not a run directory, its result, no arguments' result)."""
+  """scripts/plot_metrics.py's refused command lines (test_script_writes_the_default_png_of_one_run
+  runs it in a fresh process): (not a run directory, its result, no arguments' result)."""
   not_a_run = tmp_path_factory.mktemp('not_a_run')
-  missing_csv, no_argument = conftest.run_scripts_forked(
-      [['scripts/plot_metrics.py', str(not_a_run)], ['scripts/plot_metrics.py']],
-      ['experiments.quiet_tf', 'experiments.cli', 'fedtff.research.plots'],
-      tmp_path_factory.mktemp('refused'))
+  missing_csv = conftest.run_script(['scripts/plot_metrics.py', str(not_a_run)])
+  no_argument = conftest.run_script(['scripts/plot_metrics.py'])
   return not_a_run, missing_csv, no_argument
 
 

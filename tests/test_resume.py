@@ -146,8 +146,7 @@ def test_sigkill_mid_run_then_resume_matches_a_straight_run(straight_run, tmp_pa
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
   assert checkpoints.rounds(tmp_path / 'checkpoints')
-  resumed = subprocess.run(args + ['--config.total_rounds=8', '--quiet'], cwd=conftest.REPO_ROOT,
-                           capture_output=True, text=True, env=conftest.script_env(), timeout=300)
+  resumed = conftest.run_script(args[1:] + ['--config.total_rounds=8', '--quiet'])
   assert resumed.returncode == 0, resumed.stderr
   assert_same_rows(comparable_rows(tmp_path), comparable_rows(straight_run))
 

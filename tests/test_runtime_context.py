@@ -41,7 +41,7 @@ def test_restore_gives_tffs_context_back_and_leaks_no_worker(tmp_path):
   script = tmp_path / 'restore.py'
   # This checkout's fedtff, whatever the interpreter has installed.
   script.write_text(f'import sys\nsys.path.insert(0, {conftest.REPO_ROOT!r})\n' + SCRIPT)
-  result = conftest.run_script([str(script)], timeout=120)
+  result = conftest.run_script([str(script)], timeout=120, fresh=True)
   assert result.returncode == 0, result.stderr[-3000:]
   pids = [int(p) for p in result.stdout.split('pids')[1].split()]
   _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],

@@ -30,7 +30,7 @@ def swept(tmp_path_factory):
   root = tmp_path_factory.mktemp('sweep')
   grid_args = [arg for spec in GRID for arg in ('--grid', spec)]
   result = conftest.run_script(['experiments/sweep.py', f'--config={config_file}',
-                                f'--workdir={root}', '--quiet'] + grid_args)
+                                f'--workdir={root}', '--quiet'] + grid_args, fresh=True)
   assert result.returncode == 0, result.stderr
   return root, result
 
@@ -123,18 +123,15 @@ def test_sweep_png_compares_the_points(swept):
 
 @pytest.fixture(scope='module')
 def refused(tmp_path_factory):
-  """experiments/sweep.py's refused command lines, in one subprocess (conftest.run_scripts_forked):
-  {name: (workdir, CompletedProcess)}."""
+  """experiments/sweep.py's refused command lines: {name: (workdir, CompletedProcess)}."""
   cases = {
       'bad_metric': ['--grid', 'seed=0', '--metric=accuracy'],
       'unknown_grid_key': ['--grid', 'server.lr=0.1,1.0'],
   }
   workdirs = {name: tmp_path_factory.mktemp(name) for name in cases}
-  results = conftest.run_scripts_forked(
-      [['experiments/sweep.py', '--config=configs/quickstart.py', f'--workdir={workdirs[name]}']
-       + args for name, args in cases.items()],
-      ['experiments.quiet_tf', 'experiments.cli', 'fedtff'], tmp_path_factory.mktemp('refused'))
-  return {name: (workdirs[name], result) for name, result in zip(cases, results)}
+  return {name: (workdirs[name], conftest.run_script(
+      ['experiments/sweep.py', '--config=configs/quickstart.py', f'--workdir={workdirs[name]}']
+      + args)) for name, args in cases.items()}
 
 
 def test_bad_metric_gets_one_line_before_any_run(refused):

@@ -18,7 +18,7 @@ SMALL = ['--config.total_rounds=2', '--config.rounds_per_eval=1']
 
 
 def test_trains_and_writes_the_run_directory(tmp_path):
-  result = conftest.run_script(TRAIN + SMALL + [f'--workdir={tmp_path}'])
+  result = conftest.run_script(TRAIN + SMALL + [f'--workdir={tmp_path}'], fresh=True)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert lines[0].startswith('round 1/2  loss ') and 'ETA' in lines[0]
@@ -38,10 +38,10 @@ def test_trains_and_writes_the_run_directory(tmp_path):
   assert result.stderr == ''
 
 
-# Refused command lines and the line each gets. One subprocess runs them all
-# (conftest.run_scripts_forked: imports paid once, each line a fork running
-# train.py as __main__); `unknown_key` also runs as a plain subprocess, so one
-# refusal is checked with the imports' own output on stderr too.
+# Refused command lines and the line each gets. Each runs in a fork of the
+# preloaded interpreter (conftest.run_script); `unknown_key` also runs in a
+# fresh process, so one refusal is checked with the imports' own output on
+# stderr too.
 BAD_INPUT = {
     'missing_config': (
         ['experiments/train.py', '--config=configs/missing.py', '--workdir=/tmp/x'],
@@ -93,11 +93,8 @@ BAD_INPUT = {
 
 
 @pytest.fixture(scope='module')
-def bad_input_results(tmp_path_factory):
-  results = conftest.run_scripts_forked(
-      [args for args, _ in BAD_INPUT.values()],
-      ['experiments.quiet_tf', 'experiments.cli', 'fedtff'], tmp_path_factory.mktemp('bad_input'))
-  return dict(zip(BAD_INPUT, results))
+def bad_input_results():
+  return {name: conftest.run_script(args) for name, (args, _) in BAD_INPUT.items()}
 
 
 def _assert_one_line_refusal(result, message):
@@ -115,7 +112,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(bad_input_results, case):
 
 def test_bad_input_in_a_fresh_process_gets_one_line_and_nonzero_exit():
   args, message = BAD_INPUT['unknown_key']
-  result = conftest.run_script(args)
+  result = conftest.run_script(args, fresh=True)
   _assert_one_line_refusal(result, message)
   assert result.stdout == ''
 
