@@ -127,6 +127,8 @@ class _Zygote:
     self._proc.stdin.write(json.dumps(dict(argv=list(args), out=out, err=err)) + '\n')
     self._proc.stdin.flush()
     pid = self._read_line(time.monotonic() + 10)
+    if pid is None:
+      raise RuntimeError(f'the test zygote did not start {args} within 10 s')
     code = self._read_line(time.monotonic() + timeout)
     if code is None:
       os.killpg(pid, signal.SIGKILL)

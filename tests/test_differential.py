@@ -251,8 +251,9 @@ def test_float64_mode_decides_what_float32_rounding_hides():
 
 def test_float64_server_momentum_steps_as_numpy_and_both_engines_agree():
   """TFF's SGD momentum step casts neither hyperparameter, so fedtff's optimizer holds them in
-  float64 under a float64 floatx: two steps on float64 weights, its state held as tensors, equal NumPy's `a = m a + g;
-  w -= lr a`, and float64 FedAvgM passes the harness over 3 rounds (momentum acts from round 2)."""
+  float64 under a float64 floatx: two steps on float64 weights, the state held as tensors, equal
+  NumPy's `a = m a + g; w -= lr a`, and float64 FedAvgM passes the harness over 3 rounds
+  (momentum acts from round 2)."""
   gradient = np.array([0.1, 0.3])
   with differential.keras_floatx('float64'):
     sgdm = optimizers.build('sgd', 0.7, momentum=0.9)
