@@ -34,6 +34,12 @@ def tiny_arrays():
   return tiny_classification_arrays()
 
 
+def cpu_seconds(process):
+  """User plus system CPU of a `psutil.Process`: proof that it did some work."""
+  times = process.cpu_times()
+  return times.user + times.system
+
+
 def script_env(**extra):
   env = dict(os.environ)
   env.pop('FEDTFF_VERBOSE', None)

@@ -127,10 +127,10 @@ def test_a_round_through_the_tls_front_end_equals_the_local_runtime(alice, train
   round_fn = lambda: composed.next(test_distributed.initial_state(composed), select())
   with fedtff.local_runtime():
     local = round_fn()
-  before = alice.binary.cpu_times().user
+  before = conftest.cpu_seconds(alice.binary)
   with tls_runtime(trainer, [alice]):
     remote = round_fn()
-  assert alice.binary.cpu_times().user > before  # The private binary did the work.
+  assert conftest.cpu_seconds(alice.binary) > before  # The private binary did the work.
   assert remote.metrics['client_work']['train']['loss'] > 0
   for got, want in zip(tf.nest.flatten(remote), tf.nest.flatten(local), strict=True):
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -154,16 +154,19 @@ def test_the_tls_connector_reads_the_manifest_with_the_secagg_announcement(alice
 
 
 def test_site_runtime_routes_clients_to_a_site_over_tls(alice, trainer):
-  length = tff.tensorflow.computation(lambda s: tf.strings.length(s), np.str_)
+  @tff.tensorflow.computation(np.str_)
+  def busy_length(s):  # A loop long enough to show in the binary's CPU time (10 ms ticks).
+    spins = tf.while_loop(lambda i: i < 30_000, lambda i: i + 1, [tf.constant(0)])[0]
+    return tf.strings.length(s) + spins - 30_000
 
   @tff.federated_computation(tff.FederatedType(np.str_, tff.CLIENTS))
   def total_length(client_ids):
-    return tff.federated_sum(tff.federated_map(length, client_ids))
+    return tff.federated_sum(tff.federated_map(busy_length, client_ids))
 
-  before = alice.binary.cpu_times().user
+  before = conftest.cpu_seconds(alice.binary)
   with sites.site_runtime([f'alice={alice.address}'], connect=tls.TlsConnector(trainer)):
     assert total_length(['0', '1', '3']) == 3
-  assert alice.binary.cpu_times().user > before
+  assert conftest.cpu_seconds(alice.binary) - before > 0.05  # The binary ran the three loops.
 
 
 def _one_site_line(alice, mark, reason_pattern):
