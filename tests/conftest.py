@@ -40,6 +40,100 @@ def cpu_seconds(process):
   return times.user + times.system
 
 
+# Runs of one config share their task and built processes: a TFF build costs
+# 1-3 s of CPU and a compiled one its tracing in the first round, and resumed,
+# extended and stopped runs would rebuild what an earlier run of the same
+# config built. The key is the resolved config without the keys that steer
+# only the run, plus, for a process, the aggregator spec, which carries the
+# calibrated noise multiplier (an aggregator object without a spec is never
+# shared). A TFF evaluation is shared by runs that share the task and the
+# process. Runs of user objects, of sites and of data read from files are
+# built afresh every time, as is a process built without options.
+# FEDTFF_TEST_SHARED_BUILDS=0 turns the sharing off.
+_RUN_ONLY_KEYS = ('total_rounds', 'rounds_per_eval', 'rounds_per_checkpoint', 'stop', 'output',
+                  'per_client_eval')
+
+
+class _SharedBuilds:
+  """What runs of one config share, by key; kept alive, so ids stay unique."""
+
+  def __init__(self):
+    self._built = {}
+    self._ids = set()
+
+  def get(self, key, build):
+    if key is None:
+      return build()
+    if key not in self._built:
+      self._built[key] = build()
+      self._ids.add(id(self._built[key]))
+    return self._built[key]
+
+  def holds(self, obj):
+    return id(obj) in self._ids
+
+
+def _config_key(config):
+  """The config without its run-only keys, as text, or None if it names user objects or sites."""
+  from fedtff import tasks  # pylint: disable=import-outside-toplevel
+  from fedtff.runner import config as config_lib  # pylint: disable=import-outside-toplevel
+  from fedtff.runner import user_task  # pylint: disable=import-outside-toplevel
+  fields = json.loads(config_lib.to_json(config))
+  user_objects = [fields[group].get(name) for group, _, name in
+                  (key.partition('.') for key in user_task.KEYS)]
+  data = fields['data']
+  from_files = (data['dataset'] in tasks.HOSTED_DATASETS + ('npz_dir',)
+                or data['path'] or data['cache_dir'] or data['feed_dir'])
+  if any(user_objects) or fields['runtime']['sites'] or from_files:
+    return None
+  for key in _RUN_ONLY_KEYS:
+    del fields[key]
+  return json.dumps(fields, sort_keys=True)
+
+
+def _process_key(engine, config, options):
+  from fedtff.algorithms import aggregators  # pylint: disable=import-outside-toplevel
+  aggregator = (options or {}).get('aggregator')
+  config_key = _config_key(config)
+  if config_key is None or not isinstance(aggregator, aggregators.AggregatorSpec):
+    return None
+  return engine, config_key, repr(aggregator)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def shared_builds():
+  if os.environ.get('FEDTFF_TEST_SHARED_BUILDS', '1') == '0':
+    yield
+    return
+  from fedtff.runner import experiment  # pylint: disable=import-outside-toplevel
+  from fedtff.runner import user_task  # pylint: disable=import-outside-toplevel
+  shared, patch = _SharedBuilds(), pytest.MonkeyPatch()
+
+  def process_builder(engine, build):
+    return lambda config, task, *, options=None: shared.get(
+        _process_key(engine, config, options), lambda: build(config, task, options=options))
+
+  build_task, evaluation_fn = user_task.build_task, experiment.evaluation_fn
+  def shared_build_task(config, user):
+    key = None if user is not None else _config_key(config)
+    return shared.get(key and ('task', key), lambda: build_task(config, user))
+
+  patch.setattr(user_task, 'build_task', shared_build_task)
+  patch.setattr(experiment, 'build_process', process_builder('tff', experiment.build_process))
+  patch.setattr(experiment, 'build_compiled_process',
+                process_builder('compiled', experiment.build_compiled_process))
+
+  def shared_evaluation_fn(task, training_process, *, engine='tff', per_client=False):
+    build = lambda: evaluation_fn(task, training_process, engine=engine, per_client=per_client)
+    if not (shared.holds(task) and shared.holds(training_process)):
+      return build()
+    return shared.get(('evaluation', id(task), id(training_process), engine, per_client), build)
+
+  patch.setattr(experiment, 'evaluation_fn', shared_evaluation_fn)
+  yield
+  patch.undo()
+
+
 def script_env(**extra):
   env = dict(os.environ)
   env.pop('FEDTFF_VERBOSE', None)

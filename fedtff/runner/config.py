@@ -18,7 +18,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, NamedTuple, Tuple
 
 import ml_collections
 
@@ -292,12 +292,18 @@ def schema_defaults() -> Dict[str, Any]:
   return dict(_schema_items())
 
 
+@functools.lru_cache(maxsize=None)
+def _schema_keys_and_groups() -> FrozenSet[str]:
+  """Every dotted schema key and the group holding each, e.g. 'data.batch_size', 'data'."""
+  keys = {key for key, _ in _schema_items()}
+  return frozenset(keys | {key.rpartition('.')[0] for key in keys})
+
+
 def check_key(key: str) -> None:
   """Raises `ConfigError` if the dotted `key` is not in the schema."""
-  schema = schema_defaults()
-  groups = {k.rpartition('.')[0] for k in schema}
-  if key in schema or key in groups:
+  if key in _schema_keys_and_groups():
     return
+  schema = schema_defaults()
   parent = key.rpartition('.')[0]
   siblings = sorted(k for k in schema if k.rpartition('.')[0] == parent) or sorted(
       {k.partition('.')[0] for k in schema})
