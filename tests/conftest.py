@@ -101,6 +101,9 @@ for line in sys.stdin:
 '''
 
 
+_ZYGOTE_START_S = 60  # A fork of a loaded interpreter, on a busy machine.
+
+
 class _Zygote:
   """A preloaded interpreter that runs each command line in a fork of itself."""
 
@@ -132,18 +135,25 @@ class _Zygote:
     out, err = (os.path.join(self._dir, f'{self._runs}.{s}') for s in ('out', 'err'))
     self._proc.stdin.write(json.dumps(dict(argv=list(args), out=out, err=err)) + '\n')
     self._proc.stdin.flush()
-    pid = self._read_line(time.monotonic() + 10)
-    if pid is None:
-      raise RuntimeError(f'the test zygote did not start {args} within 10 s')
+    pid = self._read_line(time.monotonic() + _ZYGOTE_START_S)
+    if pid is None:  # Its late replies would answer the next command line: start anew.
+      self.close()
+      raise RuntimeError(f'the test zygote did not start {args} within {_ZYGOTE_START_S} s')
     code = self._read_line(time.monotonic() + timeout)
     if code is None:
       os.killpg(pid, signal.SIGKILL)
-      self._read_line(time.monotonic() + 10)
+      in_step = self._read_line(time.monotonic() + _ZYGOTE_START_S) is not None
     with open(out) as o, open(err) as e:
       stdout, stderr = o.read(), e.read()
     if code is None:
+      if not in_step:  # Its late exit code would answer the next command line.
+        self.close()
       raise subprocess.TimeoutExpired(args, timeout, stdout, stderr)
     return subprocess.CompletedProcess([sys.executable] + list(args), code, stdout, stderr)
+
+  @property
+  def closed(self):
+    return self._log.closed
 
   def close(self):
     if self._proc.poll() is None:
@@ -174,6 +184,6 @@ def run_script(args, *, timeout=300, fresh=False, **popen_kwargs):
   if fresh or popen_kwargs or args[0] == '-c':
     return subprocess.run([sys.executable] + list(args), cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=timeout, env=script_env(), **popen_kwargs)
-  if _zygote is None:
+  if _zygote is None or _zygote.closed:
     _zygote = _Zygote()
   return _zygote.run(args, timeout)
