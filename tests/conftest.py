@@ -6,6 +6,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before TensorFlow loads: n
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import atexit
+import contextlib
 import json
 import select
 import shutil
@@ -138,19 +139,32 @@ class _Zygote:
     start_s = timeout if self._runs == 1 else _ZYGOTE_START_S  # The first awaits imports.
     pid = self._read_line(time.monotonic() + start_s)
     if pid is None:  # Its late replies would answer the next command line: start anew.
-      self.close()
+      self._abandon(awaiting_pid=True)
       raise RuntimeError(f'the test zygote did not start {args} within {start_s} s')
     code = self._read_line(time.monotonic() + timeout)
     if code is None:
       os.killpg(pid, signal.SIGKILL)
-      in_step = self._read_line(time.monotonic() + _ZYGOTE_START_S) is not None
+      replied = self._read_line(time.monotonic() + _ZYGOTE_START_S) is not None
     with open(out) as o, open(err) as e:
       stdout, stderr = o.read(), e.read()
     if code is None:
-      if not in_step:  # Its late exit code would answer the next command line.
-        self.close()
+      if not replied:  # Its late exit code would answer the next command line.
+        self._abandon(awaiting_pid=False)  # The child was killed above.
       raise subprocess.TimeoutExpired(args, timeout, stdout, stderr)
     return subprocess.CompletedProcess([sys.executable] + list(args), code, stdout, stderr)
+
+  def _abandon(self, *, awaiting_pid):
+    """Kills the zygote and, if it forked the awaited child but named it too
+    late, that child's process group."""
+    self._proc.kill()
+    self._proc.wait()
+    late = b''
+    while chunk := os.read(self._proc.stdout.fileno(), 4096):
+      late += chunk
+    if awaiting_pid and late.split():
+      with contextlib.suppress(ProcessLookupError):
+        os.killpg(int(late.split()[0]), signal.SIGKILL)
+    self.close()
 
   @property
   def closed(self):
