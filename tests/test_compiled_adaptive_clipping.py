@@ -22,10 +22,16 @@ def datasets():
       num_features=base.NUM_FEATURES))
 
 
-def test_without_noise_the_weights_and_clip_norms_match_tff(datasets):
+@pytest.fixture(scope='module')
+def processes(datasets):
+  """The TFF and the compiled process with `ADAPTIVE_NO_NOISE`, built once for this file."""
+  return base.build_both(ADAPTIVE_NO_NOISE, datasets[0].element_spec)
+
+
+def test_without_noise_the_weights_and_clip_norms_match_tff(datasets, processes):
   tff_clips, compiled_clips = [], []
   for tff_weights, tff_metrics, compiled_weights, compiled_metrics in base.run_both(
-      ADAPTIVE_NO_NOISE, datasets, rounds=4):
+      ADAPTIVE_NO_NOISE, datasets, rounds=4, processes=processes):
     base.assert_weights_close(tff_weights, compiled_weights)
     assert tf.nest.map_structure(np.shape, compiled_metrics['aggregator']) == tf.nest.map_structure(
         np.shape, tff_metrics['aggregator'])
@@ -35,9 +41,9 @@ def test_without_noise_the_weights_and_clip_norms_match_tff(datasets):
   assert len(set(np.round(tff_clips, 6))) > 1  # The clip norm moved.
 
 
-def test_the_clip_norm_converts_to_and_from_tff_state_and_checkpoints(datasets, tmp_path):
-  tff_process = fedtff.build_learning_process(base.keras_model, datasets[0], **ADAPTIVE_NO_NOISE)
-  compiled_process = compiled.build_compiled_process(base.keras_model, datasets[0], **ADAPTIVE_NO_NOISE)
+def test_the_clip_norm_converts_to_and_from_tff_state_and_checkpoints(datasets, processes,
+                                                                     tmp_path):
+  tff_process, compiled_process = processes
   batches = compiled.from_datasets(datasets)
   compiled_state = compiled_process.initialize()
   for _ in range(2):

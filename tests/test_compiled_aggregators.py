@@ -6,6 +6,8 @@ metrics the runner logs) within 1e-5. The robust norms here involve no
 randomness, so the comparison is exact up to float rounding.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -84,10 +86,10 @@ def assert_measurements_close(tff_measurements, compiled_measurements):
     assert actual == pytest.approx(expected, abs=TOLERANCE)
 
 
-def run_and_compare(options, datasets):
+def run_and_compare(options, datasets, processes=None):
   """Runs both engines `ROUNDS` rounds; returns the last round's TFF measurements."""
   for tff_weights, tff_metrics, compiled_weights, compiled_metrics in test_compiled_engine.run_both(
-      options, datasets, rounds=ROUNDS):
+      options, datasets, rounds=ROUNDS, processes=processes):
     test_compiled_engine.assert_weights_close(tff_weights, compiled_weights, atol=TOLERANCE)
     assert_measurements_close(tff_metrics['aggregator'], compiled_metrics['aggregator'])
     assert compiled_metrics['client_work']['train']['loss'] == pytest.approx(  # The outlier's
@@ -95,9 +97,24 @@ def run_and_compare(options, datasets):
   return tff_metrics['aggregator']
 
 
+@pytest.fixture(scope='module')
+def built(datasets):
+  """`CASES` name -> (TFF process, compiled process), each built once for this file."""
+  return functools.lru_cache(maxsize=None)(
+      lambda name: test_compiled_engine.build_both(CASES[name], datasets[0].element_spec))
+
+
+@pytest.fixture(scope='module')
+def compared(datasets, built):
+  """`CASES` name -> the last round's TFF measurements of `run_and_compare` on
+  `datasets`, run once for this file."""
+  return functools.lru_cache(maxsize=None)(
+      lambda name: run_and_compare(CASES[name], datasets, built(name)))
+
+
 @pytest.mark.parametrize('name', sorted(CASES))
-def test_matches_the_tff_aggregator(name, datasets):
-  run_and_compare(CASES[name], datasets)
+def test_matches_the_tff_aggregator(name, compared):
+  compared(name)
 
 
 def test_zeroes_by_the_largest_coordinate_as_tff(datasets):
@@ -122,8 +139,9 @@ def outlier_datasets():
   return test_compiled_engine.client_datasets(features, labels)
 
 
-def test_adaptive_zeroing_zeroes_an_outlier_as_tff(outlier_datasets):
-  measurements = run_and_compare(CASES['robust_adaptive_both_unweighted'], outlier_datasets)
+def test_adaptive_zeroing_zeroes_an_outlier_as_tff(outlier_datasets, built):
+  name = 'robust_adaptive_both_unweighted'
+  measurements = run_and_compare(CASES[name], outlier_datasets, built(name))
   assert measurements['zeroed_count'] == 1
 
 
@@ -139,11 +157,8 @@ def next_rounds_match(tff_process, tff_state, datasets, compiled_process, compil
   return tff_output, compiled_state
 
 
-def test_adaptive_norms_convert_to_and_from_the_tff_state(outlier_datasets):
-  options = CASES['robust_adaptive_both_unweighted']
-  model_fn = test_compiled_engine.keras_model
-  tff_process = fedtff.build_learning_process(model_fn, outlier_datasets[0], **options)
-  compiled_process = compiled.build_compiled_process(model_fn, outlier_datasets[0], **options)
+def test_adaptive_norms_convert_to_and_from_the_tff_state(outlier_datasets, built):
+  tff_process, compiled_process = built('robust_adaptive_both_unweighted')
   batches = compiled.from_datasets(outlier_datasets)
   state = compiled_process.initialize()
   for _ in range(2):
@@ -175,10 +190,10 @@ def test_compiled_state_holds_the_estimates_of_adaptive_norms_only():
 
 
 @pytest.mark.parametrize('name', ['secure_weighted', 'secure_unweighted'])
-def test_secure_clips_coordinates_as_tff(name, datasets):
+def test_secure_clips_coordinates_as_tff(name, compared):
   # Both bounds are below the largest coordinates of (update * weight), so
   # clipping and quantization both shape the mean compared above.
-  measurements = run_and_compare(CASES[name], datasets)
+  measurements = compared(name)
   value = measurements['mean_value']
   assert value['secure_upper_clipped_count'] + value['secure_lower_clipped_count'] > 0
   bound = CASES[name]['aggregator'].clip_norm
@@ -187,11 +202,11 @@ def test_secure_clips_coordinates_as_tff(name, datasets):
 
 
 @pytest.mark.parametrize('weighted', [True, False])
-def test_adaptive_secure_bound_converts_to_and_from_the_tff_state(weighted, datasets):
+def test_adaptive_secure_bound_converts_to_and_from_the_tff_state(weighted, datasets, built):
   options = dict(CASES['secure_adaptive_bound'], weighted=weighted)
-  model_fn = test_compiled_engine.keras_model
-  tff_process = fedtff.build_learning_process(model_fn, datasets[0], **options)
-  compiled_process = compiled.build_compiled_process(model_fn, datasets[0], **options)
+  tff_process, compiled_process = (
+      built('secure_adaptive_bound') if weighted  # The case's own options.
+      else test_compiled_engine.build_both(options, datasets[0].element_spec))
   batches = compiled.from_datasets(datasets)
   state = compiled_process.next(compiled_process.initialize(), batches).state
   estimate = float(state.aggregator['secure_bound'])

@@ -1,6 +1,7 @@
 """The compiled engine: the same weights and metrics as the TFF process, round after round."""
 
 import collections
+import functools
 
 import numpy as np
 import pytest
@@ -55,10 +56,30 @@ CASES = {
 }
 
 
-def run_both(options, datasets, rounds=ROUNDS, **compiled_options):
-  """Runs the TFF and the compiled process from the same weights; yields per-round pairs."""
-  tff_process = fedtff.build_learning_process(keras_model, datasets[0], **options)
-  compiled_process = compiled.build_compiled_process(keras_model, datasets[0], **options, **compiled_options)
+def build_both(options, element_spec, **compiled_options):
+  """The TFF and the compiled process of `keras_model` with the builder `options`."""
+  return (fedtff.build_learning_process(keras_model, element_spec, **options),
+          compiled.build_compiled_process(keras_model, element_spec, **options,
+                                          **compiled_options))
+
+
+def build_cases(element_spec):
+  """`CASES` name -> (TFF process, compiled process), each built once: the tests of a
+  file share them (a round changes no process, only its state)."""
+  return functools.lru_cache(maxsize=None)(
+      lambda name: build_both(CASES[name], element_spec))
+
+
+@pytest.fixture(scope='module')
+def built(datasets):
+  return build_cases(datasets[0].element_spec)
+
+
+def run_both(options, datasets, rounds=ROUNDS, *, processes=None, **compiled_options):
+  """Runs the TFF and the compiled process (`processes`, or built from `options`) from
+  the same weights; yields per-round pairs."""
+  tff_process, compiled_process = processes or build_both(options, datasets[0],
+                                                          **compiled_options)
   tff_state = tff_process.initialize()
   compiled_state = compiled_process.set_model_weights(compiled_process.initialize(),
                                               tff_process.get_model_weights(tff_state))
@@ -84,8 +105,9 @@ def assert_weights_close(expected, actual, atol=1e-5):
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
-def test_matches_the_tff_process(name, datasets):
-  for tff_weights, tff_metrics, compiled_weights, compiled_metrics in run_both(CASES[name], datasets):
+def test_matches_the_tff_process(name, datasets, built):
+  for tff_weights, tff_metrics, compiled_weights, compiled_metrics in run_both(
+      CASES[name], datasets, processes=built(name)):
     tff_train = tff_metrics['client_work']['train']
     compiled_train = compiled_metrics['client_work']['train']
     assert list(compiled_train) == list(tff_train)
@@ -103,22 +125,20 @@ def test_matches_without_xla(datasets):
   assert_weights_close(tff_weights, compiled_weights)
 
 
-def test_a_non_finite_client_is_dropped_as_in_tff():
+def test_a_non_finite_client_is_dropped_as_in_tff(built):
   features, labels = conftest.tiny_classification_arrays(num_features=NUM_FEATURES)
   features[20, 0] = np.inf  # In the second client.
   datasets = client_datasets(features, labels)
   *_, (tff_weights, tff_metrics, compiled_weights, compiled_metrics) = run_both(
-      CASES['fedavg'], datasets, rounds=2)
+      CASES['fedavg'], datasets, rounds=2, processes=built('fedavg'))
   assert_weights_close(tff_weights, compiled_weights)
   assert compiled_metrics['client_work']['train'] == pytest.approx(
       tff_metrics['client_work']['train'], abs=1e-6)
   assert compiled_metrics['client_work']['train']['num_examples'] == 13 + 40
 
 
-def test_state_converts_to_and_from_the_tff_state(datasets):
-  options = CASES['fedadam']
-  tff_process = fedtff.build_learning_process(keras_model, datasets[0], **options)
-  compiled_process = compiled.build_compiled_process(keras_model, datasets[0], **options)
+def test_state_converts_to_and_from_the_tff_state(datasets, built):
+  tff_process, compiled_process = built('fedadam')
   batches = compiled.from_datasets(datasets)
   compiled_state = compiled_process.initialize()
   for _ in range(2):
@@ -140,9 +160,8 @@ def test_state_converts_to_and_from_the_tff_state(datasets):
     compiled_process.to_tff_state(compiled_state, compiled_state.global_model_weights)
 
 
-def test_checkpoints_of_the_fast_state_restore_on_either_engine(datasets, tmp_path):
-  tff_process = fedtff.build_learning_process(keras_model, datasets[0], algorithm='fedavgm')
-  compiled_process = compiled.build_compiled_process(keras_model, datasets[0], algorithm='fedavgm')
+def test_checkpoints_of_the_fast_state_restore_on_either_engine(datasets, built, tmp_path):
+  tff_process, compiled_process = built('fedavgm')
   state, _ = compiled_process.next(compiled_process.initialize(), compiled.from_datasets(datasets))
   checkpoints.save(str(tmp_path), 1, compiled_process.to_tff_state(state, tff_process),
                           elapsed_s=0.0)
@@ -194,8 +213,8 @@ def test_padding_masks_partial_batches(datasets):
   np.testing.assert_array_equal(batches.data['y'][1, 5:], batches.data['y'][1, :3])
 
 
-def test_selected_clients_train_in_the_given_order(datasets):
-  process = compiled.build_compiled_process(keras_model, datasets[0])
+def test_selected_clients_train_in_the_given_order(datasets, built):
+  _, process = built('fedavg')  # The builder's defaults.
   initial = process.initialize()
   batches = compiled.from_datasets(datasets)
   _, whole = process.next(initial, compiled.from_datasets([datasets[2], datasets[0]]))
@@ -271,7 +290,17 @@ def test_shares_the_tff_builders_checks(datasets):
         'dp', noise_multiplier=1.0, clients_per_round=3, clip_norm=1.0))
 
 
-def test_a_tff_state_passed_to_next_is_refused(datasets):
-  process = compiled.build_compiled_process(keras_model, datasets[0])
+def test_building_makes_two_keras_models(datasets):
+  """One checks that the factory and the data fit (as the TFF builder does); the
+  round's working model also gives the state template, so there is no third (an
+  LSTM of the Reddi et al. tasks takes ~2 s to build)."""
+  models = []
+  compiled.build_compiled_process(lambda: models.append(keras_model()) or models[-1],
+                                  datasets[0], jit_compile=False)
+  assert len(models) == 2
+
+
+def test_a_tff_state_passed_to_next_is_refused(datasets, built):
+  _, process = built('fedavg')
   with pytest.raises(TypeError, match='from_tff_state'):
     process.next(collections.OrderedDict(), compiled.from_datasets(datasets))

@@ -1,5 +1,7 @@
 """q-FedAvg on both engines against a float64 NumPy reference of Li et al. (ICLR 2020)."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -89,11 +91,19 @@ def _options(q):
   return dict(algorithm='qfedavg', q=q, client_optimizer=fedtff.build_optimizer('sgd', LEARNING_RATE))
 
 
+@pytest.fixture(scope='module')
+def processes(client_datasets):
+  """q -> (TFF process, compiled process) with `_options(q)`, each built once for this file."""
+  spec = client_datasets[0].element_spec
+  return functools.lru_cache(maxsize=None)(
+      lambda q: (fedtff.build_learning_process(keras_model, spec, **_options(q)),
+                 compiled.build_compiled_process(keras_model, spec, **_options(q))))
+
+
 @pytest.mark.parametrize('q', [0.0, 1.0, 5.0])
-def test_both_engines_match_the_reference_update(q, client_datasets, initial_weights):
+def test_both_engines_match_the_reference_update(q, client_datasets, initial_weights, processes):
   expected = reference_q_fed_avg(initial_weights.trainable, client_datasets, q=q, rounds=2)
-  tff_process = fedtff.build_learning_process(keras_model, client_datasets[0], **_options(q))
-  compiled_process = compiled.build_compiled_process(keras_model, client_datasets[0], **_options(q))
+  tff_process, compiled_process = processes(q)
   tff_weights = _train(tff_process, initial_weights, client_datasets, 2)
   compiled_weights = _train(compiled_process, initial_weights, client_datasets, 2,
                             batches=compiled.from_datasets(client_datasets))
@@ -197,7 +207,7 @@ def test_a_config_runs_on_both_engines_with_the_same_rows(tmp_path):
   test_compiled_runner.assert_same_rows(rows['tff'], rows['compiled'], tolerance=1e-5)
 
 
-def test_larger_q_gives_more_uniform_client_losses():
+def test_larger_q_gives_more_uniform_client_losses(processes):
   """The paper's fairness property, qualitatively: one small client (12 of 90 examples)
   has its labels rotated (another task); after 30 rounds (compiled engine, fixed batches)
   the spread of the clients' losses shrinks as q grows, and the worst loss is lower at
@@ -212,10 +222,9 @@ def test_larger_q_gives_more_uniform_client_losses():
               for i in client_data.client_ids]
   batches = compiled.from_datasets(datasets)
   initial = tff_model.initial_weights(keras_model, seed=1)
-  spec = datasets[0].element_spec
 
   def client_losses(q):
-    process = compiled.build_compiled_process(keras_model, spec, **_options(q))
+    _, process = processes(q)  # Built for the same element spec.
     weights = _train(process, initial, None, 30, batches=batches)
     weights = [np.asarray(w, np.float64) for w in weights]
     return np.array([_softmax_loss_and_gradient(*weights, features[i].astype(np.float64),
@@ -235,11 +244,11 @@ def test_a_non_finite_client_is_dropped_on_both_engines():
   features = features.copy()
   features[20, 0] = np.inf  # In the second client.
   datasets = test_compiled_engine.client_datasets(features, labels)
-  options = dict(algorithm='qfedavg', q=1.0)
+  built = test_compiled_engine.build_both(dict(algorithm='qfedavg', q=1.0), clean[0].element_spec)
   *_, (tff_weights, tff_metrics, compiled_weights, compiled_metrics) = test_compiled_engine.run_both(
-      options, datasets, rounds=2)
+      None, datasets, rounds=2, processes=built)
   test_compiled_engine.assert_weights_close(tff_weights, compiled_weights)
-  process = compiled.build_compiled_process(test_compiled_engine.keras_model, clean[0], **options)
+  process = built[1]
   initial = tff_model.initial_weights(test_compiled_engine.keras_model, seed=1)
   with_it = _train(process, initial, None, 2, batches=compiled.from_datasets(datasets))
   without_it = _train(process, initial, None, 2, batches=compiled.from_datasets([clean[0], clean[2]]))

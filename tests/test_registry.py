@@ -1,6 +1,7 @@
 """One table of algorithm defaults: the builders, the compiled engine, a config and
 docs/algorithms.md all give each algorithm the same optimizers."""
 
+import functools
 import os
 import types
 
@@ -103,17 +104,29 @@ def extra_options(algorithm):
   return {}
 
 
+@pytest.fixture(scope='module')
+def entry_points(task):
+  """The processes of each entry point for an algorithm given only its required
+  options, each built once for this file: (builder's, a config's, compiled's)."""
+  @functools.lru_cache(maxsize=None)
+  def processes(algorithm):
+    options = extra_options(algorithm)
+    return (fedtff.build_learning_process(task.model_fn, task.element_spec,
+                                          algorithm=algorithm, **options),
+            experiment.build_process(config_for(algorithm), task),
+            compiled.build_compiled_process(task.model_fn, task.element_spec,
+                                            algorithm=algorithm, **options))
+  return processes
+
+
 @pytest.mark.parametrize('algorithm', registry.ALGORITHMS)
-def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets):
+def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets, entry_points):
   """The builder's defaults, the compiled engine's defaults and a config that sets
   only algorithm.name give the same server optimizer state (hparams included),
   client optimizer hparams and, after one round from the same weights, the
   same model (the compiled engine too, every algorithm); and the server optimizer
   is the table's."""
-  mu = extra_options(algorithm)
-  builder_process = fedtff.build_learning_process(task.model_fn, task.element_spec,
-                                                  algorithm=algorithm, **mu)
-  config_process = experiment.build_process(config_for(algorithm), task)
+  builder_process, config_process, compiled_process = entry_points(algorithm)
   built, configured = builder_process.initialize(), config_process.initialize()
   assert_same_leaves(built.finalizer, configured.finalizer, 'server optimizer state')
   assert_same_leaves(built.client_work, configured.client_work, 'client work state')
@@ -125,8 +138,6 @@ def test_every_entry_point_builds_the_same_optimizers(algorithm, task, datasets)
                   one_round(config_process, initial, datasets).trainable):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   assert algorithm in compiled.SUPPORTED_ALGORITHMS
-  compiled_process = compiled.build_compiled_process(task.model_fn, task.element_spec, algorithm=algorithm,
-                                         **mu)
   compiled_state = compiled_process.initialize()
   assert_same_leaves(built.finalizer, compiled_state.finalizer, 'compiled server optimizer state')
   assert_same_leaves(built.client_work, compiled_state.client_work, 'compiled client work state')
@@ -161,13 +172,13 @@ class _FakeTask:
     return dict(loss=None, metrics=None)
 
 
-def test_fedavgm_from_a_config_uses_server_momentum(task):
-  process = experiment.build_process(config_for('fedavgm'), task)
+def test_fedavgm_from_a_config_uses_server_momentum(entry_points):
+  _, process, _ = entry_points('fedavgm')
   assert float(process.initialize().finalizer['momentum']) == pytest.approx(0.9)
 
 
-def test_fedadam_from_a_config_needs_no_server_optimizer(task):
-  finalizer = experiment.build_process(config_for('fedadam'), task).initialize().finalizer
+def test_fedadam_from_a_config_needs_no_server_optimizer(entry_points):
+  finalizer = entry_points('fedadam')[1].initialize().finalizer
   assert float(finalizer['learning_rate']) == pytest.approx(0.01)
   assert float(finalizer['epsilon']) == pytest.approx(1e-3)
   assert 'beta_1' in finalizer
@@ -175,13 +186,9 @@ def test_fedadam_from_a_config_needs_no_server_optimizer(task):
 
 @pytest.mark.parametrize('algorithm, learning_rate',
                          [('fedadagrad', 0.1), ('fedyogi', 0.01), ('fedsgd', 0.1)])
-def test_server_learning_rate_defaults(algorithm, learning_rate, task):
-  for process in (experiment.build_process(config_for(algorithm), task),
-                  fedtff.build_learning_process(task.model_fn, task.element_spec,
-                                                algorithm=algorithm)):
+def test_server_learning_rate_defaults(algorithm, learning_rate, entry_points):
+  for process in entry_points(algorithm):  # The builder's, a config's and the compiled engine's.
     assert float(process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
-  compiled_process = compiled.build_compiled_process(task.model_fn, task.element_spec, algorithm=algorithm)
-  assert float(compiled_process.initialize().finalizer['learning_rate']) == pytest.approx(learning_rate)
 
 
 def test_an_override_wins_and_a_conflicting_server_optimizer_is_refused(task):

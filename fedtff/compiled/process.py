@@ -193,7 +193,7 @@ class CompiledProcess:
     self._aggregation = aggregation
     self._model = client_work.PaddedModel(model_fn(), loss, metrics)
     self.jit_compile = jit_compile  # Whether XLA compiles the round.
-    self._template = self.initialize()
+    self._template = self._initial_state(self._model.keras_model)  # No second model to build.
     round_template = self._template._replace(aggregator=aggregation_lib.round_state_template(
         aggregation, self._template.aggregator))
     self._round = tf.function(
@@ -221,7 +221,10 @@ class CompiledProcess:
 
   def initialize(self) -> CompiledState:
     """A new state: fresh Keras initial weights, optimizers' initial states."""
-    model = self._model_fn()
+    return self._initial_state(self._model_fn())
+
+  def _initial_state(self, model: tf.keras.Model) -> CompiledState:
+    """The initial state with `model`'s weights as the server model."""
     weights = Weights(trainable=[v.numpy() for v in model.trainable_variables],
                       non_trainable=[v.numpy() for v in model.non_trainable_variables])
     specs = [tf.TensorSpec(w.shape, w.dtype) for w in weights.trainable]
