@@ -31,8 +31,11 @@ def plain_process(client_datasets):
 
 
 @pytest.fixture(scope='module')
-def initial_weights(plain_process):
-  return plain_process.get_model_weights(plain_process.initialize())
+def initial_weights():
+  """Seeded: TFF's `initialize()` draws unseeded weights, and from some draws the
+  masking run's loss fell by less than `test_masking_aggregator_trains` asks
+  (0.805 of the first round's; 0.69-0.75 from seeds 0-5)."""
+  return tff_model.initial_weights(keras_model, seed=0)
 
 
 def private_process(client_datasets, model_aggregator):
