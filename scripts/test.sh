@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Sets up .venv if needed, then runs the test suite; arguments go to pytest.
 #
-# The suite runs on FEDTFF_TEST_WORKERS pytest-xdist workers (default 2, one per
-# core of the machines it targets; 0 runs it in this process). Each test file
+# The suite runs on FEDTFF_TEST_WORKERS pytest-xdist workers (default 3 on the
+# 2-core machines it targets: a worker waiting on a subprocess or a TFF worker
+# leaves its core to the third, docs/performance.md; 0 runs it in this
+# process). Each test file
 # runs whole on one worker (--dist loadfile), so its module-scoped fixtures,
 # the TFF processes the tests share, are built once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-WORKERS="${FEDTFF_TEST_WORKERS:-2}"
+WORKERS="${FEDTFF_TEST_WORKERS:-3}"
 if [[ ! "$WORKERS" =~ ^[0-9]+$ ]]; then
   echo "scripts/test.sh: error: FEDTFF_TEST_WORKERS must be a whole number of workers, got '$WORKERS'" >&2
   exit 2
