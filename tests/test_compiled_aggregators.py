@@ -99,9 +99,7 @@ def run_and_compare(options, datasets, processes=None):
 
 @pytest.fixture(scope='module')
 def built(datasets):
-  """`CASES` name -> (TFF process, compiled process), each built once for this file."""
-  return functools.lru_cache(maxsize=None)(
-      lambda name: test_compiled_engine.build_both(CASES[name], datasets[0].element_spec))
+  return test_compiled_engine.build_cases(CASES, datasets[0].element_spec)
 
 
 @pytest.fixture(scope='module')

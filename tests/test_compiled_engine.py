@@ -63,16 +63,16 @@ def build_both(options, element_spec, **compiled_options):
                                           **compiled_options))
 
 
-def build_cases(element_spec):
-  """`CASES` name -> (TFF process, compiled process), each built once: the tests of a
+def build_cases(cases, element_spec):
+  """`cases` name -> (TFF process, compiled process), each built once: the tests of a
   file share them (a round changes no process, only its state)."""
   return functools.lru_cache(maxsize=None)(
-      lambda name: build_both(CASES[name], element_spec))
+      lambda name: build_both(cases[name], element_spec))
 
 
 @pytest.fixture(scope='module')
 def built(datasets):
-  return build_cases(datasets[0].element_spec)
+  return build_cases(CASES, datasets[0].element_spec)
 
 
 def run_both(options, datasets, rounds=ROUNDS, *, processes=None, **compiled_options):

@@ -244,11 +244,12 @@ def test_a_non_finite_client_is_dropped_on_both_engines():
   features = features.copy()
   features[20, 0] = np.inf  # In the second client.
   datasets = test_compiled_engine.client_datasets(features, labels)
-  built = test_compiled_engine.build_both(dict(algorithm='qfedavg', q=1.0), clean[0].element_spec)
+  options = dict(algorithm='qfedavg', q=1.0)
+  built = test_compiled_engine.build_both(options, clean[0].element_spec)
   *_, (tff_weights, tff_metrics, compiled_weights, compiled_metrics) = test_compiled_engine.run_both(
-      None, datasets, rounds=2, processes=built)
+      options, datasets, rounds=2, processes=built)
   test_compiled_engine.assert_weights_close(tff_weights, compiled_weights)
-  process = built[1]
+  _, process = built  # The compiled process, again on the same or fewer clients.
   initial = tff_model.initial_weights(test_compiled_engine.keras_model, seed=1)
   with_it = _train(process, initial, None, 2, batches=compiled.from_datasets(datasets))
   without_it = _train(process, initial, None, 2, batches=compiled.from_datasets([clean[0], clean[2]]))
