@@ -12,6 +12,7 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.learning.algorithms import fed_eval
 
 import fedtff
+from fedtff.runner import checkpoints
 from fedtff.runner import experiment
 from fedtff.runner import outputs
 from fedtff.research import plots
@@ -168,22 +169,64 @@ def test_plot_shades_the_percentile_band(compiled_run):
                              client_band=False).axes[0].collections
 
 
-@pytest.mark.parametrize('algorithm,weighted', [('fedavg', False), ('fedsgd', True),
-                                                ('fedprox', True), ('fedadam', True)])
-def test_compiled_state_layout_is_the_tff_process_state(algorithm, weighted):
-  """The checkpoint layout a compiled run writes without TFF is the TFF process's, leaf for leaf."""
+# (algorithm, weighted, config changes): the mean, and aggregators whose TFF state holds tensors.
+LAYOUT_CASES = {
+    'fedavg_unweighted_mean': ('fedavg', False, {}),
+    'fedsgd_mean': ('fedsgd', True, {}),
+    'fedprox_mean': ('fedprox', True, {}),
+    'fedadam_mean': ('fedadam', True, {}),
+    'fedavg_dp': ('fedavg', False, {'aggregator.kind': 'dp', 'aggregator.clip_norm': 1.0,
+                                     'aggregator.noise_multiplier': 0.5}),
+    'fedavg_adaptive_dp': ('fedavg', False, {'aggregator.kind': 'dp',
+                                             'aggregator.noise_multiplier': 0.5}),
+    'fedavg_dp_ftrl': ('fedavg', False, {'aggregator.kind': 'dp', 'aggregator.clip_norm': 1.0,
+                                         'aggregator.noise_multiplier': 0.5,
+                                         'privacy.mechanism': 'dp_ftrl'}),
+    'fedavg_ddp_skellam': ('fedavg', False, {'aggregator.kind': 'dp', 'aggregator.clip_norm': 1.0,
+                                             'aggregator.noise_multiplier': 0.5,
+                                             'privacy.mechanism': 'ddp_skellam'}),
+    'fedprox_adaptive_robust': ('fedprox', True, {'aggregator.kind': 'robust',
+                                                  'aggregator.zeroing': True}),
+    'fedsgd_compression': ('fedsgd', True, {'aggregator.kind': 'compression',
+                                            'aggregator.quantization_threshold': 0}),
+    'mimelite_secure': ('mimelite', True, {'aggregator.kind': 'secure'}),
+    'fedavg_masking': ('fedavg', False, {'aggregator.kind': 'masking_simulation',
+                                        'aggregator.clip_norm': 1.0}),
+    'fedavg_krum_attacked': ('fedavg', False, {'aggregator.kind': 'krum',
+                                              'attack.kind': 'sign_flipping',
+                                              'attack.fraction': 0.2}),
+}
+
+
+@pytest.mark.parametrize('case', LAYOUT_CASES)
+def test_compiled_state_layout_is_the_tff_process_state(case):
+  """The checkpoint layout a compiled run writes without building the TFF process is
+  that process's state, leaf for leaf, and so are its specs."""
+  algorithm, weighted, changes = LAYOUT_CASES[case]
   config = test_experiment.small_config(engine='compiled')
   config.algorithm.name, config.algorithm.weighted = algorithm, weighted
   config.algorithm.proximal_strength = 0.1 if algorithm == 'fedprox' else 0.0
+  for key, value in changes.items():
+    group, _, name = key.partition('.')
+    config[group][name] = value
   config = fedtff.runner.config.resolve(config)
   task = tasks.build_task(config)
-  layout = experiment._CompiledStateLayout(  # pylint: disable=protected-access
-      experiment.build_compiled_process(config, task)).initialize()
-  tff_state = experiment.build_process(config, task).initialize()
-  ours, theirs = tf.nest.flatten(layout), tf.nest.flatten(tff_state)
-  assert [(np.shape(a), np.asarray(a).dtype) for a in ours] == [
-      (np.shape(b), np.asarray(b).dtype) for b in theirs]
-  for field in ('client_work', 'finalizer'):  # Weights are drawn afresh by each.
-    for a, b in zip(tf.nest.flatten(getattr(layout, field)),
-                    tf.nest.flatten(getattr(tff_state, field))):
+  options = experiment._process_options(  # pylint: disable=protected-access
+      config, task, experiment.noise_multiplier(config, task))
+  layout = experiment._state_layout(  # pylint: disable=protected-access
+      config, experiment.build_compiled_process(config, task, options=options), options)
+  assert layout.calls_tff == (changes.get('aggregator.kind', 'mean') != 'mean')
+  ours = layout.initialize()
+  tff_process = experiment.build_process(config, task, options=options)
+  theirs = tff_process.initialize()
+  if layout.calls_tff:  # (With the mean both hold no leaf, nested differently: () or ((), ()).)
+    tf.nest.assert_same_structure(ours.aggregator, theirs.aggregator)
+  assert [(np.shape(a), np.asarray(a).dtype) for a in tf.nest.flatten(ours)] == [
+      (np.shape(b), np.asarray(b).dtype) for b in tf.nest.flatten(theirs)]
+  for field in ('client_work', 'aggregator', 'finalizer'):  # Weights are drawn afresh by each.
+    if field == 'aggregator' and 'ddp_skellam' in case:
+      continue  # Its state holds a seed drawn (from the clock) at initialize().
+    for a, b in zip(tf.nest.flatten(getattr(ours, field)), tf.nest.flatten(getattr(theirs, field))):
       np.testing.assert_array_equal(a, b)
+  assert [str(s) for s in tf.nest.flatten(layout.state_specs(ours))] == [
+      str(s) for s in tf.nest.flatten(checkpoints.state_specs(tff_process))]

@@ -101,6 +101,18 @@ def test_round_batches_are_the_batches_tff_builds_whatever_the_global_seed():
           tf.boolean_mask(batches.data['x'][own][..., 0], batches.mask[own]), expected[round_num])
 
 
+def test_round_batches_pad_with_headroom_and_never_shrink():
+  # Batches of 4: clients of 13 and 9 rows have 4 and 3 batches; 20 rows, 5.
+  client_data, _ = _indexed_clients((13, 9, 20, 20, 20))
+  reader = compiled.RoundBatches(client_data, batch_size=4)
+  padded_count = lambda ids: int(reader.batches(1, ids).mask.shape[0])
+  assert padded_count([]) == 2  # An empty cohort: one unused batch, the power of two >= 1.5.
+  assert padded_count(['0', '1']) == 16  # 7 batches: the power of two >= 10.5.
+  assert padded_count(['1']) == 16  # 3 batches: the shape stays.
+  assert padded_count(['2', '3', '4']) == 16  # 15 batches fit: no new shape to compile.
+  assert padded_count(['0', '2', '3', '4']) == 32  # 19 outgrow 16: the power of two >= 28.5.
+
+
 def test_padded_client_data_refuses_round_client_data():
   client_data, _ = _indexed_clients((3, 4))
   with pytest.raises(ValueError, match='use fedtff.compiled.RoundBatches'):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -116,6 +117,31 @@ def _check_stateful_clients(spec: registry.AlgorithmSpec, population_size, aggre
 def check_adaptive(algorithm: str, adaptive_proximal_strength: bool) -> None:
   if adaptive_proximal_strength and algorithm != 'fedprox':
     raise ValueError(f'adaptive_proximal_strength adapts fedprox\'s mu; got algorithm={algorithm!r}.')
+
+
+def model_update_aggregation(aggregator: Optional[Aggregator], *, weighted: bool,
+                             trainable: Sequence[tf.TensorSpec]
+                            ) -> tff.templates.AggregationProcess:
+  """TFF's aggregation process of the model updates, as the builders create it.
+
+  The FedAvg family, FedProx, FedSGD and Mime Lite aggregate the updates with
+  `aggregator` (TFF's mean when `None`), as a weighted factory (an unweighted
+  one wrapped by `tff.aggregators.as_weighted_aggregator`), created for the
+  model's trainable weights. Its `initialize()` is the `aggregator` field of
+  their learning process's initial state, without building (tracing) the
+  process's client work.
+
+  Args:
+    aggregator: As `build_learning_process`'s.
+    weighted: Whether client updates are weighted by their number of examples.
+    trainable: The specs of the model's trainable weights, in order.
+  """
+  if isinstance(aggregator, aggregators.AggregatorSpec):
+    aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
+  update_type = tff.types.StructWithPythonType(
+      [tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape) for spec in trainable], list)
+  return fed_prox.weighted_mean_factory(aggregator, weighted).create(
+      update_type, tff.TensorType(np.float32))
 
 
 def build_learning_process(model_fn: tff_model.KerasModelFn,

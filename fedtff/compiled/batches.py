@@ -23,6 +23,7 @@ back to its shape in the graph, so the model sees the batch TFF iterates.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -411,6 +412,12 @@ def _power_of_two_at_least(n: int) -> int:
   return 1 << max(n - 1, 0).bit_length()
 
 
+# When a round's batches outgrow `RoundBatches`' padded count, it grows to the power
+# of two at least this many times theirs: a cohort a little larger than the first
+# then keeps the shape, rather than costing another XLA compile of the round.
+ROUND_BATCHES_HEADROOM = 1.5
+
+
 class PaddedClientData:
   """A `ClientData`'s clients as `ClientBatches`, each client read once.
 
@@ -508,9 +515,12 @@ class RoundBatches:
   ids, with TFF's shuffle seeds, `fedtff.data.rounds.without_global_seed`), and pads them: the
   batches are those the TFF engine trains on in that round. Nothing is
   cached, since a client's batches differ from round to round. The number of
-  batches is rounded up to a power of two, and never shrinks from one call to
-  the next, so that an XLA-compiled round compiles for a few shapes only (the
-  padding batches are unused).
+  batches is padded to a count that never shrinks from one call to the next:
+  when a round's batches outgrow it, it grows to the power of two at least
+  `ROUND_BATCHES_HEADROOM` (1.5) times theirs. So an XLA-compiled round
+  compiles for a few shapes only, usually one. The padding batches are
+  unused; the padded count is under 3 times the batches of the round that
+  set it.
 
   Args:
     client_data: The training clients.
@@ -550,6 +560,7 @@ class RoundBatches:
                        f'(fedtff.data.round_client_id), got {bad!r:.200}.')
     clients = self._read(tagged_ids)
     self._batch_size = max(self._batch_size or 0, _largest_batch(clients))
-    total = sum(len(c.batch_sizes) for c in clients)
-    self._total_batches = max(self._total_batches, _power_of_two_at_least(total))
+    total = max(sum(len(c.batch_sizes) for c in clients), 1)  # XLA gathers from no empty tensor.
+    if total > self._total_batches:
+      self._total_batches = _power_of_two_at_least(math.ceil(ROUND_BATCHES_HEADROOM * total))
     return _stack(clients, self._element_spec, self._batch_size, self._total_batches)

@@ -214,6 +214,11 @@ class CompiledProcess:
   def algorithm(self) -> str:
     return self._algorithm.name
 
+  @property
+  def trainable_specs(self) -> List[tf.TensorSpec]:
+    """The specs of the model's trainable weights, in order."""
+    return [tf.TensorSpec(w.shape, w.dtype) for w in self._template.global_model_weights.trainable]
+
   def train_metric_names(self) -> List[str]:
     """The `train/<name>` metrics of a round (`output.metrics['client_work']['train']`)."""
     outputs = self._round.get_concrete_function().structured_outputs[1]

@@ -9,8 +9,8 @@ With `config.engine='compiled'` the training rounds run as `fedtff.compiled`'s
 compiled graphs instead (on the same sampled clients and batches), and so does
 the evaluation of the held-out clients (`fedtff.compiled.CompiledEvaluation`).
 Checkpoints hold the TFF process's state on both engines, so a run can resume
-on either; with the mean aggregator the compiled engine writes that layout
-without building the TFF process (`_CompiledStateLayout`).
+on either; the compiled engine writes that layout without building the TFF
+process (`_CompiledStateLayout`).
 """
 
 from __future__ import annotations
@@ -464,9 +464,9 @@ def _engine_summary(choice: config_lib.EngineChoice) -> Dict[str, str]:
 
 def _runtime(config, engine, workdir: str, secure_streams: Optional[Dict[str, int]] = None):
   """The TFF runtime the run needs: none (no worker is started) for a compiled run that
-  makes no TFF call (`_CompiledStateLayout`), else `config.runtime`'s (with sites and
-  secure aggregation, the masked sums' `secure_streams`)."""
-  if isinstance(engine.tff_process, _CompiledStateLayout):
+  makes no TFF call (`_CompiledStateLayout.calls_tff`), else `config.runtime`'s (with
+  sites and secure aggregation, the masked sums' `secure_streams`)."""
+  if isinstance(engine.tff_process, _CompiledStateLayout) and not engine.tff_process.calls_tff:
     return contextlib.nullcontext()
   if config.runtime.sites:
     sites = _site_modules()[1]
@@ -512,9 +512,9 @@ class _Engine(NamedTuple):
   """How `_train` runs rounds on `config.engine`; checkpoints hold TFF states on both.
 
   Attributes:
-    tff_process: The TFF process, or on the compiled engine with the mean
-      aggregator its `_CompiledStateLayout`: its state is the checkpoint format
-      and it names the training metric columns, on either engine.
+    tff_process: The TFF process, or on the compiled engine its
+      `_CompiledStateLayout`: its state is the checkpoint format and it names
+      the training metric columns, on either engine.
     rounds: What `training.run_training` drives: `next(state, client_ids)`,
       `get_model_weights(state)`.
     from_tff_state: A TFF state (initial, or a checkpoint) as a state of `rounds`.
@@ -652,27 +652,48 @@ def _aggregator_state_is_empty(config) -> bool:
 
 
 class _CompiledStateLayout:
-  """The TFF process's state layout, built from the compiled process without TFF.
+  """The TFF process's state layout, built from the compiled process without
+  building the TFF process.
 
   Building the TFF process costs seconds (tracing its client work); the compiled
   engine needs of it only the layout of its state, the checkpoint format, and
-  the names of its training metrics. Where TFF's aggregator state holds no
-  tensors (the mean; `_aggregator_state_is_empty`) the other fields of
-  `tff.learning.templates.LearningAlgorithmState` are the compiled state's, leaf
-  for leaf (`fedtff.compiled.CompiledProcess.from_tff_state`), so its
-  checkpoints are those of the TFF process: either engine resumes them.
+  the names of its training metrics. The fields of
+  `tff.learning.templates.LearningAlgorithmState` but the aggregator's are the
+  compiled state's, leaf for leaf (`fedtff.compiled.CompiledProcess.from_tff_state`).
+  The aggregator's is the initial state of `aggregation`, TFF's aggregation
+  process of the model updates (`fedtff.algorithms.builder.model_update_aggregation`),
+  or `()` where it holds no tensors (`_aggregator_state_is_empty`; then no TFF
+  call is made at all). So its checkpoints are those of the TFF process: either
+  engine resumes them.
   """
 
-  def __init__(self, compiled_process: compiled.CompiledProcess):
+  def __init__(self, compiled_process: compiled.CompiledProcess,
+               aggregation: Optional[tff.templates.AggregationProcess] = None):
     self._fast = compiled_process
+    self._aggregation = aggregation
+
+  @property
+  def calls_tff(self) -> bool:
+    """Whether `initialize` runs a TFF computation (the aggregator's)."""
+    return self._aggregation is not None
 
   def initialize(self):
     state = self._fast.initialize()
     as_numpy = lambda s: tf.nest.map_structure(lambda t: t.numpy(), s)
     return tff.learning.templates.LearningAlgorithmState(
         global_model_weights=self._fast.get_model_weights(state), distributor=(),
-        client_work=as_numpy(state.client_work), aggregator=(),
+        client_work=as_numpy(state.client_work),
+        aggregator=self._aggregation.initialize() if self._aggregation else (),
         finalizer=as_numpy(state.finalizer))
+
+  def state_specs(self, state) -> Any:
+    """The `tf.TensorSpec`s of `state` (this layout's), as `checkpoints.state_specs`
+    reads them off a TFF process: the aggregator's from its type signature."""
+    spec = lambda leaf: tf.TensorSpec(np.shape(leaf), tf.as_dtype(np.asarray(leaf).dtype))
+    specs = tf.nest.map_structure(spec, state)
+    if self._aggregation is None:
+      return specs
+    return specs._replace(aggregator=checkpoints.state_specs(self._aggregation))
 
   def set_model_weights(self, state, weights):
     return state._replace(global_model_weights=tff.learning.models.ModelWeights(
@@ -681,6 +702,17 @@ class _CompiledStateLayout:
   def train_metric_names(self) -> list:
     """The compiled rounds' `train/<name>` columns, TFF's (the same metrics structure)."""
     return self._fast.train_metric_names()
+
+
+def _state_layout(config, compiled_process: compiled.CompiledProcess,
+                  options: Dict[str, Any]) -> _CompiledStateLayout:
+  """The compiled process's `_CompiledStateLayout`, with TFF's aggregation process of
+  the model updates where its state holds tensors."""
+  if _aggregator_state_is_empty(config):
+    return _CompiledStateLayout(compiled_process)
+  return _CompiledStateLayout(compiled_process, algorithms.builder.model_update_aggregation(
+      options['aggregator'], weighted=options['weighted'],
+      trainable=compiled_process.trainable_specs))
 
 
 def _train_metric_names(tff_process) -> list:
@@ -706,8 +738,7 @@ def _engine(config, task, options: Dict[str, Any],
         raise  # privacy.noise_seed and jit_compile apply to the compiled engine only.
       choice = config_lib.EngineChoice('tff', str(e))
     else:
-      tff_process = (_CompiledStateLayout(compiled_process) if _aggregator_state_is_empty(config)
-                     else build_process(config, task, options=options))
+      tff_process = _state_layout(config, compiled_process, options)
       rounds = (_CompiledStatefulRounds if _is_stateful(config) else _CompiledRounds)(
           compiled_process, task.train_data, config.data.batch_size, privacy)
       return _Engine(tff_process, rounds, compiled_process.from_tff_state,
@@ -724,8 +755,9 @@ def _engine(config, task, options: Dict[str, Any],
 def _initial_state(config, task, process, checkpoint_dir: str) -> checkpoints.Restored:
   """The newest intact checkpoint's state (as a TFF state), or the initial one at round 0."""
   template = process.initialize()
-  restored = checkpoints.restore_latest(checkpoint_dir, template,
-                                        specs=checkpoints.state_specs(process))
+  specs = (process.state_specs(template) if isinstance(process, _CompiledStateLayout)
+           else checkpoints.state_specs(process))
+  restored = checkpoints.restore_latest(checkpoint_dir, template, specs=specs)
   if restored is not None:
     return restored
   weights = tff_model.initial_weights(task.model_fn, config.seed)
