@@ -1,7 +1,7 @@
 """Benchmark: the quickstart, whole job, before and after a change.
 
 Runs README's quickstart command (`scripts/quickstart.sh`, the environment
-already set up) `--runs` times in each of two checkouts, alternating in ABBA
+already set up; with `--config`, on that config instead) `--runs` times in each of two checkouts, alternating in ABBA
 order so that the load of a shared machine hits both alike: "before", a git
 ref checked out in a temporary worktree that uses this checkout's .venv, and
 "after", this working tree. Each run writes a fresh run directory. Both run in this
@@ -11,7 +11,8 @@ every wall time, with the job's CPU time (user + sys, less sensitive to the
 machine's load) and the load average at its start, the medians, their ratios
 (after / before), and the machine.
 
-  .venv/bin/python scripts/bench_quickstart.py [--before main] [--runs 5]
+  .venv/bin/python scripts/bench_quickstart.py [--before main] [--runs 5] \
+      [--config configs/quickstart_dp.py:eps8]
 """
 
 import argparse
@@ -39,15 +40,16 @@ def _children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-def _job(checkout: str, scratch: str, log: list):
-  """A function running the quickstart in `checkout` once; appends (wall s, CPU s, load)."""
+def _job(checkout: str, scratch: str, log: list, flags: list):
+  """A function running the quickstart (with `flags`) in `checkout` once; appends
+  (wall s, CPU s, load)."""
 
   def run():
     workdir = tempfile.mkdtemp(dir=scratch)
     load, cpu = os.getloadavg()[0], _children_cpu_s()
     start = time.perf_counter()
     done = subprocess.run([os.path.join(checkout, 'scripts', 'quickstart.sh'),
-                           f'--workdir={workdir}'], cwd=checkout, capture_output=True, text=True)
+                           f'--workdir={workdir}', *flags], cwd=checkout, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu
     if done.returncode:
       raise RuntimeError(f'The quickstart in {checkout} failed:\n{done.stderr[-2000:]}')
@@ -65,7 +67,9 @@ def main(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--before', default='main', help='Git ref of the "before" job.')
   parser.add_argument('--runs', type=int, default=5, help='Runs of each job.')
+  parser.add_argument('--config', help='A config (path:variant) run instead of the quickstart.')
   args = parser.parse_args(argv)
+  flags = [f'--config={args.config}'] if args.config else []
   commit = _git('rev-parse', '--short', args.before)
   with tempfile.TemporaryDirectory(prefix='bench-quickstart-') as scratch:
     before = os.path.join(scratch, 'before')
@@ -77,8 +81,8 @@ def main(argv):
       subprocess.run([os.path.join(REPO, 'scripts', 'setup.sh')], check=True)
       logs = {f'before ({commit})': [], 'after (working tree)': []}
       checkouts = dict(zip(logs, (before, REPO)))
-      bt.alternate({name: _job(checkouts[name], scratch, log) for name, log in logs.items()},
-                   args.runs)
+      bt.alternate({name: _job(checkouts[name], scratch, log, flags)
+                    for name, log in logs.items()}, args.runs)
     finally:
       _git('worktree', 'remove', '--force', before)
   walls = bt.medians({name: [run[0] for run in log] for name, log in logs.items()})
