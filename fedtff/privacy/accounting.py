@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import dp_accounting
 import numpy as np
@@ -153,7 +153,24 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
     return _pld_epsilon(noise_multiplier, clients_per_round=clients_per_round,
                         num_clients=num_clients, rounds=rounds, delta=delta,
                         interval=PLD_DISCRETIZATION)
-  return make_accountant(accountant, sampling).compose(event).get_epsilon(delta)
+  # What make_accountant(RDP, sampling).compose(event).get_epsilon(delta) computes:
+  # the accountant adds `rounds` times one round's RDP to zeros.
+  orders, one_round = round_rdp(noise_multiplier, clients_per_round, num_clients,
+                                sampling=sampling)
+  return float(dp_accounting.rdp.compute_epsilon(orders, rounds * np.asarray(one_round),
+                                                 delta)[0])
+
+
+@functools.lru_cache(maxsize=64)  # Most of a second each; a run asks more than once.
+def round_rdp(noise_multiplier: float, clients_per_round: int, num_clients: int, *,
+              sampling: str = WITHOUT_REPLACEMENT
+             ) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+  """`(orders, Rényi DP of one round)`, as dp_accounting's RDP accountant composes
+  `round_event(...)`; `T` rounds spend `T` times it at each order."""
+  accountant = make_accountant(RDP, sampling)
+  accountant.compose(round_event(noise_multiplier, clients_per_round, num_clients,
+                                 sampling=sampling))
+  return tuple(accountant.orders), tuple(accountant.rdp)
 
 
 def make_accountant(accountant: str = RDP, sampling: str = WITHOUT_REPLACEMENT
@@ -383,10 +400,10 @@ class PrivacyTracker:
     self._private = noise_multiplier > 0
     self._event, self._pld_epsilons, self._one_round_pld = event, {}, None
     _check_accountant(accountant, sampling)
-    rdp = make_accountant(RDP, sampling)
     if self._private:
-      rdp.compose(event)
-    self._orders, self._round_rdp = rdp.orders, rdp.rdp
+      orders, one_round = round_rdp(noise_multiplier, clients_per_round, num_clients,
+                                    sampling=sampling)
+      self._orders, self._round_rdp = orders, np.asarray(one_round)
 
   def epsilon(self, round_num: int) -> float:
     """Epsilon after rounds `1..round_num`; 0 before the first round."""

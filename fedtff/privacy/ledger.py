@@ -118,13 +118,10 @@ class Segment:
     return self.last_round - self.first_round + 1
 
 
-@functools.lru_cache(maxsize=64)
 def _round_rdp(mechanism: RoundMechanism) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
   """(orders, Rényi DP of one round) of `mechanism`, by dp_accounting's RDP accountant."""
-  accountant = dp_accounting.rdp.RdpAccountant(
-      neighboring_relation=accounting.neighboring_relation(mechanism.sampling))
-  accountant.compose(_round_event(mechanism))
-  return tuple(accountant.orders), tuple(accountant.rdp)
+  return accounting.round_rdp(mechanism.gaussian_noise_multiplier, mechanism.clients_per_round,
+                              mechanism.num_clients, sampling=mechanism.sampling)
 
 
 def _round_event(mechanism: RoundMechanism) -> dp_accounting.DpEvent:
