@@ -215,6 +215,12 @@ class CompiledProcess:
     return self._algorithm.name
 
   @property
+  def state_template(self) -> CompiledState:
+    """A state of this process built without a new Keras model: the initial state
+    with the round's working model's first weights (`initialize` draws new ones)."""
+    return self._template
+
+  @property
   def trainable_specs(self) -> List[tf.TensorSpec]:
     """The specs of the model's trainable weights, in order."""
     return [tf.TensorSpec(w.shape, w.dtype) for w in self._template.global_model_weights.trainable]

@@ -678,7 +678,9 @@ class _CompiledStateLayout:
     return self._aggregation is not None
 
   def initialize(self):
-    state = self._fast.initialize()
+    """The layout's state; its model weights are a template's, which the runner
+    replaces (with seeded initial weights, or a checkpoint's)."""
+    state = self._fast.state_template  # No Keras model to build.
     as_numpy = lambda s: tf.nest.map_structure(lambda t: t.numpy(), s)
     return tff.learning.templates.LearningAlgorithmState(
         global_model_weights=self._fast.get_model_weights(state), distributor=(),
