@@ -120,7 +120,7 @@ def check_adaptive(algorithm: str, adaptive_proximal_strength: bool) -> None:
 
 
 def model_update_aggregation(aggregator: Optional[Aggregator], *, weighted: bool,
-                             trainable: Sequence[tf.TensorSpec]
+                             trainable: Sequence[Union[tf.Tensor, tf.TensorSpec]]
                             ) -> tff.templates.AggregationProcess:
   """TFF's aggregation process of the model updates, as the builders create it.
 
@@ -134,12 +134,13 @@ def model_update_aggregation(aggregator: Optional[Aggregator], *, weighted: bool
   Args:
     aggregator: As `build_learning_process`'s.
     weighted: Whether client updates are weighted by their number of examples.
-    trainable: The specs of the model's trainable weights, in order.
+    trainable: The model's trainable weights (or their specs), in order; only
+      their shapes and dtypes are read.
   """
   if isinstance(aggregator, aggregators.AggregatorSpec):
     aggregator = aggregators.build_aggregator(aggregator, weighted=weighted)
   update_type = tff.types.StructWithPythonType(
-      [tff.TensorType(spec.dtype.as_numpy_dtype, spec.shape) for spec in trainable], list)
+      [tff.TensorType(tf.as_dtype(w.dtype).as_numpy_dtype, w.shape) for w in trainable], list)
   return fed_prox.weighted_mean_factory(aggregator, weighted).create(
       update_type, tff.TensorType(np.float32))
 

@@ -220,11 +220,6 @@ class CompiledProcess:
     with the round's working model's first weights (`initialize` draws new ones)."""
     return self._template
 
-  @property
-  def trainable_specs(self) -> List[tf.TensorSpec]:
-    """The specs of the model's trainable weights, in order."""
-    return [tf.TensorSpec(w.shape, w.dtype) for w in self._template.global_model_weights.trainable]
-
   def train_metric_names(self) -> List[str]:
     """The `train/<name>` metrics of a round (`output.metrics['client_work']['train']`)."""
     outputs = self._round.get_concrete_function().structured_outputs[1]

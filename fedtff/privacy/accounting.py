@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import dp_accounting
 import numpy as np
@@ -144,7 +144,8 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
   Returns:
     Epsilon at `delta`; `math.inf` when `noise_multiplier` is 0.
   """
-  event = dp_event(noise_multiplier, clients_per_round, num_clients, rounds, sampling=sampling)
+  _check_sampling_args(noise_multiplier, clients_per_round, num_clients, sampling)
+  _check_rounds(rounds)
   delta = resolve_delta(delta, num_clients)
   _check_accountant(accountant, sampling)
   if noise_multiplier == 0:
@@ -153,10 +154,16 @@ def epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, r
     return _pld_epsilon(noise_multiplier, clients_per_round=clients_per_round,
                         num_clients=num_clients, rounds=rounds, delta=delta,
                         interval=PLD_DISCRETIZATION)
-  # What make_accountant(RDP, sampling).compose(event).get_epsilon(delta) computes:
-  # the accountant adds `rounds` times one round's RDP to zeros.
   orders, one_round = round_rdp(noise_multiplier, clients_per_round, num_clients,
                                 sampling=sampling)
+  return _rdp_epsilon(orders, one_round, rounds, delta)
+
+
+def _rdp_epsilon(orders: Sequence[float], one_round: Sequence[float], rounds: int,
+                 delta: float) -> float:
+  """Epsilon at `delta` of `rounds` rounds of RDP `one_round` at `orders`: what
+  `make_accountant(RDP, ...).compose(dp_event(..., rounds)).get_epsilon(delta)`
+  computes, since the accountant adds `rounds` times one round's RDP to zeros."""
   return float(dp_accounting.rdp.compute_epsilon(orders, rounds * np.asarray(one_round),
                                                  delta)[0])
 
@@ -403,7 +410,7 @@ class PrivacyTracker:
     if self._private:
       orders, one_round = round_rdp(noise_multiplier, clients_per_round, num_clients,
                                     sampling=sampling)
-      self._orders, self._round_rdp = orders, np.asarray(one_round)
+      self._orders, self._round_rdp = orders, one_round
 
   def epsilon(self, round_num: int) -> float:
     """Epsilon after rounds `1..round_num`; 0 before the first round."""
@@ -420,8 +427,7 @@ class PrivacyTracker:
         pld = self._round_pld().self_compose(round_num)
         self._pld_epsilons[round_num] = float(pld.get_epsilon_for_delta(self.delta))
       return self._pld_epsilons[round_num]
-    rdp = round_num * self._round_rdp
-    return float(dp_accounting.rdp.compute_epsilon(self._orders, rdp, self.delta)[0])
+    return _rdp_epsilon(self._orders, self._round_rdp, round_num, self.delta)
 
   def metrics(self, round_num: int) -> Dict[str, float]:
     """`{'privacy/epsilon': epsilon(round_num)}`, to add to a metrics row."""

@@ -714,7 +714,7 @@ def _state_layout(config, compiled_process: compiled.CompiledProcess,
     return _CompiledStateLayout(compiled_process)
   return _CompiledStateLayout(compiled_process, algorithms.builder.model_update_aggregation(
       options['aggregator'], weighted=options['weighted'],
-      trainable=compiled_process.trainable_specs))
+      trainable=compiled_process.state_template.global_model_weights.trainable))
 
 
 def _train_metric_names(tff_process) -> list:
