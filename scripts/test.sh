@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
-# Sets up .venv if needed, then runs the test suite; arguments go to pytest.
+# Sets up .venv if needed, then runs the test suite; other arguments go to pytest.
+#
+# Usage: scripts/test.sh [--all] [pytest arguments]
+#
+# Without --all it runs the quick tier: every test but those listed in
+# tests/slow_tests.txt (the cases that took 8 s or more, except the fastest
+# case of each parametrized test; scripts/slow_tests.py writes the list from
+# measured times). --all runs the whole suite, as CI (.ci/run) does.
 #
 # The suite runs on FEDTFF_TEST_WORKERS pytest-xdist workers (default 3 on the
 # 2-core machines it targets: a worker waiting on a subprocess or a TFF worker
@@ -9,14 +16,22 @@
 # the TFF processes the tests share, are built once.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/setup.sh"
-cd "$ROOT"
+TIER=(-m "not slow")
+if [[ "${1:-}" == "--all" ]]; then
+  TIER=()
+  shift
+fi
 WORKERS="${FEDTFF_TEST_WORKERS:-3}"
 if [[ ! "$WORKERS" =~ ^[0-9]+$ ]]; then
   echo "scripts/test.sh: error: FEDTFF_TEST_WORKERS must be a whole number of workers, got '$WORKERS'" >&2
   exit 2
 fi
-if [[ "$WORKERS" == 0 ]]; then
-  exec "$ROOT/.venv/bin/python" -m pytest "$@"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+if [[ ${#TIER[@]} -gt 0 ]]; then
+  echo "[test] quick tier: the tests listed in tests/slow_tests.txt are left out; scripts/test.sh --all runs them" >&2
 fi
-exec "$ROOT/.venv/bin/python" -m pytest -n "$WORKERS" --dist loadfile "$@"
+if [[ "$WORKERS" == 0 ]]; then
+  exec "$ROOT/.venv/bin/python" -m pytest "${TIER[@]}" "$@"
+fi
+exec "$ROOT/.venv/bin/python" -m pytest -n "$WORKERS" --dist loadfile "${TIER[@]}" "$@"

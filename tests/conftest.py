@@ -20,6 +20,23 @@ import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLOW_TESTS_FILE = os.path.join(REPO_ROOT, 'tests', 'slow_tests.txt')
+
+
+def slow_test_ids(path=SLOW_TESTS_FILE):
+  """The node ids listed in tests/slow_tests.txt (scripts/slow_tests.py writes it)."""
+  with open(path) as f:
+    return {line.split('#')[0].strip() for line in f} - {''}
+
+
+@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
+def pytest_collection_modifyitems(items):
+  """Marks the tests listed in tests/slow_tests.txt `slow`: `scripts/test.sh` runs
+  `-m 'not slow'` unless given `--all`."""
+  slow = slow_test_ids()
+  for item in items:
+    if item.nodeid in slow:  # Relative to the repository, setup.cfg's rootdir.
+      item.add_marker(pytest.mark.slow)
 
 
 def tiny_classification_arrays(num_examples=90, num_features=8, seed=0):
