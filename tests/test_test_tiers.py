@@ -55,6 +55,18 @@ def test_slow_cases_reach_the_threshold_but_each_parametrized_test_keeps_its_fas
       'tests/test_b.py::test_cases[x]', 'tests/test_b.py::test_cases[y]'}
 
 
+def test_a_case_takes_its_longest_time_over_the_reports(tmp_path):
+  (tmp_path / 'all.xml').write_text(JUNIT)
+  (tmp_path / 'quick.xml').write_text(JUNIT.replace('name="test_quick" time="1.0"',
+                                                    'name="test_quick" time="8.5"'))
+  output = tmp_path / 'slow.txt'
+  result = run_generator(str(tmp_path / 'all.xml'), str(tmp_path / 'quick.xml'),
+                         '--output', str(output))
+  assert result.returncode == 0, result.stderr
+  assert 'tests/test_a.py::test_quick' in conftest.slow_test_ids(str(output))
+  assert len(conftest.slow_test_ids(str(output))) == 5
+
+
 def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path):
   missing = run_generator(str(tmp_path / 'none.xml'), '--output', str(tmp_path / 'out.txt'))
   assert missing.returncode == 1
