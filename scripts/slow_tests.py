@@ -18,7 +18,7 @@ import sys
 import xml.etree.ElementTree as ET
 from typing import Dict, Iterable, List, Sequence, Tuple
 
-DEFAULT_THRESHOLD_S = 8.0
+DEFAULT_THRESHOLD_S = 6.0
 DEFAULT_OUTPUT = 'tests/slow_tests.txt'
 HEADER = """\
 # Tests that `scripts/test.sh` leaves out; `scripts/test.sh --all` (and CI) runs them too.

@@ -4,7 +4,7 @@
 # Usage: scripts/test.sh [--all] [pytest arguments]
 #
 # Without --all it runs the quick tier: every test but those listed in
-# tests/slow_tests.txt (the cases that took 8 s or more, except the fastest
+# tests/slow_tests.txt (the cases that took 6 s or more, except the fastest
 # case of each parametrized test; scripts/slow_tests.py writes the list from
 # measured times). --all runs the whole suite, as CI (.ci/run) does.
 #
