@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv if needed, then runs the test suite; other arguments go to pytest.
 #
-# Usage: scripts/test.sh [--all] [pytest arguments]
+# Usage: scripts/test.sh [--all] [pytest arguments]  (--all may come anywhere)
 #
 # Without --all it runs the quick tier: every test but those listed in
 # tests/slow_tests.txt (the cases that took 6 s or more, except the fastest
@@ -17,10 +17,14 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TIER=(-m "not slow")
-if [[ "${1:-}" == "--all" ]]; then
-  TIER=()
-  shift
-fi
+PYTEST_ARGS=()
+for arg in "$@"; do
+  if [[ "$arg" == "--all" ]]; then
+    TIER=()
+  else
+    PYTEST_ARGS+=("$arg")
+  fi
+done
 WORKERS="${FEDTFF_TEST_WORKERS:-3}"
 if [[ ! "$WORKERS" =~ ^[0-9]+$ ]]; then
   echo "scripts/test.sh: error: FEDTFF_TEST_WORKERS must be a whole number of workers, got '$WORKERS'" >&2
@@ -32,6 +36,6 @@ if [[ ${#TIER[@]} -gt 0 ]]; then
   echo "[test] quick tier: the tests listed in tests/slow_tests.txt are left out; scripts/test.sh --all runs them" >&2
 fi
 if [[ "$WORKERS" == 0 ]]; then
-  exec "$ROOT/.venv/bin/python" -m pytest "${TIER[@]}" "$@"
+  exec "$ROOT/.venv/bin/python" -m pytest "${TIER[@]}" "${PYTEST_ARGS[@]}"
 fi
-exec "$ROOT/.venv/bin/python" -m pytest -n "$WORKERS" --dist loadfile "${TIER[@]}" "$@"
+exec "$ROOT/.venv/bin/python" -m pytest -n "$WORKERS" --dist loadfile "${TIER[@]}" "${PYTEST_ARGS[@]}"

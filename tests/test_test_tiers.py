@@ -81,16 +81,26 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(tmp_path):
   assert not (tmp_path / 'out.txt').exists()
 
 
-def test_not_slow_leaves_out_exactly_the_listed_cases():
+QUICK_TIER_LINE = ('[test] quick tier: the tests listed in tests/slow_tests.txt are left out; '
+                   'scripts/test.sh --all runs them')
+
+
+def collect_with_the_test_command(*args):
+  """(node ids, stderr) of `scripts/test.sh --collect-only -q args...` in this process's venv."""
+  result = subprocess.run(
+      ['bash', os.path.join(conftest.REPO_ROOT, 'scripts', 'test.sh'), '--collect-only', '-q']
+      + list(args), capture_output=True, text=True, cwd=conftest.REPO_ROOT, check=False,
+      env=conftest.script_env(FEDTFF_TEST_WORKERS='0'))
+  assert result.returncode == 0, result.stdout + result.stderr
+  return {line for line in result.stdout.splitlines() if '::' in line}, result.stderr
+
+
+def test_the_test_command_leaves_out_exactly_the_listed_cases_unless_given_all():
   file = 'tests/test_setup_script.py'
   listed = {node_id for node_id in conftest.slow_test_ids() if node_id.startswith(file + '::')}
   assert listed, f'this check needs a slow test of {file}'
-  collected = {}
-  for tier in ('all', 'quick'):
-    args = [] if tier == 'all' else ['-m', 'not slow']
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '--collect-only', '-q', file] + args,
-        capture_output=True, text=True, cwd=conftest.REPO_ROOT, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    collected[tier] = {line for line in result.stdout.splitlines() if '::' in line}
-  assert collected['all'] - collected['quick'] == listed
+  quick, quick_err = collect_with_the_test_command(file)
+  everything, all_err = collect_with_the_test_command('--all', file)
+  assert QUICK_TIER_LINE in quick_err and QUICK_TIER_LINE not in all_err
+  assert everything - quick == listed
+  assert collect_with_the_test_command(file, '--all')[0] == everything  # --all anywhere.
