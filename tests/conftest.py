@@ -7,6 +7,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before TensorFlow loads: n
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import atexit
 import contextlib
+import importlib.util
 import json
 import select
 import shutil
@@ -23,17 +24,22 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW_TESTS_FILE = os.path.join(REPO_ROOT, 'tests', 'slow_tests.txt')
 
 
-def slow_test_ids(path=SLOW_TESTS_FILE):
-  """The node ids listed in tests/slow_tests.txt (scripts/slow_tests.py writes it)."""
-  with open(path) as f:
-    return {line.split('#')[0].strip() for line in f} - {''}
+def load_module(path, name=None):
+  """The Python file at `path` (a script or config, outside any package), loaded fresh."""
+  spec = importlib.util.spec_from_file_location(name or os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+slow_tests = load_module(os.path.join(REPO_ROOT, 'scripts', 'slow_tests.py'))  # Its list's format.
 
 
 @pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
 def pytest_collection_modifyitems(items):
   """Marks the tests listed in tests/slow_tests.txt `slow`: `scripts/test.sh` runs
   `-m 'not slow'` unless given `--all`."""
-  slow = slow_test_ids()
+  slow = slow_tests.listed_ids(SLOW_TESTS_FILE)
   for item in items:
     if item.nodeid in slow:  # Relative to the repository, setup.cfg's rootdir.
       item.add_marker(pytest.mark.slow)

@@ -5,7 +5,6 @@ Settings from the papers: Reddi et al. 2021 (arXiv 2003.00295), Li et al. 2020
 lists what each suite reproduces.
 """
 
-import importlib.util
 import math
 import os
 
@@ -153,9 +152,7 @@ def test_sequence_task_loss_and_metrics_build_a_process():
 
 def test_reproduce_runs_a_tiny_suite_and_writes_its_table(tmp_path, capsys):
   path = os.path.join(conftest.REPO_ROOT, 'scripts', 'reproduce.py')
-  spec = importlib.util.spec_from_file_location('reproduce', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = conftest.load_module(path)
   argv = ['mcmahan_digits', '--seeds', '0', '--root', str(tmp_path), '--rounds', '2',
           '--variants', 'iid:fedavg_e1_b10']
   assert module.main(argv) == 0

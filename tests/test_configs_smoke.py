@@ -10,7 +10,6 @@ FEDTFF_SMOKE_ALL=1 runs every variant for 2 rounds instead (configs/reddi.py's
 """
 
 import glob
-import importlib.util
 import json
 import os
 
@@ -22,14 +21,6 @@ from fedtff.research import sweeps
 from tests import conftest
 from tests import test_benchmarks
 
-
-def _load(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 SMOKE_ALL = os.environ.get('FEDTFF_SMOKE_ALL') == '1'
 # Variants another test file runs for more rounds, with this file's checks among its own.
 RUN_ELSEWHERE = {'reddi.py': set(test_benchmarks.STANDIN_VARIANTS)}
@@ -40,7 +31,7 @@ VALIDATED_ELSEWHERE = {'reddi.py'}
 def _cases(run: bool):
   """(path, variant) of each variant run for a round here (`run`), or of each other one."""
   for path in sorted(glob.glob(os.path.join(conftest.REPO_ROOT, 'configs', '*.py'))):
-    name, module = os.path.basename(path), _load(path)
+    name, module = os.path.basename(path), conftest.load_module(path)
     variants = getattr(module, 'VARIANTS', (None,))
     smoke = variants if SMOKE_ALL else [
         v for v in getattr(module, 'SMOKE_VARIANTS', variants) if v not in RUN_ELSEWHERE.get(name, ())]
@@ -51,7 +42,7 @@ def _cases(run: bool):
 
 
 def _smoke_config(path, variant):
-  module = _load(path)
+  module = conftest.load_module(path)
   config = module.get_config(variant) if variant else module.get_config()
   return sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
 

@@ -1,6 +1,5 @@
 """DP-FedAvg with adaptive clipping: the noise split, its accounting, configs."""
 
-import importlib.util
 import math
 import os
 
@@ -13,16 +12,12 @@ import fedtff
 from fedtff.algorithms import aggregators
 from fedtff.privacy import accounting
 from fedtff.privacy import mechanisms
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import conftest
 
 
 def quickstart_dp(variant):
-  path = os.path.join(REPO, 'configs', 'quickstart_dp.py')
-  spec = importlib.util.spec_from_file_location('quickstart_dp_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  path = os.path.join(conftest.REPO_ROOT, 'configs', 'quickstart_dp.py')
+  return conftest.load_module(path, 'quickstart_dp_config').get_config(variant)
 
 
 def query_events(noise_multiplier, clients_per_round, **kwargs):
