@@ -24,9 +24,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW_TESTS_FILE = os.path.join(REPO_ROOT, 'tests', 'slow_tests.txt')
 
 
-def load_module(path, name=None):
-  """The Python file at `path` (a script or config, outside any package), loaded fresh."""
-  spec = importlib.util.spec_from_file_location(name or os.path.basename(path)[:-3], path)
+def load_module(path):
+  """The Python script at `path` (outside any package), loaded fresh.
+
+  Configs load with `fedtff.research.benchmarks.load_config_file`."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

@@ -17,6 +17,7 @@ import pytest
 
 import fedtff
 from fedtff import tasks
+from fedtff.research import benchmarks
 from fedtff.research import sweeps
 from tests import conftest
 from tests import test_benchmarks
@@ -31,7 +32,7 @@ VALIDATED_ELSEWHERE = {'reddi.py'}
 def _cases(run: bool):
   """(path, variant) of each variant run for a round here (`run`), or of each other one."""
   for path in sorted(glob.glob(os.path.join(conftest.REPO_ROOT, 'configs', '*.py'))):
-    name, module = os.path.basename(path), conftest.load_module(path)
+    name, module = os.path.basename(path), benchmarks.load_config_file(path)
     variants = getattr(module, 'VARIANTS', (None,))
     smoke = variants if SMOKE_ALL else [
         v for v in getattr(module, 'SMOKE_VARIANTS', variants) if v not in RUN_ELSEWHERE.get(name, ())]
@@ -42,7 +43,7 @@ def _cases(run: bool):
 
 
 def _smoke_config(path, variant):
-  module = conftest.load_module(path)
+  module = benchmarks.load_config_file(path)
   config = module.get_config(variant) if variant else module.get_config()
   return sweeps.point_config(config, getattr(module, 'SMOKE_OVERRIDES', {}))
 

@@ -12,12 +12,13 @@ import fedtff
 from fedtff.algorithms import aggregators
 from fedtff.privacy import accounting
 from fedtff.privacy import mechanisms
+from fedtff.research import benchmarks
 from tests import conftest
 
 
 def quickstart_dp(variant):
   path = os.path.join(conftest.REPO_ROOT, 'configs', 'quickstart_dp.py')
-  return conftest.load_module(path, 'quickstart_dp_config').get_config(variant)
+  return benchmarks.load_config_file(path).get_config(variant)
 
 
 def query_events(noise_multiplier, clients_per_round, **kwargs):
